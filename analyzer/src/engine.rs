@@ -1,0 +1,315 @@
+//! The engine: N shards, each a task that alone owns its state (RED table, service-graph store, signal
+//! counts), fed through its own bounded queue. No locks on the per-span path.
+//!
+//! Readers never touch shard state. They ask for a [`Snapshot`]: a message that goes down each shard's
+//! queue *behind* the batches already there, so a snapshot taken after a request was answered always
+//! includes that request (read-your-writes, which the golden tests rely on). Rows of all shards are merged
+//! into immutable owned rows. Every `window` the engine also takes one and publishes it on a watch channel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{AnalyzerConfig, LatencyUnit};
+use crate::graph::{EdgeRow, GraphCounters, GraphStore};
+use crate::ingest::{Inflight, Ingest, IngestStats};
+use crate::intern::Interner;
+use crate::model::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+use crate::red::{RedRow, RedTable};
+use crate::signals::{LogRow, MetricRow, Signals};
+use crate::{Error, Result};
+
+/// What travels down a shard's queue.
+pub(crate) enum ShardMsg {
+    /// A batch and the indexes of the spans this shard owns (`None`: all of them).
+    Spans(Arc<SpanBatch>, Option<Vec<u32>>),
+    Metrics(MetricBatch),
+    Logs(LogBatch),
+    Snapshot(oneshot::Sender<ShardRows>),
+    /// Finish: everything queued before this is processed first.
+    Stop,
+}
+
+/// One shard's rows, merged by [`Engine::snapshot`].
+pub(crate) struct ShardRows {
+    red: Vec<RedRow>,
+    edges: Vec<EdgeRow>,
+    graph: GraphCounters,
+    metrics: Vec<MetricRow>,
+    logs: Vec<LogRow>,
+}
+
+/// Counts kept by the engine itself.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub spans: AtomicU64,
+    pub metric_points: AtomicU64,
+    pub log_records: AtomicU64,
+}
+
+/// An immutable picture of everything the analyzer knows, cheap to share (`Arc`).
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub taken_at: SystemTime,
+    pub red: Vec<RedRow>,
+    /// RED histogram bounds, in `red_unit`.
+    pub red_bounds: Arc<[f64]>,
+    pub red_unit: LatencyUnit,
+    pub red_dimensions: Arc<[String]>,
+    pub edges: Vec<EdgeRow>,
+    /// Service-graph histogram bounds, in seconds.
+    pub graph_bounds: Arc<[f64]>,
+    pub graph_dimensions: Arc<[String]>,
+    pub graph: GraphCounters,
+    pub metrics: Vec<MetricRow>,
+    pub logs: Vec<LogRow>,
+}
+
+impl Snapshot {
+    fn empty(cfg: &AnalyzerConfig) -> Snapshot {
+        Snapshot {
+            taken_at: SystemTime::now(),
+            red: Vec::new(),
+            red_bounds: cfg.span_metrics.bounds().into(),
+            red_unit: cfg.span_metrics.unit,
+            red_dimensions: cfg.span_metrics.dimensions.clone().into(),
+            edges: Vec::new(),
+            graph_bounds: cfg.service_graph.bounds().into(),
+            graph_dimensions: GraphStore::dimension_labels(&cfg.service_graph).into(),
+            graph: GraphCounters::default(),
+            metrics: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+}
+
+/// The running engine: ask it for snapshots, subscribe to window snapshots, stop it.
+pub struct Engine {
+    shards: Arc<[mpsc::Sender<ShardMsg>]>,
+    tasks: Vec<JoinHandle<()>>,
+    windows: watch::Receiver<Arc<Snapshot>>,
+    window_task: JoinHandle<()>,
+    stats: Arc<EngineStats>,
+    template: Arc<Snapshot>,
+}
+
+/// Starts the shards on the current tokio runtime; returns the handle receivers send into and the engine.
+pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
+    let mut keys = AttrKeys::default();
+    let red_dims: Vec<u16> = cfg.span_metrics.dimensions.iter().map(|d| keys.intern(d)).collect();
+    let graph_keys = GraphStore::attr_keys(&cfg.service_graph, &mut keys);
+    let keys = Arc::new(keys);
+    let stats = Arc::new(EngineStats::default());
+    let n = cfg.shard_count();
+    let mut senders = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::channel(cfg.queue_batches);
+        let shard = Shard {
+            names: Interner::default(),
+            red: RedTable::new(&cfg.span_metrics, red_dims.clone()),
+            graph: GraphStore::new(&cfg.service_graph, graph_keys.clone(), n),
+            signals: Signals::default(),
+            stats: stats.clone(),
+            scratch: Vec::new(),
+        };
+        senders.push(tx);
+        tasks.push(tokio::spawn(shard.run(rx, tick_every(cfg.service_graph.wait))));
+    }
+    let shards: Arc<[_]> = senders.into();
+    let template = Arc::new(Snapshot::empty(cfg));
+    let (win_tx, windows) = watch::channel(template.clone());
+    let window_task = tokio::spawn(publish_windows(shards.clone(), template.clone(), cfg.window, win_tx));
+    let ingest = Ingest {
+        shards: shards.clone(),
+        inflight: Inflight::new(cfg.max_inflight.as_usize()),
+        keys,
+        stats: Arc::new(IngestStats::default()),
+    };
+    (ingest, Engine { shards, tasks, windows, window_task, stats, template })
+}
+
+/// Expiry sweeps run a few times per wait period, so a half edge lives at most ~1.25 x `wait`.
+fn tick_every(wait: Duration) -> Duration {
+    (wait / 4).clamp(Duration::from_millis(10), Duration::from_secs(2))
+}
+
+impl Engine {
+    /// A snapshot that includes every batch accepted before this call.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        collect(&self.shards, &self.template).await
+    }
+
+    /// Snapshots published at each window close.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.windows.clone()
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Processes everything still queued, then stops the shards. Call after the receivers have stopped.
+    pub async fn shutdown(self) {
+        self.window_task.abort();
+        for s in self.shards.iter() {
+            // A closed queue means the shard is already gone; nothing to drain.
+            let _ = s.send(ShardMsg::Stop).await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn collect(shards: &[mpsc::Sender<ShardMsg>], template: &Snapshot) -> Result<Snapshot> {
+    let mut waits = Vec::with_capacity(shards.len());
+    for s in shards {
+        let (tx, rx) = oneshot::channel();
+        s.send(ShardMsg::Snapshot(tx)).await.map_err(|_| Error::Stopped)?;
+        waits.push(rx);
+    }
+    let mut parts = Vec::with_capacity(waits.len());
+    for w in waits {
+        parts.push(w.await.map_err(|_| Error::Stopped)?);
+    }
+    Ok(merge(template, parts))
+}
+
+fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
+    let mut snap = Snapshot { taken_at: SystemTime::now(), ..template.clone() };
+    if parts.len() == 1 {
+        let p = parts.into_iter().next().expect("one part");
+        snap.red = p.red;
+        snap.edges = p.edges;
+        snap.graph = p.graph;
+        snap.metrics = p.metrics;
+        snap.logs = p.logs;
+    } else {
+        let mut red = BTreeMap::new();
+        let mut edges = BTreeMap::new();
+        for p in parts {
+            for r in p.red {
+                match red.entry(r.key()) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(r);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        let o = o.get_mut();
+                        o.calls += r.calls;
+                        o.duration.merge(&r.duration);
+                    }
+                }
+            }
+            for e in p.edges {
+                match edges.entry(e.key()) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(e);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&e),
+                }
+            }
+            snap.graph.add(&p.graph);
+            snap.metrics.extend(p.metrics);
+            snap.logs.extend(p.logs);
+        }
+        snap.red = red.into_values().collect();
+        snap.edges = edges.into_values().collect();
+    }
+    snap.red.sort_by_key(|r| r.key());
+    snap.edges.sort_by_key(|e| e.key());
+    snap
+}
+
+async fn publish_windows(
+    shards: Arc<[mpsc::Sender<ShardMsg>]>,
+    template: Arc<Snapshot>,
+    window: Duration,
+    tx: watch::Sender<Arc<Snapshot>>,
+) {
+    let mut tick = tokio::time::interval_at(Instant::now() + window, window);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match collect(&shards, &template).await {
+            Ok(s) => {
+                if tx.send(Arc::new(s)).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+struct Shard {
+    names: Interner,
+    red: RedTable,
+    graph: GraphStore,
+    signals: Signals,
+    stats: Arc<EngineStats>,
+    /// Interned service name per resource of the batch at hand (reused, so no allocation per batch).
+    scratch: Vec<u32>,
+}
+
+impl Shard {
+    async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>, sweep: Duration) {
+        let mut tick = tokio::time::interval(sweep);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(ShardMsg::Spans(batch, idx)) => self.spans(&batch, idx.as_deref()),
+                    Some(ShardMsg::Metrics(m)) => {
+                        self.stats.metric_points.fetch_add(m.points.len() as u64, Ordering::Relaxed);
+                        self.signals.metrics(&m);
+                    }
+                    Some(ShardMsg::Logs(l)) => {
+                        self.stats.log_records.fetch_add(l.records.len() as u64, Ordering::Relaxed);
+                        self.signals.logs(&l);
+                    }
+                    Some(ShardMsg::Snapshot(reply)) => {
+                        self.graph.expire(&mut self.names, Instant::now());
+                        let _ = reply.send(self.rows());
+                    }
+                    Some(ShardMsg::Stop) | None => return,
+                },
+                _ = tick.tick() => self.graph.expire(&mut self.names, Instant::now()),
+            }
+        }
+    }
+
+    fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
+        let now = Instant::now();
+        self.scratch.clear();
+        for r in &batch.resources {
+            self.scratch.push(self.names.id(batch.bytes(r.service)));
+        }
+        let mut record = |s: &crate::model::Span| {
+            let service = self.scratch[s.resource as usize];
+            self.red.record(&mut self.names, batch, s, service);
+            self.graph.record(&mut self.names, batch, s, service, now);
+        };
+        match idx {
+            None => batch.spans.iter().for_each(&mut record),
+            Some(idx) => idx.iter().for_each(|&i| record(&batch.spans[i as usize])),
+        }
+        let n = idx.map_or(batch.spans.len(), <[u32]>::len);
+        self.stats.spans.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn rows(&self) -> ShardRows {
+        ShardRows {
+            red: self.red.export(&self.names),
+            edges: self.graph.export(&self.names),
+            graph: self.graph.counters(),
+            metrics: self.signals.metric_rows(),
+            logs: self.signals.log_rows(),
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! The service graph: client and server halves of each call paired into edges, with the semantics of
+//! Grafana Tempo's service-graph processor (which the OpenTelemetry servicegraph connector follows closely).
+//!
+//! A client or producer span waits under (trace id, its span id); a server or consumer span under (trace
+//! id, its parent span id). When the second half arrives the edge is complete and counted. A database
+//! client span completes on its own (the database is not instrumented). Halves still waiting after `wait`
+//! expire: a root server span becomes a call from the virtual node `user` (or from its `peer.service`), a
+//! client span with a peer attribute becomes a call to that virtual node, anything else is counted as
+//! expired. When both halves of a pair write the same field, the one applied last wins, except `failed`,
+//! which either can set. One [`GraphStore`] per shard; trace-id sharding puts both halves in one shard.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use tokio::time::Instant;
+
+use crate::config::GraphConfig;
+use crate::intern::Interner;
+use crate::model::{AttrKeys, Span, SpanBatch, SpanKind, StatusCode, Text};
+use crate::red::Histogram;
+
+/// `connection_type` of an edge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnectionType {
+    /// A plain request between two instrumented services (the label is absent).
+    #[default]
+    Direct,
+    MessagingSystem,
+    Database,
+    VirtualNode,
+}
+
+impl ConnectionType {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ConnectionType::Direct => "",
+            ConnectionType::MessagingSystem => "messaging_system",
+            ConnectionType::Database => "database",
+            ConnectionType::VirtualNode => "virtual_node",
+        }
+    }
+}
+
+/// One edge's counters, labelled with owned strings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EdgeRow {
+    pub client: Arc<str>,
+    pub server: Arc<str>,
+    pub connection_type: ConnectionType,
+    /// Values of the dimension labels ([`GraphStore::dimension_labels`]), "" when absent.
+    pub dims: Vec<Arc<str>>,
+    pub total: f64,
+    pub failed: f64,
+    /// Seconds, as Tempo and the connector expose them.
+    pub client_latency: Histogram,
+    pub server_latency: Histogram,
+    /// Consumer start minus producer end, for messaging edges.
+    pub messaging_latency: Histogram,
+}
+
+impl EdgeRow {
+    pub fn key(&self) -> (Arc<str>, Arc<str>, ConnectionType, Vec<Arc<str>>) {
+        (self.client.clone(), self.server.clone(), self.connection_type, self.dims.clone())
+    }
+
+    pub fn merge(&mut self, o: &EdgeRow) {
+        self.total += o.total;
+        self.failed += o.failed;
+        self.client_latency.merge(&o.client_latency);
+        self.server_latency.merge(&o.server_latency);
+        self.messaging_latency.merge(&o.messaging_latency);
+    }
+}
+
+/// The store's own counts (the `tempo_metrics_generator_processor_service_graphs_*` counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GraphCounters {
+    /// Half edges created (including database edges complete at once).
+    pub edges: u64,
+    /// Halves that expired without becoming a virtual-node edge, by the kind of the span last applied.
+    pub expired_server: u64,
+    pub expired_client: u64,
+    pub expired_producer: u64,
+    pub expired_consumer: u64,
+    /// Spans refused because `max_items` halves were already waiting.
+    pub dropped_spans: u64,
+    /// Halves waiting right now.
+    pub pending: u64,
+}
+
+impl GraphCounters {
+    pub fn add(&mut self, o: &GraphCounters) {
+        self.edges += o.edges;
+        self.expired_server += o.expired_server;
+        self.expired_client += o.expired_client;
+        self.expired_producer += o.expired_producer;
+        self.expired_consumer += o.expired_consumer;
+        self.dropped_spans += o.dropped_spans;
+        self.pending += o.pending;
+    }
+}
+
+/// Who may write a dimension slot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Writer {
+    Any,
+    Client,
+    Server,
+    /// `virtual_node` with prefixes on: set only when a half becomes a virtual-node edge.
+    Expiry,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    key: Option<u16>,
+    writer: Writer,
+}
+
+/// Attribute indexes the store reads, resolved once from the config.
+#[derive(Clone, Debug, Default)]
+pub struct GraphKeys {
+    peer: Vec<u16>,
+    db_names: Vec<u16>,
+    peer_service: u16,
+    server_address: u16,
+    network_peer_address: u16,
+    network_peer_port: u16,
+    multiplier: Option<u16>,
+    slots: Vec<Slot>,
+    virtual_slot: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct PendingKey {
+    trace: [u8; 16],
+    id: [u8; 8],
+}
+
+struct Edge {
+    client: Option<u32>,
+    server: Option<u32>,
+    conn: ConnectionType,
+    client_latency: f64,
+    server_latency: f64,
+    client_end_ns: u64,
+    server_start_ns: u64,
+    kind: SpanKind,
+    failed: bool,
+    peer: Option<u32>,
+    multiplier: f64,
+    root: bool,
+    dims: Box<[Option<u32>]>,
+    generation: u64,
+}
+
+impl Edge {
+    fn complete(&self) -> bool {
+        self.client.is_some() && self.server.is_some()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct EdgeKey {
+    client: u32,
+    server: u32,
+    conn: ConnectionType,
+    dims: Box<[Option<u32>]>,
+}
+
+struct EdgeStats {
+    total: f64,
+    failed: f64,
+    client: Histogram,
+    server: Histogram,
+    messaging: Histogram,
+}
+
+/// A shard's service-graph state: waiting halves and completed-edge counters.
+pub struct GraphStore {
+    keys: GraphKeys,
+    bounds: Arc<[f64]>,
+    wait: std::time::Duration,
+    max_items: usize,
+    messaging_histogram: bool,
+    pending: HashMap<PendingKey, Edge, foldhash::fast::FixedState>,
+    /// Insertion order, for expiry: (deadline, key, generation). Entries whose edge completed are skipped.
+    order: VecDeque<(Instant, PendingKey, u64)>,
+    generation: u64,
+    edges: HashMap<EdgeKey, EdgeStats, foldhash::fast::FixedState>,
+    counters: GraphCounters,
+}
+
+/// Prometheus label names: characters outside `[a-zA-Z0-9_]` become `_`.
+pub fn sanitize_label(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+impl GraphStore {
+    /// Registers the attributes the store reads in `keys` (so the collector keeps them).
+    pub fn attr_keys(cfg: &GraphConfig, keys: &mut AttrKeys) -> GraphKeys {
+        let mut slots = Vec::new();
+        let mut virtual_slot = None;
+        let mut dims: Vec<&str> = cfg.dimensions.iter().map(String::as_str).collect();
+        if cfg.enable_virtual_node_label {
+            dims.push("virtual_node");
+        }
+        for d in dims {
+            let is_virtual = cfg.enable_virtual_node_label && d == "virtual_node";
+            if cfg.enable_client_server_prefix {
+                if is_virtual {
+                    virtual_slot = Some(slots.len());
+                    slots.push(Slot { key: None, writer: Writer::Expiry });
+                } else {
+                    slots.push(Slot { key: Some(keys.intern(d)), writer: Writer::Client });
+                    slots.push(Slot { key: Some(keys.intern(d)), writer: Writer::Server });
+                }
+            } else {
+                if is_virtual {
+                    virtual_slot = Some(slots.len());
+                }
+                slots.push(Slot { key: Some(keys.intern(d)), writer: Writer::Any });
+            }
+        }
+        GraphKeys {
+            peer: cfg.peer_attributes.iter().map(|a| keys.intern(a)).collect(),
+            db_names: cfg.database_name_attributes.iter().map(|a| keys.intern(a)).collect(),
+            peer_service: keys.intern("peer.service"),
+            server_address: keys.intern("server.address"),
+            network_peer_address: keys.intern("network.peer.address"),
+            network_peer_port: keys.intern("network.peer.port"),
+            multiplier: (!cfg.span_multiplier_key.is_empty()).then(|| keys.intern(&cfg.span_multiplier_key)),
+            slots,
+            virtual_slot,
+        }
+    }
+
+    /// The dimension label names, in the order of [`EdgeRow::dims`].
+    pub fn dimension_labels(cfg: &GraphConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dims: Vec<&str> = cfg.dimensions.iter().map(String::as_str).collect();
+        if cfg.enable_virtual_node_label {
+            dims.push("virtual_node");
+        }
+        for d in dims {
+            if cfg.enable_client_server_prefix && !(cfg.enable_virtual_node_label && d == "virtual_node") {
+                out.push(sanitize_label(&format!("client_{d}")));
+                out.push(sanitize_label(&format!("server_{d}")));
+            } else {
+                out.push(sanitize_label(d));
+            }
+        }
+        out
+    }
+
+    /// `shards` splits `max_items` evenly, so the whole engine holds at most about `max_items` halves.
+    pub fn new(cfg: &GraphConfig, keys: GraphKeys, shards: usize) -> GraphStore {
+        GraphStore {
+            keys,
+            bounds: cfg.bounds().into(),
+            wait: cfg.wait,
+            max_items: cfg.max_items.div_ceil(shards.max(1)),
+            messaging_histogram: cfg.enable_messaging_system_latency_histogram,
+            pending: HashMap::default(),
+            order: VecDeque::new(),
+            generation: 0,
+            edges: HashMap::default(),
+            counters: GraphCounters::default(),
+        }
+    }
+
+    /// Resource attributes first, then the span's, as Tempo looks dimensions and database names up.
+    fn find(batch: &SpanBatch, span: &Span, key: u16) -> Option<Text> {
+        batch.resource_attr(span, key).or_else(|| batch.attr(span, key))
+    }
+
+    /// Applies one span. `service` is its resource's interned `service.name`.
+    pub fn record(&mut self, names: &mut Interner, batch: &SpanBatch, span: &Span, service: u32, now: Instant) {
+        let is_client = match span.kind {
+            SpanKind::Client | SpanKind::Producer => true,
+            SpanKind::Server | SpanKind::Consumer => false,
+            _ => return,
+        };
+        // A resource without a service name has no place in the graph.
+        if batch.resources.get(span.resource as usize).is_none_or(|r| r.service.is_empty()) {
+            return;
+        }
+        let key = PendingKey { trace: span.trace_id, id: if is_client { span.span_id } else { span.parent_span_id } };
+        if let Some(edge) = self.pending.get_mut(&key) {
+            Self::apply(&self.keys, names, edge, batch, span, service, is_client);
+            if edge.complete() {
+                let edge = self.pending.remove(&key).expect("present");
+                self.emit(&edge);
+            }
+            return;
+        }
+        let mut edge = Edge {
+            client: None,
+            server: None,
+            conn: ConnectionType::Direct,
+            client_latency: 0.0,
+            server_latency: 0.0,
+            client_end_ns: 0,
+            server_start_ns: 0,
+            kind: span.kind,
+            failed: false,
+            peer: None,
+            multiplier: 1.0,
+            root: !is_client && !span.has_parent(),
+            dims: vec![None; self.keys.slots.len()].into(),
+            generation: 0,
+        };
+        Self::apply(&self.keys, names, &mut edge, batch, span, service, is_client);
+        self.counters.edges += 1;
+        if edge.complete() {
+            self.emit(&edge);
+            return;
+        }
+        if self.pending.len() >= self.max_items {
+            self.counters.dropped_spans += 1;
+            return;
+        }
+        self.generation += 1;
+        edge.generation = self.generation;
+        self.order.push_back((now + self.wait, key, self.generation));
+        self.pending.insert(key, edge);
+    }
+
+    fn apply(
+        keys: &GraphKeys,
+        names: &mut Interner,
+        e: &mut Edge,
+        batch: &SpanBatch,
+        span: &Span,
+        service: u32,
+        is_client: bool,
+    ) {
+        let messaging = matches!(span.kind, SpanKind::Producer | SpanKind::Consumer);
+        let latency = span.duration_ns() as f64 / 1e9;
+        e.kind = span.kind;
+        e.conn = if messaging { ConnectionType::MessagingSystem } else { ConnectionType::Direct };
+        e.failed |= span.status == StatusCode::Error;
+        if is_client {
+            e.client = Some(service);
+            e.client_latency = latency;
+            e.client_end_ns = span.end_ns;
+        } else {
+            e.server = Some(service);
+            e.server_latency = latency;
+            e.server_start_ns = span.start_ns;
+        }
+        for (slot, value) in keys.slots.iter().zip(e.dims.iter_mut()) {
+            let writes = match slot.writer {
+                Writer::Any => true,
+                Writer::Client => is_client,
+                Writer::Server => !is_client,
+                Writer::Expiry => false,
+            };
+            if writes && let Some(v) = slot.key.and_then(|k| Self::find(batch, span, k)) {
+                *value = Some(names.id(batch.bytes(v)));
+            }
+        }
+        e.multiplier = keys
+            .multiplier
+            .and_then(|k| batch.attr(span, k).or_else(|| batch.resource_attr(span, k)))
+            .and_then(|v| batch.str(v).parse::<f64>().ok())
+            .filter(|&v| v > 0.0)
+            .map_or(1.0, |v| 1.0 / v);
+        // Peer attributes are read from the span itself only; the last half that has one wins.
+        if let Some(p) = keys.peer.iter().find_map(|&k| batch.attr(span, k)) {
+            e.peer = Some(names.id(batch.bytes(p)));
+        }
+        if is_client {
+            Self::database(keys, names, e, batch, span, latency);
+        }
+    }
+
+    /// A client span with a database attribute is a call to that database, complete at once. The server
+    /// is named by `peer.service`, `server.address`, `network.peer.address[:port]` or the database name.
+    fn database(keys: &GraphKeys, names: &mut Interner, e: &mut Edge, batch: &SpanBatch, span: &Span, latency: f64) {
+        let Some(db_name) = keys.db_names.iter().find_map(|&k| Self::find(batch, span, k)) else {
+            return;
+        };
+        e.conn = ConnectionType::Database;
+        e.server_latency = latency;
+        let find = |k| Self::find(batch, span, k);
+        let server: Option<std::borrow::Cow<'_, str>> = if let Some(v) = find(keys.peer_service) {
+            Some(batch.str(v).into())
+        } else if let Some(v) = find(keys.server_address) {
+            Some(batch.str(v).into())
+        } else if let Some(v) = find(keys.network_peer_address) {
+            match find(keys.network_peer_port) {
+                Some(port) => Some(format!("{}:{}", batch.str(v), batch.str(port)).into()),
+                None => Some(batch.str(v).into()),
+            }
+        } else {
+            Some(batch.str(db_name).into())
+        };
+        // An attribute that is present but empty still wins its step and leaves the edge incomplete.
+        e.server = server.filter(|s| !s.is_empty()).map(|s| names.id(s.as_bytes()));
+    }
+
+    fn emit(&mut self, e: &Edge) {
+        let (Some(client), Some(server)) = (e.client, e.server) else { return };
+        let key = EdgeKey { client, server, conn: e.conn, dims: e.dims.clone() };
+        let n = self.bounds.len();
+        let stats = self.edges.entry(key).or_insert_with(|| EdgeStats {
+            total: 0.0,
+            failed: 0.0,
+            client: Histogram::new(n),
+            server: Histogram::new(n),
+            messaging: Histogram::new(n),
+        });
+        let m = e.multiplier;
+        stats.total += m;
+        if e.failed {
+            stats.failed += m;
+        }
+        stats.client.observe_weighted(&self.bounds, e.client_latency, m);
+        stats.server.observe_weighted(&self.bounds, e.server_latency, m);
+        if self.messaging_histogram && e.conn == ConnectionType::MessagingSystem {
+            // Integer nanoseconds first, then seconds, so the value is exact; a zero gap is not recorded.
+            let gap = e.server_start_ns.saturating_sub(e.client_end_ns);
+            if gap > 0 {
+                stats.messaging.observe_weighted(&self.bounds, gap as f64 / 1e9, m);
+            }
+        }
+    }
+
+    /// Expires halves whose deadline has passed: virtual-node edges where a peer is known, else counted.
+    pub fn expire(&mut self, names: &mut Interner, now: Instant) {
+        while let Some(&(deadline, key, generation)) = self.order.front() {
+            if deadline > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.pending.get(&key).is_none_or(|e| e.generation != generation) {
+                continue;
+            }
+            let mut e = self.pending.remove(&key).expect("present");
+            e.conn = ConnectionType::VirtualNode;
+            if e.client.is_none() {
+                if e.root {
+                    e.client = Some(e.peer.unwrap_or_else(|| names.id(b"user")));
+                    self.set_virtual(names, &mut e, b"client");
+                    self.emit(&e);
+                    continue;
+                }
+            } else if e.server.is_none()
+                && let Some(peer) = e.peer
+            {
+                e.server = Some(peer);
+                self.set_virtual(names, &mut e, b"server");
+                self.emit(&e);
+                continue;
+            }
+            match e.kind {
+                SpanKind::Server => self.counters.expired_server += 1,
+                SpanKind::Client => self.counters.expired_client += 1,
+                SpanKind::Producer => self.counters.expired_producer += 1,
+                _ => self.counters.expired_consumer += 1,
+            }
+        }
+    }
+
+    fn set_virtual(&self, names: &mut Interner, e: &mut Edge, side: &[u8]) {
+        if let Some(i) = self.keys.virtual_slot {
+            e.dims[i] = Some(names.id(side));
+        }
+    }
+
+    pub fn counters(&self) -> GraphCounters {
+        GraphCounters { pending: self.pending.len() as u64, ..self.counters }
+    }
+
+    pub fn export(&self, names: &Interner) -> Vec<EdgeRow> {
+        self.edges
+            .iter()
+            .map(|(k, s)| EdgeRow {
+                client: names.resolve(k.client).clone(),
+                server: names.resolve(k.server).clone(),
+                connection_type: k.conn,
+                dims: k.dims.iter().map(|v| v.map_or_else(|| Arc::from(""), |id| names.resolve(id).clone())).collect(),
+                total: s.total,
+                failed: s.failed,
+                client_latency: s.client.clone(),
+                server_latency: s.server.clone(),
+                messaging_latency: s.messaging.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attr, Resource};
+    use std::time::Duration;
+
+    /// Builds a batch: one resource per span, as the Tempo fixtures have it.
+    struct B {
+        batch: SpanBatch,
+        keys: AttrKeys,
+    }
+
+    impl B {
+        fn new(keys: AttrKeys) -> B {
+            B { batch: SpanBatch::default(), keys }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn span(&mut self, svc: &str, kind: SpanKind, id: u8, parent: u8, ms: u64, err: bool, attrs: &[(&str, &str)]) {
+            let b = &mut self.batch;
+            let service = b.push_text(svc);
+            b.resources.push(Resource { service, ..Resource::default() });
+            let attr_start = b.attrs.len() as u32;
+            for (k, v) in attrs {
+                let key = self.keys.get(k).expect("key registered");
+                let value = b.push_text(v);
+                b.attrs.push(Attr { key, value });
+            }
+            let name = b.push_text("op");
+            b.spans.push(Span {
+                trace_id: [7; 16],
+                span_id: [id; 8],
+                parent_span_id: [parent; 8],
+                name,
+                kind,
+                status: if err { StatusCode::Error } else { StatusCode::Unset },
+                start_ns: 1_000_000_000,
+                end_ns: 1_000_000_000 + ms * 1_000_000,
+                resource: (b.resources.len() - 1) as u32,
+                attr_start,
+                attr_len: (b.attrs.len() as u32 - attr_start) as u16,
+            });
+        }
+    }
+
+    fn run(cfg: &GraphConfig, build: impl FnOnce(&mut B), expire: bool) -> (Vec<EdgeRow>, GraphCounters) {
+        let mut keys = AttrKeys::default();
+        let gk = GraphStore::attr_keys(cfg, &mut keys);
+        let mut b = B::new(keys);
+        build(&mut b);
+        let mut names = Interner::default();
+        let mut g = GraphStore::new(cfg, gk, 1);
+        let now = Instant::now();
+        for s in &b.batch.spans {
+            let svc = names.id(b.batch.bytes(b.batch.resources[s.resource as usize].service));
+            g.record(&mut names, &b.batch, s, svc, now);
+        }
+        if expire {
+            g.expire(&mut names, now + cfg.wait);
+        }
+        let mut rows = g.export(&names);
+        rows.sort_by_key(EdgeRow::key);
+        (rows, g.counters())
+    }
+
+    #[test]
+    fn pairs_client_and_server_across_order() {
+        let cfg = GraphConfig::default();
+        for server_first in [false, true] {
+            let (rows, c) = run(
+                &cfg,
+                |b| {
+                    let client = |b: &mut B| b.span("frontend", SpanKind::Client, 2, 1, 50, false, &[]);
+                    let server = |b: &mut B| b.span("checkout", SpanKind::Server, 3, 2, 30, true, &[]);
+                    if server_first {
+                        server(b);
+                        client(b);
+                    } else {
+                        client(b);
+                        server(b);
+                    }
+                },
+                false,
+            );
+            assert_eq!(rows.len(), 1);
+            let e = &rows[0];
+            assert_eq!((&*e.client, &*e.server, e.connection_type), ("frontend", "checkout", ConnectionType::Direct));
+            assert_eq!((e.total, e.failed), (1.0, 1.0));
+            assert!((e.client_latency.sum - 0.05).abs() < 1e-9 && (e.server_latency.sum - 0.03).abs() < 1e-9);
+            assert_eq!((c.edges, c.pending), (1, 0));
+        }
+    }
+
+    #[test]
+    fn database_edge_completes_alone_and_is_named_by_precedence() {
+        let cfg = GraphConfig::default();
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[("db.system", "postgresql"), ("db.name", "orders")], "orders"),
+            (&[("db.system", "postgresql"), ("server.address", "pg-1")], "pg-1"),
+            (&[("db.system", "postgresql"), ("network.peer.address", "10.0.0.5"), ("network.peer.port", "5432")], "10.0.0.5:5432"),
+            (&[("db.name", "orders"), ("peer.service", "pg")], "pg"),
+        ];
+        for (attrs, want) in cases {
+            let (rows, _) = run(&cfg, |b| b.span("inventory", SpanKind::Client, 2, 1, 10, false, attrs), false);
+            assert_eq!(rows.len(), 1, "{want}");
+            assert_eq!((&*rows[0].server, rows[0].connection_type), (want, ConnectionType::Database));
+            assert_eq!(rows[0].server_latency.count, 1.0);
+        }
+    }
+
+    #[test]
+    fn expiry_makes_virtual_nodes_or_counts() {
+        let cfg = GraphConfig { wait: Duration::from_millis(1), enable_virtual_node_label: true, ..GraphConfig::default() };
+        let (rows, c) = run(
+            &cfg,
+            |b| {
+                // A root server span: called by `user`.
+                b.span("frontend", SpanKind::Server, 1, 0, 5, false, &[]);
+                // A client span to an uninstrumented peer.
+                b.span("frontend", SpanKind::Client, 2, 1, 5, false, &[("peer.service", "stripe")]);
+                // A server span whose parent never arrives, and a client span with no peer: only counted.
+                b.span("payment", SpanKind::Server, 4, 9, 5, false, &[]);
+                b.span("payment", SpanKind::Client, 5, 4, 5, false, &[]);
+            },
+            true,
+        );
+        let got: Vec<_> = rows.iter().map(|r| (r.client.to_string(), r.server.to_string(), r.dims[0].to_string())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("frontend".into(), "stripe".into(), "server".into()),
+                ("user".into(), "frontend".into(), "client".into())
+            ]
+        );
+        assert!(rows.iter().all(|r| r.connection_type == ConnectionType::VirtualNode));
+        assert_eq!((c.expired_server, c.expired_client, c.pending), (1, 1, 0));
+    }
+
+    #[test]
+    fn full_store_drops_new_halves_but_still_pairs() {
+        let cfg = GraphConfig { max_items: 1, ..GraphConfig::default() };
+        let (rows, c) = run(
+            &cfg,
+            |b| {
+                b.span("a", SpanKind::Client, 2, 1, 1, false, &[]);
+                b.span("a", SpanKind::Client, 3, 1, 1, false, &[]);
+                b.span("b", SpanKind::Server, 4, 2, 1, false, &[]);
+            },
+            false,
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!((c.dropped_spans, c.edges), (1, 2));
+    }
+
+    #[test]
+    fn dimensions_last_writer_wins_or_prefixed() {
+        let build = |b: &mut B| {
+            b.span("req", SpanKind::Client, 2, 1, 1, false, &[("god", "ares")]);
+            b.span("srv", SpanKind::Server, 3, 2, 1, false, &[("god", "zeus")]);
+        };
+        let plain = GraphConfig { dimensions: vec!["god".into()], ..GraphConfig::default() };
+        let (rows, _) = run(&plain, build, false);
+        assert_eq!(rows[0].dims, vec![Arc::from("zeus")]);
+        let prefixed = GraphConfig { enable_client_server_prefix: true, ..plain };
+        assert_eq!(GraphStore::dimension_labels(&prefixed), vec!["client_god", "server_god"]);
+        let (rows, _) = run(&prefixed, build, false);
+        assert_eq!(rows[0].dims, vec![Arc::from("ares"), Arc::from("zeus")]);
+    }
+}

@@ -1,0 +1,251 @@
+//! The way in: a cheap, cloneable [`Ingest`] handle that receivers push batches into.
+//!
+//! The analyzer owns the queues, so it owns this type (the consumer owns its channel). Two limits keep memory
+//! bounded under any load, and both answer at once rather than wait, so a receiver can tell its client to
+//! retry: a bounded queue per shard, and a cap on the bytes held by batches that are queued or being worked on
+//! ([`Inflight`]). A batch of spans is split by trace id over the shards; it goes in whole or not at all.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::engine::ShardMsg;
+use crate::model::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+
+/// Why a batch was not taken. Both are temporary: the client should retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("ingest queue is full")]
+    QueueFull,
+    #[error("in-flight memory limit reached")]
+    MemoryLimit,
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Bytes held by batches between a receiver and the engine, against a fixed limit.
+#[derive(Debug)]
+pub struct Inflight {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Inflight {
+    pub fn new(limit: usize) -> Arc<Inflight> {
+        Arc::new(Inflight { used: AtomicUsize::new(0), limit })
+    }
+
+    /// Reserves `bytes`, or refuses when that would pass the limit. A single request larger than the whole
+    /// limit is still let through when nothing else is in flight, so a limit below the body limit cannot
+    /// wedge a client forever.
+    pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Result<InflightPermit, Refused> {
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            if cur > 0 && cur + bytes > self.limit {
+                return Err(Refused::MemoryLimit);
+            }
+            match self.used.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(InflightPermit { owner: self.clone(), bytes }),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Bytes reserved in [`Inflight`], given back when the batch carrying it is dropped.
+#[derive(Debug)]
+pub struct InflightPermit {
+    owner: Arc<Inflight>,
+    bytes: usize,
+}
+
+impl InflightPermit {
+    /// Grows or shrinks the reservation to `bytes` once the real size is known (after decoding). Growing
+    /// never fails: the request is already admitted; the next one sees the larger figure.
+    pub fn resize(&mut self, bytes: usize) {
+        if bytes >= self.bytes {
+            self.owner.used.fetch_add(bytes - self.bytes, Ordering::AcqRel);
+        } else {
+            self.owner.used.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.owner.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Counters of what went through [`Ingest`], read by the self-metrics.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub refused_queue_full: AtomicU64,
+    pub refused_memory: AtomicU64,
+}
+
+/// The sending side of the engine's shard queues. Clone it into every receiver.
+#[derive(Clone)]
+pub struct Ingest {
+    pub(crate) shards: Arc<[mpsc::Sender<ShardMsg>]>,
+    pub(crate) inflight: Arc<Inflight>,
+    pub(crate) keys: Arc<AttrKeys>,
+    pub(crate) stats: Arc<IngestStats>,
+}
+
+impl Ingest {
+    /// The span attributes the analyzer wants kept; the collector skips every other one.
+    pub fn attr_keys(&self) -> &Arc<AttrKeys> {
+        &self.keys
+    }
+
+    /// Reserves memory for a request of `bytes` before it is decoded, so a flood of large requests is
+    /// refused before it is buffered twice.
+    pub fn reserve(&self, bytes: usize) -> Result<InflightPermit, Refused> {
+        self.inflight.try_acquire(bytes).inspect_err(|_| {
+            self.stats.refused_memory.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Hands a batch of spans to the engine, split over the shards by trace id; all or nothing.
+    pub fn try_send_spans(&self, mut batch: SpanBatch, mut permit: InflightPermit) -> Result<(), Refused> {
+        permit.resize(batch.heap_bytes());
+        batch.set_permit(permit);
+        let n = self.shards.len();
+        if n == 1 {
+            return self.send_one(0, ShardMsg::Spans(Arc::new(batch), None));
+        }
+        let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (i, s) in batch.spans.iter().enumerate() {
+            parts[shard_of(&s.trace_id, n)].push(i as u32);
+        }
+        // Reserve a slot on every shard that gets a part before sending any, so a full shard refuses the
+        // whole batch instead of keeping half of it.
+        let mut permits = Vec::with_capacity(n);
+        for (shard, part) in parts.iter().enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            match self.shards[shard].try_reserve() {
+                Ok(p) => permits.push((shard, p)),
+                Err(e) => return Err(self.refusal(e)),
+            }
+        }
+        let batch = Arc::new(batch);
+        for (shard, p) in permits {
+            p.send(ShardMsg::Spans(batch.clone(), Some(std::mem::take(&mut parts[shard]))));
+        }
+        Ok(())
+    }
+
+    /// Hands metric points to the engine (shard 0 keeps the metric and log series).
+    pub fn try_send_metrics(&self, mut batch: MetricBatch, mut permit: InflightPermit) -> Result<(), Refused> {
+        permit.resize(batch.heap_bytes());
+        batch.permit = Some(permit);
+        self.send_one(0, ShardMsg::Metrics(batch))
+    }
+
+    /// Hands log records to the engine.
+    pub fn try_send_logs(&self, mut batch: LogBatch, mut permit: InflightPermit) -> Result<(), Refused> {
+        permit.resize(batch.heap_bytes());
+        batch.permit = Some(permit);
+        self.send_one(0, ShardMsg::Logs(batch))
+    }
+
+    /// Batches waiting in the shard queues.
+    pub fn queue_depth(&self) -> usize {
+        self.shards.iter().map(|s| s.max_capacity() - s.capacity()).sum()
+    }
+
+    /// Total queue capacity over all shards.
+    pub fn queue_capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.max_capacity()).sum()
+    }
+
+    pub fn inflight(&self) -> &Inflight {
+        &self.inflight
+    }
+
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+
+    fn send_one(&self, shard: usize, msg: ShardMsg) -> Result<(), Refused> {
+        self.shards[shard].try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => self.refusal(mpsc::error::TrySendError::Full(())),
+            mpsc::error::TrySendError::Closed(_) => Refused::ShuttingDown,
+        })
+    }
+
+    fn refusal(&self, e: mpsc::error::TrySendError<()>) -> Refused {
+        match e {
+            mpsc::error::TrySendError::Full(()) => {
+                self.stats.refused_queue_full.fetch_add(1, Ordering::Relaxed);
+                Refused::QueueFull
+            }
+            mpsc::error::TrySendError::Closed(()) => Refused::ShuttingDown,
+        }
+    }
+}
+
+/// The shard that owns a trace: client and server spans of one trace meet in one place, so the service
+/// graph pairs them without locks. Trace ids are random, so their low bytes spread evenly.
+pub(crate) fn shard_of(trace_id: &[u8; 16], shards: usize) -> usize {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    (u64::from_le_bytes(low) % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflight_caps_and_releases() {
+        let f = Inflight::new(100);
+        let a = f.try_acquire(60).unwrap();
+        assert_eq!(f.try_acquire(50).unwrap_err(), Refused::MemoryLimit);
+        let b = f.try_acquire(40).unwrap();
+        assert_eq!(f.used(), 100);
+        drop(a);
+        drop(b);
+        assert_eq!(f.used(), 0);
+        // Alone, an oversized request still passes (the body limit bounds it).
+        let big = f.try_acquire(500).unwrap();
+        assert_eq!(f.try_acquire(1).unwrap_err(), Refused::MemoryLimit);
+        drop(big);
+    }
+
+    #[test]
+    fn permit_resize_tracks_real_size() {
+        let f = Inflight::new(1000);
+        let mut p = f.try_acquire(100).unwrap();
+        p.resize(300);
+        assert_eq!(f.used(), 300);
+        p.resize(10);
+        assert_eq!(f.used(), 10);
+        drop(p);
+        assert_eq!(f.used(), 0);
+    }
+
+    #[test]
+    fn shards_spread_trace_ids() {
+        let mut hits = [0usize; 4];
+        for i in 0u64..4000 {
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+            hits[shard_of(&id, 4)] += 1;
+        }
+        assert!(hits.iter().all(|&h| h > 800), "{hits:?}");
+    }
+}

@@ -1,0 +1,34 @@
+//! Tidewatch's domain: what spans, metric points and log records mean, with no knowledge of the wire
+//! (OTLP lives in the collector) or of Kubernetes (the scaler).
+//!
+//! ```text
+//! collector ──Ingest::try_send_*──▶ shard queues (bounded, memory-capped)      ingest.rs
+//!                                      │ one task per shard, sole owner of its state   engine.rs
+//!                                      ├─ RedTable   calls/errors/duration per series   red.rs
+//!                                      ├─ GraphStore client/server pairing → edges     graph.rs
+//!                                      └─ Signals    metric points, log severities     signals.rs
+//! readers ◀── Engine::snapshot() / subscribe(): immutable merged Snapshot
+//! ```
+//!
+//! `model` holds the records (a zero-copy `SpanBatch` for spans), `config` the settings, `intern` the
+//! string interning that keeps the per-span path free of allocation.
+
+pub mod config;
+pub mod engine;
+pub mod graph;
+pub mod ingest;
+pub mod intern;
+pub mod model;
+pub mod red;
+pub mod signals;
+
+pub use engine::{Engine, Snapshot, start};
+
+/// The analyzer's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the analyzer engine has stopped")]
+    Stopped,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

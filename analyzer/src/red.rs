@@ -1,0 +1,353 @@
+//! RED aggregation: calls, errors (status code) and a duration histogram per (service, span name, span kind,
+//! status code, configured dimensions), with the semantics of the OpenTelemetry Collector's spanmetrics
+//! connector. One [`RedTable`] per shard; [`RedTable::export`] turns it into rows for a snapshot.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+
+use crate::config::RedConfig;
+use crate::intern::Interner;
+use crate::model::{Span, SpanBatch, SpanKind, StatusCode};
+
+/// Series key: interned ids plus the enums. `dims` is the interned id of the joined dimension values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    service: u32,
+    name: u32,
+    kind: SpanKind,
+    status: StatusCode,
+    dims: u32,
+    overflow: bool,
+}
+
+/// A duration histogram with fixed bounds (in the configured unit); `counts` has one extra slot for +Inf.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; floats because Tempo-style sampling multipliers weight them.
+    pub counts: Vec<f64>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Histogram {
+    pub fn new(buckets: usize) -> Histogram {
+        Histogram { counts: vec![0.0; buckets + 1], sum: 0.0, count: 0.0 }
+    }
+
+    /// Records `v`: Prometheus `le` semantics, an observation equal to a bound falls in that bound's bucket.
+    #[inline]
+    pub fn observe(&mut self, bounds: &[f64], v: f64) {
+        self.observe_weighted(bounds, v, 1.0);
+    }
+
+    /// Records `v` as `weight` observations.
+    #[inline]
+    pub fn observe_weighted(&mut self, bounds: &[f64], v: f64, weight: f64) {
+        let i = bounds.partition_point(|&b| b < v);
+        self.counts[i] += weight;
+        self.sum += v * weight;
+        self.count += weight;
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    /// The q-quantile (0..=1) by linear interpolation inside the bucket, as PromQL's histogram_quantile does.
+    pub fn quantile(&self, bounds: &[f64], q: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count;
+        let mut seen = 0.0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c > 0.0 && seen + c >= rank {
+                let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
+                let Some(&hi) = bounds.get(i) else { return bounds.last().copied() };
+                return Some(lo + (hi - lo) * ((rank - seen) / c));
+            }
+            seen += c;
+        }
+        bounds.last().copied()
+    }
+}
+
+/// One RED series, labelled with owned strings: what snapshots and the exposition read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedRow {
+    pub service: Arc<str>,
+    pub span_name: Arc<str>,
+    pub kind: SpanKind,
+    pub status: StatusCode,
+    /// Values of the configured dimensions, in config order (empty string: absent).
+    pub dims: Vec<Arc<str>>,
+    /// The series that collects what a service sends past its cardinality cap.
+    pub overflow: bool,
+    pub calls: u64,
+    pub duration: Histogram,
+}
+
+impl RedRow {
+    /// Identity of the series, for merging rows of several shards.
+    pub fn key(&self) -> (Arc<str>, Arc<str>, SpanKind, StatusCode, Vec<Arc<str>>, bool) {
+        (
+            self.service.clone(),
+            self.span_name.clone(),
+            self.kind,
+            self.status,
+            self.dims.clone(),
+            self.overflow,
+        )
+    }
+}
+
+struct Series {
+    calls: u64,
+    duration: Histogram,
+}
+
+/// A shard's RED aggregates.
+pub struct RedTable {
+    bounds: Arc<[f64]>,
+    unit_ns: f64,
+    dims: Vec<u16>,
+    max_per_service: usize,
+    index: HashMap<Key, u32, foldhash::fast::FixedState>,
+    series: Vec<(Key, Series)>,
+    per_service: HashMap<u32, usize, foldhash::fast::FixedState>,
+    /// Joined dimension values, interned ("\u{1f}" between values).
+    dim_values: Interner,
+    scratch: String,
+}
+
+impl RedTable {
+    /// `dim_keys` are the attribute indexes of the configured dimensions (see [`crate::model::AttrKeys`]).
+    pub fn new(cfg: &RedConfig, dim_keys: Vec<u16>) -> RedTable {
+        RedTable {
+            bounds: cfg.bounds().into(),
+            unit_ns: cfg.unit.nanos(),
+            dims: dim_keys,
+            max_per_service: cfg.max_series_per_service,
+            index: HashMap::default(),
+            series: Vec::new(),
+            per_service: HashMap::default(),
+            dim_values: Interner::default(),
+            scratch: String::new(),
+        }
+    }
+
+    /// Counts one span. `service` is the interned service name of its resource.
+    #[inline]
+    pub fn record(&mut self, names: &mut Interner, batch: &SpanBatch, span: &Span, service: u32) {
+        let name_bytes = batch.bytes(span.name);
+        let dims = self.dims_id(batch, span);
+        let mut key = Key { service, name: 0, kind: span.kind, status: span.status, dims, overflow: false };
+        let idx = match names.get(name_bytes) {
+            Some(name) => {
+                key.name = name;
+                self.index.get(&key).copied()
+            }
+            None => None,
+        };
+        let idx = match idx {
+            Some(i) => i,
+            None => self.insert(names, name_bytes, key),
+        };
+        let s = &mut self.series[idx as usize].1;
+        s.calls += 1;
+        s.duration.observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
+    }
+
+    /// A new series, or the service's overflow series once the service is at its cap.
+    #[cold]
+    fn insert(&mut self, names: &mut Interner, name: &[u8], mut key: Key) -> u32 {
+        let count = self.per_service.entry(key.service).or_default();
+        if *count >= self.max_per_service {
+            key = Key {
+                service: key.service,
+                name: names.id(b""),
+                kind: SpanKind::Unspecified,
+                status: StatusCode::Unset,
+                dims: self.dim_values.id(b""),
+                overflow: true,
+            };
+        } else {
+            key.name = names.id(name);
+        }
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        if !key.overflow {
+            *count += 1;
+        }
+        let i = self.series.len() as u32;
+        self.series.push((key, Series { calls: 0, duration: Histogram::new(self.bounds.len()) }));
+        self.index.insert(key, i);
+        i
+    }
+
+    fn dims_id(&mut self, batch: &SpanBatch, span: &Span) -> u32 {
+        if self.dims.is_empty() {
+            return 0;
+        }
+        self.scratch.clear();
+        for (n, &k) in self.dims.iter().enumerate() {
+            if n > 0 {
+                self.scratch.push('\u{1f}');
+            }
+            // Span attributes first, then the resource, as the spanmetrics connector looks them up.
+            if let Some(v) = batch.attr(span, k).or_else(|| batch.resource_attr(span, k)) {
+                self.scratch.push_str(batch.str(v));
+            }
+        }
+        self.dim_values.id(self.scratch.as_bytes())
+    }
+
+    pub fn bounds(&self) -> &Arc<[f64]> {
+        &self.bounds
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Every series as an owned row.
+    pub fn export(&self, names: &Interner) -> Vec<RedRow> {
+        self.series
+            .iter()
+            .map(|(k, s)| RedRow {
+                service: names.resolve(k.service).clone(),
+                span_name: names.resolve(k.name).clone(),
+                kind: k.kind,
+                status: k.status,
+                dims: if self.dims.is_empty() {
+                    Vec::new()
+                } else {
+                    self.dim_values.resolve(k.dims).split('\u{1f}').map(Arc::from).collect()
+                },
+                overflow: k.overflow,
+                calls: s.calls,
+                duration: s.duration.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attr, AttrKeys, Resource, Text};
+    use std::time::Duration;
+
+    fn batch(spans: &[(&str, u64, StatusCode, Option<&str>)]) -> SpanBatch {
+        let mut b = SpanBatch::default();
+        let svc = b.push_text("checkout");
+        b.resources.push(Resource { service: svc, ..Resource::default() });
+        for (name, ms, status, dim) in spans {
+            let name = b.push_text(name);
+            let attr_start = b.attrs.len() as u32;
+            if let Some(d) = dim {
+                let value = b.push_text(d);
+                b.attrs.push(Attr { key: 0, value });
+            }
+            let attr_len = (b.attrs.len() as u32 - attr_start) as u16;
+            b.spans.push(Span {
+                name,
+                kind: SpanKind::Server,
+                status: *status,
+                start_ns: 1_000,
+                end_ns: 1_000 + ms * 1_000_000,
+                attr_start,
+                attr_len,
+                ..Span::default()
+            });
+        }
+        let _ = Text::EMPTY;
+        b
+    }
+
+    fn run(cfg: &RedConfig, b: &SpanBatch, dims: Vec<u16>) -> Vec<RedRow> {
+        let mut names = Interner::default();
+        let mut t = RedTable::new(cfg, dims);
+        let svc = names.id(b.bytes(b.resources[0].service));
+        for s in &b.spans {
+            t.record(&mut names, b, s, svc);
+        }
+        let mut rows = t.export(&names);
+        rows.sort_by_key(|r| r.key());
+        rows
+    }
+
+    #[test]
+    fn counts_calls_and_buckets_per_status() {
+        let cfg = RedConfig { buckets: vec![Duration::from_millis(10), Duration::from_millis(100)], ..RedConfig::default() };
+        let b = batch(&[
+            ("GET /", 5, StatusCode::Unset, None),
+            ("GET /", 10, StatusCode::Unset, None),
+            ("GET /", 50, StatusCode::Unset, None),
+            ("GET /", 500, StatusCode::Error, None),
+        ]);
+        let rows = run(&cfg, &b, vec![]);
+        assert_eq!(rows.len(), 2);
+        let ok = &rows[0];
+        assert_eq!((ok.calls, ok.status), (3, StatusCode::Unset));
+        // 5 ms and 10 ms in le=10, 50 ms in le=100, nothing past it.
+        assert_eq!(ok.duration.counts, vec![2.0, 1.0, 0.0]);
+        assert_eq!(ok.duration.sum, 65.0);
+        assert_eq!(rows[1].duration.counts, vec![0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn cardinality_cap_routes_to_overflow() {
+        let cfg = RedConfig { max_series_per_service: 2, ..RedConfig::default() };
+        let b = batch(&[
+            ("a", 1, StatusCode::Unset, None),
+            ("b", 1, StatusCode::Unset, None),
+            ("c", 1, StatusCode::Unset, None),
+            ("d", 1, StatusCode::Unset, None),
+            ("a", 1, StatusCode::Unset, None),
+        ]);
+        let rows = run(&cfg, &b, vec![]);
+        let overflow: Vec<_> = rows.iter().filter(|r| r.overflow).collect();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(overflow.len(), 1);
+        assert_eq!(overflow[0].calls, 2);
+        assert_eq!(rows.iter().map(|r| r.calls).sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn dimensions_split_series() {
+        let keys = AttrKeys::new(["http.method"]);
+        let cfg = RedConfig::default();
+        let b = batch(&[
+            ("op", 1, StatusCode::Unset, Some("GET")),
+            ("op", 1, StatusCode::Unset, Some("POST")),
+            ("op", 1, StatusCode::Unset, Some("GET")),
+            ("op", 1, StatusCode::Unset, None),
+        ]);
+        let rows = run(&cfg, &b, vec![keys.get("http.method").unwrap()]);
+        let got: Vec<_> = rows.iter().map(|r| (r.dims[0].to_string(), r.calls)).collect();
+        assert_eq!(got, vec![("".into(), 1), ("GET".into(), 2), ("POST".into(), 1)]);
+    }
+
+    #[test]
+    fn quantile_interpolates_like_promql() {
+        let bounds = [1.0, 2.0, 4.0];
+        let mut h = Histogram::new(3);
+        for v in [0.5, 1.5, 1.5, 3.0] {
+            h.observe(&bounds, v);
+        }
+        // rank 2 of 4 falls in (1,2] holding 2 observations after 1: 1 + 1 * (1/2).
+        assert_eq!(h.quantile(&bounds, 0.5), Some(1.5));
+        assert_eq!(Histogram::new(3).quantile(&bounds, 0.5), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! Metric points and log records, reduced to what the analyzer uses now: per (service, pod, metric) the
+//! latest value and how many points arrived, and per (service, severity) how many log records arrived.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::model::{LogBatch, MetricBatch, PointValue};
+
+/// OTLP severity ranges, named as the spec names them (1–4 TRACE … 21–24 FATAL).
+pub fn severity_text(severity: u8) -> &'static str {
+    match severity {
+        1..=4 => "trace",
+        5..=8 => "debug",
+        9..=12 => "info",
+        13..=16 => "warn",
+        17..=20 => "error",
+        21..=24 => "fatal",
+        _ => "unspecified",
+    }
+}
+
+/// The latest reading of one metric of one pod of one service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricRow {
+    pub service: Arc<str>,
+    pub pod: Arc<str>,
+    pub name: Arc<str>,
+    pub points: u64,
+    pub last_time_ns: u64,
+    /// Gauge or sum value; for histograms and summaries, the mean of the latest point.
+    pub last_value: f64,
+}
+
+/// Log records of one service at one severity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRow {
+    pub service: Arc<str>,
+    pub severity: &'static str,
+    pub records: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Signals {
+    metrics: BTreeMap<(Arc<str>, Arc<str>, Arc<str>), MetricRow>,
+    logs: BTreeMap<(Arc<str>, &'static str), u64>,
+}
+
+impl Signals {
+    pub fn metrics(&mut self, batch: &MetricBatch) {
+        for p in &batch.points {
+            let value = match &p.value {
+                PointValue::Gauge(v) => *v,
+                PointValue::Sum { value, .. } => *value,
+                PointValue::Histogram { count, sum, .. } | PointValue::Summary { count, sum } => {
+                    if *count == 0 { 0.0 } else { sum / *count as f64 }
+                }
+            };
+            let key = (Arc::from(p.service.as_str()), Arc::from(p.pod.as_str()), Arc::from(p.name.as_str()));
+            let row = self.metrics.entry(key.clone()).or_insert_with(|| MetricRow {
+                service: key.0,
+                pod: key.1,
+                name: key.2,
+                points: 0,
+                last_time_ns: 0,
+                last_value: 0.0,
+            });
+            row.points += 1;
+            // Late points count but do not replace a newer reading.
+            if p.time_ns >= row.last_time_ns {
+                row.last_time_ns = p.time_ns;
+                row.last_value = value;
+            }
+        }
+    }
+
+    pub fn logs(&mut self, batch: &LogBatch) {
+        for r in &batch.records {
+            *self.logs.entry((Arc::from(r.service.as_str()), severity_text(r.severity))).or_default() += 1;
+        }
+    }
+
+    pub fn metric_rows(&self) -> Vec<MetricRow> {
+        self.metrics.values().cloned().collect()
+    }
+
+    pub fn log_rows(&self) -> Vec<LogRow> {
+        self.logs
+            .iter()
+            .map(|((service, severity), &records)| LogRow { service: service.clone(), severity, records })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LogRecord, MetricPoint};
+
+    #[test]
+    fn latest_value_wins_and_late_points_count() {
+        let p = |t, v| MetricPoint {
+            service: "api".into(),
+            pod: "api-1".into(),
+            name: "cpu".into(),
+            attributes: vec![],
+            start_ns: 0,
+            time_ns: t,
+            value: PointValue::Gauge(v),
+        };
+        let mut s = Signals::default();
+        s.metrics(&MetricBatch { points: vec![p(2, 0.5), p(1, 0.9)], permit: None });
+        let rows = s.metric_rows();
+        assert_eq!((rows[0].points, rows[0].last_value), (2, 0.5));
+    }
+
+    #[test]
+    fn logs_count_by_severity_range() {
+        let r = |sev| LogRecord { service: "api".into(), pod: String::new(), severity: sev, time_ns: 0 };
+        let mut s = Signals::default();
+        s.logs(&LogBatch { records: vec![r(17), r(18), r(9), r(0)], permit: None });
+        let rows: Vec<_> = s.log_rows().into_iter().map(|r| (r.severity, r.records)).collect();
+        assert_eq!(rows, vec![("error", 2), ("info", 1), ("unspecified", 1)]);
+    }
+}

@@ -1,0 +1,116 @@
+//! The collector's part of the configuration (one `Default`, unknown fields rejected, `validate` names
+//! every problem).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tidewatch_analyzer::config::ByteSize;
+
+/// Where and how OTLP is received.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub grpc: Listener,
+    pub http: Listener,
+    /// Largest request body accepted, measured after decompression too (so a gzip bomb is refused).
+    pub max_body: ByteSize,
+    /// What a refused client is told to wait before retrying (`Retry-After`).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Require `Authorization: Bearer <token>` on both endpoints.
+    pub auth: Option<AuthConfig>,
+    /// Serve both endpoints over TLS (and require client certificates when `client_ca` is set).
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> CollectorConfig {
+        CollectorConfig {
+            grpc: Listener { enabled: true, endpoint: SocketAddr::from(([0, 0, 0, 0], 4317)) },
+            http: Listener { enabled: true, endpoint: SocketAddr::from(([0, 0, 0, 0], 4318)) },
+            max_body: ByteSize::mib(64),
+            retry_after: Duration::from_secs(1),
+            auth: None,
+            tls: None,
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub endpoint: SocketAddr,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Bearer-token authentication. The token comes from the config, a file, or `TIDEWATCH_AUTH_TOKEN`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// The token to require, read from the file when one is named.
+    pub fn resolve(&self) -> std::io::Result<String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) => Ok(t.clone()),
+            (None, Some(f)) => Ok(std::fs::read_to_string(f)?.trim().to_owned()),
+            (None, None) => Err(std::io::Error::other("no token configured")),
+        }
+    }
+}
+
+/// PEM files for TLS; `client_ca` turns on mutual TLS.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl CollectorConfig {
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.max_body.0 < 1024 {
+            errors.push(format!("collector.max_body: {} is below the minimum of 1KiB", self.max_body));
+        }
+        if self.max_body.0 > u64::from(u32::MAX / 2) {
+            errors.push(format!("collector.max_body: {} is above the maximum of 2GiB", self.max_body));
+        }
+        if self.grpc.enabled && self.http.enabled && self.grpc.endpoint == self.http.endpoint {
+            errors.push(format!("collector.http.endpoint: {} is also the gRPC endpoint", self.http.endpoint));
+        }
+        if let Some(a) = &self.auth {
+            match (&a.token, &a.token_file) {
+                (None, None) => errors.push("collector.auth: set token or token_file".into()),
+                (Some(_), Some(_)) => errors.push("collector.auth: set token or token_file, not both".into()),
+                (Some(t), None) if t.len() < 8 => {
+                    errors.push("collector.auth.token: must be at least 8 characters".into())
+                }
+                (None, Some(f)) if !f.is_file() => {
+                    errors.push(format!("collector.auth.token_file: {} is not a readable file", f.display()))
+                }
+                _ => {}
+            }
+        }
+        if let Some(t) = &self.tls {
+            for (field, path) in [("cert", Some(&t.cert)), ("key", Some(&t.key)), ("client_ca", t.client_ca.as_ref())] {
+                if let Some(p) = path
+                    && !p.is_file()
+                {
+                    errors.push(format!("collector.tls.{field}: {} is not a readable file", p.display()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, in protobuf or JSON, optionally gzip or zstd,
+//! answered in the request's own content type as the OTLP specification asks. Errors carry a
+//! `google.rpc.Status` body; refusals carry `Retry-After` so exporters back off and retry.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use prost::Message;
+use tidewatch_analyzer::config::ByteSize;
+
+use crate::body::{Encoding, decompress};
+use crate::decode::{Format, Rejections, Signal};
+use crate::receiver::Receiver;
+use crate::stats::Protocol;
+use crate::{Error, Result};
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// The OTLP/HTTP routes.
+pub fn router(receiver: Receiver) -> Router {
+    Router::new()
+        .route("/v1/traces", post(|s, h, b| handle(s, h, b, Signal::Traces)))
+        .route("/v1/metrics", post(|s, h, b| handle(s, h, b, Signal::Metrics)))
+        .route("/v1/logs", post(|s, h, b| handle(s, h, b, Signal::Logs)))
+        // The limit is enforced in `read_body`, after decompression as well as before.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(receiver)
+}
+
+async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Body, signal: Signal) -> Response {
+    let format = content_type(&headers);
+    let mut wire_bytes = 0;
+    let result = async {
+        rx.authorize(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes))?;
+        let format = format?;
+        let encoding = Encoding::parse(headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()))?;
+        let raw = read_body(&headers, body, rx.max_body()).await?;
+        wire_bytes = raw.len();
+        let body = decompress(encoding, raw, rx.max_body())?;
+        rx.export(signal, format, body)
+    }
+    .await;
+    rx.record(Protocol::Http, &result, wire_bytes);
+    // An unsupported content type is answered in protobuf, the default encoding.
+    let format = format.unwrap_or(Format::Protobuf);
+    match result {
+        Ok(rejected) => success(signal, format, &rejected),
+        Err(e) => failure(&e, format, rx.retry_after_secs()),
+    }
+}
+
+/// The request's encoding from `Content-Type` (parameters such as `charset` are ignored).
+fn content_type(headers: &HeaderMap) -> Result<Format> {
+    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        PROTOBUF | "application/protobuf" => Ok(Format::Protobuf),
+        JSON => Ok(Format::Json),
+        _ => Err(Error::ContentType(raw.to_owned())),
+    }
+}
+
+/// Reads the body, refusing at once when `Content-Length` already says it is too large, and otherwise as
+/// soon as the streamed bytes pass the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes> {
+    let too_large = || Error::TooLarge { limit: ByteSize(limit as u64) };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // axum reports a limit hit as a length-limit error in the source chain.
+        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
+            too_large()
+        } else {
+            Error::Body(e.to_string())
+        }
+    })
+}
+
+fn encode<M: Message + serde::Serialize>(msg: &M, format: Format) -> (Vec<u8>, &'static str) {
+    match format {
+        Format::Protobuf => (msg.encode_to_vec(), PROTOBUF),
+        // Serialising these plain structs to JSON cannot fail.
+        Format::Json => (serde_json::to_vec(msg).unwrap_or_default(), JSON),
+    }
+}
+
+fn respond(status: StatusCode, (body, ct): (Vec<u8>, &'static str)) -> Response {
+    (status, [(header::CONTENT_TYPE, ct)], body).into_response()
+}
+
+fn success(signal: Signal, format: Format, r: &Rejections) -> Response {
+    let partial = r.count > 0;
+    let (n, msg) = (r.count as i64, r.message());
+    let body = match signal {
+        Signal::Traces => encode(
+            &ExportTraceServiceResponse {
+                partial_success: partial
+                    .then(|| ExportTracePartialSuccess { rejected_spans: n, error_message: msg }),
+            },
+            format,
+        ),
+        Signal::Metrics => encode(
+            &ExportMetricsServiceResponse {
+                partial_success: partial
+                    .then(|| ExportMetricsPartialSuccess { rejected_data_points: n, error_message: msg }),
+            },
+            format,
+        ),
+        Signal::Logs => encode(
+            &ExportLogsServiceResponse {
+                partial_success: partial
+                    .then(|| ExportLogsPartialSuccess { rejected_log_records: n, error_message: msg }),
+            },
+            format,
+        ),
+    };
+    respond(StatusCode::OK, body)
+}
+
+/// `google.rpc.Status`, the error body OTLP/HTTP specifies.
+#[derive(Clone, PartialEq, Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// The HTTP status and gRPC code for an error.
+pub(crate) fn error_codes(e: &Error) -> (StatusCode, tonic::Code) {
+    match e {
+        Error::Decode(_) | Error::Body(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+        Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
+        Error::ContentType(_) | Error::ContentEncoding(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, tonic::Code::Unimplemented)
+        }
+        Error::Unauthenticated => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
+        Error::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+        Error::Tls(_) | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
+    }
+}
+
+fn failure(e: &Error, format: Format, retry_after: u64) -> Response {
+    let (status, code) = error_codes(e);
+    let body = encode(&RpcStatus { code: code as i32, message: e.to_string() }, format);
+    let mut resp = respond(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            m
+        };
+        assert_eq!(content_type(&h("application/json; charset=utf-8")).unwrap(), Format::Json);
+        assert_eq!(content_type(&h("Application/X-Protobuf")).unwrap(), Format::Protobuf);
+        assert!(matches!(content_type(&h("text/plain")), Err(Error::ContentType(_))));
+        assert!(matches!(content_type(&HeaderMap::new()), Err(Error::ContentType(_))));
+    }
+}

@@ -1,0 +1,96 @@
+//! What both receivers do with a request once its body is in hand: reserve memory, decode, validate, hand
+//! the batch to the analyzer, count. Stateless apart from counters, so any number of requests run at once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidewatch_analyzer::ingest::Ingest;
+
+use crate::decode::{Decoded, Format, Rejections, Signal, decode};
+use crate::stats::{Outcome, Protocol, Stats};
+use crate::{CollectorConfig, Error, Result};
+
+/// Shared by the gRPC and HTTP receivers; cheap to clone.
+#[derive(Clone)]
+pub struct Receiver {
+    ingest: Ingest,
+    stats: Arc<Stats>,
+    max_body: usize,
+    token: Option<Arc<str>>,
+    retry_after_secs: u64,
+}
+
+impl Receiver {
+    /// Reads the token file, if one is configured.
+    pub fn new(cfg: &CollectorConfig, ingest: Ingest, stats: Arc<Stats>) -> Result<Receiver> {
+        let token = match &cfg.auth {
+            Some(a) => Some(Arc::from(a.resolve().map_err(Error::Io)?)),
+            None => None,
+        };
+        Ok(Receiver {
+            ingest,
+            stats,
+            max_body: cfg.max_body.as_usize(),
+            token,
+            retry_after_secs: cfg.retry_after.as_secs().max(1),
+        })
+    }
+
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after_secs
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Checks an `authorization` header value against the configured token (if any). The comparison takes
+    /// the same time wherever the first difference is, so the token cannot be guessed byte by byte.
+    pub fn authorize(&self, header: Option<&[u8]>) -> Result<()> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let given = header.and_then(|h| h.strip_prefix(b"Bearer ")).unwrap_or_default();
+        let want = token.as_bytes();
+        let diff = given.len() ^ want.len();
+        let same = want.iter().zip(given.iter().chain(std::iter::repeat(&0))).fold(diff, |acc, (a, b)| acc | usize::from(a ^ b));
+        if same == 0 { Ok(()) } else { Err(Error::Unauthenticated) }
+    }
+
+    /// Decodes and enqueues one request; returns what was rejected item by item.
+    pub fn export(&self, signal: Signal, format: Format, body: Bytes) -> Result<Rejections> {
+        let permit = self.ingest.reserve(body.len())?;
+        let (decoded, rejected) = decode(signal, format, body, self.ingest.attr_keys())?;
+        let n = decoded.len() as u64;
+        if n > 0 {
+            let sent = match decoded {
+                Decoded::Spans(b) => self.ingest.try_send_spans(b, permit),
+                Decoded::Metrics(b) => self.ingest.try_send_metrics(b, permit),
+                Decoded::Logs(b) => self.ingest.try_send_logs(b, permit),
+            };
+            if let Err(e) = sent {
+                self.stats.refused(signal, n);
+                return Err(e.into());
+            }
+        }
+        self.stats.items(signal, n, rejected.count);
+        Ok(rejected)
+    }
+
+    /// Counts a finished request.
+    pub fn record(&self, protocol: Protocol, result: &Result<Rejections>, wire_bytes: usize) {
+        let outcome = match result {
+            Ok(r) if r.count == 0 => Outcome::Ok,
+            Ok(_) => Outcome::Partial,
+            Err(Error::Decode(_) | Error::Body(_)) => Outcome::BadRequest,
+            Err(Error::TooLarge { .. }) => Outcome::TooLarge,
+            Err(Error::ContentType(_) | Error::ContentEncoding(_)) => Outcome::Unsupported,
+            Err(Error::Unauthenticated) => Outcome::Unauthenticated,
+            Err(Error::Refused(_)) => Outcome::Refused,
+            Err(Error::Tls(_) | Error::Io(_)) => Outcome::BadRequest,
+        };
+        self.stats.request(protocol, outcome, wire_bytes);
+    }
+}

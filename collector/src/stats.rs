@@ -1,0 +1,106 @@
+//! The collector's own counters, exposed on `/metrics` as `tidewatch_collector_*`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::decode::Signal;
+
+/// What became of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every item accepted.
+    Ok,
+    /// Some items rejected (partial success).
+    Partial,
+    BadRequest,
+    TooLarge,
+    Unsupported,
+    Unauthenticated,
+    /// Refused for now (queue full or memory limit): the client retries.
+    Refused,
+}
+
+const OUTCOMES: [(Outcome, &str); 7] = [
+    (Outcome::Ok, "ok"),
+    (Outcome::Partial, "partial"),
+    (Outcome::BadRequest, "bad_request"),
+    (Outcome::TooLarge, "too_large"),
+    (Outcome::Unsupported, "unsupported"),
+    (Outcome::Unauthenticated, "unauthenticated"),
+    (Outcome::Refused, "refused"),
+];
+
+/// Receiving protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+const SIGNALS: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+fn signal_idx(s: Signal) -> usize {
+    s as usize
+}
+
+/// Lock-free counters, shared by all receivers.
+#[derive(Debug, Default)]
+pub struct Stats {
+    accepted: [AtomicU64; 3],
+    rejected: [AtomicU64; 3],
+    refused: [AtomicU64; 3],
+    requests: [[AtomicU64; 7]; 2],
+    bytes: [AtomicU64; 2],
+}
+
+impl Stats {
+    pub fn items(&self, signal: Signal, accepted: u64, rejected: u64) {
+        self.accepted[signal_idx(signal)].fetch_add(accepted, Relaxed);
+        self.rejected[signal_idx(signal)].fetch_add(rejected, Relaxed);
+    }
+
+    /// Items decoded but refused because the engine could not take them.
+    pub fn refused(&self, signal: Signal, n: u64) {
+        self.refused[signal_idx(signal)].fetch_add(n, Relaxed);
+    }
+
+    pub fn request(&self, protocol: Protocol, outcome: Outcome, wire_bytes: usize) {
+        let o = OUTCOMES.iter().position(|(x, _)| *x == outcome).unwrap_or(0);
+        self.requests[protocol as usize][o].fetch_add(1, Relaxed);
+        self.bytes[protocol as usize].fetch_add(wire_bytes as u64, Relaxed);
+    }
+
+    pub fn accepted(&self, signal: Signal) -> u64 {
+        self.accepted[signal_idx(signal)].load(Relaxed)
+    }
+
+    /// Appends the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP tidewatch_collector_items_total Items received, by signal and outcome.");
+        let _ = writeln!(out, "# TYPE tidewatch_collector_items_total counter");
+        for s in SIGNALS {
+            let i = signal_idx(s);
+            for (outcome, c) in [("accepted", &self.accepted[i]), ("rejected", &self.rejected[i]), ("refused", &self.refused[i])] {
+                let _ = writeln!(
+                    out,
+                    "tidewatch_collector_items_total{{signal=\"{}\",outcome=\"{outcome}\"}} {}",
+                    s.items(),
+                    c.load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP tidewatch_collector_requests_total Export requests, by protocol and outcome.");
+        let _ = writeln!(out, "# TYPE tidewatch_collector_requests_total counter");
+        for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
+            for (o, (_, oname)) in OUTCOMES.iter().enumerate() {
+                let v = self.requests[p as usize][o].load(Relaxed);
+                let _ = writeln!(out, "tidewatch_collector_requests_total{{protocol=\"{name}\",outcome=\"{oname}\"}} {v}");
+            }
+        }
+        let _ = writeln!(out, "# HELP tidewatch_collector_received_bytes_total Request bytes as received (before decompression).");
+        let _ = writeln!(out, "# TYPE tidewatch_collector_received_bytes_total counter");
+        for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
+            let _ = writeln!(out, "tidewatch_collector_received_bytes_total{{protocol=\"{name}\"}} {}", self.bytes[p as usize].load(Relaxed));
+        }
+    }
+}
