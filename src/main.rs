@@ -1,1 +1,68 @@
-fn main() {}
+//! The `tidewatch` binary: parse, load config, bind, run. Everything else lives in the library crates and
+//! in `app`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tidewatch::cli::{Cli, Command, ConfigArgs};
+use tidewatch::config::{Config, LogFormat};
+use tidewatch::{app, loadgen};
+
+fn main() -> ExitCode {
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Run(ConfigArgs::default()));
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    match command {
+        Command::Run(args) => {
+            let cfg = load(&args)?;
+            runtime.block_on(async {
+                let listeners = app::Listeners::bind(&cfg).await?;
+                println!("tidewatch listening {}", listeners.describe());
+                app::run(cfg, listeners, tidewatch::shutdown_signal()).await
+            })
+        }
+        Command::Demo(args) => {
+            let cfg = load(&args.config)?;
+            runtime.block_on(tidewatch::demo(cfg, args))
+        }
+        Command::Loadgen(args) => {
+            init_logs(&Config::default());
+            let report = runtime.block_on(loadgen::run(args.clone(), tidewatch::shutdown_signal()))?;
+            loadgen::print(&report, args.json);
+            Ok(())
+        }
+        Command::CheckConfig(args) => {
+            let cfg = Config::load(args.config.as_deref(), &args.sets)?;
+            print!("{}", serde_yaml::to_string(&cfg)?);
+            Ok(())
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let cfg = Config::load(args.config.as_deref(), &args.sets)?;
+    init_logs(&cfg);
+    Ok(cfg)
+}
+
+fn init_logs(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -28,7 +28,9 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -37,20 +39,26 @@ impl FromStr for ByteSize {
             "KB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+                ));
+            }
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
+        if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", b >> 30)
-        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+        } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")
@@ -125,7 +133,9 @@ pub struct RedConfig {
 impl Default for RedConfig {
     fn default() -> RedConfig {
         // The spanmetrics connector's default buckets.
-        let ms = [2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10_000, 15_000];
+        let ms = [
+            2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10_000, 15_000,
+        ];
         RedConfig {
             buckets: ms.iter().map(|&m| Duration::from_millis(m)).collect(),
             unit: LatencyUnit::Milliseconds,
@@ -138,7 +148,10 @@ impl Default for RedConfig {
 impl RedConfig {
     /// Bucket bounds in the exposition unit.
     pub fn bounds(&self) -> Vec<f64> {
-        self.buckets.iter().map(|d| d.as_nanos() as f64 / self.unit.nanos()).collect()
+        self.buckets
+            .iter()
+            .map(|d| d.as_nanos() as f64 / self.unit.nanos())
+            .collect()
     }
 
     fn validate(&self, errors: &mut Vec<String>) {
@@ -187,10 +200,15 @@ impl Default for GraphConfig {
         GraphConfig {
             wait: Duration::from_secs(10),
             max_items: 10_000,
-            buckets: [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8].iter().map(|&s| Duration::from_secs_f64(s)).collect(),
+            buckets: [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8]
+                .iter()
+                .map(|&s| Duration::from_secs_f64(s))
+                .collect(),
             dimensions: Vec::new(),
             enable_client_server_prefix: false,
-            peer_attributes: ["peer.service", "db.name", "db.system", "db.system.name"].map(String::from).into(),
+            peer_attributes: ["peer.service", "db.name", "db.system", "db.system.name"]
+                .map(String::from)
+                .into(),
             database_name_attributes: ["db.namespace", "db.name", "db.system", "db.system.name"]
                 .map(String::from)
                 .into(),
@@ -254,7 +272,10 @@ impl AnalyzerConfig {
             errors.push("analyzer.queue_batches: must be at least 1".into());
         }
         if self.max_inflight.0 < 1024 * 1024 {
-            errors.push(format!("analyzer.max_inflight: {} is below the minimum of 1MiB", self.max_inflight));
+            errors.push(format!(
+                "analyzer.max_inflight: {} is below the minimum of 1MiB",
+                self.max_inflight
+            ));
         }
         if self.window < Duration::from_millis(100) {
             errors.push("analyzer.window: must be at least 100ms".into());

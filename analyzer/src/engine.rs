@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{AnalyzerConfig, LatencyUnit};
+use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
 use crate::graph::{EdgeRow, GraphCounters, GraphStore};
 use crate::ingest::{Inflight, Ingest, IngestStats};
 use crate::intern::Interner;
@@ -65,6 +65,8 @@ pub struct Snapshot {
     /// Service-graph histogram bounds, in seconds.
     pub graph_bounds: Arc<[f64]>,
     pub graph_dimensions: Arc<[String]>,
+    /// Which service-graph series to expose, and the rest of its settings.
+    pub graph_config: Arc<GraphConfig>,
     pub graph: GraphCounters,
     pub metrics: Vec<MetricRow>,
     pub logs: Vec<LogRow>,
@@ -81,6 +83,7 @@ impl Snapshot {
             edges: Vec::new(),
             graph_bounds: cfg.service_graph.bounds().into(),
             graph_dimensions: GraphStore::dimension_labels(&cfg.service_graph).into(),
+            graph_config: Arc::new(cfg.service_graph.clone()),
             graph: GraphCounters::default(),
             metrics: Vec::new(),
             logs: Vec::new(),
@@ -91,7 +94,7 @@ impl Snapshot {
 /// The running engine: ask it for snapshots, subscribe to window snapshots, stop it.
 pub struct Engine {
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     windows: watch::Receiver<Arc<Snapshot>>,
     window_task: JoinHandle<()>,
     stats: Arc<EngineStats>,
@@ -101,7 +104,12 @@ pub struct Engine {
 /// Starts the shards on the current tokio runtime; returns the handle receivers send into and the engine.
 pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let mut keys = AttrKeys::default();
-    let red_dims: Vec<u16> = cfg.span_metrics.dimensions.iter().map(|d| keys.intern(d)).collect();
+    let red_dims: Vec<u16> = cfg
+        .span_metrics
+        .dimensions
+        .iter()
+        .map(|d| keys.intern(d))
+        .collect();
     let graph_keys = GraphStore::attr_keys(&cfg.service_graph, &mut keys);
     let keys = Arc::new(keys);
     let stats = Arc::new(EngineStats::default());
@@ -124,14 +132,29 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let shards: Arc<[_]> = senders.into();
     let template = Arc::new(Snapshot::empty(cfg));
     let (win_tx, windows) = watch::channel(template.clone());
-    let window_task = tokio::spawn(publish_windows(shards.clone(), template.clone(), cfg.window, win_tx));
+    let window_task = tokio::spawn(publish_windows(
+        shards.clone(),
+        template.clone(),
+        cfg.window,
+        win_tx,
+    ));
     let ingest = Ingest {
         shards: shards.clone(),
         inflight: Inflight::new(cfg.max_inflight.as_usize()),
         keys,
         stats: Arc::new(IngestStats::default()),
     };
-    (ingest, Engine { shards, tasks, windows, window_task, stats, template })
+    (
+        ingest,
+        Engine {
+            shards,
+            tasks: tasks.into(),
+            windows,
+            window_task,
+            stats,
+            template,
+        },
+    )
 }
 
 /// Expiry sweeps run a few times per wait period, so a half edge lives at most ~1.25 x `wait`.
@@ -154,14 +177,16 @@ impl Engine {
         &self.stats
     }
 
-    /// Processes everything still queued, then stops the shards. Call after the receivers have stopped.
-    pub async fn shutdown(self) {
+    /// Processes everything still queued, then stops the shards. Call after the receivers have stopped;
+    /// later snapshots fail with [`Error::Stopped`].
+    pub async fn shutdown(&self) {
         self.window_task.abort();
         for s in self.shards.iter() {
             // A closed queue means the shard is already gone; nothing to drain.
             let _ = s.send(ShardMsg::Stop).await;
         }
-        for t in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
             let _ = t.await;
         }
     }
@@ -182,7 +207,10 @@ async fn collect(shards: &[mpsc::Sender<ShardMsg>], template: &Snapshot) -> Resu
 }
 
 fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
-    let mut snap = Snapshot { taken_at: SystemTime::now(), ..template.clone() };
+    let mut snap = Snapshot {
+        taken_at: SystemTime::now(),
+        ..template.clone()
+    };
     if parts.len() == 1 {
         let p = parts.into_iter().next().expect("one part");
         snap.red = p.red;

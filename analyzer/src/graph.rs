@@ -61,7 +61,12 @@ pub struct EdgeRow {
 
 impl EdgeRow {
     pub fn key(&self) -> (Arc<str>, Arc<str>, ConnectionType, Vec<Arc<str>>) {
-        (self.client.clone(), self.server.clone(), self.connection_type, self.dims.clone())
+        (
+            self.client.clone(),
+            self.server.clone(),
+            self.connection_type,
+            self.dims.clone(),
+        )
     }
 
     pub fn merge(&mut self, o: &EdgeRow) {
@@ -193,7 +198,15 @@ pub struct GraphStore {
 
 /// Prometheus label names: characters outside `[a-zA-Z0-9_]` become `_`.
 pub fn sanitize_label(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl GraphStore {
@@ -210,21 +223,37 @@ impl GraphStore {
             if cfg.enable_client_server_prefix {
                 if is_virtual {
                     virtual_slot = Some(slots.len());
-                    slots.push(Slot { key: None, writer: Writer::Expiry });
+                    slots.push(Slot {
+                        key: None,
+                        writer: Writer::Expiry,
+                    });
                 } else {
-                    slots.push(Slot { key: Some(keys.intern(d)), writer: Writer::Client });
-                    slots.push(Slot { key: Some(keys.intern(d)), writer: Writer::Server });
+                    slots.push(Slot {
+                        key: Some(keys.intern(d)),
+                        writer: Writer::Client,
+                    });
+                    slots.push(Slot {
+                        key: Some(keys.intern(d)),
+                        writer: Writer::Server,
+                    });
                 }
             } else {
                 if is_virtual {
                     virtual_slot = Some(slots.len());
                 }
-                slots.push(Slot { key: Some(keys.intern(d)), writer: Writer::Any });
+                slots.push(Slot {
+                    key: Some(keys.intern(d)),
+                    writer: Writer::Any,
+                });
             }
         }
         GraphKeys {
             peer: cfg.peer_attributes.iter().map(|a| keys.intern(a)).collect(),
-            db_names: cfg.database_name_attributes.iter().map(|a| keys.intern(a)).collect(),
+            db_names: cfg
+                .database_name_attributes
+                .iter()
+                .map(|a| keys.intern(a))
+                .collect(),
             peer_service: keys.intern("peer.service"),
             server_address: keys.intern("server.address"),
             network_peer_address: keys.intern("network.peer.address"),
@@ -275,17 +304,35 @@ impl GraphStore {
     }
 
     /// Applies one span. `service` is its resource's interned `service.name`.
-    pub fn record(&mut self, names: &mut Interner, batch: &SpanBatch, span: &Span, service: u32, now: Instant) {
+    pub fn record(
+        &mut self,
+        names: &mut Interner,
+        batch: &SpanBatch,
+        span: &Span,
+        service: u32,
+        now: Instant,
+    ) {
         let is_client = match span.kind {
             SpanKind::Client | SpanKind::Producer => true,
             SpanKind::Server | SpanKind::Consumer => false,
             _ => return,
         };
         // A resource without a service name has no place in the graph.
-        if batch.resources.get(span.resource as usize).is_none_or(|r| r.service.is_empty()) {
+        if batch
+            .resources
+            .get(span.resource as usize)
+            .is_none_or(|r| r.service.is_empty())
+        {
             return;
         }
-        let key = PendingKey { trace: span.trace_id, id: if is_client { span.span_id } else { span.parent_span_id } };
+        let key = PendingKey {
+            trace: span.trace_id,
+            id: if is_client {
+                span.span_id
+            } else {
+                span.parent_span_id
+            },
+        };
         if let Some(edge) = self.pending.get_mut(&key) {
             Self::apply(&self.keys, names, edge, batch, span, service, is_client);
             if edge.complete() {
@@ -338,7 +385,11 @@ impl GraphStore {
         let messaging = matches!(span.kind, SpanKind::Producer | SpanKind::Consumer);
         let latency = span.duration_ns() as f64 / 1e9;
         e.kind = span.kind;
-        e.conn = if messaging { ConnectionType::MessagingSystem } else { ConnectionType::Direct };
+        e.conn = if messaging {
+            ConnectionType::MessagingSystem
+        } else {
+            ConnectionType::Direct
+        };
         e.failed |= span.status == StatusCode::Error;
         if is_client {
             e.client = Some(service);
@@ -377,7 +428,14 @@ impl GraphStore {
 
     /// A client span with a database attribute is a call to that database, complete at once. The server
     /// is named by `peer.service`, `server.address`, `network.peer.address[:port]` or the database name.
-    fn database(keys: &GraphKeys, names: &mut Interner, e: &mut Edge, batch: &SpanBatch, span: &Span, latency: f64) {
+    fn database(
+        keys: &GraphKeys,
+        names: &mut Interner,
+        e: &mut Edge,
+        batch: &SpanBatch,
+        span: &Span,
+        latency: f64,
+    ) {
         let Some(db_name) = keys.db_names.iter().find_map(|&k| Self::find(batch, span, k)) else {
             return;
         };
@@ -401,8 +459,15 @@ impl GraphStore {
     }
 
     fn emit(&mut self, e: &Edge) {
-        let (Some(client), Some(server)) = (e.client, e.server) else { return };
-        let key = EdgeKey { client, server, conn: e.conn, dims: e.dims.clone() };
+        let (Some(client), Some(server)) = (e.client, e.server) else {
+            return;
+        };
+        let key = EdgeKey {
+            client,
+            server,
+            conn: e.conn,
+            dims: e.dims.clone(),
+        };
         let n = self.bounds.len();
         let stats = self.edges.entry(key).or_insert_with(|| EdgeStats {
             total: 0.0,
@@ -422,7 +487,9 @@ impl GraphStore {
             // Integer nanoseconds first, then seconds, so the value is exact; a zero gap is not recorded.
             let gap = e.server_start_ns.saturating_sub(e.client_end_ns);
             if gap > 0 {
-                stats.messaging.observe_weighted(&self.bounds, gap as f64 / 1e9, m);
+                stats
+                    .messaging
+                    .observe_weighted(&self.bounds, gap as f64 / 1e9, m);
             }
         }
     }
@@ -470,7 +537,10 @@ impl GraphStore {
     }
 
     pub fn counters(&self) -> GraphCounters {
-        GraphCounters { pending: self.pending.len() as u64, ..self.counters }
+        GraphCounters {
+            pending: self.pending.len() as u64,
+            ..self.counters
+        }
     }
 
     pub fn export(&self, names: &Interner) -> Vec<EdgeRow> {
@@ -480,7 +550,11 @@ impl GraphStore {
                 client: names.resolve(k.client).clone(),
                 server: names.resolve(k.server).clone(),
                 connection_type: k.conn,
-                dims: k.dims.iter().map(|v| v.map_or_else(|| Arc::from(""), |id| names.resolve(id).clone())).collect(),
+                dims: k
+                    .dims
+                    .iter()
+                    .map(|v| v.map_or_else(|| Arc::from(""), |id| names.resolve(id).clone()))
+                    .collect(),
                 total: s.total,
                 failed: s.failed,
                 client_latency: s.client.clone(),
@@ -505,14 +579,29 @@ mod tests {
 
     impl B {
         fn new(keys: AttrKeys) -> B {
-            B { batch: SpanBatch::default(), keys }
+            B {
+                batch: SpanBatch::default(),
+                keys,
+            }
         }
 
         #[allow(clippy::too_many_arguments)]
-        fn span(&mut self, svc: &str, kind: SpanKind, id: u8, parent: u8, ms: u64, err: bool, attrs: &[(&str, &str)]) {
+        fn span(
+            &mut self,
+            svc: &str,
+            kind: SpanKind,
+            id: u8,
+            parent: u8,
+            ms: u64,
+            err: bool,
+            attrs: &[(&str, &str)],
+        ) {
             let b = &mut self.batch;
             let service = b.push_text(svc);
-            b.resources.push(Resource { service, ..Resource::default() });
+            b.resources.push(Resource {
+                service,
+                ..Resource::default()
+            });
             let attr_start = b.attrs.len() as u32;
             for (k, v) in attrs {
                 let key = self.keys.get(k).expect("key registered");
@@ -577,7 +666,10 @@ mod tests {
             );
             assert_eq!(rows.len(), 1);
             let e = &rows[0];
-            assert_eq!((&*e.client, &*e.server, e.connection_type), ("frontend", "checkout", ConnectionType::Direct));
+            assert_eq!(
+                (&*e.client, &*e.server, e.connection_type),
+                ("frontend", "checkout", ConnectionType::Direct)
+            );
             assert_eq!((e.total, e.failed), (1.0, 1.0));
             assert!((e.client_latency.sum - 0.05).abs() < 1e-9 && (e.server_latency.sum - 0.03).abs() < 1e-9);
             assert_eq!((c.edges, c.pending), (1, 0));
@@ -590,34 +682,63 @@ mod tests {
         let cases: [(&[(&str, &str)], &str); 4] = [
             (&[("db.system", "postgresql"), ("db.name", "orders")], "orders"),
             (&[("db.system", "postgresql"), ("server.address", "pg-1")], "pg-1"),
-            (&[("db.system", "postgresql"), ("network.peer.address", "10.0.0.5"), ("network.peer.port", "5432")], "10.0.0.5:5432"),
+            (
+                &[
+                    ("db.system", "postgresql"),
+                    ("network.peer.address", "10.0.0.5"),
+                    ("network.peer.port", "5432"),
+                ],
+                "10.0.0.5:5432",
+            ),
             (&[("db.name", "orders"), ("peer.service", "pg")], "pg"),
         ];
         for (attrs, want) in cases {
-            let (rows, _) = run(&cfg, |b| b.span("inventory", SpanKind::Client, 2, 1, 10, false, attrs), false);
+            let (rows, _) = run(
+                &cfg,
+                |b| b.span("inventory", SpanKind::Client, 2, 1, 10, false, attrs),
+                false,
+            );
             assert_eq!(rows.len(), 1, "{want}");
-            assert_eq!((&*rows[0].server, rows[0].connection_type), (want, ConnectionType::Database));
+            assert_eq!(
+                (&*rows[0].server, rows[0].connection_type),
+                (want, ConnectionType::Database)
+            );
             assert_eq!(rows[0].server_latency.count, 1.0);
         }
     }
 
     #[test]
     fn expiry_makes_virtual_nodes_or_counts() {
-        let cfg = GraphConfig { wait: Duration::from_millis(1), enable_virtual_node_label: true, ..GraphConfig::default() };
+        let cfg = GraphConfig {
+            wait: Duration::from_millis(1),
+            enable_virtual_node_label: true,
+            ..GraphConfig::default()
+        };
         let (rows, c) = run(
             &cfg,
             |b| {
                 // A root server span: called by `user`.
                 b.span("frontend", SpanKind::Server, 1, 0, 5, false, &[]);
                 // A client span to an uninstrumented peer.
-                b.span("frontend", SpanKind::Client, 2, 1, 5, false, &[("peer.service", "stripe")]);
+                b.span(
+                    "frontend",
+                    SpanKind::Client,
+                    2,
+                    1,
+                    5,
+                    false,
+                    &[("peer.service", "stripe")],
+                );
                 // A server span whose parent never arrives, and a client span with no peer: only counted.
                 b.span("payment", SpanKind::Server, 4, 9, 5, false, &[]);
                 b.span("payment", SpanKind::Client, 5, 4, 5, false, &[]);
             },
             true,
         );
-        let got: Vec<_> = rows.iter().map(|r| (r.client.to_string(), r.server.to_string(), r.dims[0].to_string())).collect();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.client.to_string(), r.server.to_string(), r.dims[0].to_string()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -625,13 +746,19 @@ mod tests {
                 ("user".into(), "frontend".into(), "client".into())
             ]
         );
-        assert!(rows.iter().all(|r| r.connection_type == ConnectionType::VirtualNode));
+        assert!(
+            rows.iter()
+                .all(|r| r.connection_type == ConnectionType::VirtualNode)
+        );
         assert_eq!((c.expired_server, c.expired_client, c.pending), (1, 1, 0));
     }
 
     #[test]
     fn full_store_drops_new_halves_but_still_pairs() {
-        let cfg = GraphConfig { max_items: 1, ..GraphConfig::default() };
+        let cfg = GraphConfig {
+            max_items: 1,
+            ..GraphConfig::default()
+        };
         let (rows, c) = run(
             &cfg,
             |b| {
@@ -651,11 +778,20 @@ mod tests {
             b.span("req", SpanKind::Client, 2, 1, 1, false, &[("god", "ares")]);
             b.span("srv", SpanKind::Server, 3, 2, 1, false, &[("god", "zeus")]);
         };
-        let plain = GraphConfig { dimensions: vec!["god".into()], ..GraphConfig::default() };
+        let plain = GraphConfig {
+            dimensions: vec!["god".into()],
+            ..GraphConfig::default()
+        };
         let (rows, _) = run(&plain, build, false);
         assert_eq!(rows[0].dims, vec![Arc::from("zeus")]);
-        let prefixed = GraphConfig { enable_client_server_prefix: true, ..plain };
-        assert_eq!(GraphStore::dimension_labels(&prefixed), vec!["client_god", "server_god"]);
+        let prefixed = GraphConfig {
+            enable_client_server_prefix: true,
+            ..plain
+        };
+        assert_eq!(
+            GraphStore::dimension_labels(&prefixed),
+            vec!["client_god", "server_god"]
+        );
         let (rows, _) = run(&prefixed, build, false);
         assert_eq!(rows[0].dims, vec![Arc::from("ares"), Arc::from("zeus")]);
     }

@@ -33,7 +33,10 @@ pub struct Inflight {
 
 impl Inflight {
     pub fn new(limit: usize) -> Arc<Inflight> {
-        Arc::new(Inflight { used: AtomicUsize::new(0), limit })
+        Arc::new(Inflight {
+            used: AtomicUsize::new(0),
+            limit,
+        })
     }
 
     /// Reserves `bytes`, or refuses when that would pass the limit. A single request larger than the whole
@@ -45,8 +48,16 @@ impl Inflight {
             if cur > 0 && cur + bytes > self.limit {
                 return Err(Refused::MemoryLimit);
             }
-            match self.used.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Ok(InflightPermit { owner: self.clone(), bytes }),
+            match self
+                .used
+                .compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Ok(InflightPermit {
+                        owner: self.clone(),
+                        bytes,
+                    });
+                }
                 Err(now) => cur = now,
             }
         }
@@ -143,13 +154,20 @@ impl Ingest {
         }
         let batch = Arc::new(batch);
         for (shard, p) in permits {
-            p.send(ShardMsg::Spans(batch.clone(), Some(std::mem::take(&mut parts[shard]))));
+            p.send(ShardMsg::Spans(
+                batch.clone(),
+                Some(std::mem::take(&mut parts[shard])),
+            ));
         }
         Ok(())
     }
 
     /// Hands metric points to the engine (shard 0 keeps the metric and log series).
-    pub fn try_send_metrics(&self, mut batch: MetricBatch, mut permit: InflightPermit) -> Result<(), Refused> {
+    pub fn try_send_metrics(
+        &self,
+        mut batch: MetricBatch,
+        mut permit: InflightPermit,
+    ) -> Result<(), Refused> {
         permit.resize(batch.heap_bytes());
         batch.permit = Some(permit);
         self.send_one(0, ShardMsg::Metrics(batch))

@@ -18,13 +18,19 @@ impl Interner {
     #[inline]
     pub fn get(&self, bytes: &[u8]) -> Option<u32> {
         let h = self.hasher.hash_one(bytes);
-        self.table.find(h, |&i| self.strings[i as usize].as_bytes() == bytes).copied()
+        self.table
+            .find(h, |&i| self.strings[i as usize].as_bytes() == bytes)
+            .copied()
     }
 
     /// The id of `bytes`, interning it when new (invalid UTF-8 is replaced, never rejected here).
     #[inline]
     pub fn id(&mut self, bytes: &[u8]) -> u32 {
-        let Interner { table, strings, hasher } = self;
+        let Interner {
+            table,
+            strings,
+            hasher,
+        } = self;
         let h = hasher.hash_one(bytes);
         if let Some(&i) = table.find(h, |&i| strings[i as usize].as_bytes() == bytes) {
             return i;

@@ -27,7 +27,10 @@ impl Text {
     /// A range of the wire buffer. The caller keeps ranges below 2 GiB (the body limit is far smaller).
     pub fn wire(start: usize, len: usize) -> Text {
         debug_assert!(start < OWNED_BIT as usize);
-        Text { start: start as u32, len: len as u32 }
+        Text {
+            start: start as u32,
+            len: len as u32,
+        }
     }
 
     pub fn is_empty(self) -> bool {
@@ -182,7 +185,10 @@ impl AttrKeys {
     /// length first rejects almost every attribute on the wire with one integer compare.
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<u16> {
-        self.keys.iter().position(|k| k.len() == key.len() && k.as_bytes() == key).map(|i| i as u16)
+        self.keys
+            .iter()
+            .position(|k| k.len() == key.len() && k.as_bytes() == key)
+            .map(|i| i as u16)
     }
 
     pub fn get(&self, key: &str) -> Option<u16> {
@@ -212,7 +218,10 @@ pub struct SpanBatch {
 impl SpanBatch {
     /// A batch whose [`Text::wire`] ranges point into `wire`.
     pub fn with_wire(wire: Bytes) -> SpanBatch {
-        SpanBatch { wire, ..SpanBatch::default() }
+        SpanBatch {
+            wire,
+            ..SpanBatch::default()
+        }
     }
 
     /// Copies `s` into the batch's arena (for input that is not borrowed from the wire).
@@ -222,7 +231,10 @@ impl SpanBatch {
         }
         let start = self.owned.len();
         self.owned.extend_from_slice(s.as_bytes());
-        Text { start: start as u32 | OWNED_BIT, len: s.len() as u32 }
+        Text {
+            start: start as u32 | OWNED_BIT,
+            len: s.len() as u32,
+        }
     }
 
     /// Writes `v` into the batch's arena (numbers and booleans from the wire become text this way).
@@ -231,7 +243,10 @@ impl SpanBatch {
         let start = self.owned.len();
         // Writing into a Vec cannot fail.
         let _ = write!(self.owned, "{v}");
-        Text { start: start as u32 | OWNED_BIT, len: (self.owned.len() - start) as u32 }
+        Text {
+            start: start as u32 | OWNED_BIT,
+            len: (self.owned.len() - start) as u32,
+        }
     }
 
     /// The bytes of a text (valid UTF-8 by construction, see [`Text`]).
@@ -252,12 +267,17 @@ impl SpanBatch {
 
     pub fn span_attrs(&self, span: &Span) -> &[Attr] {
         let start = span.attr_start as usize;
-        self.attrs.get(start..start + span.attr_len as usize).unwrap_or_default()
+        self.attrs
+            .get(start..start + span.attr_len as usize)
+            .unwrap_or_default()
     }
 
     /// The value of attribute `key` on `span`, if the collector kept it.
     pub fn attr(&self, span: &Span, key: u16) -> Option<Text> {
-        self.span_attrs(span).iter().find(|a| a.key == key).map(|a| a.value)
+        self.span_attrs(span)
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| a.value)
     }
 
     /// The value of attribute `key` on the span's resource.
@@ -295,9 +315,22 @@ impl SpanBatch {
 pub enum PointValue {
     Gauge(f64),
     /// A sum; `monotonic` counters that are `cumulative` are turned into rates by the store.
-    Sum { value: f64, monotonic: bool, cumulative: bool },
-    Histogram { count: u64, sum: f64, bounds: Vec<f64>, counts: Vec<u64>, cumulative: bool },
-    Summary { count: u64, sum: f64 },
+    Sum {
+        value: f64,
+        monotonic: bool,
+        cumulative: bool,
+    },
+    Histogram {
+        count: u64,
+        sum: f64,
+        bounds: Vec<f64>,
+        counts: Vec<u64>,
+        cumulative: bool,
+    },
+    Summary {
+        count: u64,
+        sum: f64,
+    },
 }
 
 /// One metric data point.
@@ -346,7 +379,10 @@ impl MetricBatch {
                     + p.service.len()
                     + p.pod.len()
                     + p.name.len()
-                    + p.attributes.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+                    + p.attributes
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 48)
+                        .sum::<usize>()
             })
             .sum()
     }
@@ -354,7 +390,10 @@ impl MetricBatch {
 
 impl LogBatch {
     pub fn heap_bytes(&self) -> usize {
-        self.records.iter().map(|r| size_of::<LogRecord>() + r.service.len() + r.pod.len()).sum()
+        self.records
+            .iter()
+            .map(|r| size_of::<LogRecord>() + r.service.len() + r.pod.len())
+            .sum()
     }
 }
 
@@ -384,7 +423,11 @@ mod tests {
 
     #[test]
     fn negative_duration_is_zero() {
-        let s = Span { start_ns: 10, end_ns: 5, ..Span::default() };
+        let s = Span {
+            start_ns: 10,
+            end_ns: 5,
+            ..Span::default()
+        };
         assert_eq!(s.duration_ns(), 0);
     }
 }

@@ -32,7 +32,11 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn new(buckets: usize) -> Histogram {
-        Histogram { counts: vec![0.0; buckets + 1], sum: 0.0, count: 0.0 }
+        Histogram {
+            counts: vec![0.0; buckets + 1],
+            sum: 0.0,
+            count: 0.0,
+        }
     }
 
     /// Records `v`: Prometheus `le` semantics, an observation equal to a bound falls in that bound's bucket.
@@ -68,7 +72,9 @@ impl Histogram {
         for (i, &c) in self.counts.iter().enumerate() {
             if c > 0.0 && seen + c >= rank {
                 let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
-                let Some(&hi) = bounds.get(i) else { return bounds.last().copied() };
+                let Some(&hi) = bounds.get(i) else {
+                    return bounds.last().copied();
+                };
                 return Some(lo + (hi - lo) * ((rank - seen) / c));
             }
             seen += c;
@@ -76,6 +82,9 @@ impl Histogram {
         bounds.last().copied()
     }
 }
+
+/// The identity of a RED series: service, span name, kind, status, dimension values, overflow.
+pub type SeriesId = (Arc<str>, Arc<str>, SpanKind, StatusCode, Vec<Arc<str>>, bool);
 
 /// One RED series, labelled with owned strings: what snapshots and the exposition read.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,7 +103,7 @@ pub struct RedRow {
 
 impl RedRow {
     /// Identity of the series, for merging rows of several shards.
-    pub fn key(&self) -> (Arc<str>, Arc<str>, SpanKind, StatusCode, Vec<Arc<str>>, bool) {
+    pub fn key(&self) -> SeriesId {
         (
             self.service.clone(),
             self.span_name.clone(),
@@ -146,7 +155,14 @@ impl RedTable {
     pub fn record(&mut self, names: &mut Interner, batch: &SpanBatch, span: &Span, service: u32) {
         let name_bytes = batch.bytes(span.name);
         let dims = self.dims_id(batch, span);
-        let mut key = Key { service, name: 0, kind: span.kind, status: span.status, dims, overflow: false };
+        let mut key = Key {
+            service,
+            name: 0,
+            kind: span.kind,
+            status: span.status,
+            dims,
+            overflow: false,
+        };
         let idx = match names.get(name_bytes) {
             Some(name) => {
                 key.name = name;
@@ -160,7 +176,8 @@ impl RedTable {
         };
         let s = &mut self.series[idx as usize].1;
         s.calls += 1;
-        s.duration.observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
+        s.duration
+            .observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
     }
 
     /// A new series, or the service's overflow series once the service is at its cap.
@@ -186,7 +203,13 @@ impl RedTable {
             *count += 1;
         }
         let i = self.series.len() as u32;
-        self.series.push((key, Series { calls: 0, duration: Histogram::new(self.bounds.len()) }));
+        self.series.push((
+            key,
+            Series {
+                calls: 0,
+                duration: Histogram::new(self.bounds.len()),
+            },
+        ));
         self.index.insert(key, i);
         i
     }
@@ -232,7 +255,11 @@ impl RedTable {
                 dims: if self.dims.is_empty() {
                     Vec::new()
                 } else {
-                    self.dim_values.resolve(k.dims).split('\u{1f}').map(Arc::from).collect()
+                    self.dim_values
+                        .resolve(k.dims)
+                        .split('\u{1f}')
+                        .map(Arc::from)
+                        .collect()
                 },
                 overflow: k.overflow,
                 calls: s.calls,
@@ -251,7 +278,10 @@ mod tests {
     fn batch(spans: &[(&str, u64, StatusCode, Option<&str>)]) -> SpanBatch {
         let mut b = SpanBatch::default();
         let svc = b.push_text("checkout");
-        b.resources.push(Resource { service: svc, ..Resource::default() });
+        b.resources.push(Resource {
+            service: svc,
+            ..Resource::default()
+        });
         for (name, ms, status, dim) in spans {
             let name = b.push_text(name);
             let attr_start = b.attrs.len() as u32;
@@ -289,7 +319,10 @@ mod tests {
 
     #[test]
     fn counts_calls_and_buckets_per_status() {
-        let cfg = RedConfig { buckets: vec![Duration::from_millis(10), Duration::from_millis(100)], ..RedConfig::default() };
+        let cfg = RedConfig {
+            buckets: vec![Duration::from_millis(10), Duration::from_millis(100)],
+            ..RedConfig::default()
+        };
         let b = batch(&[
             ("GET /", 5, StatusCode::Unset, None),
             ("GET /", 10, StatusCode::Unset, None),
@@ -308,7 +341,10 @@ mod tests {
 
     #[test]
     fn cardinality_cap_routes_to_overflow() {
-        let cfg = RedConfig { max_series_per_service: 2, ..RedConfig::default() };
+        let cfg = RedConfig {
+            max_series_per_service: 2,
+            ..RedConfig::default()
+        };
         let b = batch(&[
             ("a", 1, StatusCode::Unset, None),
             ("b", 1, StatusCode::Unset, None),

@@ -39,9 +39,12 @@ pub struct LogRow {
     pub records: u64,
 }
 
+/// (service, pod, metric name).
+type MetricKey = (Arc<str>, Arc<str>, Arc<str>);
+
 #[derive(Default)]
 pub(crate) struct Signals {
-    metrics: BTreeMap<(Arc<str>, Arc<str>, Arc<str>), MetricRow>,
+    metrics: BTreeMap<MetricKey, MetricRow>,
     logs: BTreeMap<(Arc<str>, &'static str), u64>,
 }
 
@@ -55,7 +58,11 @@ impl Signals {
                     if *count == 0 { 0.0 } else { sum / *count as f64 }
                 }
             };
-            let key = (Arc::from(p.service.as_str()), Arc::from(p.pod.as_str()), Arc::from(p.name.as_str()));
+            let key = (
+                Arc::from(p.service.as_str()),
+                Arc::from(p.pod.as_str()),
+                Arc::from(p.name.as_str()),
+            );
             let row = self.metrics.entry(key.clone()).or_insert_with(|| MetricRow {
                 service: key.0,
                 pod: key.1,
@@ -75,7 +82,10 @@ impl Signals {
 
     pub fn logs(&mut self, batch: &LogBatch) {
         for r in &batch.records {
-            *self.logs.entry((Arc::from(r.service.as_str()), severity_text(r.severity))).or_default() += 1;
+            *self
+                .logs
+                .entry((Arc::from(r.service.as_str()), severity_text(r.severity)))
+                .or_default() += 1;
         }
     }
 
@@ -86,7 +96,11 @@ impl Signals {
     pub fn log_rows(&self) -> Vec<LogRow> {
         self.logs
             .iter()
-            .map(|((service, severity), &records)| LogRow { service: service.clone(), severity, records })
+            .map(|((service, severity), &records)| LogRow {
+                service: service.clone(),
+                severity,
+                records,
+            })
             .collect()
     }
 }
@@ -108,17 +122,32 @@ mod tests {
             value: PointValue::Gauge(v),
         };
         let mut s = Signals::default();
-        s.metrics(&MetricBatch { points: vec![p(2, 0.5), p(1, 0.9)], permit: None });
+        s.metrics(&MetricBatch {
+            points: vec![p(2, 0.5), p(1, 0.9)],
+            permit: None,
+        });
         let rows = s.metric_rows();
         assert_eq!((rows[0].points, rows[0].last_value), (2, 0.5));
     }
 
     #[test]
     fn logs_count_by_severity_range() {
-        let r = |sev| LogRecord { service: "api".into(), pod: String::new(), severity: sev, time_ns: 0 };
+        let r = |sev| LogRecord {
+            service: "api".into(),
+            pod: String::new(),
+            severity: sev,
+            time_ns: 0,
+        };
         let mut s = Signals::default();
-        s.logs(&LogBatch { records: vec![r(17), r(18), r(9), r(0)], permit: None });
-        let rows: Vec<_> = s.log_rows().into_iter().map(|r| (r.severity, r.records)).collect();
+        s.logs(&LogBatch {
+            records: vec![r(17), r(18), r(9), r(0)],
+            permit: None,
+        });
+        let rows: Vec<_> = s
+            .log_rows()
+            .into_iter()
+            .map(|r| (r.severity, r.records))
+            .collect();
         assert_eq!(rows, vec![("error", 2), ("info", 1), ("unspecified", 1)]);
     }
 }

@@ -34,16 +34,21 @@ pub fn decompress(encoding: Encoding, body: Bytes, limit: usize) -> Result<Bytes
         Encoding::Identity => return Ok(body),
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
         Encoding::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(&body[..]).map_err(|e| Error::Decode(format!("invalid zstd body: {e}")))?,
+            zstd::stream::read::Decoder::new(&body[..])
+                .map_err(|e| Error::Decode(format!("invalid zstd body: {e}")))?,
         ),
     };
     let mut out = Vec::with_capacity((body.len() * 4).min(limit));
     let read = reader.take(limit as u64 + 1).read_to_end(&mut out);
     if let Err(e) = read {
-        return Err(Error::Decode(format!("invalid {encoding:?} body: {e}").to_lowercase()));
+        return Err(Error::Decode(
+            format!("invalid {encoding:?} body: {e}").to_lowercase(),
+        ));
     }
     if out.len() > limit {
-        return Err(Error::TooLarge { limit: ByteSize(limit as u64) });
+        return Err(Error::TooLarge {
+            limit: ByteSize(limit as u64),
+        });
     }
     Ok(out.into())
 }
@@ -72,13 +77,22 @@ mod tests {
         // 64 MiB of zeros compresses to ~64 KiB; the limit is 1 MiB.
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 100 << 10);
-        assert!(matches!(decompress(Encoding::Gzip, bomb, 1 << 20), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            decompress(Encoding::Gzip, bomb, 1 << 20),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn garbage_and_unknown_encodings_are_errors() {
-        assert!(matches!(decompress(Encoding::Gzip, Bytes::from_static(b"nope"), 1024), Err(Error::Decode(_))));
-        assert!(matches!(Encoding::parse(Some("br")), Err(Error::ContentEncoding(_))));
+        assert!(matches!(
+            decompress(Encoding::Gzip, Bytes::from_static(b"nope"), 1024),
+            Err(Error::Decode(_))
+        ));
+        assert!(matches!(
+            Encoding::parse(Some("br")),
+            Err(Error::ContentEncoding(_))
+        ));
         assert_eq!(Encoding::parse(Some("GZIP")).unwrap(), Encoding::Gzip);
     }
 }

@@ -28,8 +28,14 @@ pub struct CollectorConfig {
 impl Default for CollectorConfig {
     fn default() -> CollectorConfig {
         CollectorConfig {
-            grpc: Listener { enabled: true, endpoint: SocketAddr::from(([0, 0, 0, 0], 4317)) },
-            http: Listener { enabled: true, endpoint: SocketAddr::from(([0, 0, 0, 0], 4318)) },
+            grpc: Listener {
+                enabled: true,
+                endpoint: SocketAddr::from(([0, 0, 0, 0], 4317)),
+            },
+            http: Listener {
+                enabled: true,
+                endpoint: SocketAddr::from(([0, 0, 0, 0], 4318)),
+            },
             max_body: ByteSize::mib(64),
             retry_after: Duration::from_secs(1),
             auth: None,
@@ -82,13 +88,22 @@ pub struct TlsConfig {
 impl CollectorConfig {
     pub fn validate(&self, errors: &mut Vec<String>) {
         if self.max_body.0 < 1024 {
-            errors.push(format!("collector.max_body: {} is below the minimum of 1KiB", self.max_body));
+            errors.push(format!(
+                "collector.max_body: {} is below the minimum of 1KiB",
+                self.max_body
+            ));
         }
         if self.max_body.0 > u64::from(u32::MAX / 2) {
-            errors.push(format!("collector.max_body: {} is above the maximum of 2GiB", self.max_body));
+            errors.push(format!(
+                "collector.max_body: {} is above the maximum of 2GiB",
+                self.max_body
+            ));
         }
         if self.grpc.enabled && self.http.enabled && self.grpc.endpoint == self.http.endpoint {
-            errors.push(format!("collector.http.endpoint: {} is also the gRPC endpoint", self.http.endpoint));
+            errors.push(format!(
+                "collector.http.endpoint: {} is also the gRPC endpoint",
+                self.http.endpoint
+            ));
         }
         if let Some(a) = &self.auth {
             match (&a.token, &a.token_file) {
@@ -97,18 +112,26 @@ impl CollectorConfig {
                 (Some(t), None) if t.len() < 8 => {
                     errors.push("collector.auth.token: must be at least 8 characters".into())
                 }
-                (None, Some(f)) if !f.is_file() => {
-                    errors.push(format!("collector.auth.token_file: {} is not a readable file", f.display()))
-                }
+                (None, Some(f)) if !f.is_file() => errors.push(format!(
+                    "collector.auth.token_file: {} is not a readable file",
+                    f.display()
+                )),
                 _ => {}
             }
         }
         if let Some(t) = &self.tls {
-            for (field, path) in [("cert", Some(&t.cert)), ("key", Some(&t.key)), ("client_ca", t.client_ca.as_ref())] {
+            for (field, path) in [
+                ("cert", Some(&t.cert)),
+                ("key", Some(&t.key)),
+                ("client_ca", t.client_ca.as_ref()),
+            ] {
                 if let Some(p) = path
                     && !p.is_file()
                 {
-                    errors.push(format!("collector.tls.{field}: {} is not a readable file", p.display()));
+                    errors.push(format!(
+                        "collector.tls.{field}: {} is not a readable file",
+                        p.display()
+                    ));
                 }
             }
         }

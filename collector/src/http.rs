@@ -8,16 +8,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 use tidewatch_analyzer::config::ByteSize;
 
 use crate::body::{Encoding, decompress};
 use crate::decode::{Format, Rejections, Signal};
+use crate::grpc::{Logs, Metrics, OtlpSpec, Traces};
 use crate::receiver::Receiver;
 use crate::stats::Protocol;
 use crate::{Error, Result};
@@ -38,11 +34,17 @@ pub fn router(receiver: Receiver) -> Router {
 
 async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Body, signal: Signal) -> Response {
     let format = content_type(&headers);
+    // An unsupported content type is answered in protobuf, the default encoding.
+    let answer_in = *format.as_ref().unwrap_or(&Format::Protobuf);
     let mut wire_bytes = 0;
     let result = async {
         rx.authorize(headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes))?;
         let format = format?;
-        let encoding = Encoding::parse(headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()))?;
+        let encoding = Encoding::parse(
+            headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        )?;
         let raw = read_body(&headers, body, rx.max_body()).await?;
         wire_bytes = raw.len();
         let body = decompress(encoding, raw, rx.max_body())?;
@@ -50,17 +52,18 @@ async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Body, sign
     }
     .await;
     rx.record(Protocol::Http, &result, wire_bytes);
-    // An unsupported content type is answered in protobuf, the default encoding.
-    let format = format.unwrap_or(Format::Protobuf);
     match result {
-        Ok(rejected) => success(signal, format, &rejected),
-        Err(e) => failure(&e, format, rx.retry_after_secs()),
+        Ok(rejected) => success(signal, answer_in, &rejected),
+        Err(e) => failure(&e, answer_in, rx.retry_after_secs()),
     }
 }
 
 /// The request's encoding from `Content-Type` (parameters such as `charset` are ignored).
 fn content_type(headers: &HeaderMap) -> Result<Format> {
-    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         PROTOBUF | "application/protobuf" => Ok(Format::Protobuf),
@@ -72,8 +75,12 @@ fn content_type(headers: &HeaderMap) -> Result<Format> {
 /// Reads the body, refusing at once when `Content-Length` already says it is too large, and otherwise as
 /// soon as the streamed bytes pass the limit.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes> {
-    let too_large = || Error::TooLarge { limit: ByteSize(limit as u64) };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || Error::TooLarge {
+        limit: ByteSize(limit as u64),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -100,30 +107,10 @@ fn respond(status: StatusCode, (body, ct): (Vec<u8>, &'static str)) -> Response 
 }
 
 fn success(signal: Signal, format: Format, r: &Rejections) -> Response {
-    let partial = r.count > 0;
-    let (n, msg) = (r.count as i64, r.message());
     let body = match signal {
-        Signal::Traces => encode(
-            &ExportTraceServiceResponse {
-                partial_success: partial
-                    .then(|| ExportTracePartialSuccess { rejected_spans: n, error_message: msg }),
-            },
-            format,
-        ),
-        Signal::Metrics => encode(
-            &ExportMetricsServiceResponse {
-                partial_success: partial
-                    .then(|| ExportMetricsPartialSuccess { rejected_data_points: n, error_message: msg }),
-            },
-            format,
-        ),
-        Signal::Logs => encode(
-            &ExportLogsServiceResponse {
-                partial_success: partial
-                    .then(|| ExportLogsPartialSuccess { rejected_log_records: n, error_message: msg }),
-            },
-            format,
-        ),
+        Signal::Traces => encode(&Traces::respond(r), format),
+        Signal::Metrics => encode(&Metrics::respond(r), format),
+        Signal::Logs => encode(&Logs::respond(r), format),
     };
     respond(StatusCode::OK, body)
 }
@@ -153,13 +140,21 @@ pub(crate) fn error_codes(e: &Error) -> (StatusCode, tonic::Code) {
 
 fn failure(e: &Error, format: Format, retry_after: u64) -> Response {
     let (status, code) = error_codes(e);
-    let body = encode(&RpcStatus { code: code as i32, message: e.to_string() }, format);
+    let body = encode(
+        &RpcStatus {
+            code: code as i32,
+            message: e.to_string(),
+        },
+        format,
+    );
     let mut resp = respond(status, body);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
     }
     if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     resp
 }
@@ -175,9 +170,21 @@ mod tests {
             m.insert(header::CONTENT_TYPE, v.parse().unwrap());
             m
         };
-        assert_eq!(content_type(&h("application/json; charset=utf-8")).unwrap(), Format::Json);
-        assert_eq!(content_type(&h("Application/X-Protobuf")).unwrap(), Format::Protobuf);
-        assert!(matches!(content_type(&h("text/plain")), Err(Error::ContentType(_))));
-        assert!(matches!(content_type(&HeaderMap::new()), Err(Error::ContentType(_))));
+        assert_eq!(
+            content_type(&h("application/json; charset=utf-8")).unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            content_type(&h("Application/X-Protobuf")).unwrap(),
+            Format::Protobuf
+        );
+        assert!(matches!(
+            content_type(&h("text/plain")),
+            Err(Error::ContentType(_))
+        ));
+        assert!(matches!(
+            content_type(&HeaderMap::new()),
+            Err(Error::ContentType(_))
+        ));
     }
 }

@@ -1,1 +1,29 @@
-//! collector
+//! Tidewatch's OTLP receivers. Stateless: they decode, validate and convert each request in its own task
+//! and push the result into the analyzer's bounded queues; everything stateful lives in the analyzer.
+//!
+//! ```text
+//! gRPC :4317 (tonic, grpc.rs) ─┐  raw bytes (zero-copy codec)
+//! HTTP :4318 (axum, http.rs) ──┤  content type, encoding, limits (body.rs)
+//!                              ▼
+//!            Receiver::export (receiver.rs): reserve memory → decode (decode/) → Ingest::try_send_*
+//!                              │ refused → HTTP 503 + Retry-After / gRPC UNAVAILABLE
+//!                              ▼
+//!            analyzer shard queues
+//! ```
+//!
+//! `server.rs` serves both, plain or TLS, with graceful shutdown; `stats.rs` counts what happened.
+
+pub mod body;
+pub mod config;
+pub mod decode;
+mod error;
+pub mod grpc;
+pub mod http;
+pub mod receiver;
+pub mod server;
+pub mod stats;
+
+pub use config::CollectorConfig;
+pub use error::{Error, Result};
+pub use receiver::Receiver;
+pub use stats::Stats;

@@ -52,11 +52,20 @@ impl Receiver {
     /// the same time wherever the first difference is, so the token cannot be guessed byte by byte.
     pub fn authorize(&self, header: Option<&[u8]>) -> Result<()> {
         let Some(token) = &self.token else { return Ok(()) };
-        let given = header.and_then(|h| h.strip_prefix(b"Bearer ")).unwrap_or_default();
+        let given = header
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
         let want = token.as_bytes();
         let diff = given.len() ^ want.len();
-        let same = want.iter().zip(given.iter().chain(std::iter::repeat(&0))).fold(diff, |acc, (a, b)| acc | usize::from(a ^ b));
-        if same == 0 { Ok(()) } else { Err(Error::Unauthenticated) }
+        let same = want
+            .iter()
+            .zip(given.iter().chain(std::iter::repeat(&0)))
+            .fold(diff, |acc, (a, b)| acc | usize::from(a ^ b));
+        if same == 0 {
+            Ok(())
+        } else {
+            Err(Error::Unauthenticated)
+        }
     }
 
     /// Decodes and enqueues one request; returns what was rejected item by item.

@@ -76,11 +76,18 @@ impl Stats {
 
     /// Appends the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP tidewatch_collector_items_total Items received, by signal and outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP tidewatch_collector_items_total Items received, by signal and outcome."
+        );
         let _ = writeln!(out, "# TYPE tidewatch_collector_items_total counter");
         for s in SIGNALS {
             let i = signal_idx(s);
-            for (outcome, c) in [("accepted", &self.accepted[i]), ("rejected", &self.rejected[i]), ("refused", &self.refused[i])] {
+            for (outcome, c) in [
+                ("accepted", &self.accepted[i]),
+                ("rejected", &self.rejected[i]),
+                ("refused", &self.refused[i]),
+            ] {
                 let _ = writeln!(
                     out,
                     "tidewatch_collector_items_total{{signal=\"{}\",outcome=\"{outcome}\"}} {}",
@@ -89,18 +96,31 @@ impl Stats {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP tidewatch_collector_requests_total Export requests, by protocol and outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP tidewatch_collector_requests_total Export requests, by protocol and outcome."
+        );
         let _ = writeln!(out, "# TYPE tidewatch_collector_requests_total counter");
         for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
             for (o, (_, oname)) in OUTCOMES.iter().enumerate() {
                 let v = self.requests[p as usize][o].load(Relaxed);
-                let _ = writeln!(out, "tidewatch_collector_requests_total{{protocol=\"{name}\",outcome=\"{oname}\"}} {v}");
+                let _ = writeln!(
+                    out,
+                    "tidewatch_collector_requests_total{{protocol=\"{name}\",outcome=\"{oname}\"}} {v}"
+                );
             }
         }
-        let _ = writeln!(out, "# HELP tidewatch_collector_received_bytes_total Request bytes as received (before decompression).");
+        let _ = writeln!(
+            out,
+            "# HELP tidewatch_collector_received_bytes_total Request bytes as received (before decompression)."
+        );
         let _ = writeln!(out, "# TYPE tidewatch_collector_received_bytes_total counter");
         for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
-            let _ = writeln!(out, "tidewatch_collector_received_bytes_total{{protocol=\"{name}\"}} {}", self.bytes[p as usize].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "tidewatch_collector_received_bytes_total{{protocol=\"{name}\"}} {}",
+                self.bytes[p as usize].load(Relaxed)
+            );
         }
     }
 }

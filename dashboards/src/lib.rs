@@ -1,1 +1,66 @@
-//! dashboards
+//! Tidewatch's web side, served on the web port (default 8080): health and readiness probes and the
+//! Prometheus `/metrics` endpoint (`prom.rs`), rendered from analyzer snapshots.
+//!
+//! Handlers only read: every request takes a fresh [`tidewatch_analyzer::Snapshot`] from the engine, which
+//! includes everything accepted before the request arrived.
+
+pub mod prom;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tidewatch_analyzer::Engine;
+use tidewatch_analyzer::ingest::Ingest;
+
+/// Extra text for `/metrics` from other parts of the program (the collector's counters, say).
+pub type MetricsHook = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// What the web handlers read.
+#[derive(Clone)]
+pub struct WebState {
+    pub engine: Arc<Engine>,
+    pub ingest: Ingest,
+    pub extra_metrics: Vec<MetricsHook>,
+    /// Cleared when shutdown begins, so load balancers stop sending before the listeners close.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The web routes.
+pub fn router(state: WebState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<WebState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<WebState>) -> Response {
+    let snap = match s.engine.snapshot().await {
+        Ok(snap) => snap,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    };
+    let mut out = String::with_capacity(64 * 1024);
+    prom::render_snapshot(&mut out, &snap);
+    prom::render_engine(&mut out, &s.ingest, s.engine.stats());
+    for hook in &s.extra_metrics {
+        hook(&mut out);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}

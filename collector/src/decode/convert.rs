@@ -38,7 +38,7 @@ fn value_text(v: &AnyValue, batch: &mut SpanBatch) -> Option<Text> {
 
 /// Appends the wanted attributes of `attrs` to the batch.
 fn keep_attrs(attrs: &[KeyValue], keys: &AttrKeys, batch: &mut SpanBatch) {
-    for KeyValue { key, value } in attrs {
+    for KeyValue { key, value, .. } in attrs {
         if let (Some(k), Some(v)) = (keys.get(key), value.as_ref())
             && let Some(value) = value_text(v, batch)
         {
@@ -61,7 +61,8 @@ pub fn traces(req: &ExportTraceServiceRequest, keys: &AttrKeys) -> (SpanBatch, R
             attr_len: 0,
         };
         keep_attrs(res.map_or(&[][..], |r| &r.attributes), keys, &mut batch);
-        resource.attr_len = u16::try_from(batch.attrs.len() - resource.attr_start as usize).unwrap_or(u16::MAX);
+        resource.attr_len =
+            u16::try_from(batch.attrs.len() - resource.attr_start as usize).unwrap_or(u16::MAX);
         let res_idx = batch.resources.len() as u32;
         batch.resources.push(resource);
         for (span_index, s) in rs.scope_spans.iter().flat_map(|ss| &ss.spans).enumerate() {
@@ -136,7 +137,10 @@ pub fn metrics(req: &ExportMetricsServiceRequest) -> (MetricBatch, Rejections) {
                 value,
             };
             let Some(data) = m.data.as_ref() else {
-                rejected.add(format!("resource_metrics[{rm_index}] metric `{}`: no data", m.name));
+                rejected.add(format!(
+                    "resource_metrics[{rm_index}] metric `{}`: no data",
+                    m.name
+                ));
                 continue;
             };
             let count = match data {
@@ -147,7 +151,10 @@ pub fn metrics(req: &ExportMetricsServiceRequest) -> (MetricBatch, Rejections) {
                 Data::Summary(s) => s.data_points.len(),
             };
             if m.name.is_empty() {
-                rejected.add_n(count as u64, format!("resource_metrics[{rm_index}]: metric name is empty"));
+                rejected.add_n(
+                    count as u64,
+                    format!("resource_metrics[{rm_index}]: metric name is empty"),
+                );
                 continue;
             }
             let cumulative = |t: i32| t == AggregationTemporality::Cumulative as i32;
@@ -200,14 +207,30 @@ pub fn metrics(req: &ExportMetricsServiceRequest) -> (MetricBatch, Rejections) {
                 }
                 Data::ExponentialHistogram(h) => {
                     for p in &h.data_points {
-                        let value = PointValue::Summary { count: p.count, sum: p.sum.unwrap_or(0.0) };
-                        batch.points.push(point(&p.attributes, p.start_time_unix_nano, p.time_unix_nano, value));
+                        let value = PointValue::Summary {
+                            count: p.count,
+                            sum: p.sum.unwrap_or(0.0),
+                        };
+                        batch.points.push(point(
+                            &p.attributes,
+                            p.start_time_unix_nano,
+                            p.time_unix_nano,
+                            value,
+                        ));
                     }
                 }
                 Data::Summary(s) => {
                     for p in &s.data_points {
-                        let value = PointValue::Summary { count: p.count, sum: p.sum };
-                        batch.points.push(point(&p.attributes, p.start_time_unix_nano, p.time_unix_nano, value));
+                        let value = PointValue::Summary {
+                            count: p.count,
+                            sum: p.sum,
+                        };
+                        batch.points.push(point(
+                            &p.attributes,
+                            p.start_time_unix_nano,
+                            p.time_unix_nano,
+                            value,
+                        ));
                     }
                 }
             }
@@ -239,7 +262,11 @@ pub fn logs(req: &ExportLogsServiceRequest) -> (LogBatch, Rejections) {
                 service: service.to_owned(),
                 pod: pod.to_owned(),
                 severity: u8::try_from(r.severity_number).unwrap_or(0),
-                time_ns: if r.time_unix_nano != 0 { r.time_unix_nano } else { r.observed_time_unix_nano },
+                time_ns: if r.time_unix_nano != 0 {
+                    r.time_unix_nano
+                } else {
+                    r.observed_time_unix_nano
+                },
             });
         }
     }

@@ -100,7 +100,9 @@ impl Decoded {
 /// Decodes one request body (already decompressed).
 pub fn decode(signal: Signal, format: Format, body: Bytes, keys: &AttrKeys) -> Result<(Decoded, Rejections)> {
     match (signal, format) {
-        (Signal::Traces, Format::Protobuf) => wire::decode_traces(body, keys).map(|(b, r)| (Decoded::Spans(b), r)),
+        (Signal::Traces, Format::Protobuf) => {
+            wire::decode_traces(body, keys).map(|(b, r)| (Decoded::Spans(b), r))
+        }
         (Signal::Traces, Format::Json) => {
             let req: ExportTraceServiceRequest = from_json(&body)?;
             Ok(convert::traces(&req, keys)).map(|(b, r)| (Decoded::Spans(b), r))
@@ -133,7 +135,10 @@ pub fn check_span_ids(trace_id: &[u8], span_id: &[u8], parent: &[u8]) -> std::re
     check_id("trace_id", trace_id, 16)?;
     check_id("span_id", span_id, 8)?;
     if !parent.is_empty() && parent.len() != 8 {
-        return Err(format!("parent_span_id must be empty or 8 bytes, got {}", parent.len()));
+        return Err(format!(
+            "parent_span_id must be empty or 8 bytes, got {}",
+            parent.len()
+        ));
     }
     Ok(())
 }
@@ -165,16 +170,27 @@ mod tests {
     fn id_rules() {
         assert!(check_span_ids(&[1; 16], &[1; 8], &[]).is_ok());
         assert!(check_span_ids(&[1; 16], &[1; 8], &[0; 8]).is_ok());
-        assert_eq!(check_span_ids(&[], &[1; 8], &[]).unwrap_err(), "trace_id must be 16 bytes, got 0");
-        assert_eq!(check_span_ids(&[1; 16], &[0; 8], &[]).unwrap_err(), "span_id is all zero");
+        assert_eq!(
+            check_span_ids(&[], &[1; 8], &[]).unwrap_err(),
+            "trace_id must be 16 bytes, got 0"
+        );
+        assert_eq!(
+            check_span_ids(&[1; 16], &[0; 8], &[]).unwrap_err(),
+            "span_id is all zero"
+        );
         assert!(check_span_ids(&[1; 16], &[1; 8], &[1; 3]).is_err());
     }
 
     #[test]
     fn malformed_json_names_the_problem() {
-        let err = decode(Signal::Traces, Format::Json, Bytes::from_static(b"{\"resourceSpans\": [}"), &AttrKeys::default())
-            .err()
-            .unwrap();
+        let err = decode(
+            Signal::Traces,
+            Format::Json,
+            Bytes::from_static(b"{\"resourceSpans\": [}"),
+            &AttrKeys::default(),
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("invalid OTLP/JSON"), "{err}");
         assert!(err.to_string().contains("line 1"), "{err}");
     }

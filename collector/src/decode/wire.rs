@@ -23,6 +23,9 @@ const I64: u8 = 1;
 const LEN: u8 = 2;
 const I32: u8 = 5;
 
+/// A byte range `start..end` of the buffer.
+type Range = (usize, usize);
+
 /// A cursor over `buf[pos..end]`, reporting positions in the whole buffer so texts can point into it.
 struct Reader<'a> {
     buf: &'a [u8],
@@ -75,7 +78,10 @@ impl<'a> Reader<'a> {
     fn len_delimited(&mut self) -> Result<(usize, usize)> {
         let len = self.varint()?;
         let start = self.pos;
-        let end = usize::try_from(len).ok().and_then(|l| start.checked_add(l)).filter(|&e| e <= self.end);
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| start.checked_add(l))
+            .filter(|&e| e <= self.end);
         let Some(end) = end else {
             return Err(self.err("length-delimited field runs past the end of its message"));
         };
@@ -205,7 +211,11 @@ fn parse_span(
     keys: &AttrKeys,
     batch: &mut SpanBatch,
 ) -> Result<std::result::Result<Span, String>> {
-    let mut span = Span { resource, attr_start: batch.attrs.len() as u32, ..Span::default() };
+    let mut span = Span {
+        resource,
+        attr_start: batch.attrs.len() as u32,
+        ..Span::default()
+    };
     let (mut trace_id, mut span_id, mut parent) = (&buf[0..0], &buf[0..0], &buf[0..0]);
     let mut bad_utf8 = false;
     let mut r = Reader::new(buf, start, end);
@@ -269,8 +279,17 @@ fn parse_status(buf: &[u8], start: usize, end: usize) -> Result<StatusCode> {
     Ok(code)
 }
 
-fn parse_resource(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut SpanBatch) -> Result<Resource> {
-    let mut res = Resource { attr_start: batch.attrs.len() as u32, ..Resource::default() };
+fn parse_resource(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+    keys: &AttrKeys,
+    batch: &mut SpanBatch,
+) -> Result<Resource> {
+    let mut res = Resource {
+        attr_start: batch.attrs.len() as u32,
+        ..Resource::default()
+    };
     let mut r = Reader::new(buf, start, end);
     while !r.done() {
         let (field, wt) = r.key()?;
@@ -293,7 +312,9 @@ fn parse_resource(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: 
             continue;
         }
         // A resource attribute that is not valid text is ignored rather than failing every span under it.
-        let Some(text) = any_value_text(buf, v.0, v.1, batch)? else { continue };
+        let Some(text) = any_value_text(buf, v.0, v.1, batch)? else {
+            continue;
+        };
         if let Some(slot) = slot {
             *slot = text;
         }
@@ -306,7 +327,7 @@ fn parse_resource(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: 
 }
 
 /// Splits a KeyValue into its key range and value range (either may come first on the wire).
-fn kv_ranges(buf: &[u8], start: usize, end: usize) -> Result<((usize, usize), Option<(usize, usize)>)> {
+fn kv_ranges(buf: &[u8], start: usize, end: usize) -> Result<(Range, Option<Range>)> {
     let mut r = Reader::new(buf, start, end);
     let (mut key, mut value) = ((start, start), None);
     while !r.done() {
@@ -386,7 +407,11 @@ mod tests {
     use prost::Message;
 
     fn kv(k: &str, v: Value) -> KeyValue {
-        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }) }
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
     }
 
     fn request(spans: Vec<PbSpan>) -> Bytes {
@@ -400,7 +425,10 @@ mod tests {
                     ],
                     ..Default::default()
                 }),
-                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
                 schema_url: String::new(),
             }],
         }
@@ -423,7 +451,10 @@ mod tests {
                 kv("server.port", Value::IntValue(8080)),
                 kv("retry", Value::BoolValue(true)),
             ],
-            status: Some(Status { code: 2, message: "boom".into() }),
+            status: Some(Status {
+                code: 2,
+                message: "boom".into(),
+            }),
             ..Default::default()
         }
     }
@@ -435,11 +466,20 @@ mod tests {
         assert_eq!(rej.count, 0);
         assert_eq!(b.spans.len(), 2);
         let s = &b.spans[1];
-        assert_eq!((s.trace_id, s.span_id, s.parent_span_id), ([3; 16], [4; 8], [9; 8]));
+        assert_eq!(
+            (s.trace_id, s.span_id, s.parent_span_id),
+            ([3; 16], [4; 8], [9; 8])
+        );
         assert_eq!(b.str(s.name), "GET /cart");
-        assert_eq!((s.kind, s.status, s.duration_ns()), (SpanKind::Client, StatusCode::Error, 4_000));
+        assert_eq!(
+            (s.kind, s.status, s.duration_ns()),
+            (SpanKind::Client, StatusCode::Error, 4_000)
+        );
         let res = &b.resources[s.resource as usize];
-        assert_eq!((b.str(res.service), b.str(res.pod)), ("checkout", "checkout-7d9f"));
+        assert_eq!(
+            (b.str(res.service), b.str(res.pod)),
+            ("checkout", "checkout-7d9f")
+        );
         let attrs: Vec<_> = b.span_attrs(s).iter().map(|a| (a.key, b.str(a.value))).collect();
         assert_eq!(attrs, vec![(0, "payment"), (1, "8080"), (2, "true")]);
     }
@@ -450,11 +490,18 @@ mod tests {
         zero.trace_id = vec![0; 16];
         let mut short = span(1, 2);
         short.span_id = vec![1; 4];
-        let (b, rej) = decode_traces(request(vec![span(1, 1), zero, short, span(2, 2)]), &AttrKeys::default())
-            .unwrap();
+        let (b, rej) = decode_traces(
+            request(vec![span(1, 1), zero, short, span(2, 2)]),
+            &AttrKeys::default(),
+        )
+        .unwrap();
         assert_eq!(b.spans.len(), 2);
         assert_eq!(rej.count, 2);
-        assert!(rej.message().contains("span 1: trace_id is all zero"), "{}", rej.message());
+        assert!(
+            rej.message().contains("span 1: trace_id is all zero"),
+            "{}",
+            rej.message()
+        );
     }
 
     #[test]
@@ -476,7 +523,9 @@ mod tests {
             let spans: Vec<_> = (0..rng.random_range(1..20))
                 .map(|_| {
                     let mut s = span(rng.random_range(1..=255), rng.random_range(1..=255));
-                    s.name = (0..rng.random_range(0..30)).map(|_| rng.random_range('a'..='z')).collect();
+                    s.name = (0..rng.random_range(0..30))
+                        .map(|_| rng.random_range('a'..='z'))
+                        .collect();
                     s.kind = rng.random_range(0..6);
                     s.start_time_unix_nano = rng.random();
                     s.end_time_unix_nano = rng.random();
@@ -487,7 +536,10 @@ mod tests {
             for (ours, theirs) in b.spans.iter().zip(&spans) {
                 assert_eq!(b.str(ours.name), theirs.name);
                 assert_eq!(ours.kind as i32, theirs.kind);
-                assert_eq!((ours.start_ns, ours.end_ns), (theirs.start_time_unix_nano, theirs.end_time_unix_nano));
+                assert_eq!(
+                    (ours.start_ns, ours.end_ns),
+                    (theirs.start_time_unix_nano, theirs.end_time_unix_nano)
+                );
             }
         }
     }

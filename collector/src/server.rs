@@ -1,0 +1,163 @@
+//! Serving: the gRPC server (tonic) and an HTTP server for any axum router, each plain or over TLS (rustls),
+//! each stopping gracefully: on shutdown they stop accepting, finish the requests in progress, then return.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tower::ServiceExt;
+
+use crate::config::TlsConfig;
+use crate::grpc::{Logs, Metrics, OtlpGrpc, Traces};
+use crate::receiver::Receiver;
+use crate::{Error, Result};
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))
+}
+
+/// A rustls server config from PEM files; with `client_ca`, clients must present a certificate it signed.
+pub fn rustls_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &read(&tls.cert)?[..])
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("{}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "{}: no certificate found",
+            tls.cert.display()
+        )));
+    }
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &read(&tls.key)?[..])
+        .map_err(|e| Error::Tls(format!("{}: {e}", tls.key.display())))?
+        .ok_or_else(|| Error::Tls(format!("{}: no private key found", tls.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut &read(ca)?[..]) {
+                let c = c.map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| Error::Tls(format!("{}: {e}", ca.display())))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| Error::Tls(format!("client_ca: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves the three OTLP gRPC services on `listener` until `shutdown` resolves.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    rx: Receiver,
+    tls: Option<&TlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+        if let Some(ca) = &t.client_ca {
+            cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(cfg).map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    builder
+        .add_service(OtlpGrpc::<Traces>::new(rx.clone()))
+        .add_service(OtlpGrpc::<Metrics>::new(rx.clone()))
+        .add_service(OtlpGrpc::<Logs>::new(rx))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))
+}
+
+/// Serves `router` over HTTP/1.1 and HTTP/2 (and TLS when `tls` is given) until `shutdown` resolves, then
+/// waits for open connections to finish their requests.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let acceptor = tls.map(TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper::service::service_fn({
+            let router = router.clone();
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            }
+        });
+        match &acceptor {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "tls handshake failed"),
+                        Err(_) => return tracing::debug!("tls handshake timed out"),
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "https connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}

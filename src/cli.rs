@@ -1,0 +1,56 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::loadgen::LoadArgs;
+use crate::topology::Incident;
+
+/// Tidewatch: OTLP in; RED metrics, a live service map, forecasts and anomalies out; scaling and healing
+/// on Kubernetes.
+#[derive(Parser, Debug)]
+#[command(name = "tidewatch", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run Tidewatch: OTLP receivers, analyzer and web side (the default).
+    Run(ConfigArgs),
+    /// Run Tidewatch with the load generator's shop sending it live traffic.
+    Demo(DemoArgs),
+    /// Send synthetic OTLP traffic from a small microservice shop.
+    Loadgen(LoadArgs),
+    /// Check a configuration and print it resolved, with every default filled in.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ConfigArgs {
+    /// YAML configuration file.
+    #[arg(long, short, env = "TIDEWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Override one setting by path, e.g. `--set analyzer.shards=2`. Repeatable; wins over the file and
+    /// over `TIDEWATCH_*` environment variables.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Spans per second the shop sends at its daily mean.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Length of the shop's simulated day, so the daily cycle shows within minutes.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub day: Duration,
+    /// Incidents to inject (see `tidewatch loadgen --help`).
+    #[arg(long = "incident")]
+    pub incidents: Vec<Incident>,
+}
