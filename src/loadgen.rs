@@ -423,6 +423,38 @@ impl Sender {
     }
 }
 
+/// Exports one pre-encoded traces request over OTLP/gRPC; returns the spans the receiver rejected.
+/// For tests and tools that need the raw status.
+pub async fn grpc_export_traces(
+    endpoint: &str,
+    body: Bytes,
+    token: Option<&str>,
+) -> Result<u64, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(body);
+    if let Some(t) = token
+        && let Ok(v) = format!("Bearer {t}").parse()
+    {
+        req.metadata_mut().insert("authorization", v);
+    }
+    let path = http::uri::PathAndQuery::from_static(Signal::Traces.grpc_path());
+    let resp = grpc
+        .unary(req, path, RawCodec::<ExportTraceServiceResponse>(PhantomData))
+        .await?;
+    Ok(resp
+        .into_inner()
+        .partial_success
+        .map_or(0, |p| p.rejected_spans as u64))
+}
+
 async fn grpc_send(
     mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
     token: Option<&str>,

@@ -99,7 +99,12 @@ impl CollectorConfig {
                 self.max_body
             ));
         }
-        if self.grpc.enabled && self.http.enabled && self.grpc.endpoint == self.http.endpoint {
+        // Port 0 asks the OS for a free port, so two of them never clash.
+        if self.grpc.enabled
+            && self.http.enabled
+            && self.grpc.endpoint == self.http.endpoint
+            && self.grpc.endpoint.port() != 0
+        {
             errors.push(format!(
                 "collector.http.endpoint: {} is also the gRPC endpoint",
                 self.http.endpoint

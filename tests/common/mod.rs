@@ -1,0 +1,270 @@
+//! Test harness: the real `tidewatch` binary on free loopback ports, and readers for what it serves.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// `../shared` beside the project: fixtures and benchmark data.
+pub fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// A running `tidewatch run`, stopped (SIGTERM, then killed) when dropped.
+pub struct Tidewatch {
+    child: Child,
+    pub grpc: String,
+    pub http: String,
+    pub web: String,
+    pub stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tidewatch {
+    /// Starts with every listener on 127.0.0.1:0 and these `--set` overrides.
+    pub fn start(sets: &[&str]) -> Tidewatch {
+        Tidewatch::start_with(sets, &[])
+    }
+
+    pub fn start_with(sets: &[&str], env: &[(&str, &str)]) -> Tidewatch {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr = dir.path().join("stderr.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        cmd.arg("run");
+        for s in [
+            "collector.grpc.endpoint=127.0.0.1:0",
+            "collector.http.endpoint=127.0.0.1:0",
+            "web.endpoint=127.0.0.1:0",
+        ]
+        .iter()
+        .chain(sets)
+        {
+            cmd.arg("--set").arg(s);
+        }
+        cmd.envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        let mut child = cmd.spawn().expect("start tidewatch");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read start line");
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no {k}= in start line {line:?}; stderr: {}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    )
+                })
+                .to_owned()
+        };
+        let tw = Tidewatch {
+            grpc: field("grpc"),
+            http: field("http"),
+            web: field("web"),
+            child,
+            stderr,
+            _dir: dir,
+        };
+        tw.wait_ready();
+        tw
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking::get(format!("http://{}/readyz", self.web))
+                && r.status().is_success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tidewatch not ready: {}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// POSTs to the OTLP/HTTP port.
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::blocking::Response {
+        let mut req = reqwest::blocking::Client::new()
+            .post(format!("http://{}{path}", self.http))
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().expect("POST to tidewatch")
+    }
+
+    pub fn get_web(&self, path: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::get(format!("http://{}{path}", self.web)).expect("GET from tidewatch")
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let r = self.get_web("/metrics");
+        assert!(r.status().is_success(), "/metrics: {}", r.status());
+        Metrics::parse(&r.text().expect("metrics body"))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tidewatch did not stop on SIGTERM: {}", self.logs());
+    }
+}
+
+impl Drop for Tidewatch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The Prometheus text `/metrics` served, parsed.
+#[derive(Debug)]
+pub struct Metrics {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {line:?}"));
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}').expect("closing brace"))),
+                None => (series, BTreeMap::new()),
+            };
+            samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        Metrics {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The value of the series with exactly these labels (labels with an empty value count as absent).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels == want)
+            .map(|s| s.value)
+    }
+
+    /// The sum over series of `name` whose labels include these.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+
+    pub fn items(&self, signal: &str, outcome: &str) -> f64 {
+        self.get(
+            "tidewatch_collector_items_total",
+            &[("signal", signal), ("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (k, after) = rest.split_once("=\"").expect("label");
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => break,
+                },
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').to_owned(), value);
+        rest = after[end..].trim_start_matches(',');
+    }
+    out
+}
+
+/// Python with the OpenTelemetry SDK (installed by `.ci/run` or `bench/peers/install.sh python`).
+pub fn python() -> Command {
+    let py = std::env::var("TIDEWATCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{py} lacks the OpenTelemetry SDK: run `bench/peers/install.sh python` (CI does)"
+    );
+    Command::new(py)
+}
