@@ -21,18 +21,21 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 
-def exporters(protocol, endpoint, headers, ca):
+def exporters(protocol, endpoint, headers, ca, client_cert=None, client_key=None, timeout=10):
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
         secure = ca is not None
-        kw = dict(endpoint=endpoint, headers=headers, insecure=not secure, timeout=10)
+        kw = dict(endpoint=endpoint, headers=headers, insecure=not secure, timeout=timeout)
         if secure:
             import grpc
 
-            kw["credentials"] = grpc.ssl_channel_credentials(open(ca, "rb").read())
+            pair = {}
+            if client_cert:
+                pair = dict(private_key=open(client_key, "rb").read(), certificate_chain=open(client_cert, "rb").read())
+            kw["credentials"] = grpc.ssl_channel_credentials(open(ca, "rb").read(), **pair)
         return OTLPSpanExporter(**kw), OTLPMetricExporter(**kw), OTLPLogExporter(**kw)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -40,9 +43,12 @@ def exporters(protocol, endpoint, headers, ca):
 
     scheme = "https" if ca else "http"
     base = f"{scheme}://{endpoint}"
-    kw = dict(headers=headers, timeout=10)
+    kw = dict(headers=headers, timeout=timeout)
     if ca:
         kw["certificate_file"] = ca
+    if client_cert:
+        kw["client_certificate_file"] = client_cert
+        kw["client_key_file"] = client_key
     return (
         OTLPSpanExporter(endpoint=f"{base}/v1/traces", **kw),
         OTLPMetricExporter(endpoint=f"{base}/v1/metrics", **kw),
@@ -77,10 +83,13 @@ def main():
     p.add_argument("--service", default="sdk-frontend")
     p.add_argument("--token")
     p.add_argument("--ca", help="CA certificate (PEM) to trust: switches to TLS")
+    p.add_argument("--client-cert", help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--client-key", help="client private key (PEM), for mutual TLS")
+    p.add_argument("--timeout", type=float, default=10, help="seconds per export, retries included")
     args = p.parse_args()
 
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
-    span_exp, metric_exp, log_exp = (Recording(e) for e in exporters(args.protocol, args.endpoint, headers, args.ca))
+    span_exp, metric_exp, log_exp = (Recording(e) for e in exporters(args.protocol, args.endpoint, headers, args.ca, args.client_cert, args.client_key, args.timeout))
     resource = Resource.create({"service.name": args.service, "k8s.pod.name": f"{args.service}-0"})
 
     tp = TracerProvider(resource=resource)
@@ -94,13 +103,13 @@ def main():
                 db.set_attribute("db.name", "items")
             if i % 10 == 0:
                 server.set_status(Status(StatusCode.ERROR, "boom"))
-    traces_flushed = tp.force_flush(10_000)
+    traces_flushed = tp.force_flush(int(args.timeout * 1000))
 
     reader = PeriodicExportingMetricReader(metric_exp, export_interval_millis=60_000)
     mp = MeterProvider(resource=resource, metric_readers=[reader])
     counter = mp.get_meter("tidewatch-tests").create_counter("items.served")
     counter.add(5, {"route": "/items"})
-    metrics_flushed = mp.force_flush(10_000)
+    metrics_flushed = mp.force_flush(int(args.timeout * 1000))
 
     lp = LoggerProvider(resource=resource)
     lp.add_log_record_processor(BatchLogRecordProcessor(log_exp))
@@ -110,7 +119,7 @@ def main():
     logger.setLevel(logging.INFO)
     logger.info("hello")
     logger.error("failed")
-    logs_flushed = lp.force_flush(10_000)
+    logs_flushed = lp.force_flush(int(args.timeout * 1000))
 
     tp.shutdown()
     mp.shutdown()
