@@ -90,11 +90,12 @@ impl Serialize for ByteSize {
 /// The unit latency histograms are exposed in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum LatencyUnit {
-    /// Milliseconds, the spanmetrics connector's default (`..._duration_milliseconds`).
-    #[default]
+    /// Milliseconds (`..._duration_milliseconds`), the spanmetrics connector's default name.
     #[serde(rename = "ms")]
     Milliseconds,
-    /// Seconds (`..._duration_seconds`), as Tempo and Prometheus conventions prefer.
+    /// Seconds (`..._duration_seconds`): Prometheus' base unit (`promtool check metrics` insists), Tempo's
+    /// choice and the connector's `unit: s`. The default.
+    #[default]
     #[serde(rename = "s")]
     Seconds,
 }
@@ -128,6 +129,8 @@ pub struct RedConfig {
     pub dimensions: Vec<String>,
     /// Series one service may create; spans past it land in the service's overflow series.
     pub max_series_per_service: usize,
+    /// (service, pod) pairs tracked for per-pod RED; new pods past it are not tracked per pod.
+    pub max_pods: usize,
 }
 
 impl Default for RedConfig {
@@ -138,9 +141,10 @@ impl Default for RedConfig {
         ];
         RedConfig {
             buckets: ms.iter().map(|&m| Duration::from_millis(m)).collect(),
-            unit: LatencyUnit::Milliseconds,
+            unit: LatencyUnit::Seconds,
             dimensions: Vec::new(),
             max_series_per_service: 2000,
+            max_pods: 10_000,
         }
     }
 }
@@ -235,6 +239,67 @@ impl GraphConfig {
     }
 }
 
+/// The history: retention, rollups, persistence.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where the history is saved as Parquet and read back at start; none keeps it in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// How long per-window rows are kept.
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// Older rows are rolled up into buckets this long.
+    #[serde(with = "humantime_serde")]
+    pub rollup_step: Duration,
+    /// How long rolled-up rows are kept.
+    #[serde(with = "humantime_serde")]
+    pub rollup_retention: Duration,
+    /// How often the history is written to `data_dir` (also at shutdown): the most a crash can lose.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            data_dir: Some("data".into()),
+            raw_retention: Duration::from_secs(3600),
+            rollup_step: Duration::from_secs(60),
+            rollup_retention: Duration::from_secs(24 * 3600),
+            snapshot_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self, window: Duration, errors: &mut Vec<String>) {
+        if self.rollup_step < window {
+            errors.push(format!(
+                "analyzer.store.rollup_step: must be at least the window ({})",
+                humantime::format_duration(window)
+            ));
+        }
+        if self.raw_retention < self.rollup_step {
+            errors.push("analyzer.store.raw_retention: must be at least rollup_step".into());
+        }
+        if self.rollup_retention < self.raw_retention {
+            errors.push("analyzer.store.rollup_retention: must be at least raw_retention".into());
+        }
+        if self.snapshot_interval < Duration::from_secs(1) {
+            errors.push("analyzer.store.snapshot_interval: must be at least 1s".into());
+        }
+        if let Some(d) = &self.data_dir
+            && d.exists()
+            && !d.is_dir()
+        {
+            errors.push(format!(
+                "analyzer.store.data_dir: {} is not a directory",
+                d.display()
+            ));
+        }
+    }
+}
+
 /// Engine settings: shards, queues, memory.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -250,6 +315,7 @@ pub struct AnalyzerConfig {
     pub window: Duration,
     pub span_metrics: RedConfig,
     pub service_graph: GraphConfig,
+    pub store: StoreConfig,
 }
 
 impl Default for AnalyzerConfig {
@@ -257,10 +323,11 @@ impl Default for AnalyzerConfig {
         AnalyzerConfig {
             shards: 0,
             queue_batches: 256,
-            max_inflight: ByteSize::mib(256),
+            max_inflight: ByteSize::mib(64),
             window: Duration::from_secs(10),
             span_metrics: RedConfig::default(),
             service_graph: GraphConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -282,6 +349,7 @@ impl AnalyzerConfig {
         }
         self.span_metrics.validate(errors);
         self.service_graph.validate(errors);
+        self.store.validate(self.window, errors);
     }
 
     /// Shards to run: the configured number, or one per core.

@@ -20,8 +20,9 @@ use crate::graph::{EdgeRow, GraphCounters, GraphStore};
 use crate::ingest::{Inflight, Ingest, IngestStats};
 use crate::intern::Interner;
 use crate::model::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
-use crate::red::{RedRow, RedTable};
+use crate::red::{PodRow, RedRow, RedTable};
 use crate::signals::{LogRow, MetricRow, Signals};
+use crate::store::{History, HistoryView};
 use crate::{Error, Result};
 
 /// What travels down a shard's queue.
@@ -38,6 +39,7 @@ pub(crate) enum ShardMsg {
 /// One shard's rows, merged by [`Engine::snapshot`].
 pub(crate) struct ShardRows {
     red: Vec<RedRow>,
+    pods: Vec<PodRow>,
     edges: Vec<EdgeRow>,
     graph: GraphCounters,
     metrics: Vec<MetricRow>,
@@ -61,6 +63,8 @@ pub struct Snapshot {
     pub red_bounds: Arc<[f64]>,
     pub red_unit: LatencyUnit,
     pub red_dimensions: Arc<[String]>,
+    /// Per-pod RED of entry spans.
+    pub pods: Vec<PodRow>,
     pub edges: Vec<EdgeRow>,
     /// Service-graph histogram bounds, in seconds.
     pub graph_bounds: Arc<[f64]>,
@@ -73,13 +77,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn empty(cfg: &AnalyzerConfig) -> Snapshot {
+    pub(crate) fn empty(cfg: &AnalyzerConfig) -> Snapshot {
         Snapshot {
             taken_at: SystemTime::now(),
             red: Vec::new(),
             red_bounds: cfg.span_metrics.bounds().into(),
             red_unit: cfg.span_metrics.unit,
             red_dimensions: cfg.span_metrics.dimensions.clone().into(),
+            pods: Vec::new(),
             edges: Vec::new(),
             graph_bounds: cfg.service_graph.bounds().into(),
             graph_dimensions: GraphStore::dimension_labels(&cfg.service_graph).into(),
@@ -96,7 +101,9 @@ pub struct Engine {
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     windows: watch::Receiver<Arc<Snapshot>>,
-    window_task: JoinHandle<()>,
+    history: watch::Receiver<HistoryView>,
+    stop_windows: watch::Sender<bool>,
+    window_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats: Arc<EngineStats>,
     template: Arc<Snapshot>,
 }
@@ -132,12 +139,18 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let shards: Arc<[_]> = senders.into();
     let template = Arc::new(Snapshot::empty(cfg));
     let (win_tx, windows) = watch::channel(template.clone());
-    let window_task = tokio::spawn(publish_windows(
-        shards.clone(),
-        template.clone(),
-        cfg.window,
-        win_tx,
-    ));
+    let history = History::open(&cfg.store, cfg.window);
+    let (hist_tx, history_rx) = watch::channel(history.view());
+    let (stop_windows, stop_rx) = watch::channel(false);
+    let windows_loop = Windows {
+        shards: shards.clone(),
+        template: template.clone(),
+        window: cfg.window,
+        snapshot_every: cfg.store.snapshot_interval,
+        snapshots: win_tx,
+        views: hist_tx,
+    };
+    let window_task = std::sync::Mutex::new(Some(tokio::spawn(windows_loop.run(history, stop_rx))));
     let ingest = Ingest {
         shards: shards.clone(),
         inflight: Inflight::new(cfg.max_inflight.as_usize()),
@@ -150,6 +163,8 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
             shards,
             tasks: tasks.into(),
             windows,
+            history: history_rx,
+            stop_windows,
             window_task,
             stats,
             template,
@@ -177,10 +192,20 @@ impl Engine {
         &self.stats
     }
 
+    /// The history as of the last window close.
+    pub fn history(&self) -> HistoryView {
+        self.history.borrow().clone()
+    }
+
     /// Processes everything still queued, then stops the shards. Call after the receivers have stopped;
     /// later snapshots fail with [`Error::Stopped`].
     pub async fn shutdown(&self) {
-        self.window_task.abort();
+        // The window task closes a last window and saves the history while the shards still answer.
+        let _ = self.stop_windows.send(true);
+        let task = self.window_task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
         for s in self.shards.iter() {
             // A closed queue means the shard is already gone; nothing to drain.
             let _ = s.send(ShardMsg::Stop).await;
@@ -214,6 +239,7 @@ fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
     if parts.len() == 1 {
         let p = parts.into_iter().next().expect("one part");
         snap.red = p.red;
+        snap.pods = p.pods;
         snap.edges = p.edges;
         snap.graph = p.graph;
         snap.metrics = p.metrics;
@@ -221,6 +247,7 @@ fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
     } else {
         let mut red = BTreeMap::new();
         let mut edges = BTreeMap::new();
+        let mut pods = BTreeMap::new();
         for p in parts {
             for r in p.red {
                 match red.entry(r.key()) {
@@ -243,34 +270,89 @@ fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
                 }
             }
             snap.graph.add(&p.graph);
+            // Spans are split by trace, so one pod's spans land on several shards: merge them.
+            for pod in p.pods {
+                match pods.entry((pod.service.clone(), pod.pod.clone())) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(pod);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        let o = o.get_mut();
+                        o.calls += pod.calls;
+                        o.errors += pod.errors;
+                        o.duration.merge(&pod.duration);
+                    }
+                }
+            }
             snap.metrics.extend(p.metrics);
             snap.logs.extend(p.logs);
         }
         snap.red = red.into_values().collect();
         snap.edges = edges.into_values().collect();
+        snap.pods = pods.into_values().collect();
     }
+    snap.pods
+        .sort_by(|a, b| (&a.service, &a.pod).cmp(&(&b.service, &b.pod)));
     snap.red.sort_by_key(|r| r.key());
     snap.edges.sort_by_key(|e| e.key());
     snap
 }
 
-async fn publish_windows(
+/// The window task: every `window`, a snapshot becomes a window of history; the history is saved every
+/// `snapshot_every` and once more when the engine stops.
+struct Windows {
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
     template: Arc<Snapshot>,
     window: Duration,
-    tx: watch::Sender<Arc<Snapshot>>,
-) {
-    let mut tick = tokio::time::interval_at(Instant::now() + window, window);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match collect(&shards, &template).await {
-            Ok(s) => {
-                if tx.send(Arc::new(s)).is_err() {
-                    return;
+    snapshot_every: Duration,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    views: watch::Sender<HistoryView>,
+}
+
+impl Windows {
+    async fn run(self, mut history: History, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval_at(Instant::now() + self.window, self.window);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_save = Instant::now();
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.changed() => true,
+            };
+            let Ok(snap) = collect(&self.shards, &self.template).await else {
+                break;
+            };
+            let snap = Arc::new(snap);
+            let ts_ms = snap
+                .taken_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            // polars work runs off the async threads; the history comes back with the window added.
+            let cur = snap.clone();
+            let appended = tokio::task::spawn_blocking(move || {
+                let r = history.append(cur, ts_ms);
+                (history, r)
+            })
+            .await;
+            let Ok((h, result)) = appended else { break };
+            history = h;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "history: window not recorded");
+            }
+            let _ = self.views.send(history.view());
+            let _ = self.snapshots.send(snap);
+            if stopping || last_save.elapsed() >= self.snapshot_every {
+                last_save = Instant::now();
+                let save = history.saver();
+                match tokio::task::spawn_blocking(save).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "history: save failed"),
+                    Err(e) => tracing::error!(error = %e, "history: save task failed"),
                 }
             }
-            Err(_) => return,
+            if stopping {
+                break;
+            }
         }
     }
 }
@@ -281,8 +363,8 @@ struct Shard {
     graph: GraphStore,
     signals: Signals,
     stats: Arc<EngineStats>,
-    /// Interned service name per resource of the batch at hand (reused, so no allocation per batch).
-    scratch: Vec<u32>,
+    /// Interned service and pod name per resource of the batch at hand (reused: no allocation per batch).
+    scratch: Vec<(u32, Option<u32>)>,
 }
 
 impl Shard {
@@ -316,11 +398,13 @@ impl Shard {
         let now = Instant::now();
         self.scratch.clear();
         for r in &batch.resources {
-            self.scratch.push(self.names.id(batch.bytes(r.service)));
+            let service = self.names.id(batch.bytes(r.service));
+            let pod = (!r.pod.is_empty()).then(|| self.names.id(batch.bytes(r.pod)));
+            self.scratch.push((service, pod));
         }
         let mut record = |s: &crate::model::Span| {
-            let service = self.scratch[s.resource as usize];
-            self.red.record(&mut self.names, batch, s, service);
+            let (service, pod) = self.scratch[s.resource as usize];
+            self.red.record(&mut self.names, batch, s, service, pod);
             self.graph.record(&mut self.names, batch, s, service, now);
         };
         match idx {
@@ -334,6 +418,7 @@ impl Shard {
     fn rows(&self) -> ShardRows {
         ShardRows {
             red: self.red.export(&self.names),
+            pods: self.red.export_pods(&self.names),
             edges: self.graph.export(&self.names),
             graph: self.graph.counters(),
             metrics: self.signals.metric_rows(),

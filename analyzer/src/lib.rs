@@ -8,6 +8,8 @@
 //!                                      ├─ GraphStore client/server pairing → edges     graph.rs
 //!                                      └─ Signals    metric points, log severities     signals.rs
 //! readers ◀── Engine::snapshot() / subscribe(): immutable merged Snapshot
+//! every window: snapshot deltas → History (polars frames, rollups, Parquet)       store.rs
+//! readers ◀── Engine::history(): immutable HistoryView (services, RED over time, edges, series)
 //! ```
 //!
 //! `model` holds the records (a zero-copy `SpanBatch` for spans), `config` the settings, `intern` the
@@ -21,6 +23,7 @@ pub mod intern;
 pub mod model;
 pub mod red;
 pub mod signals;
+pub mod store;
 
 pub use engine::{Engine, Snapshot, start};
 
@@ -29,6 +32,8 @@ pub use engine::{Engine, Snapshot, start};
 pub enum Error {
     #[error("the analyzer engine has stopped")]
     Stopped,
+    #[error("history store: {0}")]
+    Store(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -120,6 +120,21 @@ struct Series {
     duration: Histogram,
 }
 
+/// RED of one pod of one service, over its entry spans (server and consumer): what singles out a bad pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodRow {
+    pub service: Arc<str>,
+    pub pod: Arc<str>,
+    pub calls: u64,
+    pub errors: u64,
+    pub duration: Histogram,
+}
+
+/// Whether a span is where a request enters a service (its RED is the service's RED).
+pub fn is_entry(kind: SpanKind) -> bool {
+    matches!(kind, SpanKind::Server | SpanKind::Consumer)
+}
+
 /// A shard's RED aggregates.
 pub struct RedTable {
     bounds: Arc<[f64]>,
@@ -132,6 +147,9 @@ pub struct RedTable {
     /// Joined dimension values, interned ("\u{1f}" between values).
     dim_values: Interner,
     scratch: String,
+    /// Per (service, pod) entry-span RED; pods are bounded by what a cluster runs.
+    pods: HashMap<(u32, u32), (u64, u64, Histogram), foldhash::fast::FixedState>,
+    max_pods: usize,
 }
 
 impl RedTable {
@@ -147,12 +165,27 @@ impl RedTable {
             per_service: HashMap::default(),
             dim_values: Interner::default(),
             scratch: String::new(),
+            pods: HashMap::default(),
+            max_pods: cfg.max_pods,
         }
     }
 
-    /// Counts one span. `service` is the interned service name of its resource.
+    /// Counts one span. `service` and `pod` are the interned `service.name` and `k8s.pod.name` of its
+    /// resource (`pod` is `None` when the resource names none).
     #[inline]
-    pub fn record(&mut self, names: &mut Interner, batch: &SpanBatch, span: &Span, service: u32) {
+    pub fn record(
+        &mut self,
+        names: &mut Interner,
+        batch: &SpanBatch,
+        span: &Span,
+        service: u32,
+        pod: Option<u32>,
+    ) {
+        if let Some(pod) = pod
+            && is_entry(span.kind)
+        {
+            self.record_pod(service, pod, span);
+        }
         let name_bytes = batch.bytes(span.name);
         let dims = self.dims_id(batch, span);
         let mut key = Key {
@@ -178,6 +211,41 @@ impl RedTable {
         s.calls += 1;
         s.duration
             .observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
+    }
+
+    fn record_pod(&mut self, service: u32, pod: u32, span: &Span) {
+        let n = self.bounds.len();
+        let full = self.pods.len() >= self.max_pods;
+        let entry = match self.pods.get_mut(&(service, pod)) {
+            Some(e) => e,
+            // Past the cap new pods are not tracked (the service-level RED still counts them).
+            None if full => return,
+            None => self
+                .pods
+                .entry((service, pod))
+                .or_insert_with(|| (0, 0, Histogram::new(n))),
+        };
+        entry.0 += 1;
+        if span.status == StatusCode::Error {
+            entry.1 += 1;
+        }
+        entry
+            .2
+            .observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
+    }
+
+    /// Per-pod rows.
+    pub fn export_pods(&self, names: &Interner) -> Vec<PodRow> {
+        self.pods
+            .iter()
+            .map(|(&(service, pod), (calls, errors, h))| PodRow {
+                service: names.resolve(service).clone(),
+                pod: names.resolve(pod).clone(),
+                calls: *calls,
+                errors: *errors,
+                duration: h.clone(),
+            })
+            .collect()
     }
 
     /// A new series, or the service's overflow series once the service is at its cap.
@@ -310,7 +378,7 @@ mod tests {
         let mut t = RedTable::new(cfg, dims);
         let svc = names.id(b.bytes(b.resources[0].service));
         for s in &b.spans {
-            t.record(&mut names, b, s, svc);
+            t.record(&mut names, b, s, svc, None);
         }
         let mut rows = t.export(&names);
         rows.sort_by_key(|r| r.key());
@@ -321,6 +389,7 @@ mod tests {
     fn counts_calls_and_buckets_per_status() {
         let cfg = RedConfig {
             buckets: vec![Duration::from_millis(10), Duration::from_millis(100)],
+            unit: crate::config::LatencyUnit::Milliseconds,
             ..RedConfig::default()
         };
         let b = batch(&[

@@ -19,16 +19,32 @@ pub fn severity_text(severity: u8) -> &'static str {
     }
 }
 
+/// Whether a metric is read as a level or as a rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Gauges, non-monotonic sums, histogram means: the latest value is what counts.
+    Gauge,
+    /// Monotonic sums: what counts is how fast they grow.
+    Counter,
+}
+
 /// The latest reading of one metric of one pod of one service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricRow {
     pub service: Arc<str>,
     pub pod: Arc<str>,
     pub name: Arc<str>,
+    pub kind: MetricKind,
     pub points: u64,
     pub last_time_ns: u64,
     /// Gauge or sum value; for histograms and summaries, the mean of the latest point.
     pub last_value: f64,
+    /// For counters: the total increase seen, across resets (a cumulative sum that falls or changes its
+    /// start time restarted from zero) and delta points alike. The store turns its growth into a rate.
+    pub increase: f64,
+    /// For cumulative counters: the start time of the latest point, to tell a reset.
+    last_start_ns: u64,
+    seen_cumulative: bool,
 }
 
 /// Log records of one service at one severity.
@@ -51,12 +67,18 @@ pub(crate) struct Signals {
 impl Signals {
     pub fn metrics(&mut self, batch: &MetricBatch) {
         for p in &batch.points {
-            let value = match &p.value {
-                PointValue::Gauge(v) => *v,
-                PointValue::Sum { value, .. } => *value,
-                PointValue::Histogram { count, sum, .. } | PointValue::Summary { count, sum } => {
-                    if *count == 0 { 0.0 } else { sum / *count as f64 }
-                }
+            let (value, kind) = match &p.value {
+                PointValue::Gauge(v) => (*v, MetricKind::Gauge),
+                PointValue::Sum {
+                    value,
+                    monotonic: true,
+                    ..
+                } => (*value, MetricKind::Counter),
+                PointValue::Sum { value, .. } => (*value, MetricKind::Gauge),
+                PointValue::Histogram { count, sum, .. } | PointValue::Summary { count, sum } => (
+                    if *count == 0 { 0.0 } else { sum / *count as f64 },
+                    MetricKind::Gauge,
+                ),
             };
             let key = (
                 Arc::from(p.service.as_str()),
@@ -67,13 +89,38 @@ impl Signals {
                 service: key.0,
                 pod: key.1,
                 name: key.2,
+                kind,
                 points: 0,
                 last_time_ns: 0,
                 last_value: 0.0,
+                increase: 0.0,
+                last_start_ns: 0,
+                seen_cumulative: false,
             });
             row.points += 1;
+            let late = p.time_ns < row.last_time_ns;
+            if let PointValue::Sum {
+                value,
+                monotonic: true,
+                cumulative,
+                ..
+            } = p.value
+            {
+                if !cumulative {
+                    row.increase += value.max(0.0);
+                } else if !late {
+                    // The first cumulative point is the baseline; after it, growth is the increase, and a
+                    // fall or a new start time means the counter restarted from zero.
+                    if row.seen_cumulative {
+                        let reset = value < row.last_value || p.start_ns != row.last_start_ns;
+                        row.increase += if reset { value } else { value - row.last_value };
+                    }
+                    row.seen_cumulative = true;
+                    row.last_start_ns = p.start_ns;
+                }
+            }
             // Late points count but do not replace a newer reading.
-            if p.time_ns >= row.last_time_ns {
+            if !late {
                 row.last_time_ns = p.time_ns;
                 row.last_value = value;
             }
@@ -128,6 +175,38 @@ mod tests {
         });
         let rows = s.metric_rows();
         assert_eq!((rows[0].points, rows[0].last_value), (2, 0.5));
+    }
+
+    #[test]
+    fn cumulative_counters_survive_resets() {
+        let p = |start, t, v| MetricPoint {
+            service: "api".into(),
+            pod: "api-1".into(),
+            name: "requests".into(),
+            attributes: vec![],
+            start_ns: start,
+            time_ns: t,
+            value: PointValue::Sum {
+                value: v,
+                monotonic: true,
+                cumulative: true,
+            },
+        };
+        let mut s = Signals::default();
+        // Baseline 100, +20, a late point (ignored), then a restart at t=50 counting 5 since.
+        let points = vec![
+            p(0, 10, 100.0),
+            p(0, 20, 120.0),
+            p(0, 15, 110.0),
+            p(50, 60, 5.0),
+            p(50, 70, 9.0),
+        ];
+        s.metrics(&MetricBatch { points, permit: None });
+        let row = &s.metric_rows()[0];
+        assert_eq!(
+            (row.kind, row.increase, row.last_value),
+            (MetricKind::Counter, 29.0, 9.0)
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Tidewatch's web side, served on the web port (default 8080): health and readiness probes and the
-//! Prometheus `/metrics` endpoint (`prom.rs`), rendered from analyzer snapshots.
+//! Tidewatch's web side, served on the web port (default 8080): health and readiness probes, the
+//! Prometheus `/metrics` endpoint (`prom.rs`, from analyzer snapshots) and the JSON API (`api.rs`, from the
+//! analyzer's history).
 //!
 //! Handlers only read: every request takes a fresh [`tidewatch_analyzer::Snapshot`] from the engine, which
 //! includes everything accepted before the request arrived.
 
+pub mod api;
 pub mod prom;
 
 use std::sync::Arc;
@@ -36,6 +38,12 @@ pub fn router(state: WebState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/services", get(api::services))
+        .route("/api/services/{name}/red", get(api::service_red))
+        .route("/api/services/{name}/operations", get(api::operations))
+        .route("/api/services/{name}/pods", get(api::pods))
+        .route("/api/graph", get(api::graph))
+        .route("/api/series", get(api::series))
         .with_state(state)
 }
 

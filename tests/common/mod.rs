@@ -33,10 +33,13 @@ impl Tidewatch {
         let stderr = dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
         cmd.arg("run");
+        // History goes to the test's own directory unless the test names one (later --set flags win).
+        let data_dir = format!("analyzer.store.data_dir={}", dir.path().join("data").display());
         for s in [
             "collector.grpc.endpoint=127.0.0.1:0",
             "collector.http.endpoint=127.0.0.1:0",
             "web.endpoint=127.0.0.1:0",
+            data_dir.as_str(),
         ]
         .iter()
         .chain(sets)

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: Tidewatch side by side with rotel and the OpenTelemetry Collector, in one run.
+
+Each target is started fresh on loopback, fed by `tidewatch loadgen` (the same load for all: the simulated
+shop's traces, 1,000-span requests, 4 in flight) at fixed span rates and flat out, over OTLP/gRPC and
+OTLP/HTTP protobuf. Per run it records what the load generator saw accepted and refused, and, from /proc,
+the target process's CPU time and peak RSS. "spans per CPU-second" is accepted spans divided by the
+target's own CPU seconds: the throughput one core would give. The load generator runs on the same two
+cores, so flat-out wall-clock rates are shared-machine figures.
+
+Targets and the work they do:
+  tidewatch  ingest + RED metrics + service graph (its normal pipeline)
+  rotel      ingest only (blackhole exporter): the ingest-speed peer
+  otelcol    ingest + spanmetrics + servicegraph connectors + prometheus exporter: the same work as Tidewatch
+
+    bench/ingest.py [--duration 20] [--rates 50000,200000,0] [--targets tidewatch,rotel,otelcol] [--json FILE]
+
+Needs: a release build (`cargo build --release`) and the peers (`bench/peers/install.sh rotel otelcol`).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.environ.get("TIDEWATCH_PEERS", os.path.expanduser("~/.cache/tidewatch-peers"))
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+TIDEWATCH = os.path.join(TARGET_DIR, "release", "tidewatch")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a process and its threads, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Target:
+    def __init__(self, name, tmp):
+        self.name, self.tmp = name, tmp
+        self.grpc, self.http, self.web = free_port(), free_port(), free_port()
+        self.proc = None
+
+    def start(self):
+        log = open(os.path.join(self.tmp, f"{self.name}.log"), "w")
+        if self.name == "tidewatch":
+            cmd = [TIDEWATCH, "run", "--set", f"collector.grpc.endpoint=127.0.0.1:{self.grpc}",
+                   "--set", f"collector.http.endpoint=127.0.0.1:{self.http}",
+                   "--set", f"web.endpoint=127.0.0.1:{self.web}", "--set", "log.level=warn"]
+        elif self.name == "rotel":
+            cmd = [os.path.join(PEERS, "bin", "rotel"), "start", "--exporter", "blackhole",
+                   "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc}", "--otlp-http-endpoint", f"127.0.0.1:{self.http}"]
+        elif self.name == "otelcol":
+            src = open(os.path.join(ROOT, "bench", "peers", "otelcol-red.yaml")).read()
+            cfg = (src.replace("127.0.0.1:14317", f"127.0.0.1:{self.grpc}")
+                      .replace("127.0.0.1:14318", f"127.0.0.1:{self.http}")
+                      .replace("127.0.0.1:18889", f"127.0.0.1:{self.web}")
+                      .replace("127.0.0.1:18888", f"127.0.0.1:{free_port()}"))
+            path = os.path.join(self.tmp, "otelcol.yaml")
+            open(path, "w").write(cfg)
+            cmd = [os.path.join(PEERS, "bin", "otelcol-tidewatch-bench"), "--config", path]
+        else:
+            raise ValueError(self.name)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        wait_port(self.grpc)
+        wait_port(self.http)
+        time.sleep(0.5)
+
+    def derived_series(self):
+        """How many RED/graph series the target exposes (proof it did the work)."""
+        if self.name == "rotel":
+            return None
+        url = f"http://127.0.0.1:{self.web}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return sum(1 for l in text.splitlines()
+                   if l.startswith(("traces_span_metrics_calls_total", "traces_service_graph_request_total")))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def loadgen(protocol, port, rate, duration):
+    cmd = [TIDEWATCH, "loadgen", "--protocol", protocol, "--endpoint", f"http://127.0.0.1:{port}",
+           "--rate", str(rate), "--duration", f"{duration}s", "--batch", "1000", "--concurrency", "4",
+           "--metrics-and-logs", "false", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_one(name, protocol, rate, duration, tmp):
+    t = Target(name, tmp)
+    t.start()
+    try:
+        pid = t.proc.pid
+        cpu0, wall0 = cpu_seconds(pid), time.time()
+        r = loadgen(protocol, t.grpc if protocol == "grpc" else t.http, rate, duration)
+        # Let the target finish what it accepted before reading its CPU (Tidewatch answers after enqueueing).
+        time.sleep(1.0)
+        cpu = cpu_seconds(pid) - cpu0
+        wall = time.time() - wall0
+        rss = peak_rss_mib(pid)
+        series = t.derived_series()
+    finally:
+        t.stop()
+    return {
+        "target": name, "protocol": protocol, "rate": rate or "max",
+        "accepted_per_s": round(r["spans_accepted"] / r["seconds"]),
+        "accepted": r["spans_accepted"], "refused": r["spans_refused"], "failed": r["spans_failed"],
+        "cpu_cores": round(cpu / wall, 2),
+        "spans_per_cpu_s": round(r["spans_accepted"] / cpu) if cpu > 0 else None,
+        "peak_rss_mib": round(rss, 1), "p99_ms": r["p99_ms"], "derived_series": series,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=20)
+    p.add_argument("--rates", default="50000,200000,0", help="spans/s; 0 = as fast as accepted")
+    p.add_argument("--protocols", default="grpc,http")
+    p.add_argument("--targets", default="tidewatch,rotel,otelcol")
+    p.add_argument("--json", help="also write the rows to this file")
+    a = p.parse_args()
+    if not os.access(TIDEWATCH, os.X_OK):
+        sys.exit(f"no release build at {TIDEWATCH}: cargo build --release")
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="tidewatch-bench-")
+    for protocol in a.protocols.split(","):
+        rates = [int(r) for r in a.rates.split(",")] if protocol == "grpc" else [0]
+        for rate in rates:
+            for name in a.targets.split(","):
+                row = run_one(name, protocol, rate, a.duration, tmp)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    cols = ["target", "protocol", "rate", "accepted_per_s", "refused", "failed", "cpu_cores", "spans_per_cpu_s",
+            "peak_rss_mib", "p99_ms", "derived_series"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    if a.json:
+        json.dump(rows, open(a.json, "w"), indent=1)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
