@@ -27,6 +27,8 @@ pub enum Command {
     Loadgen(LoadArgs),
     /// Check a configuration and print it resolved, with every default filled in.
     CheckConfig(ConfigArgs),
+    /// Backtest the forecasters on traffic-like series and compare them with seasonal naive.
+    ForecastEval(crate::forecast_eval::ForecastEvalArgs),
 }
 
 #[derive(Args, Debug, Default, Clone)]

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod forecast_eval;
 pub mod loadgen;
 pub mod topology;
 

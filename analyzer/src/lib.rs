@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod forecast;
 pub mod graph;
 pub mod ingest;
 pub mod intern;
