@@ -22,6 +22,7 @@ pub mod graph;
 pub mod ingest;
 pub mod intern;
 pub mod model;
+pub mod models;
 pub mod red;
 pub mod signals;
 pub mod store;
@@ -35,6 +36,22 @@ pub enum Error {
     Stopped,
     #[error("history store: {0}")]
     Store(String),
+    /// A file that cannot be read (NAB corpus, results): says which.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A malformed input file: names the file and the line.
+    #[error("{}:{line}: {msg}", path.display())]
+    Parse {
+        path: std::path::PathBuf,
+        line: usize,
+        msg: String,
+    },
+    /// Inputs that parse but do not fit together (scores vs corpus, windows vs rows).
+    #[error("NAB: {0}")]
+    Nab(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

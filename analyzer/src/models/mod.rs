@@ -1,0 +1,9 @@
+//! Models over the history: anomaly detectors and the benchmark that keeps them honest.
+//!
+//! - `nab`: the Numenta Anomaly Benchmark (NAB v1.1) corpus loader and scorer, a faithful re-implementation
+//!   of NAB's own scoring (windows, probation, sigmoid weighting, corpus-wide threshold sweep,
+//!   normalisation between the null and the perfect detector), checked against NAB's published results.
+//! - `detect`: streaming anomaly detectors (one value in, one score in [0, 1] out, no look-ahead).
+
+pub mod detect;
+pub mod nab;
