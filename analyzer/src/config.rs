@@ -316,6 +316,7 @@ pub struct AnalyzerConfig {
     pub span_metrics: RedConfig,
     pub service_graph: GraphConfig,
     pub store: StoreConfig,
+    pub health: crate::health::HealthConfig,
 }
 
 impl Default for AnalyzerConfig {
@@ -328,6 +329,7 @@ impl Default for AnalyzerConfig {
             span_metrics: RedConfig::default(),
             service_graph: GraphConfig::default(),
             store: StoreConfig::default(),
+            health: crate::health::HealthConfig::default(),
         }
     }
 }
@@ -350,6 +352,7 @@ impl AnalyzerConfig {
         self.span_metrics.validate(errors);
         self.service_graph.validate(errors);
         self.store.validate(self.window, errors);
+        self.health.validate(errors);
     }
 
     /// Shards to run: the configured number, or one per core.

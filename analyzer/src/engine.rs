@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
 use crate::graph::{EdgeRow, GraphCounters, GraphStore};
+use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
 use crate::intern::Interner;
 use crate::model::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
@@ -102,6 +103,7 @@ pub struct Engine {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     windows: watch::Receiver<Arc<Snapshot>>,
     history: watch::Receiver<HistoryView>,
+    health: watch::Receiver<Arc<Health>>,
     stop_windows: watch::Sender<bool>,
     window_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats: Arc<EngineStats>,
@@ -141,6 +143,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let (win_tx, windows) = watch::channel(template.clone());
     let history = History::open(&cfg.store, cfg.window);
     let (hist_tx, history_rx) = watch::channel(history.view());
+    let (health_tx, health_rx) = watch::channel(Arc::new(Health::default()));
     let (stop_windows, stop_rx) = watch::channel(false);
     let windows_loop = Windows {
         shards: shards.clone(),
@@ -149,6 +152,8 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         snapshot_every: cfg.store.snapshot_interval,
         snapshots: win_tx,
         views: hist_tx,
+        health: health_tx,
+        monitor: Monitor::new(&cfg.health),
     };
     let window_task = std::sync::Mutex::new(Some(tokio::spawn(windows_loop.run(history, stop_rx))));
     let ingest = Ingest {
@@ -164,6 +169,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
             tasks: tasks.into(),
             windows,
             history: history_rx,
+            health: health_rx,
             stop_windows,
             window_task,
             stats,
@@ -195,6 +201,11 @@ impl Engine {
     /// The history as of the last window close.
     pub fn history(&self) -> HistoryView {
         self.history.borrow().clone()
+    }
+
+    /// Anomalies and likely causes as of the last window close, with the recent ones.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.borrow().clone()
     }
 
     /// Processes everything still queued, then stops the shards. Call after the receivers have stopped;
@@ -307,10 +318,24 @@ struct Windows {
     snapshot_every: Duration,
     snapshots: watch::Sender<Arc<Snapshot>>,
     views: watch::Sender<HistoryView>,
+    health: watch::Sender<Arc<Health>>,
+    monitor: Monitor,
 }
 
+/// What the monitor says now, and the recent window closes that had likely causes.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Health {
+    pub current: HealthReport,
+    /// Newest first, at most [`RECENT`].
+    pub recent: Vec<HealthReport>,
+}
+
+/// Reports with causes kept for `/api/anomalies`.
+const RECENT: usize = 50;
+
 impl Windows {
-    async fn run(self, mut history: History, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut history: History, mut stop: watch::Receiver<bool>) {
+        let mut recent: std::collections::VecDeque<HealthReport> = Default::default();
         let mut tick = tokio::time::interval_at(Instant::now() + self.window, self.window);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_save = Instant::now();
@@ -339,7 +364,21 @@ impl Windows {
             if let Err(e) = result {
                 tracing::error!(error = %e, "history: window not recorded");
             }
-            let _ = self.views.send(history.view());
+            let view = history.view();
+            match self.monitor.observe(&view, ts_ms, self.window.as_millis() as i64) {
+                Ok(report) => {
+                    if !report.causes.is_empty() {
+                        recent.push_front(report.clone());
+                        recent.truncate(RECENT);
+                    }
+                    let _ = self.health.send(Arc::new(Health {
+                        current: report,
+                        recent: recent.iter().cloned().collect(),
+                    }));
+                }
+                Err(e) => tracing::error!(error = %e, "health: window not scored"),
+            }
+            let _ = self.views.send(view);
             let _ = self.snapshots.send(snap);
             if stopping || last_save.elapsed() >= self.snapshot_every {
                 last_save = Instant::now();

@@ -19,11 +19,13 @@ pub mod config;
 pub mod engine;
 pub mod forecast;
 pub mod graph;
+pub mod health;
 pub mod ingest;
 pub mod intern;
 pub mod model;
 pub mod models;
 pub mod red;
+pub mod rootcause;
 pub mod signals;
 pub mod store;
 

@@ -350,3 +350,103 @@ mod tests {
         assert!(range(&q("-1h", "now", Some("0s"))).is_err());
     }
 }
+
+/// `GET /api/anomalies`: every scored service with its score now, the likely causes with their
+/// explanations, and the recent window closes that had causes.
+pub async fn anomalies(State(s): State<WebState>) -> ApiResult {
+    let h = s.engine.health();
+    let anomalous: Vec<_> = h.current.services.iter().filter(|s| s.anomalous).collect();
+    Ok(Json(json!({
+        "ts": h.current.ts,
+        "anomalies": anomalous,
+        "causes": h.current.causes,
+        "services": h.current.services,
+        "recent": h.recent,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct ForecastQuery {
+    horizon: Option<String>,
+    step: Option<String>,
+    history: Option<String>,
+}
+
+/// `GET /api/services/{name}/forecast?horizon=30m&step=1m&history=24h`: the service's request rate
+/// forecast with 95 % intervals. The model is picked per call by a small rolling-origin backtest over
+/// the history (see `tidewatch_analyzer::forecast`).
+pub async fn forecast(
+    State(s): State<WebState>,
+    Path(name): Path<String>,
+    Query(q): Query<ForecastQuery>,
+) -> ApiResult {
+    use tidewatch_analyzer::forecast::{backtest, detect_periods, models};
+    let dur = |v: Option<&str>, d: u64, what: &str| -> Result<i64, ApiError> {
+        let d = match v {
+            Some(v) => humantime::parse_duration(v).map_err(|e| bad(format!("{what} `{v}`: {e}")))?,
+            None => Duration::from_secs(d),
+        };
+        if d.is_zero() {
+            return Err(bad(format!("{what} must be longer than zero")));
+        }
+        Ok(d.as_millis() as i64)
+    };
+    let step = dur(q.step.as_deref(), 60, "step")?;
+    let horizon = dur(q.horizon.as_deref(), 1800, "horizon")?;
+    let history = dur(q.history.as_deref(), 86_400, "history")?;
+    let steps = (horizon / step).max(1) as usize;
+    if steps > 1000 || history / step > 20_000 {
+        return Err(bad("horizon or history too long for the step"));
+    }
+    let h = s.engine.history();
+    known_service(&h, &name)?;
+    let now = now_ms();
+    let points = h
+        .service_red(&name, now - history, now, step)
+        .map_err(store_err)?;
+    // The last bucket is still filling: leave it out.
+    let y: Vec<f64> = points.iter().filter(|p| p.ts <= now).map(|p| p.rate).collect();
+    let last_ts = points.iter().filter(|p| p.ts <= now).map(|p| p.ts).last();
+    let periods = detect_periods(&y, step as f64 / 1000.0);
+    let m = periods.first().copied().unwrap_or(1);
+    let n = y.len();
+    if n < 3 * m.max(8) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "not enough history to forecast `{name}`: {n} points of {} ms, need {}",
+                step,
+                3 * m.max(8)
+            ),
+        ));
+    }
+    let origins: Vec<usize> = (0..6)
+        .map(|i| n - steps.min(n / 4) - i * (n / 24).max(1))
+        .filter(|&o| o >= 2 * m.max(4))
+        .collect();
+    let mut best: Option<(f64, Box<dyn tidewatch_analyzer::forecast::Forecaster>)> = None;
+    for mut model in models(&periods) {
+        let b = backtest(model.as_mut(), &y, &origins, steps.min(n / 4).max(1), m);
+        let score = if b.mae.is_finite() { b.mae } else { f64::INFINITY };
+        if best.as_ref().is_none_or(|(s, _)| score < *s) {
+            best = Some((score, model));
+        }
+    }
+    let Some((_, mut model)) = best else {
+        return Err(bad("no forecaster available"));
+    };
+    model
+        .fit(&y)
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let start = last_ts.unwrap_or(now);
+    let forecast: Vec<Value> = model
+        .forecast(steps)
+        .iter()
+        .enumerate()
+        .map(|(i, f)| json!({"ts": start + (i as i64 + 1) * step, "rate": f.mean.max(0.0), "lo": f.lo.max(0.0), "hi": f.hi.max(0.0)}))
+        .collect();
+    Ok(Json(json!({
+        "service": name, "model": model.name(), "periods": periods, "step_ms": step, "history_points": n,
+        "forecast": forecast,
+    })))
+}

@@ -43,6 +43,8 @@ pub fn router(state: WebState) -> Router {
         .route("/api/services/{name}/operations", get(api::operations))
         .route("/api/services/{name}/pods", get(api::pods))
         .route("/api/graph", get(api::graph))
+        .route("/api/anomalies", get(api::anomalies))
+        .route("/api/services/{name}/forecast", get(api::forecast))
         .route("/api/series", get(api::series))
         .with_state(state)
 }
@@ -63,6 +65,7 @@ async fn metrics(State(s): State<WebState>) -> Response {
     let mut out = String::with_capacity(64 * 1024);
     prom::render_snapshot(&mut out, &snap);
     prom::render_engine(&mut out, &s.ingest, s.engine.stats());
+    prom::render_health(&mut out, &s.engine.health());
     for hook in &s.extra_metrics {
         hook(&mut out);
     }

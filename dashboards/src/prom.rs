@@ -305,6 +305,38 @@ fn render_graph(out: &mut String, s: &Snapshot) {
     );
 }
 
+/// Anomaly scores of the last window close (0 normal; 0.5 at the alarm threshold; towards 1 beyond).
+pub fn render_health(out: &mut String, h: &tidewatch_analyzer::engine::Health) {
+    family(
+        out,
+        "tidewatch_anomaly_score",
+        "gauge",
+        "Anomaly score of each service at the last window close (0.5 = threshold).",
+    );
+    for s in &h.current.services {
+        sample(
+            out,
+            "tidewatch_anomaly_score",
+            &[("service_name", &s.service)],
+            None,
+            s.score,
+        );
+    }
+    family(
+        out,
+        "tidewatch_anomalous_services",
+        "gauge",
+        "Services anomalous at the last window close.",
+    );
+    sample(
+        out,
+        "tidewatch_anomalous_services",
+        &[],
+        None,
+        h.current.services.iter().filter(|s| s.anomalous).count() as f64,
+    );
+}
+
 /// The engine's and the ingest queue's own figures.
 pub fn render_engine(out: &mut String, ingest: &Ingest, stats: &EngineStats) {
     family(

@@ -48,6 +48,16 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint(&mut self) -> Result<u64> {
+        // Nearly every tag and length on this path fits in one byte.
+        if self.pos < self.end && self.buf[self.pos] < 0x80 {
+            self.pos += 1;
+            return Ok(u64::from(self.buf[self.pos - 1]));
+        }
+        self.varint_slow()
+    }
+
+    #[cold]
+    fn varint_slow(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let Some(&b) = self.buf[..self.end].get(self.pos) else {
@@ -130,6 +140,8 @@ impl<'a> Reader<'a> {
 /// protobuf fails the whole request.
 pub fn decode_traces(wire: Bytes, keys: &AttrKeys) -> Result<(SpanBatch, Rejections)> {
     let mut batch = SpanBatch::with_wire(wire.clone());
+    // About one span per 300 wire bytes in practice: reserving up front saves the vector's regrowth copies.
+    batch.spans.reserve(wire.len() / 300);
     let mut rejected = Rejections::default();
     let buf = &wire[..];
     let mut top = Reader::new(buf, 0, buf.len());
@@ -344,6 +356,18 @@ fn kv_ranges(buf: &[u8], start: usize, end: usize) -> Result<(Range, Option<Rang
 /// Keeps one span attribute if its key is wanted. Returns false when the kept value is not valid UTF-8.
 #[inline]
 fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut SpanBatch) -> Result<bool> {
+    // Encoders write the key (field 1) first: when its bytes are not a wanted key, the attribute is
+    // skipped without reading its value at all. Anything else takes the general path below.
+    if buf.get(start) == Some(&0x0A) {
+        let mut r = Reader::new(buf, start + 1, end);
+        let len = r.varint()?;
+        let key = usize::try_from(len).ok().and_then(|l| r.pos.checked_add(l)).filter(|&e| e <= end);
+        if let Some(key_end) = key
+            && keys.find(&buf[r.pos..key_end]).is_none()
+        {
+            return Ok(true);
+        }
+    }
     let (key, value) = kv_ranges(buf, start, end)?;
     let (Some(k), Some(v)) = (keys.find(&buf[key.0..key.1]), value) else {
         return Ok(true);

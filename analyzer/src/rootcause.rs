@@ -1,0 +1,292 @@
+//! Root-cause localisation along the dependency graph.
+//!
+//! When a service misbehaves, its callers usually misbehave too: their latency includes its latency, its
+//! errors become theirs. So among the anomalous services, the likely cause is one whose own downstream
+//! dependencies are healthy; an anomalous service that calls an anomalous dependency is more likely a
+//! symptom. Within a cause, per-pod RED singles out a pod that is far off its healthy siblings.
+//!
+//! Everything here is pure: it takes what the detectors said about each service and pod, and the edges,
+//! and returns ranked causes with a plain-language explanation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the detectors said about one service in the current window.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ServiceState {
+    pub service: String,
+    /// The strongest anomaly score over its signals (0 = normal, 1 = certainly anomalous).
+    pub score: f64,
+    pub anomalous: bool,
+    /// The signal behind the score, for people: "p95 latency 4.1x its usual 12 ms".
+    pub reason: String,
+}
+
+/// One pod's RED in the current window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodState {
+    pub service: String,
+    pub pod: String,
+    pub requests: f64,
+    pub error_ratio: f64,
+    pub p95_ms: Option<f64>,
+}
+
+/// A likely cause, with why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Cause {
+    pub service: String,
+    /// The pod singled out among its siblings, if one is.
+    pub pod: Option<String>,
+    pub score: f64,
+    /// Anomalous services whose trouble this cause explains (its anomalous callers, transitively).
+    pub symptoms: Vec<String>,
+    pub explanation: String,
+}
+
+/// Ranks the anomalous services of `states` into causes. `edges` are (client, server) pairs.
+pub fn localise(states: &[ServiceState], edges: &[(String, String)], pods: &[PodState]) -> Vec<Cause> {
+    let anomalous: BTreeMap<&str, &ServiceState> = states
+        .iter()
+        .filter(|s| s.anomalous)
+        .map(|s| (s.service.as_str(), s))
+        .collect();
+    let mut downstream: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut upstream: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (c, s) in edges {
+        if c != s {
+            downstream.entry(c.as_str()).or_default().insert(s.as_str());
+            upstream.entry(s.as_str()).or_default().insert(c.as_str());
+        }
+    }
+    let mut causes: Vec<Cause> = anomalous
+        .values()
+        .filter(|s| {
+            downstream
+                .get(s.service.as_str())
+                .is_none_or(|d| d.iter().all(|x| !anomalous.contains_key(x)))
+        })
+        .map(|s| {
+            let symptoms = symptoms_of(&s.service, &upstream, &anomalous);
+            let pod = bad_pod(&s.service, pods);
+            Cause {
+                service: s.service.clone(),
+                pod: pod.as_ref().map(|(p, _)| p.clone()),
+                score: s.score,
+                explanation: explain(
+                    s,
+                    &symptoms,
+                    &anomalous,
+                    &downstream,
+                    pod.as_ref().map(|(_, why)| why.as_str()),
+                ),
+                symptoms,
+            }
+        })
+        .collect();
+    // Causes that explain more symptoms first, then by score.
+    causes.sort_by(|a, b| {
+        b.symptoms
+            .len()
+            .cmp(&a.symptoms.len())
+            .then(b.score.total_cmp(&a.score))
+    });
+    causes
+}
+
+/// Anomalous services upstream of `service`, following anomalous callers only.
+fn symptoms_of(
+    service: &str,
+    upstream: &BTreeMap<&str, BTreeSet<&str>>,
+    anomalous: &BTreeMap<&str, &ServiceState>,
+) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![service];
+    while let Some(s) = todo.pop() {
+        for &caller in upstream.get(s).into_iter().flatten() {
+            if anomalous.contains_key(caller) && caller != service && seen.insert(caller) {
+                todo.push(caller);
+            }
+        }
+    }
+    seen.into_iter().map(str::to_owned).collect()
+}
+
+/// A pod far off its siblings: error ratio at least 3x their median and 10 points above it, or p95
+/// latency at least 3x theirs. Needs at least two other pods with traffic to compare with.
+fn bad_pod(service: &str, pods: &[PodState]) -> Option<(String, String)> {
+    let mine: Vec<&PodState> = pods
+        .iter()
+        .filter(|p| p.service == service && p.requests > 0.0)
+        .collect();
+    if mine.len() < 3 {
+        return None;
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut worst: Option<(f64, String, String)> = None;
+    for p in &mine {
+        let others: Vec<&&PodState> = mine.iter().filter(|o| o.pod != p.pod).collect();
+        let err_med = median(others.iter().map(|o| o.error_ratio).collect());
+        let lat: Vec<f64> = others.iter().filter_map(|o| o.p95_ms).collect();
+        let mut found = None;
+        if p.error_ratio >= 3.0 * err_med && p.error_ratio - err_med >= 0.10 {
+            found = Some((
+                p.error_ratio / err_med.max(0.001),
+                format!(
+                    "pod {} fails {:.0}% of requests, its siblings {:.0}%",
+                    p.pod,
+                    p.error_ratio * 100.0,
+                    err_med * 100.0
+                ),
+            ));
+        } else if let (Some(mine_p95), false) = (p.p95_ms, lat.is_empty()) {
+            let lat_med = median(lat);
+            if lat_med > 0.0 && mine_p95 >= 3.0 * lat_med {
+                found = Some((
+                    mine_p95 / lat_med,
+                    format!("pod {} p95 {mine_p95:.0} ms, its siblings {lat_med:.0} ms", p.pod),
+                ));
+            }
+        }
+        if let Some((how_far, why)) = found
+            && worst.as_ref().is_none_or(|w| how_far > w.0)
+        {
+            worst = Some((how_far, p.pod.clone(), why));
+        }
+    }
+    worst.map(|(_, pod, why)| (pod, why))
+}
+
+fn explain(
+    cause: &ServiceState,
+    symptoms: &[String],
+    anomalous: &BTreeMap<&str, &ServiceState>,
+    downstream: &BTreeMap<&str, BTreeSet<&str>>,
+    pod: Option<&str>,
+) -> String {
+    let mut parts = Vec::new();
+    for s in symptoms {
+        if let Some(st) = anomalous.get(s.as_str()) {
+            parts.push(format!("{} {}", st.service, st.reason));
+        }
+    }
+    let deps: Vec<&str> = downstream
+        .get(cause.service.as_str())
+        .map(|d| d.iter().copied().collect())
+        .unwrap_or_default();
+    let mut text = if parts.is_empty() {
+        format!("{} {}", cause.service, cause.reason)
+    } else {
+        format!(
+            "{}; they depend on {}, which is anomalous ({})",
+            parts.join("; "),
+            cause.service,
+            cause.reason
+        )
+    };
+    if deps.is_empty() {
+        text.push_str(&format!(
+            " and has no instrumented dependencies: {} is the likely cause",
+            cause.service
+        ));
+    } else {
+        text.push_str(&format!(
+            " while its dependencies ({}) are healthy: {} is the likely cause",
+            deps.join(", "),
+            cause.service
+        ));
+    }
+    if let Some(why) = pod {
+        text.push_str(&format!("; {why}"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(s: &str, score: f64, reason: &str) -> ServiceState {
+        ServiceState {
+            service: s.into(),
+            score,
+            anomalous: score >= 0.5,
+            reason: reason.into(),
+        }
+    }
+
+    fn shop() -> Vec<(String, String)> {
+        [
+            ("frontend", "checkout"),
+            ("checkout", "payment"),
+            ("checkout", "inventory"),
+            ("inventory", "postgres"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn the_deepest_anomalous_service_is_the_cause() {
+        let states = [
+            st("frontend", 0.8, "p95 latency 3.0x its usual"),
+            st("checkout", 0.9, "p95 latency 4.1x its usual"),
+            st("payment", 0.95, "p95 latency 8.0x its usual"),
+            st("inventory", 0.1, ""),
+        ];
+        let causes = localise(&states, &shop(), &[]);
+        assert_eq!(causes.len(), 1);
+        let c = &causes[0];
+        assert_eq!(
+            (c.service.as_str(), c.symptoms.clone()),
+            ("payment", vec!["checkout".to_owned(), "frontend".to_owned()])
+        );
+        assert!(
+            c.explanation.contains("checkout p95 latency 4.1x"),
+            "{}",
+            c.explanation
+        );
+        assert!(
+            c.explanation.ends_with("payment is the likely cause"),
+            "{}",
+            c.explanation
+        );
+    }
+
+    #[test]
+    fn healthy_means_no_cause_and_callers_alone_are_their_own_cause() {
+        assert!(localise(&[st("frontend", 0.1, "")], &shop(), &[]).is_empty());
+        let causes = localise(&[st("checkout", 0.9, "errors 30%")], &shop(), &[]);
+        assert_eq!(causes[0].service, "checkout");
+        assert!(causes[0].symptoms.is_empty());
+    }
+
+    #[test]
+    fn a_bad_pod_is_singled_out() {
+        let pod = |p: &str, e: f64| PodState {
+            service: "inventory".into(),
+            pod: p.into(),
+            requests: 100.0,
+            error_ratio: e,
+            p95_ms: Some(5.0),
+        };
+        let pods = [
+            pod("inventory-a", 0.5),
+            pod("inventory-b", 0.01),
+            pod("inventory-c", 0.0),
+        ];
+        let causes = localise(&[st("inventory", 0.9, "errors 17%")], &shop(), &pods);
+        assert_eq!(causes[0].pod.as_deref(), Some("inventory-a"));
+        assert!(
+            causes[0].explanation.contains("pod inventory-a fails 50%"),
+            "{}",
+            causes[0].explanation
+        );
+        // Siblings that all fail alike single out nobody.
+        let even = [pod("a", 0.3), pod("b", 0.3), pod("c", 0.3)];
+        assert_eq!(localise(&[st("inventory", 0.9, "")], &shop(), &even)[0].pod, None);
+    }
+}
