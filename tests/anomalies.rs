@@ -33,8 +33,21 @@ impl Drop for Load {
 fn load(tw: &Tidewatch, seconds: u32, extra: &[&str]) -> Load {
     Load(
         Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-            .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc), "--rate", "4000", "--batch", "200"])
-            .args(["--duration", &format!("{seconds}s"), "--metrics-and-logs", "false"])
+            .args([
+                "loadgen",
+                "--endpoint",
+                &format!("http://{}", tw.grpc),
+                "--rate",
+                "4000",
+                "--batch",
+                "200",
+            ])
+            .args([
+                "--duration",
+                &format!("{seconds}s"),
+                "--metrics-and-logs",
+                "false",
+            ])
             .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -67,17 +80,31 @@ fn a_slow_downstream_service_is_blamed_not_its_callers() {
     let _load = load(&tw, 25, &["--incident", "latency:payment@8s"]);
     // Quiet before the incident.
     std::thread::sleep(Duration::from_secs(7));
-    assert!(anomalies(&tw)["recent"].as_array().unwrap().is_empty(), "{}", anomalies(&tw));
+    assert!(
+        anomalies(&tw)["recent"].as_array().unwrap().is_empty(),
+        "{}",
+        anomalies(&tw)
+    );
     let (cause, all) = first_cause(&tw, Duration::from_secs(12));
     assert_eq!(cause["service"], "payment", "{all}");
     let explanation = cause["explanation"].as_str().unwrap();
-    assert!(explanation.contains("payment is the likely cause"), "{explanation}");
+    assert!(
+        explanation.contains("payment is the likely cause"),
+        "{explanation}"
+    );
     // Every anomalous service is the cause or one of its callers.
     for a in all["anomalies"].as_array().unwrap() {
-        assert!(["payment", "checkout", "frontend"].contains(&a["service"].as_str().unwrap()), "{all}");
+        assert!(
+            ["payment", "checkout", "frontend"].contains(&a["service"].as_str().unwrap()),
+            "{all}"
+        );
     }
     let m = tw.metrics();
-    assert!(m.get("tidewatch_anomaly_score", &[("service_name", "payment")]).unwrap() >= 0.5);
+    assert!(
+        m.get("tidewatch_anomaly_score", &[("service_name", "payment")])
+            .unwrap()
+            >= 0.5
+    );
 }
 
 #[test]
@@ -85,7 +112,11 @@ fn an_error_burst_on_one_pod_is_localised_to_that_pod() {
     let tw = start();
     let _load = load(&tw, 25, &["--incident", "bad-pod:inventory@8s"]);
     std::thread::sleep(Duration::from_secs(7));
-    assert!(anomalies(&tw)["recent"].as_array().unwrap().is_empty(), "{}", anomalies(&tw));
+    assert!(
+        anomalies(&tw)["recent"].as_array().unwrap().is_empty(),
+        "{}",
+        anomalies(&tw)
+    );
     let (cause, all) = first_cause(&tw, Duration::from_secs(12));
     assert_eq!(cause["service"], "inventory", "{all}");
     // The load generator's first inventory pod is the bad one.

@@ -217,3 +217,43 @@ fn history_comes_back_after_a_restart() {
     assert_eq!(s, 200, "{red}");
     assert!(!red["points"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn forecasts_need_history_then_come_with_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let tw = start(&dir.path().display().to_string());
+    loadgen(&tw, 1, &["--metrics-and-logs", "false"]);
+    wait_for(&tw, "/api/services?window=1m", |v| {
+        v["services"].as_array().is_some_and(|s| !s.is_empty())
+    });
+    let (s, v) = get(
+        &tw,
+        "/api/services/frontend/forecast?horizon=2s&step=200ms&history=1m",
+    );
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not enough history"), "{v}");
+
+    loadgen(&tw, 7, &["--metrics-and-logs", "false"]);
+    let (s, v) = get(
+        &tw,
+        "/api/services/frontend/forecast?horizon=2s&step=200ms&history=1m",
+    );
+    assert_eq!(s, 200, "{v}");
+    let points = v["forecast"].as_array().unwrap();
+    assert_eq!(points.len(), 10, "{v}");
+    for p in points {
+        let (lo, rate, hi) = (
+            p["lo"].as_f64().unwrap(),
+            p["rate"].as_f64().unwrap(),
+            p["hi"].as_f64().unwrap(),
+        );
+        assert!(lo <= rate && rate <= hi, "{p}");
+    }
+    // The shop sends about 3,000 spans/s, of which about one in eight is a frontend request.
+    let mean: f64 = points.iter().map(|p| p["rate"].as_f64().unwrap()).sum::<f64>() / points.len() as f64;
+    assert!(mean > 100.0 && mean < 1000.0, "forecast rate {mean}: {v}");
+    let (s, _) = get(&tw, "/api/services/frontend/forecast?horizon=0s");
+    assert_eq!(s, 400);
+    let (s, _) = get(&tw, "/api/services/nope/forecast");
+    assert_eq!(s, 404);
+}
