@@ -1,12 +1,13 @@
 //! Tidewatch's web side, served on the web port (default 8080): health and readiness probes, the
-//! Prometheus `/metrics` endpoint (`prom.rs`, from analyzer snapshots) and the JSON API (`api.rs`, from the
-//! analyzer's history).
+//! Prometheus `/metrics` endpoint (`prom.rs`, from analyzer snapshots), the JSON API (`api.rs`, from the
+//! analyzer's history) and the web UI built on it (`ui.rs`: the dependency map, service pages, charts).
 //!
 //! Handlers only read: every request takes a fresh [`tidewatch_analyzer::Snapshot`] from the engine, which
 //! includes everything accepted before the request arrived.
 
 pub mod api;
 pub mod prom;
+pub mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,11 @@ pub fn router(state: WebState) -> Router {
         .route("/api/anomalies", get(api::anomalies))
         .route("/api/services/{name}/forecast", get(api::forecast))
         .route("/api/series", get(api::series))
+        .route("/", get(ui::overview))
+        .route("/map", get(ui::map))
+        .route("/services/{name}", get(ui::service))
+        .route("/charts/services/{name}/{file}", get(ui::chart))
+        .route("/ui/{file}", get(ui::asset))
         .with_state(state)
 }
 

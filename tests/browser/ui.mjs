@@ -1,0 +1,211 @@
+// Drives Debian's headless Chromium through playwright-core against a running Tidewatch, for
+// tests/web_ui.rs. It looks and clicks; it asserts little itself: it prints what it saw as one JSON object
+// on stdout, and the Rust test holds the expectations. Screenshots go to --out.
+//
+//   node ui.mjs check --base http://127.0.0.1:PORT --out DIR [--service checkout]
+//   node ui.mjs bench --base http://127.0.0.1:PORT --out DIR [--runs 5]
+//
+// Chromium is /usr/bin/chromium (apt), or $CHROMIUM: playwright's own browser downloads are not used.
+import { chromium } from 'playwright-core';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const [mode, ...rest] = process.argv.slice(2);
+const opt = {};
+for (let i = 0; i < rest.length; i += 2) opt[rest[i].replace(/^--/, '')] = rest[i + 1];
+if (!['check', 'bench'].includes(mode) || !opt.base || !opt.out) {
+  console.error('usage: node ui.mjs check|bench --base URL --out DIR [--service NAME] [--runs N]');
+  process.exit(2);
+}
+mkdirSync(opt.out, { recursive: true });
+
+const profile = mkdtempSync(join(tmpdir(), 'tidewatch-chromium-'));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 1440, height: 900 },
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+const problems = [];
+const requests = [];
+context.on('page', (p) => watch(p));
+function watch(page) {
+  page.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
+  page.on('pageerror', (e) => problems.push('page error: ' + e.message));
+  page.on('request', (r) => requests.push(r.url()));
+}
+const page = context.pages()[0] || (await context.newPage());
+watch(page);
+page.setDefaultTimeout(30000);
+
+// What the map draws, read from the SVG.
+const readMap = () => page.evaluate(() => ({
+  nodes: [...document.querySelectorAll('#map g.node')].map((g) => ({
+    id: g.dataset.id, kind: g.dataset.kind, health: g.dataset.health, pos: g.getAttribute('transform'),
+    text: [...g.querySelectorAll('text')].map((t) => t.textContent),
+  })),
+  edges: [...document.querySelectorAll('#map g.edge')].map((g) => ({
+    source: g.dataset.source, target: g.dataset.target, type: g.dataset.type, health: g.dataset.health,
+    label: g.querySelector('.elabel').textContent, path: g.querySelector('path').getAttribute('d'),
+  })),
+  transform: document.querySelector('#map g.viewport').getAttribute('transform'),
+  stats: window.twMap,
+}));
+
+// Waits until the map shows every wanted node and edge (traffic keeps arriving while the page loads).
+async function waitForMap(wantNodes, wantEdges, ms) {
+  const deadline = Date.now() + ms;
+  let seen;
+  for (;;) {
+    seen = await readMap();
+    const ids = new Set(seen.nodes.map((n) => n.id));
+    const edges = new Set(seen.edges.map((e) => e.source + '>' + e.target));
+    if (wantNodes.every((n) => ids.has(n)) && wantEdges.every((e) => edges.has(e))) return seen;
+    if (Date.now() > deadline) return seen;
+    await page.waitForTimeout(500);
+  }
+}
+
+async function check() {
+  const out = { problems };
+  const service = opt.service || 'checkout';
+  const wantNodes = (opt.nodes || '').split(',').filter(Boolean);
+  const wantEdges = (opt.edges || '').split(',').filter(Boolean);
+
+  // Overview: map, worst services, collector health.
+  await page.goto(opt.base + '/');
+  await page.waitForSelector('#map[data-state=ready]');
+  out.overview = await waitForMap(wantNodes, wantEdges, 20000);
+  await page.waitForSelector('#attention table');
+  await page.waitForFunction(() => document.querySelector('#collector .verdict .badge')?.textContent !== 'measuring', null, { timeout: 15000 });
+  out.attention = await page.$$eval('#attention tbody tr', (rows) => rows.map((r) => r.dataset.service));
+  out.collector = await page.$eval('#collector', (e) => e.innerText);
+  await page.screenshot({ path: join(opt.out, 'overview.png'), fullPage: true });
+
+  // The full map: select a node, check that a refresh keeps the view and the selection, search.
+  await page.goto(opt.base + '/map');
+  await page.waitForSelector('#map[data-state=ready]');
+  out.map = await waitForMap(wantNodes, wantEdges, 15000);
+  await page.click(`#map g.node[data-id="${service}"]`);
+  await page.waitForSelector('.map-details h3');
+  out.details = await page.$eval('.map-details', (e) => e.innerText);
+  // Zoom in a little so edge labels show, then let one live refresh pass.
+  await page.mouse.move(700, 450);
+  await page.mouse.wheel(0, -300);
+  await page.waitForTimeout(200);
+  const before = await page.evaluate(() => ({
+    transform: document.querySelector('#map g.viewport').getAttribute('transform'),
+    refreshes: window.twMap.refreshes,
+  }));
+  await page.waitForFunction((n) => window.twMap.refreshes > n, before.refreshes, { timeout: 15000 });
+  out.afterRefresh = await page.evaluate(() => ({
+    transform: document.querySelector('#map g.viewport').getAttribute('transform'),
+    selected: [...document.querySelectorAll('#map g.node.sel')].map((g) => g.dataset.id),
+    url: location.href,
+    labelsShown: [...document.querySelectorAll('#map g.edge .elabel')].filter((t) => getComputedStyle(t).display !== 'none').length,
+  }));
+  out.beforeRefresh = before;
+  await page.screenshot({ path: join(opt.out, 'map-selected.png') });
+  await page.fill('.map-toolbar input[type=search]', 'pay');
+  out.searchMatches = await page.evaluate(() => [...document.querySelectorAll('#map g.node.match')].map((g) => g.dataset.id));
+  await page.fill('.map-toolbar input[type=search]', '');
+  await page.dblclick(`#map g.node[data-id="${service}"]`);
+  await page.waitForTimeout(300);
+  out.focused = await page.evaluate(() => [...document.querySelectorAll('#map g.node')].map((g) => g.dataset.id));
+  await page.screenshot({ path: join(opt.out, 'map-focus.png') });
+
+  // Through the details panel to the service page.
+  await page.click('.map-details a:has-text("Open service page")');
+  await page.waitForURL((u) => u.pathname === '/services/' + service);
+  await page.waitForSelector('body[data-state=ready]');
+  await page.waitForFunction(() => [...document.querySelectorAll('.chart')].every((c) => c.dataset.state));
+  out.service = await page.evaluate(() => ({
+    url: location.pathname,
+    title: document.getElementById('name').textContent,
+    charts: [...document.querySelectorAll('.chart')].map((c) => {
+      const svg = c.querySelector('svg');
+      const lines = svg ? [...svg.querySelectorAll('polyline[stroke-width="2"]')] : [];
+      return {
+        metric: c.dataset.metric, state: c.dataset.state, svg: !!svg,
+        width: svg ? Math.round(svg.getBoundingClientRect().width) : 0,
+        lines: lines.length,
+        points: lines.reduce((a, l) => a + l.getAttribute('points').trim().split(/\s+/).length, 0),
+        text: svg ? [...svg.querySelectorAll('text')].map((t) => t.textContent.trim()) : [],
+      };
+    }),
+    rows: Object.fromEntries(['operations', 'pods', 'upstream', 'downstream'].map((id) =>
+      [id, [...document.querySelectorAll('#' + id + ' tbody tr')].map((r) => r.firstChild.textContent)])),
+    summary: document.getElementById('summary').innerText,
+  }));
+  await page.screenshot({ path: join(opt.out, 'service.png'), fullPage: true });
+  out.external = requests.filter((u) => !u.startsWith(opt.base) && !u.startsWith('data:'));
+  return out;
+}
+
+async function bench() {
+  const runs = Number(opt.runs || 5);
+  const loads = [];
+  for (let i = 0; i < runs; i++) {
+    await page.goto(opt.base + '/map?window=15m', { waitUntil: 'load' });
+    await page.waitForFunction(() => window.twMap && window.twMap.ready, null, { timeout: 60000 });
+    loads.push(await page.evaluate(() => Object.assign({}, window.twMap)));
+  }
+  // A live refresh with the same topology (numbers and colours only), and a forced new layout (filter).
+  const refreshes = [];
+  for (let i = 0; i < runs; i++) {
+    refreshes.push(await page.evaluate(async () => {
+      const t = performance.now();
+      await window.twMapApi.refresh();
+      return { ms: performance.now() - t, renderMs: window.twMap.renderMs, fetchMs: window.twMap.fetchMs };
+    }));
+  }
+  const relayouts = [];
+  for (let i = 0; i < runs; i++) {
+    relayouts.push(await page.evaluate(async () => {
+      const cb = document.querySelector('.map-toolbar input[data-health=ok]');
+      cb.click();
+      cb.click(); // back to all nodes: a full layout of the whole graph
+      return { layoutMs: window.twMap.layoutMs, renderMs: window.twMap.renderMs };
+    }));
+  }
+  const search = await page.evaluate(() => {
+    const t = performance.now();
+    const input = document.querySelector('.map-toolbar input[type=search]');
+    input.value = 'svc-1';
+    input.dispatchEvent(new Event('input'));
+    return { ms: performance.now() - t, matches: window.twMap.matches };
+  });
+  await page.evaluate(() => {
+    const input = document.querySelector('.map-toolbar input[type=search]');
+    input.value = '';
+    input.dispatchEvent(new Event('input'));
+  });
+  await page.screenshot({ path: join(opt.out, 'map-200.png') });
+  await page.mouse.move(720, 450);
+  for (let i = 0; i < 4; i++) await page.mouse.wheel(0, -300);
+  await page.waitForTimeout(200);
+  await page.screenshot({ path: join(opt.out, 'map-200-zoomed.png') });
+  await page.goto(opt.base + '/', { waitUntil: 'load' });
+  await page.waitForFunction(() => window.twMap && window.twMap.ready, null, { timeout: 60000 });
+  const overview = await page.evaluate(() => Object.assign({}, window.twMap));
+  await page.screenshot({ path: join(opt.out, 'overview-200.png') });
+  return { problems, loads, refreshes, relayouts, search, overview };
+}
+
+let result, code = 0;
+try {
+  result = mode === 'check' ? await check() : await bench();
+} catch (e) {
+  result = { error: String(e && e.stack || e), problems };
+  code = 1;
+  try { await page.screenshot({ path: join(opt.out, 'failure.png'), fullPage: true }); } catch (_) { /* closed */ }
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+process.stdout.write(JSON.stringify(result) + '\n');
+process.exit(code);
