@@ -4,4 +4,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bench/peers/install.sh python prometheus
+# The browser test (tests/web_ui.rs): Debian's chromium driven by playwright-core; no browser download.
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+fi
+[ tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ] \
+  || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 cargo test --workspace --locked "$@"
