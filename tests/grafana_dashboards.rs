@@ -130,10 +130,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 /// A variable query `label_values(metric{…}, label)` → the expression part (`metric{…}`).
 fn variable_expr(q: &str) -> Option<String> {
     let inner = q.trim().strip_prefix("label_values(")?.strip_suffix(')')?;
-    match inner.rsplit_once(',') {
-        Some((metric, _label)) => Some(metric.trim().to_owned()),
-        None => None, // label_values(label): no metric
-    }
+    // label_values(label) has no metric: None.
+    inner
+        .rsplit_once(',')
+        .map(|(metric, _label)| metric.trim().to_owned())
 }
 
 struct Dashboard {

@@ -586,6 +586,12 @@ fn ui_routes_answer_errors_cleanly() {
             "image/svg+xml",
             "<polyline",
         ),
+        // With a forecast, or the reason there is none (two seconds of history are not enough).
+        (
+            "/charts/services/checkout/rate.svg?from=-1m&step=1s&forecast=1",
+            "image/svg+xml",
+            "forecast",
+        ),
         (
             "/charts/services/checkout/latency.svg?from=-5m&to=now&step=2s&tz=60&w=500&h=200",
             "image/svg+xml",

@@ -13,6 +13,7 @@
   const COL_GAP = 150; // between columns: room for an edge label
   const ROW_GAP = 16;
   let NODE_W = 160; // set per layout from the longest name shown
+  const MANY_EDGES = 60;
 
   // Wide enough for the longest name (up to a point: longer ones are cut, the tooltip has them whole) and
   // for the numbers line, so small maps stay compact enough to read without zooming.
@@ -161,8 +162,8 @@
   }
 
   function nodeStat(n) {
-    const red = TW.fmtRate(n.rate) + ' · ' + TW.fmtPct(n.error_ratio) + ' · ' + TW.fmtMs(n.p95_ms);
-    return n.kind === 'service' ? red : n.kind + ' · ' + red;
+    if (n.kind !== 'service') return n.kind + ' · ' + TW.fmtRate(n.rate) + ' · ' + TW.fmtPct(n.error_ratio);
+    return TW.fmtRate(n.rate) + ' · ' + TW.fmtPct(n.error_ratio) + ' · ' + TW.fmtMs(n.p95_ms);
   }
 
   // Creates a map in `root` (an element that has a height). Options: window (default '5m'), refreshMs
@@ -183,6 +184,8 @@
       signature: '',
       layout: null,
       nodeEls: new Map(),
+      anomalies: new Map(), // service → the detector's state, anomalous ones only
+      causes: new Map(), // service → likely cause
       edgeEls: new Map(),
       lastError: null,
     };
@@ -227,7 +230,7 @@
     const edgeLayer = s('g', { class: 'edges' }, viewport);
     const nodeLayer = s('g', { class: 'nodes' }, viewport);
     const message = TW.el('div', { class: 'message', hidden: true });
-    const legend = TW.el('div', { class: 'map-legend' }, 'colour: ' + TW.HEALTH_HELP + ' · dashed box: not instrumented · edge label: rate · errors · p95 · scroll to zoom, drag to pan, double-click to focus');
+    const legend = TW.el('div', { class: 'map-legend' }, 'colour: ' + TW.HEALTH_HELP + ' · purple outline: anomaly (vs its own recent past) · dashed box: not instrumented · edge label: rate · errors · p95 · scroll to zoom, drag to pan, double-click to focus');
     canvas.append(svg, message, legend);
     body.append(canvas);
     // The details float over the map while a node is selected, so selecting never reflows the map.
@@ -411,6 +414,9 @@
         relaid = true;
       }
       update(ids, edges);
+      // Past a few dozen edges, labels everywhere hide the graph: they show for the selected node's
+      // edges and under the pointer (and all of them once the view is focused on a neighbourhood).
+      svg.classList.toggle('many-edges', edges.length > MANY_EDGES);
       decorate();
       renderDetails();
       if (!ids.length) {
@@ -487,6 +493,7 @@
       for (const e of edges) {
         const g = s('g', { class: 'edge', 'data-source': e.source, 'data-target': e.target, 'data-type': e.connection_type || 'direct' }, edgeLayer);
         const p = paths.get(edgeKey(e)), l = labels.get(edgeKey(e));
+        s('path', { class: 'ehit', d: p.d }, g); // a wide invisible twin, so the edge is easy to point at
         const path = s('path', { class: 'eline', d: p.d }, g);
         const label = s('text', { class: 'elabel', x: l.x, y: l.y, 'text-anchor': l.anchor }, g);
         const title = s('title', {}, g);
@@ -501,8 +508,9 @@
         const name = s('text', { class: 'nname', x: 15, y: 17 }, g);
         name.textContent = truncate(id, 24);
         const stat = s('text', { class: 'nstat', x: 15, y: 32 }, g);
+        const flag = s('text', { class: 'nflag', x: NODE_W - 4, y: -4, 'text-anchor': 'end' }, g);
         const title = s('title', {}, g);
-        st.nodeEls.set(id, { g, stat, title });
+        st.nodeEls.set(id, { g, stat, flag, title });
       }
     }
 
@@ -519,11 +527,16 @@
       }
       for (const id of ids) {
         const n = st.data.nodes.get(id), el = st.nodeEls.get(id);
-        el.g.setAttribute('class', 'node k-' + n.kind + ' h-' + n.health + (n.virtual ? ' virtual' : ''));
+        const anomaly = st.anomalies.get(id), cause = st.causes.get(id);
+        el.g.setAttribute('class', 'node k-' + n.kind + ' h-' + n.health + (n.virtual ? ' virtual' : '') +
+          (anomaly ? ' anomalous' : '') + (cause ? ' cause' : ''));
         el.g.dataset.kind = n.kind;
         el.g.dataset.health = n.health;
+        el.g.dataset.anomaly = cause ? 'cause' : anomaly ? 'anomalous' : '';
         el.stat.textContent = nodeStat(n);
-        el.title.textContent = id + ' (' + n.kind + ', ' + TW.HEALTH_LABEL[n.health] + ')\n' + nodeStat(n);
+        el.flag.textContent = cause ? 'likely cause' : anomaly ? 'anomaly' : '';
+        el.title.textContent = id + ' (' + n.kind + ', ' + TW.HEALTH_LABEL[n.health] + ')\n' + nodeStat(n) +
+          (anomaly ? '\nanomaly: ' + anomaly.reason : '') + (cause ? '\n' + cause.explanation : '');
       }
     }
 
@@ -584,6 +597,8 @@
         TW.el('button', { type: 'button', class: 'close', title: 'close (Esc)', 'aria-label': 'close', onclick: () => select(null) }, '×'),
         TW.el('h3', {}, n.id),
         TW.el('div', { class: 'kind' }, n.kind === 'service' ? 'service' : n.kind + ' (not instrumented: seen by its callers)', ' ', TW.badge(n.health)),
+        st.anomalies.get(n.id) ? TW.el('div', { class: 'anomaly-note' }, 'Anomaly: ' + st.anomalies.get(n.id).reason) : null,
+        st.causes.get(n.id) ? TW.el('div', { class: 'anomaly-note' }, 'Likely cause: ' + st.causes.get(n.id).explanation) : null,
         tiles, actions,
         ...neighbourList('Called by', st.data.in.get(n.id) || [], 'source'),
         ...neighbourList('Calls', st.data.out.get(n.id) || [], 'target'));
@@ -596,12 +611,18 @@
       pending = true;
       try {
         const tf = performance.now();
-        const r = await fetch('/api/graph?window=' + encodeURIComponent(st.window), { cache: 'no-store' });
+        const [r, a] = await Promise.all([
+          fetch('/api/graph?window=' + encodeURIComponent(st.window), { cache: 'no-store' }),
+          // The anomaly detector's verdicts; the map works without them (older servers, errors).
+          fetch('/api/anomalies', { cache: 'no-store' }).then((x) => (x.ok ? x.json() : null)).catch(() => null),
+        ]);
         const text = await r.text();
         if (!r.ok) throw new Error(r.status + ' ' + text);
         const g = JSON.parse(text);
         stats.fetchMs = performance.now() - tf;
         stats.payloadBytes = text.length;
+        st.anomalies = new Map(((a && a.services) || []).filter((x) => x.anomalous).map((x) => [x.service, x]));
+        st.causes = new Map(((a && a.causes) || []).map((c) => [c.service, c]));
         setData(g);
         draw();
         stats.refreshes++;

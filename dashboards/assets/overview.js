@@ -7,37 +7,61 @@
 
   const SEVERITY = { critical: 0, warning: 1, ok: 2, idle: 3 };
 
+  // The services to look at first: those the anomaly detector flags (strongest first), then by error
+  // health. The detector compares each service with its own recent past, so it also catches a slow
+  // service that has no errors; the error ratio catches what it has not learnt yet (its warm-up).
   async function attention() {
     const body = document.querySelector('#attention .body');
-    let data;
+    let data, anomalies;
     try {
-      data = await TW.getJSON('/api/services?window=5m');
+      [data, anomalies] = await Promise.all([
+        TW.getJSON('/api/services?window=5m'),
+        TW.getJSON('/api/anomalies').catch(() => null),
+      ]);
     } catch (e) {
       body.replaceChildren(el('div', { class: 'empty error-text' }, 'cannot read /api/services: ' + e.message));
       return;
     }
-    const list = data.services.map((s) => Object.assign(s, { health: TW.health(s) }));
+    const scores = new Map(((anomalies && anomalies.services) || []).map((x) => [x.service, x]));
+    const list = data.services.map((s) => Object.assign(s, { health: TW.health(s), anomaly: scores.get(s.name) }));
     if (!list.length) {
       body.replaceChildren(el('div', { class: 'empty' }, 'No service has sent spans in the last 5 minutes.'));
       return;
     }
-    list.sort((a, b) => SEVERITY[a.health] - SEVERITY[b.health] || b.error_ratio - a.error_ratio || (b.p95_ms || 0) - (a.p95_ms || 0));
+    const flagged = (s) => (s.anomaly && s.anomaly.anomalous ? 1 : 0);
+    list.sort((a, b) => flagged(b) - flagged(a) || (flagged(a) && b.anomaly.score - a.anomaly.score) ||
+      SEVERITY[a.health] - SEVERITY[b.health] || b.error_ratio - a.error_ratio || (b.p95_ms || 0) - (a.p95_ms || 0));
     const table = el('table', { class: 'data' },
-      el('thead', {}, el('tr', {}, el('th', {}, 'service'), el('th', { class: 'left' }, 'health'), el('th', {}, 'req/s'), el('th', {}, 'errors'), el('th', {}, 'p95'))));
+      el('thead', {}, el('tr', {}, el('th', {}, 'service'), el('th', { class: 'left' }, 'health'), el('th', { title: 'anomaly score: 0 normal, 1 certainly anomalous' }, 'anomaly'),
+        el('th', {}, 'req/s'), el('th', {}, 'errors'), el('th', {}, 'p95'))));
     const tbody = el('tbody');
     for (const s of list.slice(0, 10)) {
+      const a = s.anomaly;
       tbody.append(el('tr', { 'data-service': s.name },
-        el('td', { class: 'name' }, el('a', { href: TW.serviceHref(s.name), title: s.name }, s.name)),
+        el('td', { class: 'name' }, el('a', { href: TW.serviceHref(s.name), title: s.name }, s.name),
+          a && a.anomalous ? el('div', { class: 'small', style: 'color:#6d28d9; white-space:normal' }, a.reason) : null),
         el('td', { class: 'left' }, TW.badge(s.health)),
+        el('td', { style: a && a.anomalous ? 'color:#6d28d9; font-weight:600' : null }, a ? a.score.toFixed(2) : '–'),
         el('td', {}, TW.fmtRate(s.rate)),
         el('td', {}, TW.fmtPct(s.error_ratio)),
         el('td', {}, TW.fmtMs(s.p95_ms))));
     }
     table.append(tbody);
     const failing = list.filter((s) => s.health === 'critical' || s.health === 'warning').length;
-    body.replaceChildren(table, el('div', { class: 'muted small', style: 'margin-top:8px' },
-      list.length + ' services · ' + (failing ? failing + ' with errors above 1 %' : 'none with errors above 1 %') +
-      (list.length > 10 ? ' · showing the 10 worst' : '')));
+    const odd = list.filter(flagged).length;
+    const parts = [table, el('div', { class: 'muted small', style: 'margin-top:8px' },
+      list.length + ' services · ' + (odd ? odd + ' anomalous' : 'none anomalous') + ' · ' +
+      (failing ? failing + ' with errors above 1 %' : 'none with errors above 1 %') + (list.length > 10 ? ' · showing the 10 first' : ''))];
+    const causes = (anomalies && anomalies.causes) || [];
+    if (causes.length) {
+      const ul = el('ul', { class: 'causes' });
+      for (const c of causes.slice(0, 5)) {
+        ul.append(el('li', { 'data-cause': c.service },
+          el('a', { href: TW.serviceHref(c.service) }, c.service), c.pod ? ' (pod ' + c.pod + ')' : '', ': ', c.explanation));
+      }
+      parts.push(el('h2', { style: 'margin-top:14px' }, 'Likely causes ', el('span', { class: 'sub' }, 'now, along the dependency graph')), ul);
+    }
+    body.replaceChildren(...parts);
   }
 
   // Collector health: totals from /metrics, and rates from the difference with the previous read.

@@ -22,7 +22,8 @@
       const target = box.querySelector('.svgbox');
       // Drawn at the size of its box, so the axis text is read at the size it was drawn.
       const w = Math.max(240, Math.min(2400, Math.round(target.clientWidth || 640)));
-      const url = '/charts/services/' + enc + '/' + box.dataset.metric + '.svg?from=-' + rangeSel.value + '&to=now&step=' + stepS() + 's&tz=' + tz + '&w=' + w + '&h=240';
+      const url = '/charts/services/' + enc + '/' + box.dataset.metric + '.svg?from=-' + rangeSel.value + '&to=now&step=' + stepS() + 's&tz=' + tz + '&w=' + w + '&h=240' +
+        (box.dataset.metric === 'rate' ? '&forecast=1' : '');
       try {
         const r = await fetch(url, { cache: 'no-store' });
         const text = await r.text();
@@ -54,12 +55,25 @@
 
   async function tables() {
     const w = rangeSel.value;
-    const [ops, pods, svcs, graph] = await Promise.allSettled([
+    const [ops, pods, svcs, graph, anomalies] = await Promise.allSettled([
       TW.getJSON('/api/services/' + enc + '/operations?window=' + w),
       TW.getJSON('/api/services/' + enc + '/pods?window=' + w),
       TW.getJSON('/api/services?window=' + w),
       TW.getJSON('/api/graph?window=' + w),
+      TW.getJSON('/api/anomalies'),
     ]);
+    // What the anomaly detector says about this service now: only shown when it says something.
+    const note = document.getElementById('anomaly');
+    const notes = [];
+    if (anomalies.status === 'fulfilled') {
+      const me = (anomalies.value.services || []).find((x) => x.service === name && x.anomalous);
+      if (me) notes.push(el('div', { class: 'anomaly-note' }, 'Anomaly now (score ' + me.score.toFixed(2) + '): ' + me.reason));
+      for (const c of (anomalies.value.causes || []).filter((c) => c.service === name)) {
+        notes.push(el('div', { class: 'anomaly-note' }, 'Likely cause' + (c.pod ? ' (pod ' + c.pod + ')' : '') + ': ' + c.explanation));
+      }
+    }
+    note.replaceChildren(...notes);
+    note.hidden = !notes.length;
     const fail = (r) => el('div', { class: 'empty error-text' }, String(r.reason && r.reason.message));
 
     if (svcs.status === 'fulfilled') {

@@ -4,7 +4,8 @@
 //! - `GET /`: the overview (the dependency map, the services erroring most now, the collector's health)
 //! - `GET /map`: the dependency map alone, full screen
 //! - `GET /services/{name}`: a service's page (RED charts, operations, pods, neighbours)
-//! - `GET /charts/services/{name}/{rate|errors|latency}.svg?from=&to=&step=&tz=&w=&h=`: a chart, drawn here with
+//! - `GET /charts/services/{name}/{rate|errors|latency}.svg?from=&to=&step=&tz=&w=&h=[&forecast=1]`: a
+//!   chart, with the anomaly detector's flags and (rate) the forecast, drawn here with
 //!   plotters so that the browser only has to show an SVG
 //! - `GET /ui/{file}`: the page scripts and styles
 //!
@@ -161,6 +162,8 @@ pub struct ChartQuery {
     /// Size in pixels: the page asks for the size of its box, so text is drawn at the size it is read.
     w: Option<String>,
     h: Option<String>,
+    /// `1`: draw the request-rate forecast after the range (rate chart only).
+    forecast: Option<String>,
 }
 
 /// The most points a chart draws: more is finer than its pixels.
@@ -270,12 +273,19 @@ pub async fn chart(
         }
         Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+    let mut extras = Extras {
+        anomalies: anomaly_times(&s, &name),
+        forecast: None,
+    };
+    if metric == Metric::Rate && q.forecast.as_deref().is_some_and(|f| f == "1" || f == "true") {
+        extras.forecast = Some(forecast(&s, &name, range).await);
+    }
     // Polars and plotters both work for a while on a long range: keep them off the async workers.
     let rendered = tokio::task::spawn_blocking(move || {
         let points = h
             .service_red(&name, range.from, range.to, range.step)
             .map_err(|e| e.to_string())?;
-        render_chart(metric, &points, range)
+        render_chart(metric, &points, range, &extras)
     })
     .await;
     match rendered {
@@ -290,6 +300,66 @@ pub async fn chart(
         Ok(Err(e)) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// When the anomaly detector flagged `service`, from its current report and the recent ones it keeps.
+fn anomaly_times(s: &WebState, service: &str) -> Vec<i64> {
+    let health = s.engine.health();
+    let mut ts: Vec<i64> = std::iter::once(&health.current)
+        .chain(&health.recent)
+        .filter(|r| r.services.iter().any(|x| x.service == service && x.anomalous))
+        .map(|r| r.ts)
+        .collect();
+    ts.sort_unstable();
+    ts.dedup();
+    ts
+}
+
+/// The request-rate forecast for a chart: the JSON API's own forecast (`/api/services/{name}/forecast`,
+/// the model picked by backtest), one chart step apart, a quarter of the range ahead, fitted on the
+/// range (at least an hour of history when there is one).
+async fn forecast(s: &WebState, service: &str, range: ChartRange) -> Result<Forecast, String> {
+    let span = range.to - range.from;
+    let query = serde_json::json!({
+        "step": format!("{}ms", range.step),
+        "horizon": format!("{}ms", (span / 4).max(range.step)),
+        "history": format!("{}ms", span.max(3_600_000).min(range.step * 20_000)),
+    });
+    let q = serde_json::from_value(query).map_err(|e| e.to_string())?;
+    let v = match crate::api::forecast(State(s.clone()), Path(service.to_owned()), Query(q)).await {
+        Ok(answer) => answer.0,
+        Err(e) => {
+            let resp = e.into_response();
+            if resp.status() == StatusCode::UNPROCESSABLE_ENTITY {
+                return Err("not enough history yet".into());
+            }
+            // Any other refusal: the API's own message, from its `{"error": …}` body.
+            let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned));
+            return Err(msg.unwrap_or_else(|| "unavailable".into()));
+        }
+    };
+    let points = v["forecast"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["ts"].as_i64()?,
+                p["rate"].as_f64()?,
+                p["lo"].as_f64()?,
+                p["hi"].as_f64()?,
+            ))
+        })
+        .collect();
+    Ok(Forecast {
+        model: v["model"].as_str().unwrap_or("model").to_owned(),
+        points,
+    })
 }
 
 /// Default chart size in pixels (the SVG has a viewBox, so it also scales), and the smallest side that
@@ -377,13 +447,43 @@ fn short_number(v: f64) -> String {
     }
 }
 
-/// Draws a chart of `metric` over `range` as an SVG document. A gap in the data breaks the line (see
-/// [`segments`]), so missing data shows as missing rather than as a straight line across it.
-pub fn render_chart(metric: Metric, points: &[RedPoint], range: ChartRange) -> Result<String, String> {
+/// A request-rate forecast past the end of the range: (time in ms, mean, low, high), 95 % interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Forecast {
+    pub model: String,
+    pub points: Vec<(i64, f64, f64, f64)>,
+}
+
+/// What a chart shows besides the service's own series.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras {
+    /// The forecast, or why there is none (shown on the chart, so an absent band is explained).
+    pub forecast: Option<Result<Forecast, String>>,
+    /// Window closes (ms) at which the anomaly detector flagged the service.
+    pub anomalies: Vec<i64>,
+}
+
+const FORECAST: RGBColor = RGBColor(37, 99, 235);
+const ANOMALY: RGBColor = RGBColor(124, 58, 237);
+
+/// Draws a chart of `metric` over `range` as an SVG document, with the forecast after the range's end
+/// and the anomalies marked. A gap in the data breaks the line (see [`segments`]), so missing data shows
+/// as missing rather than as a straight line across it.
+pub fn render_chart(
+    metric: Metric,
+    points: &[RedPoint],
+    range: ChartRange,
+    extras: &Extras,
+) -> Result<String, String> {
     let lines = lines(metric, points);
+    let forecast = match &extras.forecast {
+        Some(Ok(f)) if !f.points.is_empty() => Some(f),
+        _ => None,
+    };
     let max = lines
         .iter()
         .flat_map(|l| l.values.iter().filter_map(|(_, v)| *v))
+        .chain(forecast.iter().flat_map(|f| f.points.iter().map(|p| p.3)))
         .filter(|v| v.is_finite())
         .fold(0.0_f64, f64::max);
     let y_max = match metric {
@@ -392,6 +492,10 @@ pub fn render_chart(metric: Metric, points: &[RedPoint], range: ChartRange) -> R
         _ if max > 0.0 => max * 1.15,
         _ => 1.0,
     };
+    // With a forecast, the time axis runs on to its end.
+    let x_end = forecast
+        .and_then(|f| f.points.last())
+        .map_or(range.to, |p| p.0.max(range.to));
     let mut svg = String::new();
     {
         let (width, height) = (range.width, range.height);
@@ -400,13 +504,13 @@ pub fn render_chart(metric: Metric, points: &[RedPoint], range: ChartRange) -> R
         root.fill(&WHITE).map_err(e)?;
         // The x axis is in seconds as f64: plotters' i64 axis overflows on epoch milliseconds.
         let secs = |ms: i64| ms as f64 / 1000.0;
-        let (every, ticks) = time_ticks(range.from, range.to, range.tz, i64::from(width / 75));
+        let (every, ticks) = time_ticks(range.from, x_end, range.tz, i64::from(width / 75));
         let mut chart = ChartBuilder::on(&root)
             .margin_top(10)
             .margin_right(18)
             .x_label_area_size(26)
             .y_label_area_size(48)
-            .build_cartesian_2d(secs(range.from)..secs(range.to), 0.0..y_max)
+            .build_cartesian_2d(secs(range.from)..secs(x_end), 0.0..y_max)
             .map_err(e)?;
         let y_fmt = |v: &f64| short_number(*v);
         let grid = RGBColor(226, 232, 240);
@@ -441,12 +545,81 @@ pub fn render_chart(metric: Metric, points: &[RedPoint], range: ChartRange) -> R
             ))
             .map_err(e)?;
         }
+        let mut legend = lines.len() > 1;
+        // Anomalies first, so the lines are drawn over them: a band one step wide at each flagged window.
+        let marks: Vec<i64> = extras
+            .anomalies
+            .iter()
+            .copied()
+            .filter(|t| (range.from..=range.to).contains(t))
+            .collect();
+        if !marks.is_empty() {
+            legend = true;
+            let half = (range.step / 2).max(500);
+            chart
+                .draw_series(marks.iter().map(|t| {
+                    Rectangle::new(
+                        [(secs(t - half), 0.0), (secs(t + half), y_max)],
+                        ANOMALY.mix(0.18).filled(),
+                    )
+                }))
+                .map_err(e)?
+                .label("anomaly")
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], ANOMALY.mix(0.3).filled()));
+        }
+        if let Some(f) = forecast {
+            legend = true;
+            let band: Vec<(f64, f64)> = f
+                .points
+                .iter()
+                .map(|p| (secs(p.0), p.3))
+                .chain(f.points.iter().rev().map(|p| (secs(p.0), p.2)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(band, FORECAST.mix(0.12).filled())))
+                .map_err(e)?
+                .label("95 % interval")
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], FORECAST.mix(0.2).filled()));
+            chart
+                .draw_series(DashedLineSeries::new(
+                    f.points.iter().map(|p| (secs(p.0), p.1)),
+                    6,
+                    4,
+                    FORECAST.stroke_width(2),
+                ))
+                .map_err(e)?
+                .label(format!("forecast ({})", f.model))
+                .legend(|(x, y)| {
+                    PathElement::new(
+                        vec![(x, y), (x + 6, y), (x + 10, y), (x + 16, y)],
+                        FORECAST.stroke_width(2),
+                    )
+                });
+            // "now": where the measured series ends and the forecast begins.
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(secs(range.to), 0.0), (secs(range.to), y_max)],
+                    RGBColor(148, 163, 184).stroke_width(1),
+                )))
+                .map_err(e)?;
+        }
         let has_data = lines.iter().any(|l| l.values.iter().any(|(_, v)| v.is_some()));
         if !has_data {
             root.draw(&Text::new(
                 "no data in this range",
                 ((width / 2) as i32 - 70, (height / 2) as i32 - 10),
                 ("sans-serif", 16).into_font().color(&RGBColor(100, 116, 139)),
+            ))
+            .map_err(e)?;
+        }
+        if let Some(Err(why)) = &extras.forecast {
+            root.draw(&Text::new(
+                format!("no forecast: {why}"),
+                (width as i32 - 22, 14),
+                ("sans-serif", 12)
+                    .into_font()
+                    .color(&RGBColor(100, 116, 139))
+                    .pos(Pos::new(HPos::Right, VPos::Top)),
             ))
             .map_err(e)?;
         }
@@ -471,7 +644,7 @@ pub fn render_chart(metric: Metric, points: &[RedPoint], range: ChartRange) -> R
                 }
             }
             // The legend entry: one invisible series carrying the label.
-            if lines.len() > 1 {
+            if legend {
                 let color = line.color;
                 chart
                     .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
@@ -480,13 +653,13 @@ pub fn render_chart(metric: Metric, points: &[RedPoint], range: ChartRange) -> R
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
             }
         }
-        if lines.len() > 1 {
+        if legend {
             chart
                 .configure_series_labels()
                 .position(SeriesLabelPosition::UpperLeft)
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(226, 232, 240))
-                .label_font(("sans-serif", 14).into_font().color(&RGBColor(51, 65, 85)))
+                .label_font(("sans-serif", 13).into_font().color(&RGBColor(51, 65, 85)))
                 .draw()
                 .map_err(e)?;
         }
@@ -543,6 +716,7 @@ mod tests {
             tz: tz.map(Into::into),
             w: None,
             h: None,
+            forecast: None,
         }
     }
 
@@ -618,19 +792,45 @@ mod tests {
             .iter()
             .map(|s| point(NOW + s * 1000, 3.0))
             .collect();
-        let svg = render_chart(Metric::Rate, &pts, range).unwrap();
+        let svg = render_chart(Metric::Rate, &pts, range, &Extras::default()).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("viewBox"), "{svg}");
         // Two runs, so two lines (the axes are polylines too, one pixel wide).
         let lines = svg
             .lines()
             .filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\""));
         assert_eq!(lines.count(), 2, "{svg}");
-        let svg = render_chart(Metric::Latency, &pts, range).unwrap();
+        let svg = render_chart(Metric::Latency, &pts, range, &Extras::default()).unwrap();
         assert!(
             svg.contains("\np95\n") && svg.contains("\np99\n"),
             "legend: {svg}"
         );
-        let empty = render_chart(Metric::Errors, &[], range).unwrap();
+        // A forecast after the range and anomaly bands inside it.
+        let extras = Extras {
+            forecast: Some(Ok(Forecast {
+                model: "holt-winters".into(),
+                points: (1..=5).map(|i| (NOW + i * 10_000, 3.0, 2.0, 4.0)).collect(),
+            })),
+            anomalies: vec![NOW - 20_000, NOW - 500_000],
+        };
+        let svg = render_chart(Metric::Rate, &pts, range, &extras).unwrap();
+        assert!(svg.contains("<polygon"), "interval band: {svg}");
+        assert!(
+            svg.contains("forecast (holt-winters)") && svg.contains("\nanomaly\n"),
+            "legend: {svg}"
+        );
+        // One anomaly is inside the range, one before it.
+        assert_eq!(
+            svg.matches("fill=\"#7C3AED\"").count(),
+            2,
+            "band and legend: {svg}"
+        );
+        let why = Extras {
+            forecast: Some(Err("not enough history yet".into())),
+            anomalies: vec![],
+        };
+        let svg = render_chart(Metric::Rate, &pts, range, &why).unwrap();
+        assert!(svg.contains("no forecast: not enough history yet"));
+        let empty = render_chart(Metric::Errors, &[], range, &Extras::default()).unwrap();
         assert!(empty.contains("no data in this range"));
     }
 
@@ -654,7 +854,15 @@ mod tests {
             width: 400,
             height: 240,
         };
-        assert!(render_chart(Metric::Rate, &[point(NOW - 3_000, 1.0), point(NOW, 2.0)], range).is_ok());
+        assert!(
+            render_chart(
+                Metric::Rate,
+                &[point(NOW - 3_000, 1.0), point(NOW, 2.0)],
+                range,
+                &Extras::default()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
