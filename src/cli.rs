@@ -29,6 +29,27 @@ pub enum Command {
     CheckConfig(ConfigArgs),
     /// Backtest the forecasters on traffic-like series and compare them with seasonal naive.
     ForecastEval(crate::forecast_eval::ForecastEvalArgs),
+    /// Score an anomaly detector on the Numenta Anomaly Benchmark, with NAB's own rules.
+    Nab(NabArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NabArgs {
+    /// The NAB corpus: data/, labels/combined_windows.json, config/profiles.json (results/ optional).
+    #[arg(long, default_value = "../shared/data/nab")]
+    pub data: PathBuf,
+    /// Detector to run: tidewatch (ours) or windowed-gaussian (NAB's baseline, re-implemented).
+    #[arg(long, default_value = "tidewatch")]
+    pub detector: String,
+    /// Override one of our detector's parameters, e.g. `--param short=8`. Repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Print each file's score (standard profile) too.
+    #[arg(long)]
+    pub files: bool,
+    /// End with the three normalised scores as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Default, Clone)]

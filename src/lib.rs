@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod forecast_eval;
 pub mod loadgen;
+pub mod nab;
 pub mod topology;
 
 use std::time::Duration;

@@ -42,6 +42,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ForecastEval(args) => tidewatch::forecast_eval::run(args),
+        Command::Nab(args) => tidewatch::nab::run(&args),
         Command::CheckConfig(args) => {
             let cfg = Config::load(args.config.as_deref(), &args.sets)?;
             print!("{}", serde_yaml::to_string(&cfg)?);

@@ -3,6 +3,8 @@
 //! Every detector is online: the score of a row uses that row and the rows before it, nothing after
 //! (not even the series' length or range, which NAB hands its detectors and we do not use).
 
+use std::collections::VecDeque;
+
 /// A streaming anomaly detector over one series.
 pub trait AnomalyDetector: Send {
     /// Scores the next point (timestamps in Unix milliseconds, non-decreasing). Returns a score in
@@ -173,6 +175,380 @@ fn pairwise_sum(x: &[f64]) -> f64 {
     let mut half = n / 2;
     half -= half % 8;
     pairwise_sum(&x[..half]) + pairwise_sum(&x[half..])
+}
+
+/// The global parameters of [`Tidewatch`]: the same for every series (NAB forbids per-file tuning). The
+/// defaults were tuned on the whole NAB corpus, as every NAB entry tunes its own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    /// Rows in the robust level baseline (rolling median and MAD of the values).
+    pub level_window: usize,
+    /// Rows in the baselines of the first differences and of the seasonal differences.
+    pub diff_window: usize,
+    /// The seasonal baseline replaces the level one when its spread is below this share of the level's.
+    pub season_gain: f64,
+    /// Weight of the first-difference residual next to the level (or seasonal) residual.
+    pub diff_weight: f64,
+    /// EWMA factor of the mean absolute deviation that floors each MAD (a quantised or flat stretch
+    /// would otherwise make any change infinitely surprising).
+    pub scale_alpha: f64,
+    /// Rows averaged in the likelihood's short window.
+    pub short: usize,
+    /// Rows of averaged residuals the likelihood's normal is fitted on.
+    pub long: usize,
+    /// Least standard deviation of the likelihood's normal.
+    pub sigma_floor: f64,
+    /// Rows during which a score that does not beat the recent maximum is damped.
+    pub refractory: usize,
+    /// Factor applied to such a score (0 silences repeats, 1 keeps them).
+    pub damp: f64,
+    /// Rows before the first non-zero score.
+    pub warmup: usize,
+    /// Scale of the final squashing `z / (z + c)`: any value is equivalent for NAB (rank only).
+    pub squash: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            level_window: 400,
+            diff_window: 400,
+            season_gain: 0.5,
+            diff_weight: 0.5,
+            scale_alpha: 0.01,
+            short: 5,
+            long: 2000,
+            sigma_floor: 0.05,
+            refractory: 100,
+            damp: 0.5,
+            warmup: 30,
+            squash: 5.0,
+        }
+    }
+}
+
+impl Params {
+    /// Sets one parameter by name, e.g. `("short", "8")`: for tuning studies from the command line.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+            v.parse().map_err(|_| format!("{key}: bad value {v:?}"))
+        }
+        match key {
+            "level_window" => self.level_window = num(key, value)?,
+            "diff_window" => self.diff_window = num(key, value)?,
+            "season_gain" => self.season_gain = num(key, value)?,
+            "diff_weight" => self.diff_weight = num(key, value)?,
+            "scale_alpha" => self.scale_alpha = num(key, value)?,
+            "short" => self.short = num(key, value)?,
+            "long" => self.long = num(key, value)?,
+            "sigma_floor" => self.sigma_floor = num(key, value)?,
+            "refractory" => self.refractory = num(key, value)?,
+            "damp" => self.damp = num(key, value)?,
+            "warmup" => self.warmup = num(key, value)?,
+            "squash" => self.squash = num(key, value)?,
+            _ => return Err(format!("unknown parameter {key:?}")),
+        }
+        if self.level_window < 8 || self.diff_window < 8 || self.short == 0 || self.long < 2 {
+            return Err("windows must be at least 8 rows (short: 1, long: 2)".to_owned());
+        }
+        if !(self.squash > 0.0 && self.sigma_floor > 0.0 && (0.0..=1.0).contains(&self.damp)) {
+            return Err("squash and sigma_floor must be positive, damp in [0, 1]".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Median and MAD over a sliding window: a sorted copy beside the arrival order.
+#[derive(Clone, Debug)]
+struct RollingRobust {
+    cap: usize,
+    order: VecDeque<f64>,
+    sorted: Vec<f64>,
+    scratch: Vec<f64>,
+    /// EWMA of |x - median|: floors the MAD.
+    mean_abs_dev: f64,
+    alpha: f64,
+}
+
+impl RollingRobust {
+    fn new(cap: usize, alpha: f64) -> Self {
+        Self {
+            cap,
+            order: VecDeque::with_capacity(cap + 1),
+            sorted: Vec::with_capacity(cap + 1),
+            scratch: Vec::with_capacity(cap + 1),
+            mean_abs_dev: 0.0,
+            alpha,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    fn push(&mut self, x: f64) {
+        if let Some(m) = self.median() {
+            let dev = (x - m).abs();
+            self.mean_abs_dev += self.alpha * (dev - self.mean_abs_dev);
+        }
+        self.order.push_back(x);
+        let at = self.sorted.partition_point(|y| y.total_cmp(&x).is_lt());
+        self.sorted.insert(at, x);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            let at = self.sorted.partition_point(|y| y.total_cmp(&old).is_lt());
+            self.sorted.remove(at);
+        }
+    }
+
+    fn median(&self) -> Option<f64> {
+        let n = self.sorted.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(self.sorted[n / 2]),
+            _ => Some(0.5 * (self.sorted[n / 2 - 1] + self.sorted[n / 2])),
+        }
+    }
+
+    /// Robust z-score of `x` against the window: `(x - median) / scale`, where the scale is the
+    /// normal-consistent MAD floored by the smoothed mean absolute deviation.
+    fn z(&mut self, x: f64) -> Option<f64> {
+        let m = self.median()?;
+        self.scratch.clear();
+        self.scratch.extend(self.sorted.iter().map(|y| (y - m).abs()));
+        let mid = self.scratch.len() / 2;
+        let (_, mad, _) = self.scratch.select_nth_unstable_by(mid, f64::total_cmp);
+        let scale = (1.4826 * *mad)
+            .max(self.mean_abs_dev)
+            .max(1e-9 * m.abs().max(1e-3));
+        Some((x - m) / scale)
+    }
+
+    fn scale(&mut self) -> Option<f64> {
+        let m = self.median()?;
+        let z = self.z(m + 1.0)?;
+        Some(1.0 / z)
+    }
+}
+
+/// The step between rows, from the first timestamps: the median of the first 16 gaps.
+#[derive(Clone, Debug, Default)]
+struct StepEstimate {
+    last_t: Option<i64>,
+    gaps: Vec<i64>,
+    step: Option<i64>,
+}
+
+impl StepEstimate {
+    fn observe(&mut self, t_ms: i64) -> Option<i64> {
+        if self.step.is_none() {
+            if let Some(last) = self.last_t
+                && t_ms > last
+            {
+                self.gaps.push(t_ms - last);
+            }
+            if self.gaps.len() >= 16 {
+                self.gaps.sort_unstable();
+                self.step = Some(self.gaps[self.gaps.len() / 2]);
+            }
+        }
+        self.last_t = Some(t_ms);
+        self.step
+    }
+}
+
+/// Our streaming detector: robust residuals against a level or seasonal baseline, turned into a
+/// likelihood the way Numenta post-processes HTM, with repeats of an alarm damped.
+///
+/// Per row, before the row joins the baselines:
+/// 1. **Residuals.** `z_level`: the value against the rolling median/MAD of the last `level_window`
+///    values. `z_season`: the change since one day earlier (when the rows are evenly spaced and a day is
+///    a whole number of them) against the rolling median/MAD of such changes; it replaces `z_level` when
+///    the daily pattern explains the series (its spread is under `season_gain` of the level's).
+///    `z_diff`: the change since the previous row against the rolling median/MAD of changes (spikes,
+///    bursts of noise). Each MAD is floored by an EWMA of the absolute deviation.
+/// 2. **Raw anomaly** `a = ln(1 + max(|z_base|, diff_weight * |z_diff|))` (log: heavy tails compressed
+///    so the next stage's normal fits).
+/// 3. **Likelihood.** The mean of `a` over the last `short` rows is compared with a normal fitted to
+///    the last `long` such means: `z = (mean - mu) / max(sigma, sigma_floor)`. A series that is always
+///    noisy learns that it is, so one threshold serves every series.
+/// 4. **Repeats.** A score that does not beat the highest of the previous `refractory` rows is damped
+///    (NAB, like an on-call engineer, wants one early alarm per incident, not a stream of them).
+/// 5. `z / (z + squash)`, so scores stay in [0, 1) without ties at the top.
+#[derive(Clone, Debug)]
+pub struct Tidewatch {
+    p: Params,
+    rows: usize,
+    step: StepEstimate,
+    period: Option<usize>,
+    level: RollingRobust,
+    diffs: RollingRobust,
+    seasonal: RollingRobust,
+    history: VecDeque<f64>,
+    raw: VecDeque<f64>,
+    raw_sum: f64,
+    means: VecDeque<f64>,
+    means_sum: f64,
+    means_sq: f64,
+    recent: VecDeque<(usize, f64)>,
+}
+
+/// Longest daily period (in rows) tracked: one-minute data.
+const MAX_PERIOD: usize = 1440;
+const DAY_MS: i64 = 86_400_000;
+
+impl Tidewatch {
+    pub fn new(p: Params) -> Self {
+        Self {
+            rows: 0,
+            step: StepEstimate::default(),
+            period: None,
+            level: RollingRobust::new(p.level_window, p.scale_alpha),
+            diffs: RollingRobust::new(p.diff_window, p.scale_alpha),
+            seasonal: RollingRobust::new(p.diff_window, p.scale_alpha),
+            history: VecDeque::new(),
+            raw: VecDeque::new(),
+            raw_sum: 0.0,
+            means: VecDeque::new(),
+            means_sum: 0.0,
+            means_sq: 0.0,
+            recent: VecDeque::new(),
+            p,
+        }
+    }
+
+    /// Step 1 and 2: the raw anomaly of `value`, before it joins the baselines.
+    fn raw_anomaly(&mut self, value: f64) -> f64 {
+        const MIN_ROWS: usize = 8;
+        let z_level = if self.level.len() >= MIN_ROWS {
+            self.level.z(value).unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        let mut z_base = z_level.abs();
+        if let (Some(p), true) = (self.period, self.seasonal.len() >= MIN_ROWS)
+            && self.history.len() >= p
+        {
+            let change = value - self.history[self.history.len() - p];
+            let z_season = self.seasonal.z(change).unwrap_or(0.0);
+            if let (Some(ss), Some(ls)) = (self.seasonal.scale(), self.level.scale())
+                && ss < self.p.season_gain * ls
+            {
+                z_base = z_season.abs();
+            }
+        }
+        let z_diff = match self.history.back() {
+            Some(&last) if self.diffs.len() >= MIN_ROWS => self.diffs.z(value - last).unwrap_or(0.0),
+            _ => 0.0,
+        };
+        z_base.max(self.p.diff_weight * z_diff.abs()).ln_1p()
+    }
+
+    /// The row joins the baselines.
+    fn learn(&mut self, value: f64) {
+        if let Some(&last) = self.history.back() {
+            self.diffs.push(value - last);
+        }
+        if let Some(p) = self.period
+            && self.history.len() >= p
+        {
+            self.seasonal.push(value - self.history[self.history.len() - p]);
+        }
+        self.level.push(value);
+        self.history.push_back(value);
+        let keep = self.period.unwrap_or(1).max(1);
+        while self.history.len() > keep {
+            self.history.pop_front();
+        }
+    }
+}
+
+impl AnomalyDetector for Tidewatch {
+    fn score(&mut self, t_ms: i64, value: f64) -> f64 {
+        self.rows += 1;
+        if self.period.is_none()
+            && let Some(step) = self.step.observe(t_ms)
+            && step > 0
+            && DAY_MS % step == 0
+        {
+            let p = usize::try_from(DAY_MS / step).unwrap_or(usize::MAX);
+            if (8..=MAX_PERIOD).contains(&p) {
+                self.period = Some(p);
+            }
+        }
+        if !value.is_finite() {
+            return 0.0;
+        }
+        let a = self.raw_anomaly(value);
+        self.learn(value);
+
+        // Step 3: likelihood of the short mean under the long-run normal.
+        self.raw.push_back(a);
+        self.raw_sum += a;
+        if self.raw.len() > self.p.short
+            && let Some(old) = self.raw.pop_front()
+        {
+            self.raw_sum -= old;
+        }
+        let mean = self.raw_sum / self.raw.len() as f64;
+        let n = self.means.len() as f64;
+        let z = if n >= 2.0 {
+            let mu = self.means_sum / n;
+            let var = (self.means_sq / n - mu * mu).max(0.0);
+            (mean - mu) / var.sqrt().max(self.p.sigma_floor)
+        } else {
+            0.0
+        };
+        self.means.push_back(mean);
+        self.means_sum += mean;
+        self.means_sq += mean * mean;
+        if self.means.len() > self.p.long
+            && let Some(old) = self.means.pop_front()
+        {
+            self.means_sum -= old;
+            self.means_sq -= old * old;
+        }
+        if self.rows <= self.p.warmup {
+            return 0.0;
+        }
+
+        // Step 4: damp repeats.
+        let z = z.max(0.0);
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(row, _)| row + self.p.refractory < self.rows)
+        {
+            self.recent.pop_front();
+        }
+        let recent_max = self.recent.iter().map(|&(_, s)| s).fold(0.0, f64::max);
+        while self.recent.back().is_some_and(|&(_, s)| s <= z) {
+            self.recent.pop_back();
+        }
+        self.recent.push_back((self.rows, z));
+        let z = if z > recent_max { z } else { z * self.p.damp };
+
+        // Step 5.
+        let s = z / (z + self.p.squash);
+        if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 }
+    }
+}
+
+/// The detectors `tidewatch nab --detector` knows.
+pub const DETECTORS: [&str; 2] = ["tidewatch", "windowed-gaussian"];
+
+/// What makes a fresh detector for each series.
+pub type Factory = Box<dyn Fn() -> Box<dyn AnomalyDetector> + Sync>;
+
+/// The factory of a detector named in `DETECTORS`, with `params` for ours.
+pub fn factory(name: &str, params: &Params) -> Option<Factory> {
+    let params = params.clone();
+    match name {
+        "tidewatch" => Some(Box::new(move || Box::new(Tidewatch::new(params.clone())))),
+        "windowed-gaussian" | "windowedGaussian" => Some(Box::new(|| Box::new(WindowedGaussian::new()))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

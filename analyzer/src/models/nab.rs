@@ -336,14 +336,21 @@ impl Report {
         self.profiles.iter().find(|p| p.profile == profile)
     }
 
-    /// `{"standard":…,"reward_low_FP_rate":…,"reward_low_FN_rate":…}` (normalised scores).
+    /// `{"standard":…,"reward_low_FP_rate":…,"reward_low_FN_rate":…}` (normalised scores, profiles in
+    /// scoreboard order).
     pub fn to_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
+        let fields: Vec<String> = self
             .profiles
             .iter()
-            .map(|p| (p.profile.clone(), serde_json::Value::from(p.normalised)))
+            .map(|p| {
+                format!(
+                    "{}:{}",
+                    serde_json::Value::from(p.profile.as_str()),
+                    serde_json::Value::from(p.normalised)
+                )
+            })
             .collect();
-        serde_json::Value::Object(map).to_string()
+        format!("{{{}}}", fields.join(","))
     }
 }
 

@@ -1,0 +1,96 @@
+//! `tidewatch nab`: runs a detector over the NAB corpus the way NAB does (each series on its own, rows in
+//! order, a fresh detector per series) and scores it with NAB's rules (`tidewatch_analyzer::models::nab`).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tidewatch_analyzer::models::detect::{DETECTORS, Params, factory};
+use tidewatch_analyzer::models::nab::{Corpus, Scorer};
+
+use crate::cli::NabArgs;
+
+pub fn run(args: &NabArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let corpus =
+        Corpus::load(&args.data).with_context(|| format!("loading NAB from {}", args.data.display()))?;
+    let mut params = Params::default();
+    for kv in &args.params {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--param {kv:?}: expected NAME=VALUE"))?;
+        params
+            .set(k.trim(), v.trim())
+            .map_err(|e| anyhow::anyhow!("--param {kv:?}: {e}"))?;
+    }
+    let Some(make) = factory(&args.detector, &params) else {
+        bail!(
+            "unknown detector {:?}: one of {}",
+            args.detector,
+            DETECTORS.join(", ")
+        )
+    };
+    let loaded = started.elapsed();
+
+    let detecting = Instant::now();
+    let scores = corpus.run(&make);
+    let detected = detecting.elapsed();
+    for (file, s) in corpus.files.iter().zip(&scores) {
+        if let Some((i, x)) = s.iter().enumerate().find(|(_, x)| !(0.0..=1.0).contains(*x)) {
+            bail!("{}: row {i}: the detector scored {x}, outside [0, 1]", file.name);
+        }
+    }
+
+    let scoring = Instant::now();
+    let report = Scorer::new(&corpus).score(&scores)?;
+    let scored = scoring.elapsed();
+
+    println!(
+        "NAB v1.1: {} series, {} rows, {} windows; detector {}",
+        corpus.files.len(),
+        corpus.rows(),
+        corpus.window_count(),
+        args.detector
+    );
+    if args.files
+        && let Some(p) = report.profiles.first()
+    {
+        for f in &p.files {
+            println!("  {:<62} {:8.3}  tp {:4} fp {:4}", f.file, f.score, f.tp, f.fp);
+        }
+    }
+    let board = scoreboard(&args.data);
+    for p in &report.profiles {
+        let best = board
+            .iter()
+            .filter_map(|(name, scores)| scores.get(&p.profile).map(|s| (name.as_str(), *s)))
+            .filter(|(name, _)| *name != "null")
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let beside = best.map_or(String::new(), |(name, s)| {
+            format!("   (best published: {name} {s:.1})")
+        });
+        println!(
+            "{:<20} {:6.2}   raw {:8.3}  threshold {:.6}{beside}",
+            p.profile, p.normalised, p.raw, p.threshold
+        );
+    }
+    println!(
+        "time: load {:.2}s, detect {:.2}s ({:.1} µs/row), score {:.2}s",
+        loaded.as_secs_f64(),
+        detected.as_secs_f64(),
+        detected.as_secs_f64() * 1e6 / corpus.rows().max(1) as f64,
+        scored.as_secs_f64()
+    );
+    if args.json {
+        println!("{}", report.to_json());
+    }
+    Ok(())
+}
+
+/// `results/final_results.json` of the NAB checkout, if there is one: detector → profile → score.
+fn scoreboard(root: &std::path::Path) -> BTreeMap<String, BTreeMap<String, f64>> {
+    std::fs::read_to_string(root.join("results/final_results.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
