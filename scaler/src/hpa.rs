@@ -33,11 +33,17 @@ pub const TOLERANCE: f64 = 0.1;
 /// `target` value, before min/max and behaviour limits.
 pub fn desired_replicas(pods: &[PodMetric], target: f64, tolerance: f64) -> Recommendation {
     let current = pods.len() as u32;
-    let keep = |why: String| Recommendation { replicas: current, reason: why };
+    let keep = |why: String| Recommendation {
+        replicas: current,
+        reason: why,
+    };
     if target <= 0.0 || !target.is_finite() {
         return keep("no valid target: keeping the current replicas".into());
     }
-    let with_metrics: Vec<(f64, bool)> = pods.iter().filter_map(|p| p.value.map(|v| (v, p.ready))).collect();
+    let with_metrics: Vec<(f64, bool)> = pods
+        .iter()
+        .filter_map(|p| p.value.map(|v| (v, p.ready)))
+        .collect();
     let missing = pods.iter().filter(|p| p.value.is_none()).count();
     // Not-ready pods with a metric are set aside (they may be starting and read high); counted later.
     let ready_values: Vec<f64> = with_metrics.iter().filter(|(_, r)| *r).map(|(v, _)| *v).collect();
@@ -53,7 +59,10 @@ pub fn desired_replicas(pods: &[PodMetric], target: f64, tolerance: f64) -> Reco
             return keep(format!("usage ratio {ratio:.2} within tolerance {tolerance}"));
         }
         let want = (ratio * ready_values.len() as f64).ceil() as u32;
-        return Recommendation { replicas: want, reason: format!("usage ratio {ratio:.2} over {} ready pods", ready_values.len()) };
+        return Recommendation {
+            replicas: want,
+            reason: format!("usage ratio {ratio:.2} over {} ready pods", ready_values.len()),
+        };
     }
     // Fill the gaps on the side that damps the move: missing pods use 0 when scaling up and the full target
     // when scaling down; not-ready pods use 0 when scaling up and are ignored when scaling down.
@@ -74,11 +83,15 @@ pub fn desired_replicas(pods: &[PodMetric], target: f64, tolerance: f64) -> Reco
     let want = (new_ratio * count).ceil() as u32;
     // The filled-in pods can make the count move against the ratio; then the HPA keeps what it has.
     if (new_ratio < 1.0 && want > current) || (new_ratio > 1.0 && want < current) {
-        return keep(format!("usage ratio {new_ratio:.2} would move replicas the other way: no change"));
+        return keep(format!(
+            "usage ratio {new_ratio:.2} would move replicas the other way: no change"
+        ));
     }
     Recommendation {
         replicas: want,
-        reason: format!("usage ratio {new_ratio:.2} counting {missing} pods without metrics and {unready} not ready"),
+        reason: format!(
+            "usage ratio {new_ratio:.2} counting {missing} pods without metrics and {unready} not ready"
+        ),
     }
 }
 
@@ -87,7 +100,12 @@ mod tests {
     use super::*;
 
     fn ready(vals: &[f64]) -> Vec<PodMetric> {
-        vals.iter().map(|&v| PodMetric { value: Some(v), ready: true }).collect()
+        vals.iter()
+            .map(|&v| PodMetric {
+                value: Some(v),
+                ready: true,
+            })
+            .collect()
     }
 
     #[test]
@@ -99,24 +117,78 @@ mod tests {
             want: u32,
         }
         let mut missing_one = ready(&[90.0, 90.0]);
-        missing_one.push(PodMetric { value: None, ready: true });
+        missing_one.push(PodMetric {
+            value: None,
+            ready: true,
+        });
         let mut unready_hot = ready(&[60.0, 60.0]);
-        unready_hot.push(PodMetric { value: Some(200.0), ready: false });
+        unready_hot.push(PodMetric {
+            value: Some(200.0),
+            ready: false,
+        });
         let mut low_missing = ready(&[10.0, 10.0]);
-        low_missing.push(PodMetric { value: None, ready: true });
+        low_missing.push(PodMetric {
+            value: None,
+            ready: true,
+        });
         let cases = [
-            Case { name: "double the load, double the pods", pods: ready(&[100.0, 100.0]), target: 50.0, want: 4 },
-            Case { name: "within 10% tolerance: no change", pods: ready(&[54.0, 54.0]), target: 50.0, want: 2 },
-            Case { name: "just past tolerance: up", pods: ready(&[56.0, 56.0]), target: 50.0, want: 3 },
-            Case { name: "half the load, half the pods", pods: ready(&[25.0, 25.0, 25.0, 25.0]), target: 50.0, want: 2 },
-            Case { name: "rounding is up", pods: ready(&[30.0, 30.0, 30.0]), target: 50.0, want: 2 },
+            Case {
+                name: "double the load, double the pods",
+                pods: ready(&[100.0, 100.0]),
+                target: 50.0,
+                want: 4,
+            },
+            Case {
+                name: "within 10% tolerance: no change",
+                pods: ready(&[54.0, 54.0]),
+                target: 50.0,
+                want: 2,
+            },
+            Case {
+                name: "just past tolerance: up",
+                pods: ready(&[56.0, 56.0]),
+                target: 50.0,
+                want: 3,
+            },
+            Case {
+                name: "half the load, half the pods",
+                pods: ready(&[25.0, 25.0, 25.0, 25.0]),
+                target: 50.0,
+                want: 2,
+            },
+            Case {
+                name: "rounding is up",
+                pods: ready(&[30.0, 30.0, 30.0]),
+                target: 50.0,
+                want: 2,
+            },
             // Scaling up with a pod missing its metric: it counts as 0 → (90+90+0)/(3*50)=1.2 → 4.
-            Case { name: "missing metric damps scale-up", pods: missing_one, target: 50.0, want: 4 },
+            Case {
+                name: "missing metric damps scale-up",
+                pods: missing_one,
+                target: 50.0,
+                want: 4,
+            },
             // A not-ready pod reading high is not trusted: (60+60+0)/(3*50)=0.8 flips the direction → keep 3.
-            Case { name: "not-ready pod cannot trigger scale-up", pods: unready_hot, target: 50.0, want: 3 },
+            Case {
+                name: "not-ready pod cannot trigger scale-up",
+                pods: unready_hot,
+                target: 50.0,
+                want: 3,
+            },
             // Scaling down with a pod missing: it counts as the full target → (10+10+50)/(3*50)=0.47 → 2.
-            Case { name: "missing metric damps scale-down", pods: low_missing, target: 50.0, want: 2 },
-            Case { name: "no target: keep", pods: ready(&[10.0]), target: 0.0, want: 1 },
+            Case {
+                name: "missing metric damps scale-down",
+                pods: low_missing,
+                target: 50.0,
+                want: 2,
+            },
+            Case {
+                name: "no target: keep",
+                pods: ready(&[10.0]),
+                target: 0.0,
+                want: 1,
+            },
         ];
         for c in cases {
             let r = desired_replicas(&c.pods, c.target, TOLERANCE);
@@ -127,7 +199,16 @@ mod tests {
 
     #[test]
     fn no_ready_pods_keeps_the_count() {
-        let pods = [PodMetric { value: None, ready: true }, PodMetric { value: Some(500.0), ready: false }];
+        let pods = [
+            PodMetric {
+                value: None,
+                ready: true,
+            },
+            PodMetric {
+                value: Some(500.0),
+                ready: false,
+            },
+        ];
         assert_eq!(desired_replicas(&pods, 50.0, TOLERANCE).replicas, 2);
     }
 }

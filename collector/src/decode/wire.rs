@@ -361,7 +361,10 @@ fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut 
     if buf.get(start) == Some(&0x0A) {
         let mut r = Reader::new(buf, start + 1, end);
         let len = r.varint()?;
-        let key = usize::try_from(len).ok().and_then(|l| r.pos.checked_add(l)).filter(|&e| e <= end);
+        let key = usize::try_from(len)
+            .ok()
+            .and_then(|l| r.pos.checked_add(l))
+            .filter(|&e| e <= end);
         if let Some(key_end) = key
             && keys.find(&buf[r.pos..key_end]).is_none()
         {
