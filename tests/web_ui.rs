@@ -720,6 +720,7 @@ fn web_ui_at_200_services() {
         "refresh_ms": field("refreshes", "ms"), "refresh_render_ms": field("refreshes", "renderMs"),
         "relayout_ms": field("relayouts", "layoutMs"), "relayout_render_ms": field("relayouts", "renderMs"),
         "search_ms": v["search"]["ms"], "search_matches": v["search"]["matches"],
+        "focus_ms": v["focus"]["ms"], "focus_nodes": v["focus"]["nodes"], "focus_edges": v["focus"]["edges"],
         "overview_ready_ms": v["overview"]["readyAt"],
     });
     std::fs::write(

@@ -258,7 +258,9 @@
     function fitView() {
       const b = st.layout && bbox();
       if (!b) return;
-      const w = svg.clientWidth || 800, h = svg.clientHeight || 500, pad = 30;
+      // The floating details panel covers the right of the map: fit into what it leaves.
+      const covered = details && !details.hidden ? details.offsetWidth + 10 : 0;
+      const w = (svg.clientWidth || 800) - covered, h = svg.clientHeight || 500, pad = 30;
       const k = Math.max(0.08, Math.min(1.25, (w - 2 * pad) / (b.x1 - b.x0), (h - 2 * pad) / (b.y1 - b.y0)));
       st.view = { k, x: (w - k * (b.x0 + b.x1)) / 2, y: (h - k * (b.y0 + b.y1)) / 2 };
       applyView();
@@ -593,7 +595,7 @@
         TW.el('div', { class: 'tile' }, TW.el('div', { class: 'k' }, 'rate'), TW.el('div', { class: 'v' }, TW.fmtRate(n.rate))),
         TW.el('div', { class: 'tile' }, TW.el('div', { class: 'k' }, 'errors'), TW.el('div', { class: 'v' }, TW.fmtPct(n.error_ratio))),
         TW.el('div', { class: 'tile' }, TW.el('div', { class: 'k' }, 'p95'), TW.el('div', { class: 'v' }, TW.fmtMs(n.p95_ms))));
-      details.replaceChildren(
+      details.replaceChildren(...[
         TW.el('button', { type: 'button', class: 'close', title: 'close (Esc)', 'aria-label': 'close', onclick: () => select(null) }, '×'),
         TW.el('h3', {}, n.id),
         TW.el('div', { class: 'kind' }, n.kind === 'service' ? 'service' : n.kind + ' (not instrumented: seen by its callers)', ' ', TW.badge(n.health)),
@@ -601,7 +603,7 @@
         st.causes.get(n.id) ? TW.el('div', { class: 'anomaly-note' }, 'Likely cause: ' + st.causes.get(n.id).explanation) : null,
         tiles, actions,
         ...neighbourList('Called by', st.data.in.get(n.id) || [], 'source'),
-        ...neighbourList('Calls', st.data.out.get(n.id) || [], 'target'));
+        ...neighbourList('Calls', st.data.out.get(n.id) || [], 'target')].filter(Boolean));
     }
 
     // --- refresh ---

@@ -175,7 +175,7 @@ async function bench() {
   const search = await page.evaluate(() => {
     const t = performance.now();
     const input = document.querySelector('.map-toolbar input[type=search]');
-    input.value = 'svc-1';
+    input.value = 'payments';
     input.dispatchEvent(new Event('input'));
     return { ms: performance.now() - t, matches: window.twMap.matches };
   });
@@ -189,11 +189,20 @@ async function bench() {
   for (let i = 0; i < 4; i++) await page.mouse.wheel(0, -300);
   await page.waitForTimeout(200);
   await page.screenshot({ path: join(opt.out, 'map-200-zoomed.png') });
+  // Focus on one service's neighbourhood: the readable view of a big map.
+  const focus = await page.evaluate(() => {
+    const t = performance.now();
+    window.twMapApi.setFocus(opt_focus());
+    function opt_focus() { return [...document.querySelectorAll('#map g.node.k-service')].map((g) => g.dataset.id).find((id) => id.startsWith('payments-')) || ''; }
+    return { ms: performance.now() - t, nodes: window.twMap.nodes, edges: window.twMap.edges };
+  });
+  await page.waitForTimeout(200);
+  await page.screenshot({ path: join(opt.out, 'map-200-focus.png') });
   await page.goto(opt.base + '/', { waitUntil: 'load' });
   await page.waitForFunction(() => window.twMap && window.twMap.ready, null, { timeout: 60000 });
   const overview = await page.evaluate(() => Object.assign({}, window.twMap));
   await page.screenshot({ path: join(opt.out, 'overview-200.png') });
-  return { problems, loads, refreshes, relayouts, search, overview };
+  return { problems, loads, refreshes, relayouts, search, focus, overview };
 }
 
 let result, code = 0;
