@@ -628,6 +628,12 @@ fn ui_routes_answer_errors_cleanly() {
         ("/charts/services/checkout/rate.svg?tz=Europe%2FParis", 400),
         ("/charts/services/checkout/rate.svg?w=99999", 400),
         ("/charts/services/checkout/rate.svg?h=tall", 400),
+        ("/charts/services/checkout/rate.svg?from=-1e300", 400),
+        ("/charts/services/checkout/rate.svg?from=-100000000000000y", 400),
+        (
+            "/charts/services/checkout/rate.svg?to=1e300&step=1000000000d",
+            400,
+        ),
     ] {
         let (status, _, body) = get(&tw, path);
         assert_eq!(status, want, "{path}: {body}");

@@ -166,6 +166,9 @@ pub struct ChartQuery {
     forecast: Option<String>,
 }
 
+/// 2100-01-01 in milliseconds: the latest time a chart accepts.
+const LATEST: i64 = 4_102_444_800_000;
+
 /// The most points a chart draws: more is finer than its pixels.
 const MAX_CHART_POINTS: i64 = 2_000;
 
@@ -181,13 +184,31 @@ pub struct ChartRange {
     pub height: u32,
 }
 
+/// A time parameter as the API reads it (`parse_time`), except that a relative time too far back for
+/// the arithmetic is an error here rather than an overflow.
+fn time_arg(s: &str, now: i64) -> Result<i64, String> {
+    if let Some(rel) = s.trim().strip_prefix('-')
+        && let Ok(d) = humantime::parse_duration(rel)
+    {
+        return i64::try_from(d.as_millis())
+            .ok()
+            .and_then(|ms| now.checked_sub(ms))
+            .ok_or_else(|| format!("`{s}` is too far back"));
+    }
+    parse_time(s, now)
+}
+
 /// Reads `from`, `to`, `step` and `tz`; by default the last hour in about 120 steps of at least a second.
 pub fn chart_range(q: &ChartQuery, now: i64) -> Result<ChartRange, String> {
-    let to = q.to.as_deref().map_or(Ok(now), |t| parse_time(t, now))?;
+    let to = q.to.as_deref().map_or(Ok(now), |t| time_arg(t, now))?;
     let from = q
         .from
         .as_deref()
-        .map_or(Ok(to - 3_600_000), |f| parse_time(f, now))?;
+        .map_or(Ok(to.saturating_sub(3_600_000)), |f| time_arg(f, now))?;
+    // Bounded times keep every later sum and product far from overflow, whatever the query says.
+    if !(0..=LATEST).contains(&from) || !(0..=LATEST).contains(&to) {
+        return Err("from and to must be between 1970 and 2100".into());
+    }
     if from >= to {
         return Err("from must be before to".into());
     }
@@ -198,8 +219,8 @@ pub fn chart_range(q: &ChartQuery, now: i64) -> Result<ChartRange, String> {
             .min(i64::MAX as u128) as i64,
         None => ((to - from) / 120).max(1_000),
     };
-    if step <= 0 {
-        return Err("step must be longer than zero".into());
+    if step <= 0 || step > to - from {
+        return Err("step must be longer than zero and at most to - from".into());
     }
     if (to - from) / step > MAX_CHART_POINTS {
         return Err(format!(
@@ -737,6 +758,10 @@ mod tests {
             q(None, None, Some("soon"), None),
             q(None, None, None, Some("Europe/Paris")),
             q(None, None, None, Some("100000")),
+            q(Some("-1e300"), None, None, None),
+            q(Some("-100000000000000y"), None, None, None),
+            q(None, Some("1e300"), None, None),
+            q(Some("-1h"), None, Some("100000000d"), None),
             ChartQuery {
                 w: Some("5".into()),
                 ..q(None, None, None, None)
