@@ -37,7 +37,7 @@
     const tbody = el('tbody');
     for (const s of list.slice(0, 10)) {
       const a = s.anomaly;
-      tbody.append(el('tr', { 'data-service': s.name },
+      tbody.append(el('tr', { 'data-service': s.name, 'data-anomalous': a && a.anomalous ? 'true' : 'false' },
         el('td', { class: 'name' }, el('a', { href: TW.serviceHref(s.name), title: s.name }, s.name),
           a && a.anomalous ? el('div', { class: 'small', style: 'color:#6d28d9; white-space:normal' }, a.reason) : null),
         el('td', { class: 'left' }, TW.badge(s.health)),

@@ -82,7 +82,7 @@ async function check() {
   out.overview = await waitForMap(wantNodes, wantEdges, 20000);
   await page.waitForSelector('#attention table');
   await page.waitForFunction(() => document.querySelector('#collector .verdict .badge')?.textContent !== 'measuring', null, { timeout: 15000 });
-  out.attention = await page.$$eval('#attention tbody tr', (rows) => rows.map((r) => r.dataset.service));
+  out.attention = await page.$$eval('#attention tbody tr', (rows) => rows.map((r) => ({ service: r.dataset.service, anomalous: r.dataset.anomalous === 'true' })));
   out.collector = await page.$eval('#collector', (e) => e.innerText);
   await page.screenshot({ path: join(opt.out, 'overview.png'), fullPage: true });
 
