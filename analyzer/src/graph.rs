@@ -371,6 +371,15 @@ impl GraphStore {
         edge.generation = self.generation;
         self.order.push_back((now + self.wait, key, self.generation));
         self.pending.insert(key, edge);
+        // Completed halves leave `pending` at once but their expiry entries only at their deadline: at
+        // high rates those stale entries would outnumber the live ones by far and escape `max_items`. Drop
+        // them once they are the majority; each entry is kept or dropped once per compaction, so the cost
+        // is O(1) per insert amortised, and the queue stays within about twice the pending halves.
+        if self.order.len() > 2 * self.pending.len() + 1024 {
+            let pending = &self.pending;
+            self.order
+                .retain(|(_, k, g)| pending.get(k).is_some_and(|e| e.generation == *g));
+        }
     }
 
     fn apply(
@@ -751,6 +760,40 @@ mod tests {
                 .all(|r| r.connection_type == ConnectionType::VirtualNode)
         );
         assert_eq!((c.expired_server, c.expired_client, c.pending), (1, 1, 0));
+    }
+
+    #[test]
+    fn expiry_queue_stays_bounded_when_pairs_complete() {
+        let cfg = GraphConfig::default();
+        let mut keys = AttrKeys::default();
+        let gk = GraphStore::attr_keys(&cfg, &mut keys);
+        let mut names = Interner::default();
+        let mut g = GraphStore::new(&cfg, gk, 1);
+        let now = Instant::now();
+        for i in 0..50_000u32 {
+            let mut b = B::new(keys.clone());
+            let id = (i % 250) as u8 + 1;
+            b.span("a", SpanKind::Client, id, 0, 1, false, &[]);
+            b.span(
+                "b",
+                SpanKind::Server,
+                id.wrapping_add(1).max(1),
+                id,
+                1,
+                false,
+                &[],
+            );
+            let mut batch = b.batch;
+            for s in &mut batch.spans {
+                s.trace_id[..4].copy_from_slice(&i.to_le_bytes());
+            }
+            for s in &batch.spans {
+                let svc = names.id(batch.bytes(batch.resources[s.resource as usize].service));
+                g.record(&mut names, &batch, s, svc, now);
+            }
+        }
+        assert_eq!(g.counters().pending, 0);
+        assert!(g.order.len() <= 2048, "{} stale expiry entries", g.order.len());
     }
 
     #[test]

@@ -55,9 +55,14 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
     }
     if let Some(rel) = s.strip_prefix('-') {
         let d = humantime::parse_duration(rel).map_err(|e| format!("`{s}`: {e}"))?;
-        return Ok(now - d.as_millis() as i64);
+        // Saturating: an absurd duration is a time long ago, not an overflow.
+        return Ok(now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     }
     if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() {
+            return Err(format!("`{s}` is not a time"));
+        }
+        // `as` saturates at the i64 range.
         return Ok((secs * 1000.0) as i64);
     }
     humantime::parse_rfc3339_weak(s)
@@ -73,7 +78,7 @@ fn parse_window(w: Option<&str>, default: Duration) -> Result<i64, ApiError> {
     if d.is_zero() {
         return Err(bad("window must be longer than zero"));
     }
-    Ok(d.as_millis() as i64)
+    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[derive(Deserialize)]
@@ -109,13 +114,14 @@ fn range(q: &RangeQuery) -> Result<(i64, i64, i64), ApiError> {
     let step = match q.step.as_deref() {
         Some(s) => humantime::parse_duration(s)
             .map_err(|e| bad(format!("step `{s}`: {e}")))?
-            .as_millis() as i64,
-        None => ((to - from) / 120).max(10_000),
+            .as_millis()
+            .min(i64::MAX as u128) as i64,
+        None => (to.saturating_sub(from) / 120).max(10_000),
     };
     if step <= 0 {
         return Err(bad("step must be longer than zero"));
     }
-    if (to - from) / step > MAX_POINTS {
+    if to.saturating_sub(from) / step > MAX_POINTS {
         return Err(bad(format!(
             "from..to over step gives more than {MAX_POINTS} points: use a longer step"
         )));
@@ -155,7 +161,7 @@ pub async fn services(State(s): State<WebState>, Query(q): Query<WindowQuery>) -
     let list = s
         .engine
         .history()
-        .services(now - window, now)
+        .services(now.saturating_sub(window), now)
         .map_err(store_err)?;
     let services: Vec<Value> = list
         .iter()
@@ -193,7 +199,7 @@ pub async fn operations(
     known_service(&h, &name)?;
     let now = now_ms();
     let ops: Vec<Value> = h
-        .operations(&name, now - window, now)
+        .operations(&name, now.saturating_sub(window), now)
         .map_err(store_err)?
         .iter()
         .map(summary_json)
@@ -213,7 +219,7 @@ pub async fn pods(
     known_service(&h, &name)?;
     let now = now_ms();
     let pods: Vec<Value> = h
-        .pods(&name, now - window, now)
+        .pods(&name, now.saturating_sub(window), now)
         .map_err(store_err)?
         .iter()
         .map(summary_json)
@@ -230,8 +236,8 @@ pub async fn graph(State(s): State<WebState>, Query(q): Query<WindowQuery>) -> A
     let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
     let now = now_ms();
     let h = s.engine.history();
-    let services = h.services(now - window, now).map_err(store_err)?;
-    let edges = h.edges(now - window, now).map_err(store_err)?;
+    let services = h.services(now.saturating_sub(window), now).map_err(store_err)?;
+    let edges = h.edges(now.saturating_sub(window), now).map_err(store_err)?;
     let mut nodes: BTreeMap<String, Value> = BTreeMap::new();
     for svc in &services {
         let mut v = summary_json(svc);
@@ -335,6 +341,10 @@ mod tests {
         assert_eq!(parse_time("1700000000", now), Ok(1_700_000_000_000));
         assert_eq!(parse_time("2023-11-14T22:13:20Z", now), Ok(1_700_000_000_000));
         assert!(parse_time("yesterday", now).is_err());
+        // Absurd but parseable: saturates rather than overflowing; past what humantime reads: an error.
+        assert!(parse_time("-500000000y", now).unwrap() < -9_000_000_000_000_000_000);
+        assert!(parse_time("-100000000000000y", now).is_err());
+        assert!(parse_time("NaN", now).is_err());
     }
 
     #[test]
@@ -389,7 +399,7 @@ pub async fn forecast(
         if d.is_zero() {
             return Err(bad(format!("{what} must be longer than zero")));
         }
-        Ok(d.as_millis() as i64)
+        Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     };
     let step = dur(q.step.as_deref(), 60, "step")?;
     let horizon = dur(q.horizon.as_deref(), 1800, "horizon")?;
@@ -402,11 +412,11 @@ pub async fn forecast(
     known_service(&h, &name)?;
     let now = now_ms();
     let points = h
-        .service_red(&name, now - history, now, step)
+        .service_red(&name, now.saturating_sub(history), now, step)
         .map_err(store_err)?;
     // The last bucket is still filling: leave it out.
     let y: Vec<f64> = points.iter().filter(|p| p.ts <= now).map(|p| p.rate).collect();
-    let last_ts = points.iter().filter(|p| p.ts <= now).map(|p| p.ts).last();
+    let last_ts = points.iter().rfind(|p| p.ts <= now).map(|p| p.ts);
     let periods = detect_periods(&y, step as f64 / 1000.0);
     let m = periods.first().copied().unwrap_or(1);
     let n = y.len();
