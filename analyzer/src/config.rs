@@ -204,10 +204,14 @@ impl Default for GraphConfig {
         GraphConfig {
             wait: Duration::from_secs(10),
             max_items: 10_000,
-            buckets: [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8]
-                .iter()
-                .map(|&s| Duration::from_secs_f64(s))
-                .collect(),
+            // The servicegraph connector's buckets (2 ms to 15 s): Tempo's default starts at 100 ms, which
+            // puts every fast call in the first bucket and makes its p95 meaningless.
+            buckets: [
+                2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10_000, 15_000,
+            ]
+            .iter()
+            .map(|&ms| Duration::from_millis(ms))
+            .collect(),
             dimensions: Vec::new(),
             enable_client_server_prefix: false,
             peer_attributes: ["peer.service", "db.name", "db.system", "db.system.name"]
