@@ -9,6 +9,11 @@ use tidewatch::cli::{Cli, Command, ConfigArgs};
 use tidewatch::config::{Config, LogFormat};
 use tidewatch::{app, loadgen};
 
+/// mimalloc: built for many threads allocating and freeing concurrently, which is this server's pattern
+/// (request buffers are often freed by a shard task on another thread than the one that allocated them).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
