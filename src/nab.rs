@@ -56,7 +56,10 @@ pub fn run(args: &NabArgs) -> anyhow::Result<()> {
         && let Some(p) = report.profiles.first()
     {
         for f in &p.files {
-            println!("  {:<62} {:8.3}  tp {:4} fp {:4}", f.file, f.score, f.tp, f.fp);
+            println!(
+                "  {:<62} {:8.3}  windows {}/{}  fp {:4}",
+                f.file, f.score, f.windows_hit, f.windows, f.fp
+            );
         }
     }
     let board = scoreboard(&args.data);
@@ -69,8 +72,12 @@ pub fn run(args: &NabArgs) -> anyhow::Result<()> {
         let beside = best.map_or(String::new(), |(name, s)| {
             format!("   (best published: {name} {s:.1})")
         });
+        let hit: usize = p.files.iter().map(|f| f.windows_hit).sum();
+        let windows: usize = p.files.iter().map(|f| f.windows).sum();
+        let false_alarms: usize = p.files.iter().map(|f| f.fp).sum();
         println!(
-            "{:<20} {:6.2}   raw {:8.3}  threshold {:.6}{beside}",
+            "{:<20} {:6.2}   raw {:8.3}  threshold {:.6}  windows hit {hit}/{windows}, false-alarm rows \
+             {false_alarms}{beside}",
             p.profile, p.normalised, p.raw, p.threshold
         );
     }

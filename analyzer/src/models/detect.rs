@@ -202,8 +202,17 @@ pub struct Params {
     pub refractory: usize,
     /// Factor applied to such a score (0 silences repeats, 1 keeps them).
     pub damp: f64,
+    /// How far (as a share) a score must beat the recent maximum to count as a new alarm.
+    pub margin: f64,
     /// Rows before the first non-zero score.
     pub warmup: usize,
+    /// A value beyond the range seen so far by more than this share of the range is novel.
+    pub novelty_tolerance: f64,
+    /// Likelihood z given to a novel value, plus `novelty_slope` times its excess (in ranges).
+    pub novelty_z: f64,
+    pub novelty_slope: f64,
+    /// Weight of the novelty of the change between rows next to that of the value.
+    pub diff_novelty: f64,
     /// Scale of the final squashing `z / (z + c)`: any value is equivalent for NAB (rank only).
     pub squash: f64,
 }
@@ -216,12 +225,17 @@ impl Default for Params {
             season_gain: 0.5,
             diff_weight: 0.5,
             scale_alpha: 0.01,
-            short: 5,
+            short: 1,
             long: 2000,
             sigma_floor: 0.05,
             refractory: 100,
             damp: 0.5,
+            margin: 0.0,
             warmup: 30,
+            novelty_tolerance: 0.02,
+            novelty_z: 30.0,
+            novelty_slope: 1.0,
+            diff_novelty: 0.5,
             squash: 5.0,
         }
     }
@@ -244,7 +258,12 @@ impl Params {
             "sigma_floor" => self.sigma_floor = num(key, value)?,
             "refractory" => self.refractory = num(key, value)?,
             "damp" => self.damp = num(key, value)?,
+            "margin" => self.margin = num(key, value)?,
             "warmup" => self.warmup = num(key, value)?,
+            "novelty_tolerance" => self.novelty_tolerance = num(key, value)?,
+            "novelty_z" => self.novelty_z = num(key, value)?,
+            "novelty_slope" => self.novelty_slope = num(key, value)?,
+            "diff_novelty" => self.diff_novelty = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
             _ => return Err(format!("unknown parameter {key:?}")),
         }
@@ -332,6 +351,31 @@ impl RollingRobust {
     }
 }
 
+/// How far a value lies outside the range seen so far, in shares of that range (0 inside it): the
+/// "spatial" anomaly Numenta's NAB detector adds to HTM. A new extreme is rare in a stable series and
+/// stops being new once seen, so this signal silences itself.
+#[derive(Clone, Debug, Default)]
+struct RangeNovelty {
+    range: Option<(f64, f64)>,
+}
+
+impl RangeNovelty {
+    /// The novelty of `x`; then the range takes `x` in.
+    fn observe(&mut self, x: f64) -> f64 {
+        let Some((lo, hi)) = self.range else {
+            self.range = Some((x, x));
+            return 0.0;
+        };
+        self.range = Some((lo.min(x), hi.max(x)));
+        let span = hi - lo;
+        if span <= 0.0 {
+            0.0
+        } else {
+            ((x - hi).max(lo - x) / span).max(0.0)
+        }
+    }
+}
+
 /// The step between rows, from the first timestamps: the median of the first 16 gaps.
 #[derive(Clone, Debug, Default)]
 struct StepEstimate {
@@ -359,7 +403,7 @@ impl StepEstimate {
 }
 
 /// Our streaming detector: robust residuals against a level or seasonal baseline, turned into a
-/// likelihood the way Numenta post-processes HTM, with repeats of an alarm damped.
+/// likelihood the way Numenta post-processes HTM, with new extremes ranked first and repeats damped.
 ///
 /// Per row, before the row joins the baselines:
 /// 1. **Residuals.** `z_level`: the value against the rolling median/MAD of the last `level_window`
@@ -373,9 +417,13 @@ impl StepEstimate {
 /// 3. **Likelihood.** The mean of `a` over the last `short` rows is compared with a normal fitted to
 ///    the last `long` such means: `z = (mean - mu) / max(sigma, sigma_floor)`. A series that is always
 ///    noisy learns that it is, so one threshold serves every series.
-/// 4. **Repeats.** A score that does not beat the highest of the previous `refractory` rows is damped
+/// 4. **Novelty.** A value (or, weighted by `diff_novelty`, a change between rows) beyond the range
+///    seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus its excess:
+///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
+///    being new once seen), so it is ranked first and residual alarms fill in below it.
+/// 5. **Repeats.** A score that does not beat the highest of the previous `refractory` rows is damped
 ///    (NAB, like an on-call engineer, wants one early alarm per incident, not a stream of them).
-/// 5. `z / (z + squash)`, so scores stay in [0, 1) without ties at the top.
+/// 6. `z / (z + squash)`, so scores stay in [0, 1) without ties at the top.
 #[derive(Clone, Debug)]
 pub struct Tidewatch {
     p: Params,
@@ -392,6 +440,10 @@ pub struct Tidewatch {
     means_sum: f64,
     means_sq: f64,
     recent: VecDeque<(usize, f64)>,
+    /// Range of the values seen so far, and of the changes between rows.
+    value_range: RangeNovelty,
+    diff_range: RangeNovelty,
+    last_value: Option<f64>,
 }
 
 /// Longest daily period (in rows) tracked: one-minute data.
@@ -414,6 +466,9 @@ impl Tidewatch {
             means_sum: 0.0,
             means_sq: 0.0,
             recent: VecDeque::new(),
+            value_range: RangeNovelty::default(),
+            diff_range: RangeNovelty::default(),
+            last_value: None,
             p,
         }
     }
@@ -443,6 +498,17 @@ impl Tidewatch {
             _ => 0.0,
         };
         z_base.max(self.p.diff_weight * z_diff.abs()).ln_1p()
+    }
+
+    /// Novelty of the value and of the change since the previous row (see `RangeNovelty`).
+    fn novelty(&mut self, value: f64) -> f64 {
+        let warm = self.rows > self.p.warmup;
+        let v = self.value_range.observe(value);
+        let d = match self.last_value.replace(value) {
+            Some(last) => self.diff_range.observe(value - last),
+            None => 0.0,
+        };
+        if warm { v.max(self.p.diff_novelty * d) } else { 0.0 }
     }
 
     /// The row joins the baselines.
@@ -481,6 +547,7 @@ impl AnomalyDetector for Tidewatch {
             return 0.0;
         }
         let a = self.raw_anomaly(value);
+        let novelty = self.novelty(value);
         self.learn(value);
 
         // Step 3: likelihood of the short mean under the long-run normal.
@@ -513,8 +580,12 @@ impl AnomalyDetector for Tidewatch {
             return 0.0;
         }
 
+        let mut z = z.max(0.0);
+        if novelty > self.p.novelty_tolerance && self.p.novelty_z > 0.0 {
+            z = z.max(self.p.novelty_z + self.p.novelty_slope * novelty);
+        }
+
         // Step 4: damp repeats.
-        let z = z.max(0.0);
         while self
             .recent
             .front()
@@ -527,7 +598,11 @@ impl AnomalyDetector for Tidewatch {
             self.recent.pop_back();
         }
         self.recent.push_back((self.rows, z));
-        let z = if z > recent_max { z } else { z * self.p.damp };
+        let z = if z > recent_max * (1.0 + self.p.margin) {
+            z
+        } else {
+            z * self.p.damp
+        };
 
         // Step 5.
         let s = z / (z + self.p.squash);
@@ -593,5 +668,53 @@ mod tests {
         }
         assert!(last < 0.99);
         assert!(d.score(500, 1000.0) > 0.999);
+    }
+
+    #[test]
+    fn tidewatch_never_looks_ahead() {
+        // Same first 600 rows, different futures: the first 600 scores must not differ.
+        let base: Vec<f64> = (0..600)
+            .map(|i| 50.0 + 10.0 * (f64::from(i) / 20.0).sin())
+            .collect();
+        let run = |tail: f64| {
+            let mut d = Tidewatch::new(Params::default());
+            let mut out = Vec::new();
+            for (i, v) in base.iter().copied().chain((0..300).map(|_| tail)).enumerate() {
+                out.push(d.score(i as i64 * 300_000, v));
+            }
+            out
+        };
+        let (a, b) = (run(50.0), run(5000.0));
+        assert_eq!(a[..600], b[..600]);
+        assert!(a.iter().chain(&b).all(|s| (0.0..=1.0).contains(s)));
+        // The jump to 5000 is a new extreme: it outranks everything before it.
+        let before = b[..600].iter().copied().fold(0.0, f64::max);
+        assert!(b[600] > before, "{} vs {before}", b[600]);
+    }
+
+    #[test]
+    fn tidewatch_survives_bad_values() {
+        let mut d = Tidewatch::new(Params::default());
+        for (i, v) in [1.0, f64::NAN, f64::INFINITY, 0.0, -1e300, 1e300, 3.0]
+            .into_iter()
+            .cycle()
+            .take(500)
+            .enumerate()
+        {
+            let s = d.score(i as i64, v);
+            assert!((0.0..=1.0).contains(&s), "{s}");
+        }
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let mut p = Params::default();
+        assert!(p.set("short", "3").is_ok());
+        assert_eq!(p.short, 3);
+        assert!(p.set("short", "x").is_err());
+        assert!(p.set("nope", "1").is_err());
+        assert!(p.set("damp", "2").is_err());
+        assert!(factory("tidewatch", &p).is_some() && factory("windowed-gaussian", &p).is_some());
+        assert!(factory("nope", &p).is_none());
     }
 }

@@ -306,6 +306,9 @@ pub struct FileScore {
     pub fp: usize,
     pub fn_: usize,
     pub total: usize,
+    /// Windows with at least one scored row, and how many of them hold a detection.
+    pub windows: usize,
+    pub windows_hit: usize,
 }
 
 /// A detector's result under one profile.
@@ -620,6 +623,7 @@ impl Scorer {
                     }
                 }
                 let score = fp_part + best_part.values().sum::<f64>();
+                let windows_hit = best_part.values().filter(|&&v| v > -p.fn_weight).count();
                 FileScore {
                     file: f.name.clone(),
                     score,
@@ -628,6 +632,8 @@ impl Scorer {
                     fp,
                     fn_,
                     total: f.rows,
+                    windows: f.windows.len(),
+                    windows_hit,
                 }
             })
             .collect()
