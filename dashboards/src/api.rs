@@ -189,24 +189,32 @@ pub async fn service_red(
     ))
 }
 
+/// A per-service breakdown over a window (`operations` or `pods`), read by `rows` from the history.
+fn breakdown(
+    s: &WebState,
+    name: &str,
+    q: &WindowQuery,
+    field: &str,
+    rows: fn(&HistoryView, &str, i64, i64) -> tidewatch_analyzer::Result<Vec<RedSummary>>,
+) -> ApiResult {
+    let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
+    let h = s.engine.history();
+    known_service(&h, name)?;
+    let now = now_ms();
+    let list: Vec<Value> = rows(&h, name, now.saturating_sub(window), now)
+        .map_err(store_err)?
+        .iter()
+        .map(summary_json)
+        .collect();
+    Ok(Json(json!({ "service": name, "window_ms": window, field: list })))
+}
+
 pub async fn operations(
     State(s): State<WebState>,
     Path(name): Path<String>,
     Query(q): Query<WindowQuery>,
 ) -> ApiResult {
-    let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
-    let h = s.engine.history();
-    known_service(&h, &name)?;
-    let now = now_ms();
-    let ops: Vec<Value> = h
-        .operations(&name, now.saturating_sub(window), now)
-        .map_err(store_err)?
-        .iter()
-        .map(summary_json)
-        .collect();
-    Ok(Json(
-        json!({ "service": name, "window_ms": window, "operations": ops }),
-    ))
+    breakdown(&s, &name, &q, "operations", HistoryView::operations)
 }
 
 pub async fn pods(
@@ -214,19 +222,7 @@ pub async fn pods(
     Path(name): Path<String>,
     Query(q): Query<WindowQuery>,
 ) -> ApiResult {
-    let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
-    let h = s.engine.history();
-    known_service(&h, &name)?;
-    let now = now_ms();
-    let pods: Vec<Value> = h
-        .pods(&name, now.saturating_sub(window), now)
-        .map_err(store_err)?
-        .iter()
-        .map(summary_json)
-        .collect();
-    Ok(Json(
-        json!({ "service": name, "window_ms": window, "pods": pods }),
-    ))
+    breakdown(&s, &name, &q, "pods", HistoryView::pods)
 }
 
 /// The map: every service and virtual node as a node with its RED, every edge with the RED of its calls.
