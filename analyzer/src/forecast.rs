@@ -18,6 +18,29 @@ pub struct Forecast {
     pub hi: f64,
 }
 
+/// One service's request-rate forecast as the scheduled trainer last fitted it: what the scaler reads.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ServiceForecast {
+    pub service: String,
+    /// The model the backtest picked.
+    pub model: String,
+    /// Rolling-origin MASE of that model against seasonal naive on this series (< 1 beats it). `None` when the
+    /// history was too short to backtest: then the forecast is not to be trusted for decisions.
+    pub mase: Option<f64>,
+    /// Spacing of the points, in milliseconds.
+    pub step_ms: i64,
+    /// When the model was fitted (Unix ms).
+    pub fitted_at_ms: i64,
+    /// Forecast request rate (per second) after the end of the fitted history: `(ts_ms, forecast)`, oldest first.
+    pub points: Vec<(i64, Forecast)>,
+}
+
+/// Every service's latest forecast, by service name.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Forecasts {
+    pub services: std::collections::BTreeMap<String, ServiceForecast>,
+}
+
 /// A forecasting model. Fit on a history, then forecast `h` steps past its end.
 pub trait Forecaster {
     fn name(&self) -> &'static str;
