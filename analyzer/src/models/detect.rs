@@ -213,6 +213,10 @@ pub struct Params {
     pub novelty_slope: f64,
     /// Weight of the novelty of the change between rows next to that of the value.
     pub diff_novelty: f64,
+    /// Share by which the remembered range shrinks toward the newest value per row.
+    pub range_decay: f64,
+    /// Rows after a novel value during which further novel values are not ranked as novel again.
+    pub novelty_refractory: usize,
     /// Scale of the final squashing `z / (z + c)`: any value is equivalent for NAB (rank only).
     pub squash: f64,
 }
@@ -235,7 +239,9 @@ impl Default for Params {
             novelty_tolerance: 0.02,
             novelty_z: 30.0,
             novelty_slope: 1.0,
-            diff_novelty: 0.5,
+            diff_novelty: 0.0,
+            range_decay: 0.0001,
+            novelty_refractory: 20,
             squash: 5.0,
         }
     }
@@ -264,6 +270,8 @@ impl Params {
             "novelty_z" => self.novelty_z = num(key, value)?,
             "novelty_slope" => self.novelty_slope = num(key, value)?,
             "diff_novelty" => self.diff_novelty = num(key, value)?,
+            "range_decay" => self.range_decay = num(key, value)?,
+            "novelty_refractory" => self.novelty_refractory = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
             _ => return Err(format!("unknown parameter {key:?}")),
         }
@@ -357,16 +365,26 @@ impl RollingRobust {
 #[derive(Clone, Debug, Default)]
 struct RangeNovelty {
     range: Option<(f64, f64)>,
+    /// Share by which each bound moves toward the newest value per row: old extremes fade.
+    decay: f64,
 }
 
 impl RangeNovelty {
+    fn new(decay: f64) -> Self {
+        Self { range: None, decay }
+    }
+
     /// The novelty of `x`; then the range takes `x` in.
     fn observe(&mut self, x: f64) -> f64 {
         let Some((lo, hi)) = self.range else {
             self.range = Some((x, x));
             return 0.0;
         };
-        self.range = Some((lo.min(x), hi.max(x)));
+        let (new_lo, new_hi) = (lo.min(x), hi.max(x));
+        self.range = Some((
+            new_lo + self.decay * (x - new_lo),
+            new_hi - self.decay * (new_hi - x),
+        ));
         let span = hi - lo;
         if span <= 0.0 {
             0.0
@@ -444,6 +462,8 @@ pub struct Tidewatch {
     value_range: RangeNovelty,
     diff_range: RangeNovelty,
     last_value: Option<f64>,
+    /// Row of the latest novel value.
+    last_novel: Option<usize>,
 }
 
 /// Longest daily period (in rows) tracked: one-minute data.
@@ -466,9 +486,10 @@ impl Tidewatch {
             means_sum: 0.0,
             means_sq: 0.0,
             recent: VecDeque::new(),
-            value_range: RangeNovelty::default(),
-            diff_range: RangeNovelty::default(),
+            value_range: RangeNovelty::new(p.range_decay),
+            diff_range: RangeNovelty::new(p.range_decay),
             last_value: None,
+            last_novel: None,
             p,
         }
     }
@@ -582,7 +603,14 @@ impl AnomalyDetector for Tidewatch {
 
         let mut z = z.max(0.0);
         if novelty > self.p.novelty_tolerance && self.p.novelty_z > 0.0 {
-            z = z.max(self.p.novelty_z + self.p.novelty_slope * novelty);
+            // A run of records is one incident: only its first is ranked as novel.
+            let quiet = self
+                .last_novel
+                .is_none_or(|r| r + self.p.novelty_refractory < self.rows);
+            if quiet {
+                z = z.max(self.p.novelty_z + self.p.novelty_slope * novelty);
+            }
+            self.last_novel = Some(self.rows);
         }
 
         // Step 4: damp repeats.
