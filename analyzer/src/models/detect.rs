@@ -213,6 +213,11 @@ pub struct Params {
     pub novelty_slope: f64,
     /// Weight of the novelty of the change between rows next to that of the value.
     pub diff_novelty: f64,
+    /// Weight of the novelty of a value against the range seen at the same time of day (24 hourly
+    /// buckets), once each bucket has seen `phase_days` days: contextual anomalies (a daily peak that
+    /// does not come, a flat stretch where the cycle should move) are new extremes of their hour.
+    pub phase_novelty: f64,
+    pub phase_days: f64,
     /// Share by which the remembered range shrinks toward the newest value per row.
     pub range_decay: f64,
     /// Rows after a novel value during which further novel values are not ranked as novel again.
@@ -229,17 +234,19 @@ impl Default for Params {
             season_gain: 0.5,
             diff_weight: 0.5,
             scale_alpha: 0.01,
-            short: 1,
-            long: 2000,
+            short: 3,
+            long: 5000,
             sigma_floor: 0.05,
             refractory: 100,
             damp: 0.5,
             margin: 0.0,
             warmup: 30,
             novelty_tolerance: 0.02,
-            novelty_z: 30.0,
+            novelty_z: 9.0,
             novelty_slope: 1.0,
             diff_novelty: 0.0,
+            phase_novelty: 0.3,
+            phase_days: 5.0,
             range_decay: 0.0001,
             novelty_refractory: 20,
             squash: 5.0,
@@ -270,6 +277,8 @@ impl Params {
             "novelty_z" => self.novelty_z = num(key, value)?,
             "novelty_slope" => self.novelty_slope = num(key, value)?,
             "diff_novelty" => self.diff_novelty = num(key, value)?,
+            "phase_novelty" => self.phase_novelty = num(key, value)?,
+            "phase_days" => self.phase_days = num(key, value)?,
             "range_decay" => self.range_decay = num(key, value)?,
             "novelty_refractory" => self.novelty_refractory = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
@@ -435,7 +444,9 @@ impl StepEstimate {
 /// 3. **Likelihood.** The mean of `a` over the last `short` rows is compared with a normal fitted to
 ///    the last `long` such means: `z = (mean - mu) / max(sigma, sigma_floor)`. A series that is always
 ///    noisy learns that it is, so one threshold serves every series.
-/// 4. **Novelty.** A value (or, weighted by `diff_novelty`, a change between rows) beyond the range
+/// 4. **Novelty.** A value (or, weighted by `diff_novelty`, a change between rows; or, weighted by
+///    `phase_novelty` and only while the daily baseline explains the series, a value against the range
+///    seen at the same hour of the day) beyond the range
 ///    seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus its excess:
 ///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
 ///    being new once seen), so it is ranked first and residual alarms fill in below it.
@@ -464,11 +475,15 @@ pub struct Tidewatch {
     last_value: Option<f64>,
     /// Row of the latest novel value.
     last_novel: Option<usize>,
+    /// Range of the values seen in each hour of the day, with the rows seen there.
+    phase_ranges: Vec<(RangeNovelty, usize)>,
 }
 
 /// Longest daily period (in rows) tracked: one-minute data.
 const MAX_PERIOD: usize = 1440;
 const DAY_MS: i64 = 86_400_000;
+/// Buckets of the day for the time-of-day range (`Params::phase_novelty`).
+const PHASES: usize = 24;
 
 impl Tidewatch {
     pub fn new(p: Params) -> Self {
@@ -490,6 +505,7 @@ impl Tidewatch {
             diff_range: RangeNovelty::new(p.range_decay),
             last_value: None,
             last_novel: None,
+            phase_ranges: vec![(RangeNovelty::new(p.range_decay), 0); PHASES],
             p,
         }
     }
@@ -522,9 +538,25 @@ impl Tidewatch {
     }
 
     /// Novelty of the value and of the change since the previous row (see `RangeNovelty`).
-    fn novelty(&mut self, value: f64) -> f64 {
+    fn novelty(&mut self, t_ms: i64, value: f64) -> f64 {
         let warm = self.rows > self.p.warmup;
-        let v = self.value_range.observe(value);
+        let mut v = self.value_range.observe(value);
+        if self.p.phase_novelty > 0.0
+            && let Some(step) = self.step.step.filter(|s| *s > 0 && *s < DAY_MS)
+        {
+            let bucket = usize::try_from(t_ms.rem_euclid(DAY_MS) / (DAY_MS / PHASES as i64))
+                .unwrap_or(0)
+                .min(PHASES - 1);
+            let per_day = (DAY_MS / PHASES as i64) as f64 / step as f64;
+            let (range, seen) = &mut self.phase_ranges[bucket];
+            let novelty = range.observe(value);
+            *seen += 1;
+            let seasonal = matches!((self.seasonal.scale(), self.level.scale()),
+                (Some(ss), Some(ls)) if ss < self.p.season_gain * ls);
+            if seasonal && *seen as f64 > self.p.phase_days * per_day {
+                v = v.max(self.p.phase_novelty * novelty);
+            }
+        }
         let d = match self.last_value.replace(value) {
             Some(last) => self.diff_range.observe(value - last),
             None => 0.0,
@@ -568,7 +600,7 @@ impl AnomalyDetector for Tidewatch {
             return 0.0;
         }
         let a = self.raw_anomaly(value);
-        let novelty = self.novelty(value);
+        let novelty = self.novelty(t_ms, value);
         self.learn(value);
 
         // Step 3: likelihood of the short mean under the long-run normal.
