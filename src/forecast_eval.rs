@@ -3,16 +3,17 @@
 //! seasonal naive.
 //!
 //! Per series: the step is the median gap between timestamps, periods come from
-//! [`detect_periods`], and rolling origins are spread over the last 40 % of the series. The model is
-//! chosen on the first half of the origins and judged on the second half, so the choice never sees the
-//! data it is scored on.
+//! [`detect_periods`], and rolling origins are spread over the last 40 % of the series; the second half
+//! of them are the judged ones. The model is chosen on as many origins spread between 30 % of the series
+//! and the first judged origin (their forecasts end before it), so the choice never sees the data it is
+//! scored on.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use tidewatch_analyzer::forecast::{Backtest, backtest, detect_periods, models};
+use tidewatch_analyzer::forecast::{Backtest, backtest, detect_periods, models_for};
 
 #[derive(Args, Debug)]
 pub struct ForecastEvalArgs {
@@ -105,15 +106,23 @@ fn evaluate(name: &str, y: &[f64], step: f64, args: &ForecastEvalArgs) -> Series
     let last = n - args.horizon;
     let k = args.origins.max(2);
     let origins: Vec<usize> = (0..k).map(|i| first + (last - first) * i / (k - 1)).collect();
-    let (choose, judge) = origins.split_at(k / 2);
+    let judge = &origins[k / 2..];
+    // The model is chosen on origins before the judged ones, spread from 30 % of the series to the
+    // last origin whose forecasts end before the first judged origin: more of them than judged ones,
+    // so one unusual day does not decide the choice, and none of them sees a judged value.
+    let choose_from = (n as f64 * 0.3) as usize;
+    let choose_to = judge[0].saturating_sub(args.horizon).max(choose_from);
+    let choose: Vec<usize> = (0..k)
+        .map(|i| choose_from + (choose_to - choose_from) * i / (k - 1))
+        .collect();
     let mut chosen = ("seasonal_naive", f64::INFINITY);
-    for mut model in models(&periods) {
-        let b = backtest(model.as_mut(), y, choose, args.horizon, m);
+    for mut model in models_for(&periods, args.horizon) {
+        let b = backtest(model.as_mut(), y, &choose, args.horizon, m);
         if b.mase < chosen.1 {
             chosen = (model.name(), b.mase);
         }
     }
-    let results = models(&periods)
+    let results = models_for(&periods, args.horizon)
         .into_iter()
         .map(|mut model| backtest(model.as_mut(), y, judge, args.horizon, m))
         .collect();
@@ -166,8 +175,15 @@ pub fn run(args: ForecastEvalArgs) -> anyhow::Result<()> {
         "`vs SN` is the chosen model's mean absolute error over seasonal naive's on the same forecasts."
     );
     println!(
-        "{:<46} {:>6} {:>9} | {:>14} | {:>14} | {:>14} | {:>14} | chosen: MASE, sMAPE, 95% cover, vs SN",
-        "series", "rows", "periods", "seasonal naive", "holt-winters", "fourier+linfa", "ensemble"
+        "{:<46} {:>6} {:>9} | {:>14} | {:>14} | {:>14} | {:>14} | {:>14} | chosen: MASE, sMAPE, 95% cover, vs SN",
+        "series",
+        "rows",
+        "periods",
+        "seasonal naive",
+        "holt-winters",
+        "smoothed SN",
+        "fourier+linfa",
+        "ensemble"
     );
     let (mut beats, mut below_one) = (0, 0);
     for r in &results {
@@ -185,12 +201,13 @@ pub fn run(args: ForecastEvalArgs) -> anyhow::Result<()> {
         beats += usize::from(rel < 1.0);
         below_one += usize::from(c.mase < 1.0);
         println!(
-            "{:<46} {:>6} {:>9} | {:>14} | {:>14} | {:>14} | {:>14} | {}: {:.2}, {:.1}%, {:.0}%, {:.2}",
+            "{:<46} {:>6} {:>9} | {:>14} | {:>14} | {:>14} | {:>14} | {:>14} | {}: {:.2}, {:.1}%, {:.0}%, {:.2}",
             r.series,
             r.rows,
             format!("{:?}", r.periods),
             cell("seasonal_naive"),
             cell("holt_winters"),
+            cell("smoothed_seasonal"),
             cell("fourier_regression"),
             cell("ensemble"),
             r.chosen,

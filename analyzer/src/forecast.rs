@@ -354,6 +354,139 @@ impl Forecaster for FourierRegression {
     }
 }
 
+/// Seasonal naive made robust: the mean of the last `k` seasons at the same phase (for `m = 1`, the mean
+/// of the last `k` values: a moving average), plus an exponentially smoothed correction for how far the
+/// series has lately run above or below that base (a holiday week, a level shift). `k` and the smoothing
+/// factor are chosen on the history itself by the error of forecasts 1 and `horizon` steps ahead, so
+/// the fit aims at the horizon it will be judged on, not at the next step.
+pub struct SmoothedSeasonal {
+    period: usize,
+    horizon: usize,
+    k: usize,
+    /// The history (the forecasts index back into it).
+    y: Vec<f64>,
+    correction: f64,
+    /// 1-step and `horizon`-step in-sample error spreads, for the intervals.
+    sigma: (f64, f64),
+}
+
+impl SmoothedSeasonal {
+    pub fn new(period: usize, horizon: usize) -> SmoothedSeasonal {
+        SmoothedSeasonal {
+            period: period.max(1),
+            horizon: horizon.max(1),
+            k: 1,
+            y: Vec::new(),
+            correction: 0.0,
+            sigma: (0.0, 0.0),
+        }
+    }
+
+    /// The base forecast of index `t` from an origin `i` steps before it: the mean of `y` at `t - j m`
+    /// for the `k` smallest `j` that reach back before the origin. `None` when the history is too short.
+    fn base(y: &[f64], m: usize, k: usize, t: usize, i: usize) -> Option<f64> {
+        let j0 = i.div_ceil(m);
+        let mut sum = 0.0;
+        for j in j0..j0 + k {
+            sum += y.get(t.checked_sub(j * m)?)?;
+        }
+        Some(sum / k as f64)
+    }
+
+    /// Corrections (EWMA of `y - base` at one step) for every index, and the in-sample errors of the
+    /// forecasts 1 and `h` steps ahead over the scored range.
+    fn run(
+        y: &[f64],
+        m: usize,
+        k: usize,
+        alpha: f64,
+        h: usize,
+        from: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let mut c = vec![0.0; y.len()];
+        let mut level = 0.0;
+        for t in 0..y.len() {
+            if let Some(b) = Self::base(y, m, k, t, 1) {
+                level += alpha * (y[t] - b - level);
+            }
+            c[t] = level;
+        }
+        let mut e1 = Vec::new();
+        let mut eh = Vec::new();
+        for t in from..y.len() {
+            for (i, out) in [(1, &mut e1), (h, &mut eh)] {
+                if t >= i
+                    && let Some(b) = Self::base(y, m, k, t, i)
+                {
+                    out.push(y[t] - (b + c[t - i]));
+                }
+            }
+        }
+        (c, e1, eh)
+    }
+}
+
+impl Forecaster for SmoothedSeasonal {
+    fn name(&self) -> &'static str {
+        "smoothed_seasonal"
+    }
+
+    fn fit(&mut self, y: &[f64]) -> Result<(), String> {
+        let (m, h) = (self.period, self.horizon);
+        let ks: &[usize] = if m == 1 { &[1, 2, 4, 8, 16, 32] } else { &[1, 2, 3] };
+        // Scored over the most recent part of the history that every candidate can forecast.
+        let warm = (3 + h.div_ceil(m)) * m + 32;
+        if y.len() < warm + 16 {
+            return Err(format!(
+                "smoothed seasonal needs {} points, got {}",
+                warm + 16,
+                y.len()
+            ));
+        }
+        let from = warm.max(y.len().saturating_sub(20 * m.max(100)));
+        let mut best: Option<(f64, usize, f64)> = None;
+        for &k in ks {
+            for alpha in [0.0, 0.02, 0.05, 0.1, 0.3] {
+                let (_, e1, eh) = Self::run(y, m, k, alpha, h, from);
+                let n = (e1.len() + eh.len()).max(1) as f64;
+                let loss = e1.iter().chain(&eh).map(|e| e.abs()).sum::<f64>() / n;
+                if best.is_none_or(|(l, _, _)| loss < l) {
+                    best = Some((loss, k, alpha));
+                }
+            }
+        }
+        let (_, k, alpha) = best.ok_or("no candidate fitted")?;
+        let (c, e1, eh) = Self::run(y, m, k, alpha, h, from);
+        self.k = k;
+        self.correction = c.last().copied().unwrap_or(0.0);
+        self.sigma = (std_dev(&e1), std_dev(&eh));
+        self.y = y[y.len().saturating_sub((k + h.div_ceil(m) + 1) * m)..].to_vec();
+        Ok(())
+    }
+
+    fn forecast(&self, h: usize) -> Vec<Forecast> {
+        let n = self.y.len();
+        (1..=h)
+            .filter_map(|i| {
+                let mean = Self::base(&self.y, self.period, self.k, n - 1 + i, i)? + self.correction;
+                // Between the 1-step and the horizon's spread, then growing like a random walk past it.
+                let f = (i - 1) as f64 / (self.horizon.max(2) - 1) as f64;
+                let sigma = if i <= self.horizon {
+                    self.sigma.0 + f * (self.sigma.1 - self.sigma.0)
+                } else {
+                    self.sigma.1 * (i as f64 / self.horizon as f64).sqrt()
+                };
+                let w = Z95 * sigma;
+                Some(Forecast {
+                    mean,
+                    lo: mean - w,
+                    hi: mean + w,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Backtest figures of one model on one series.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Backtest {
@@ -421,14 +554,21 @@ impl Forecaster for Ensemble {
     }
 }
 
-/// The models for a series whose periods are `periods` (strongest first): seasonal naive, Holt-Winters
-/// on the strongest period (Holt's damped trend when there is none), the Fourier regression when there
-/// is a period, and the ensemble of the non-baseline models with seasonal naive.
-pub fn models(periods: &[usize]) -> Vec<Box<dyn Forecaster>> {
+/// Steps ahead the scheduled trainer and `forecast-eval` aim at by default.
+pub const DEFAULT_HORIZON: usize = 12;
+
+/// The models for a series whose periods are `periods` (strongest first), fitted for forecasts up to
+/// `horizon` steps: seasonal naive, Holt-Winters on the strongest period (Holt's damped trend when
+/// there is none), the smoothed seasonal naive, the Fourier regression when there is a period, and the
+/// ensemble of them all.
+pub fn models_for(periods: &[usize], horizon: usize) -> Vec<Box<dyn Forecaster>> {
     let m = periods.first().copied().unwrap_or(1);
     let members = || -> Vec<Box<dyn Forecaster>> {
-        let mut v: Vec<Box<dyn Forecaster>> =
-            vec![Box::new(SeasonalNaive::new(m)), Box::new(HoltWinters::new(m))];
+        let mut v: Vec<Box<dyn Forecaster>> = vec![
+            Box::new(SeasonalNaive::new(m)),
+            Box::new(HoltWinters::new(m)),
+            Box::new(SmoothedSeasonal::new(m, horizon)),
+        ];
         if !periods.is_empty() {
             v.push(Box::new(FourierRegression::new(periods.to_vec())));
         }
@@ -437,6 +577,11 @@ pub fn models(periods: &[usize]) -> Vec<Box<dyn Forecaster>> {
     let mut out = members();
     out.push(Box::new(Ensemble::new(members())));
     out
+}
+
+/// [`models_for`] at [`DEFAULT_HORIZON`].
+pub fn models(periods: &[usize]) -> Vec<Box<dyn Forecaster>> {
+    models_for(periods, DEFAULT_HORIZON)
 }
 
 /// Rolling-origin backtest: at each origin, fit on what came before and forecast `h` steps.
@@ -525,7 +670,13 @@ mod tests {
         assert!(backtest(&mut hw, &y, &origins, 12, 48).mase < 1.0);
         assert_eq!(
             models(&[48]).iter().map(|m| m.name()).collect::<Vec<_>>(),
-            ["seasonal_naive", "holt_winters", "fourier_regression", "ensemble"]
+            [
+                "seasonal_naive",
+                "holt_winters",
+                "smoothed_seasonal",
+                "fourier_regression",
+                "ensemble"
+            ]
         );
     }
 
