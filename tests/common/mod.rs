@@ -1,6 +1,8 @@
 //! Test harness: the real `tidewatch` binary on free loopback ports, and readers for what it serves.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod kube;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
