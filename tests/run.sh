@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bench/peers/install.sh python prometheus
+# The Kubernetes tests (tests/common/kube.rs): etcd, and kube-apiserver and helm built from Go modules.
+tests/k8s/install.sh
 # The browser test (tests/web_ui.rs): Debian's chromium driven by playwright-core; no browser download.
 if [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
