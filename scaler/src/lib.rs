@@ -1,6 +1,40 @@
-//! Tidewatch's Kubernetes side. So far it holds the reactive floor of every scaling decision: the
-//! Kubernetes HPA v2 replica calculation, reproduced exactly (`hpa.rs`), so that Tidewatch's predictive
-//! answer can only add safety on top of what the HPA would do. The operator (CRD, reconciler, healing)
-//! builds on it.
+//! Tidewatch's Kubernetes side: the `ServicePolicy` operator.
+//!
+//! - `crd`: the custom resource, generated into `deploy/crds/`.
+//! - `hpa` and `behavior`: the Kubernetes HPA v2 algorithm reproduced exactly, the reactive floor under
+//!   every predictive answer.
+//! - `decide` and `heal`: pure decisions from explicit inputs, so the reconciler, the simulator and the
+//!   replay of the decision log all run the same code.
 
+pub mod behavior;
+pub mod capacity;
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod decide;
+pub mod decisions;
+pub mod heal;
 pub mod hpa;
+pub mod telemetry;
+
+/// Errors of the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("decision log {path}: {source}")]
+    DecisionLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ServicePolicy {0} has no namespace")]
+    NoNamespace(String),
+    #[error("target {kind}/{name}: {why}")]
+    Target { kind: String, name: String, why: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("Kubernetes API call timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
