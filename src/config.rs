@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use tidewatch_analyzer::config::AnalyzerConfig;
 use tidewatch_collector::CollectorConfig;
+use tidewatch_scaler::config::ScalerConfig;
 
 /// Everything Tidewatch reads at start.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -22,6 +23,8 @@ pub struct Config {
     pub analyzer: AnalyzerConfig,
     pub web: WebConfig,
     pub log: LogConfig,
+    /// The Kubernetes operator (off unless enabled).
+    pub scaler: ScalerConfig,
 }
 
 /// The web port: probes, `/metrics`, API and UI.
@@ -118,6 +121,7 @@ impl Config {
         let mut errors = Vec::new();
         self.collector.validate(&mut errors);
         self.analyzer.validate(&mut errors);
+        self.scaler.validate(&mut errors);
         let endpoints = [
             (self.collector.grpc.enabled, self.collector.grpc.endpoint),
             (self.collector.http.enabled, self.collector.http.endpoint),
