@@ -31,6 +31,8 @@ pub enum Command {
     ForecastEval(crate::forecast_eval::ForecastEvalArgs),
     /// Score an anomaly detector on the Numenta Anomaly Benchmark, with NAB's own rules.
     Nab(NabArgs),
+    /// Print the ServicePolicy CustomResourceDefinition (YAML), as deploy/crds/ holds it.
+    Crdgen,
 }
 
 #[derive(Args, Debug)]

@@ -48,6 +48,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ForecastEval(args) => tidewatch::forecast_eval::run(args),
         Command::Nab(args) => tidewatch::nab::run(&args),
+        Command::Crdgen => {
+            print!("{}", tidewatch_scaler::crd::crd_yaml());
+            Ok(())
+        }
         Command::CheckConfig(args) => {
             let cfg = Config::load(args.config.as_deref(), &args.sets)?;
             print!("{}", serde_yaml::to_string(&cfg)?);
