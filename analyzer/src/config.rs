@@ -321,6 +321,8 @@ pub struct AnalyzerConfig {
     pub service_graph: GraphConfig,
     pub store: StoreConfig,
     pub health: crate::health::HealthConfig,
+    /// The scheduled forecast trainer.
+    pub forecast: crate::forecast::ForecastConfig,
 }
 
 impl Default for AnalyzerConfig {
@@ -334,6 +336,7 @@ impl Default for AnalyzerConfig {
             service_graph: GraphConfig::default(),
             store: StoreConfig::default(),
             health: crate::health::HealthConfig::default(),
+            forecast: crate::forecast::ForecastConfig::default(),
         }
     }
 }
@@ -357,6 +360,7 @@ impl AnalyzerConfig {
         self.service_graph.validate(errors);
         self.store.validate(self.window, errors);
         self.health.validate(errors);
+        self.forecast.validate(errors);
     }
 
     /// Shards to run: the configured number, or one per core.

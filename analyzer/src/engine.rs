@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
+use crate::forecast::Forecasts;
 use crate::graph::{EdgeRow, GraphCounters, GraphStore};
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
@@ -104,8 +105,10 @@ pub struct Engine {
     windows: watch::Receiver<Arc<Snapshot>>,
     history: watch::Receiver<HistoryView>,
     health: watch::Receiver<Arc<Health>>,
+    forecasts: watch::Receiver<Arc<Forecasts>>,
     stop_windows: watch::Sender<bool>,
     window_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    trainer_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats: Arc<EngineStats>,
     template: Arc<Snapshot>,
 }
@@ -155,6 +158,14 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         health: health_tx,
         monitor: Monitor::new(&cfg.health),
     };
+    // The forecast trainer reads the history views the window task publishes, off the hot path.
+    let (forecast_tx, forecasts) = watch::channel(Arc::new(Forecasts::default()));
+    let trainer_task = std::sync::Mutex::new(Some(tokio::spawn(crate::forecast::run_trainer(
+        cfg.forecast.clone(),
+        history_rx.clone(),
+        forecast_tx,
+        stop_rx.clone(),
+    ))));
     let window_task = std::sync::Mutex::new(Some(tokio::spawn(windows_loop.run(history, stop_rx))));
     let ingest = Ingest {
         shards: shards.clone(),
@@ -170,8 +181,10 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
             windows,
             history: history_rx,
             health: health_rx,
+            forecasts,
             stop_windows,
             window_task,
+            trainer_task,
             stats,
             template,
         },
@@ -208,11 +221,26 @@ impl Engine {
         self.health.borrow().clone()
     }
 
+    /// Every service's request-rate forecast as the scheduled trainer last fitted it (empty until there
+    /// is enough history for a first training).
+    pub fn forecasts(&self) -> Arc<Forecasts> {
+        self.forecasts.borrow().clone()
+    }
+
+    /// Forecasts as each scheduled training publishes them.
+    pub fn subscribe_forecasts(&self) -> watch::Receiver<Arc<Forecasts>> {
+        self.forecasts.clone()
+    }
+
     /// Processes everything still queued, then stops the shards. Call after the receivers have stopped;
     /// later snapshots fail with [`Error::Stopped`].
     pub async fn shutdown(&self) {
         // The window task closes a last window and saves the history while the shards still answer.
         let _ = self.stop_windows.send(true);
+        // A training in progress is not worth waiting for: its result would not be read.
+        if let Some(t) = self.trainer_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
         let task = self.window_task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = task {
             let _ = t.await;

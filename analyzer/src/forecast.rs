@@ -41,6 +41,240 @@ pub struct Forecasts {
     pub services: std::collections::BTreeMap<String, ServiceForecast>,
 }
 
+/// Settings of the scheduled forecast trainer (`analyzer.forecast`).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForecastConfig {
+    /// How often every service's request-rate model is refitted.
+    #[serde(with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    /// Spacing of the history points the models are fitted on.
+    #[serde(with = "humantime_serde")]
+    pub step: std::time::Duration,
+    /// How much history is read (at most: the store keeps what its retention allows).
+    #[serde(with = "humantime_serde")]
+    pub lookback: std::time::Duration,
+    /// How far ahead each forecast reaches.
+    #[serde(with = "humantime_serde")]
+    pub horizon: std::time::Duration,
+    /// Fewest complete points before a service gets a forecast at all.
+    pub min_points: usize,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> ForecastConfig {
+        ForecastConfig {
+            interval: std::time::Duration::from_secs(300),
+            step: std::time::Duration::from_secs(60),
+            lookback: std::time::Duration::from_secs(7 * 86_400),
+            horizon: std::time::Duration::from_secs(30 * 60),
+            min_points: 10,
+        }
+    }
+}
+
+impl ForecastConfig {
+    pub(crate) fn validate(&self, errors: &mut Vec<String>) {
+        if self.interval < std::time::Duration::from_secs(1) {
+            errors.push("analyzer.forecast.interval: must be at least 1s".into());
+        }
+        if self.step < std::time::Duration::from_secs(1) {
+            errors.push("analyzer.forecast.step: must be at least 1s".into());
+        }
+        if self.lookback < self.step * 4 {
+            errors.push("analyzer.forecast.lookback: must be at least 4 steps".into());
+        }
+        if self.horizon < self.step {
+            errors.push("analyzer.forecast.horizon: must be at least one step".into());
+        }
+        if self.min_points < 3 {
+            errors.push("analyzer.forecast.min_points: must be at least 3".into());
+        }
+    }
+
+    fn step_ms(&self) -> i64 {
+        i64::try_from(self.step.as_millis()).unwrap_or(i64::MAX).max(1)
+    }
+
+    /// Forecast steps in the horizon.
+    pub fn horizon_steps(&self) -> usize {
+        usize::try_from(self.horizon.as_millis() / self.step.as_millis().max(1))
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+}
+
+/// Rolling origins the trainer backtests on: the most recent ones that leave `h` steps to score.
+const TRAIN_ORIGINS: usize = 12;
+
+/// Picks a model for `y` (spaced `step_secs`) by a rolling-origin backtest over its recent past, fits it
+/// on all of `y` and forecasts `h` steps. Returns the model's name, its backtest MASE (against the
+/// in-sample seasonal naive error; `None` when `y` is too short to backtest) and the forecasts.
+pub fn select_and_forecast(
+    y: &[f64],
+    step_secs: f64,
+    h: usize,
+) -> (&'static str, Option<f64>, Vec<Forecast>) {
+    let periods = detect_periods(y, step_secs);
+    let m = periods.first().copied().unwrap_or(1);
+    let n = y.len();
+    // Origins over the last 40 % of the history, each leaving h points to score.
+    let first = (n as f64 * 0.6) as usize;
+    let origins: Vec<usize> = if n >= h + 20 && n - h > first {
+        let last = n - h;
+        (0..TRAIN_ORIGINS)
+            .map(|i| first + (last - first) * i / (TRAIN_ORIGINS - 1))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut best: Option<(usize, f64)> = None;
+    if !origins.is_empty() {
+        for (i, mut model) in models_for(&periods, h).into_iter().enumerate() {
+            let b = backtest(model.as_mut(), y, &origins, h, m);
+            if b.forecasts > 0 && b.mase.is_finite() && best.is_none_or(|(_, s)| b.mase < s) {
+                best = Some((i, b.mase));
+            }
+        }
+    }
+    let mut candidates = models_for(&periods, h);
+    // Without a backtest, seasonal naive (the first model) is the honest default.
+    let order: Vec<usize> = match best {
+        Some((i, _)) => std::iter::once(i).chain(0..candidates.len()).collect(),
+        None => (0..candidates.len()).collect(),
+    };
+    for i in order {
+        let model = &mut candidates[i];
+        if model.fit(y).is_ok() {
+            let mase = best.filter(|(b, _)| *b == i).map(|(_, s)| s);
+            return (model.name(), mase, model.forecast(h));
+        }
+    }
+    // Too short for any model: carry the last value forward, untrusted.
+    let last = y.last().copied().unwrap_or(0.0);
+    let flat = Forecast {
+        mean: last,
+        lo: last,
+        hi: last,
+    };
+    ("last_value", None, vec![flat; h])
+}
+
+/// Fits every service's request-rate model on the history: the scheduled trainer's work, run off the
+/// async threads. The last bucket (still filling) is left out; services with fewer than
+/// `cfg.min_points` complete points get no forecast.
+pub fn train(view: &crate::store::HistoryView, now_ms: i64, cfg: &ForecastConfig) -> Forecasts {
+    let step_ms = cfg.step_ms();
+    let lookback_ms = i64::try_from(cfg.lookback.as_millis()).unwrap_or(i64::MAX);
+    let from = now_ms.saturating_sub(lookback_ms);
+    let h = cfg.horizon_steps();
+    let mut out = Forecasts::default();
+    let services = match view.services(from, now_ms) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "forecast: services not listed");
+            return out;
+        }
+    };
+    for summary in services {
+        let Some((_, service)) = summary.key.iter().find(|(k, _)| k == "service") else {
+            continue;
+        };
+        let points = match view.service_red(service, from, now_ms, step_ms) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(service, error = %e, "forecast: history not read");
+                continue;
+            }
+        };
+        // The newest bucket is still filling: its rate would read as a drop.
+        let complete = points.split_last().map_or(&[][..], |(_, rest)| rest);
+        if complete.len() < cfg.min_points {
+            continue;
+        }
+        let y: Vec<f64> = complete.iter().map(|p| p.rate).collect();
+        let last_ts = complete.last().map_or(now_ms, |p| p.ts);
+        let (model, mase, forecasts) = select_and_forecast(&y, step_ms as f64 / 1000.0, h);
+        let points = forecasts
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let f = Forecast {
+                    mean: f.mean.max(0.0),
+                    lo: f.lo.max(0.0),
+                    hi: f.hi.max(0.0),
+                };
+                (last_ts.saturating_add(step_ms.saturating_mul(i as i64 + 1)), f)
+            })
+            .collect();
+        out.services.insert(
+            service.clone(),
+            ServiceForecast {
+                service: service.clone(),
+                model: model.to_owned(),
+                mase,
+                step_ms,
+                fitted_at_ms: now_ms,
+                points,
+            },
+        );
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The scheduled trainer: refits every `cfg.interval`, and also at each new history view until a first
+/// training has produced a forecast (so a fresh start does not wait a whole interval). Training runs in
+/// `spawn_blocking`; results go out on `tx`. Stops when `stop` turns true or the history goes away.
+pub(crate) async fn run_trainer(
+    cfg: ForecastConfig,
+    mut history: tokio::sync::watch::Receiver<crate::store::HistoryView>,
+    tx: tokio::sync::watch::Sender<std::sync::Arc<Forecasts>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval, cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trained = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = history.changed(), if !trained => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let view = history.borrow_and_update().clone();
+        let job = cfg.clone();
+        // "Now" is the end of the newest window in the history (the wall clock when it is empty), so
+        // the still-filling bucket is the last one read.
+        let Ok(forecasts) = tokio::task::spawn_blocking(move || {
+            let now = view.latest_ts().map_or_else(now_ms, |t| t.saturating_add(1));
+            train(&view, now, &job)
+        })
+        .await
+        else {
+            tracing::error!("forecast: training task failed");
+            continue;
+        };
+        if forecasts.services.is_empty() && !trained {
+            continue;
+        }
+        trained = true;
+        tracing::debug!(services = forecasts.services.len(), "forecast: models refitted");
+        let _ = tx.send(std::sync::Arc::new(forecasts));
+    }
+}
+
 /// A forecasting model. Fit on a history, then forecast `h` steps past its end.
 pub trait Forecaster {
     fn name(&self) -> &'static str;
@@ -685,5 +919,122 @@ mod tests {
         for mut m in models(&[48]) {
             assert!(m.fit(&[1.0, 2.0, 3.0]).is_err(), "{}", m.name());
         }
+    }
+
+    /// A history of `windows` one-minute windows of checkout traffic whose rate follows a 60-minute cycle.
+    fn history(windows: usize) -> (crate::store::History, i64) {
+        use crate::config::{AnalyzerConfig, StoreConfig};
+        use crate::engine::Snapshot;
+        use crate::model::{SpanKind, StatusCode};
+        use crate::red::{Histogram, RedRow};
+        use std::time::{Duration, SystemTime};
+        let cfg = AnalyzerConfig::default();
+        let store = StoreConfig {
+            data_dir: None,
+            ..StoreConfig::default()
+        };
+        let mut h = crate::store::History::open(&store, Duration::from_secs(60));
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut calls = 0u64;
+        let mut ts = 0;
+        for w in 0..windows {
+            let rate = 50.0 + 20.0 * (std::f64::consts::TAU * w as f64 / 60.0).sin();
+            calls += (rate * 60.0) as u64;
+            let mut s = Snapshot::empty(&cfg);
+            s.taken_at = start + Duration::from_secs(60 * w as u64);
+            let mut hist = Histogram::new(s.red_bounds.len());
+            hist.observe_weighted(&s.red_bounds, 0.01, calls as f64);
+            s.red = vec![RedRow {
+                service: "checkout".into(),
+                span_name: "POST /".into(),
+                kind: SpanKind::Server,
+                status: StatusCode::Unset,
+                dims: vec![],
+                overflow: false,
+                calls,
+                duration: hist,
+            }];
+            ts = 1_700_000_000_000 + 60_000 * w as i64;
+            h.append(std::sync::Arc::new(s), ts).unwrap();
+        }
+        (h, ts)
+    }
+
+    fn trainer_config() -> ForecastConfig {
+        ForecastConfig {
+            interval: std::time::Duration::from_secs(3600),
+            horizon: std::time::Duration::from_secs(600),
+            ..ForecastConfig::default()
+        }
+    }
+
+    #[test]
+    fn training_forecasts_each_service_from_its_history() {
+        let (h, now) = history(240);
+        let cfg = trainer_config();
+        let f = train(&h.view(), now + 1, &cfg);
+        let sf = f.services.get("checkout").expect("checkout is forecast");
+        assert_eq!(sf.service, "checkout");
+        assert_eq!(sf.step_ms, 60_000);
+        assert_eq!(sf.points.len(), 10);
+        assert!(sf.points.windows(2).all(|w| w[1].0 - w[0].0 == 60_000));
+        let mase = sf.mase.expect("240 points are enough to backtest");
+        // MASE against the one-step naive error (no daily cycle in 4 hours), so only its sanity is checked.
+        assert!(mase.is_finite() && mase > 0.0, "{sf:?}");
+        for (_, p) in &sf.points {
+            assert!(p.lo <= p.mean && p.mean <= p.hi, "{sf:?}");
+            assert!((20.0..90.0).contains(&p.mean), "{sf:?}");
+        }
+        // Too little history: no forecast rather than a wild one.
+        let (short, now) = history(5);
+        assert!(train(&short.view(), now + 1, &cfg).services.is_empty());
+    }
+
+    #[test]
+    fn select_and_forecast_handles_any_length() {
+        for n in [0, 1, 2, 5, 30, 100] {
+            let y: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
+            let (model, mase, f) = select_and_forecast(&y, 60.0, 6);
+            assert_eq!(f.len(), 6, "{model} at {n}");
+            assert!(mase.is_none_or(f64::is_finite));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trainer_publishes_as_soon_as_history_suffices() {
+        let (empty, _) = history(0);
+        let (full, _) = history(240);
+        let (htx, hrx) = tokio::sync::watch::channel(empty.view());
+        let (ftx, mut frx) = tokio::sync::watch::channel(std::sync::Arc::new(Forecasts::default()));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(run_trainer(trainer_config(), hrx, ftx, stop_rx));
+        // A new view with enough history: trained at once, not after the hour-long interval.
+        htx.send(full.view()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(60), frx.changed())
+            .await
+            .expect("trained within a minute")
+            .unwrap();
+        assert!(frx.borrow().services.contains_key("checkout"));
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .unwrap();
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let mut errors = Vec::new();
+        ForecastConfig::default().validate(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let bad = ForecastConfig {
+            interval: std::time::Duration::ZERO,
+            horizon: std::time::Duration::ZERO,
+            min_points: 0,
+            ..ForecastConfig::default()
+        };
+        bad.validate(&mut errors);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().all(|e| e.starts_with("analyzer.forecast.")));
     }
 }
