@@ -48,8 +48,9 @@ impl Tidewatch {
         {
             cmd.arg("--set").arg(s);
         }
-        cmd.envs(env.iter().copied())
-            .env("RUST_LOG", "info")
+        // RUST_LOG=info unless the test's own environment says otherwise.
+        cmd.env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let mut child = cmd.spawn().expect("start tidewatch");
@@ -123,6 +124,17 @@ impl Tidewatch {
         let r = self.get_web("/metrics");
         assert!(r.status().is_success(), "/metrics: {}", r.status());
         Metrics::parse(&r.text().expect("metrics body"))
+    }
+
+    /// The process id, for `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no final save) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the process to exit.

@@ -1,0 +1,281 @@
+//! Overload: the real binary with a small in-flight cap, driven far above what it can take by three
+//! `tidewatch loadgen` processes (gRPC, HTTP protobuf, HTTP JSON; 80 requests in flight) and two probes
+//! that check every answer by hand. It must
+//! - keep its resident memory under [`RSS_LIMIT_MIB`] (kernel's peak, `VmHWM`),
+//! - refuse the excess only with retryable answers (HTTP 503 + `Retry-After`, gRPC `UNAVAILABLE` or
+//!   `RESOURCE_EXHAUSTED`), never with an error or a dropped connection,
+//! - accept again as soon as the load stops, with its queues and in-flight bytes back at zero,
+//! - account for every span: sent = accepted + refused on the clients' side, and the engine counted
+//!   exactly the accepted ones (`tidewatch_analyzer_items_total`, the RED counters).
+//!
+//! Run with `--nocapture` to see the figures RELIABILITY.md quotes.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use common::Tidewatch;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// The resident-memory ceiling the test holds Tidewatch to while overloaded. The budget: ~30 MiB of
+/// binary and runtime, `max_inflight` (1 MiB) of accepted batches, and the request bodies being read
+/// (80 in flight at up to ~0.5 MiB each, before they are admitted or refused), with room for the
+/// allocator's slack.
+const RSS_LIMIT_MIB: u64 = 256;
+const LOAD_SECONDS: u64 = 8;
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An OTLP/JSON traces request of `n` server spans for `service`.
+fn json_traces(service: &str, n: u32, seed: u32) -> Vec<u8> {
+    let spans: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let id = seed * 10_000 + i + 1;
+            serde_json::json!({"traceId": format!("{id:032x}"), "spanId": format!("{id:016x}"),
+                "name": "GET /probe", "kind": 2,
+                "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000005000000"})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+        "scopeSpans": [{"spans": spans}]}]}))
+    .unwrap()
+}
+
+/// What one client saw, in spans.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    sent: u64,
+    accepted: u64,
+    refused: u64,
+    /// Anything that is neither a success nor a retryable refusal.
+    failed: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, o: Tally) {
+        self.sent += o.sent;
+        self.accepted += o.accepted;
+        self.refused += o.refused;
+        self.failed += o.failed;
+    }
+}
+
+/// One `tidewatch loadgen` run, flat out, against `endpoint`; its JSON report as a tally.
+fn loadgen(endpoint: String, protocol: &'static str, encoding: &'static str, concurrency: u32) -> Tally {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["loadgen", "--endpoint", &endpoint, "--protocol", protocol])
+        .args(["--encoding", encoding, "--rate", "0", "--batch", "1000"])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--duration", &format!("{LOAD_SECONDS}s")])
+        .args(["--metrics-and-logs", "false", "--json"])
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen {protocol}/{encoding}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "loadgen {protocol}/{encoding}: {}",
+        stdout.lines().next().unwrap_or("")
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("report");
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert_eq!(n("spans_rejected"), 0, "{r}");
+    Tally {
+        sent: n("spans_sent"),
+        accepted: n("spans_accepted"),
+        refused: n("spans_refused"),
+        failed: n("spans_failed"),
+    }
+}
+
+#[test]
+fn overload_is_refused_retryably_within_bounded_memory_and_nothing_accepted_is_lost() {
+    let tw = Tidewatch::start(&[
+        "analyzer.shards=2",
+        "analyzer.queue_batches=2",
+        "analyzer.max_inflight=1MiB",
+        "collector.max_body=4MiB",
+    ]);
+    let pid = tw.pid();
+    let baseline_kib = proc_kib(pid, "VmRSS");
+    let done = Arc::new(AtomicBool::new(false));
+    let rss_max = Arc::new(AtomicU64::new(baseline_kib));
+    let started = Instant::now();
+
+    let (tallies, http_probe, grpc_probe) = std::thread::scope(|s| {
+        // Resident memory, sampled every 50 ms (VmHWM, read at the end, catches what falls between).
+        s.spawn(|| {
+            while !done.load(Relaxed) {
+                rss_max.fetch_max(proc_kib(pid, "VmRSS"), Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let loads: Vec<_> = [
+            ("grpc", "protobuf", 32, format!("http://{}", tw.grpc)),
+            ("http", "protobuf", 32, format!("http://{}", tw.http)),
+            ("http", "json", 16, format!("http://{}", tw.http)),
+        ]
+        .into_iter()
+        .map(|(p, e, c, endpoint)| s.spawn(move || loadgen(endpoint, p, e, c)))
+        .collect();
+
+        // HTTP probe: every refusal must be a 503 with Retry-After.
+        let http_probe = s.spawn(|| {
+            let body = json_traces("probe-http", 100, 1);
+            let mut t = Tally::default();
+            let mut without_retry_after = 0;
+            while started.elapsed() < Duration::from_secs(LOAD_SECONDS) {
+                let r = tw.post("/v1/traces", "application/json", body.clone(), &[]);
+                t.sent += 100;
+                match r.status().as_u16() {
+                    200 => t.accepted += 100,
+                    429 | 503 => {
+                        t.refused += 100;
+                        if r.headers().get("retry-after").is_none() {
+                            without_retry_after += 1;
+                        }
+                    }
+                    other => {
+                        eprintln!("http probe: unexpected {other}");
+                        t.failed += 100;
+                    }
+                }
+            }
+            (t, without_retry_after)
+        });
+        // gRPC probe: every refusal must be UNAVAILABLE or RESOURCE_EXHAUSTED.
+        let grpc_probe = s.spawn(|| {
+            let req: ExportTraceServiceRequest =
+                serde_json::from_slice(&json_traces("probe-grpc", 100, 2)).unwrap();
+            let body = bytes::Bytes::from(req.encode_to_vec());
+            let endpoint = format!("http://{}", tw.grpc);
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let mut t = Tally::default();
+            while started.elapsed() < Duration::from_secs(LOAD_SECONDS) {
+                let r = rt.block_on(tidewatch::loadgen::grpc_export_traces(
+                    &endpoint,
+                    body.clone(),
+                    None,
+                ));
+                t.sent += 100;
+                match r {
+                    Ok(0) => t.accepted += 100,
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
+                        t.refused += 100
+                    }
+                    other => {
+                        eprintln!("grpc probe: unexpected {other:?}");
+                        t.failed += 100;
+                    }
+                }
+            }
+            t
+        });
+        let tallies: Vec<Tally> = loads.into_iter().map(|h| h.join().unwrap()).collect();
+        let probes = (http_probe.join().unwrap(), grpc_probe.join().unwrap());
+        done.store(true, Relaxed);
+        (tallies, probes.0, probes.1)
+    });
+    let load_secs = started.elapsed().as_secs_f64();
+    let hwm_kib = proc_kib(pid, "VmHWM");
+    let peak_kib = hwm_kib.max(rss_max.load(Relaxed));
+
+    // Load is gone: a request is taken at once, and nothing is left queued or reserved.
+    let r = tw.post("/v1/traces", "application/json", json_traces("after", 10, 3), &[]);
+    assert_eq!(r.status(), 200, "not accepting after the load: {}", tw.logs());
+
+    let (http_tally, without_retry_after) = http_probe;
+    let mut all = Tally::default();
+    for t in tallies.iter().chain([&http_tally, &grpc_probe]) {
+        all += *t;
+    }
+    let m = tw.metrics();
+    let refused_share = all.refused as f64 / all.sent as f64;
+    eprintln!(
+        "overload: {load_secs:.1}s, sent {} spans, accepted {} ({:.0}/s), refused {} ({:.1} %), failed {}; \
+         RSS baseline {} KiB, peak {} KiB (VmHWM {} KiB), limit {} MiB; refused requests: grpc {}, http {}",
+        all.sent,
+        all.accepted,
+        all.accepted as f64 / load_secs,
+        all.refused,
+        100.0 * refused_share,
+        all.failed,
+        baseline_kib,
+        peak_kib,
+        hwm_kib,
+        RSS_LIMIT_MIB,
+        m.get(
+            "tidewatch_collector_requests_total",
+            &[("protocol", "grpc"), ("outcome", "refused")]
+        )
+        .unwrap_or(0.0),
+        m.get(
+            "tidewatch_collector_requests_total",
+            &[("protocol", "http"), ("outcome", "refused")]
+        )
+        .unwrap_or(0.0),
+    );
+
+    // Memory stayed bounded.
+    assert!(hwm_kib > 0, "no VmHWM for pid {pid}");
+    assert!(
+        peak_kib < RSS_LIMIT_MIB * 1024,
+        "peak RSS {peak_kib} KiB over the {RSS_LIMIT_MIB} MiB limit"
+    );
+    // It was overloaded, on both protocols, and said so only in retryable ways.
+    assert_eq!(
+        all.failed, 0,
+        "non-retryable failures: {tallies:?} {http_tally:?} {grpc_probe:?}"
+    );
+    assert_eq!(without_retry_after, 0, "503 without Retry-After");
+    for (i, t) in tallies.iter().enumerate() {
+        assert!(
+            t.refused > 0 && t.accepted > 0,
+            "loadgen {i} not overloaded: {t:?}"
+        );
+    }
+    assert!(
+        refused_share > 0.1,
+        "only {refused_share:.3} refused: not overloaded"
+    );
+    // Every span is accounted for, and every accepted one was counted by the engine.
+    assert_eq!(all.sent, all.accepted + all.refused);
+    let accepted = (all.accepted + 10) as f64;
+    assert_eq!(m.items("spans", "accepted"), accepted);
+    assert_eq!(
+        m.get("tidewatch_analyzer_items_total", &[("signal", "spans")]),
+        Some(accepted),
+        "the engine lost accepted spans"
+    );
+    assert_eq!(m.sum("traces_span_metrics_calls_total", &[]), accepted);
+    assert_eq!(
+        m.sum(
+            "traces_span_metrics_calls_total",
+            &[("service_name", "probe-http")]
+        ),
+        http_tally.accepted as f64
+    );
+    assert_eq!(m.get("tidewatch_analyzer_queue_depth_batches", &[]), Some(0.0));
+    assert_eq!(m.get("tidewatch_analyzer_inflight_bytes", &[]), Some(0.0));
+}
