@@ -113,15 +113,15 @@ pub async fn run(
         extra_metrics: vec![Arc::new(move |out: &mut String| collector_stats.render(out))],
         ready: ready.clone(),
     };
+    let mut web_router = tidewatch_dashboards::router(web_state);
+    if let Some(auth) = &cfg.web.auth {
+        let token = auth.resolve().context("web.auth")?;
+        web_router = tidewatch_dashboards::auth::protect(web_router, token, auth.protect_metrics);
+    }
     let (web_stop_tx, mut web_stop_rx) = watch::channel(false);
-    let web = tokio::spawn(server::serve_http(
-        listeners.web,
-        tidewatch_dashboards::router(web_state),
-        None,
-        async move {
-            let _ = web_stop_rx.wait_for(|s| *s).await;
-        },
-    ));
+    let web = tokio::spawn(server::serve_http(listeners.web, web_router, None, async move {
+        let _ = web_stop_rx.wait_for(|s| *s).await;
+    }));
 
     ready.store(true, Ordering::Relaxed);
     tracing::info!("tidewatch is ready");

@@ -15,6 +15,7 @@ pub mod decide;
 pub mod decisions;
 pub mod heal;
 pub mod hpa;
+pub mod leader;
 pub mod telemetry;
 
 /// Errors of the operator.
