@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use tidewatch_analyzer::config::AnalyzerConfig;
 use tidewatch_collector::CollectorConfig;
+use tidewatch_dashboards::auth::WebAuthConfig;
 use tidewatch_scaler::config::ScalerConfig;
 
 /// Everything Tidewatch reads at start.
@@ -32,12 +33,15 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct WebConfig {
     pub endpoint: SocketAddr,
+    /// Require a token on the UI, the API and (by default) `/metrics`; the probes stay open.
+    pub auth: Option<WebAuthConfig>,
 }
 
 impl Default for WebConfig {
     fn default() -> WebConfig {
         WebConfig {
             endpoint: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            auth: None,
         }
     }
 }
@@ -122,6 +126,9 @@ impl Config {
         self.collector.validate(&mut errors);
         self.analyzer.validate(&mut errors);
         self.scaler.validate(&mut errors);
+        if let Some(auth) = &self.web.auth {
+            auth.validate(&mut errors);
+        }
         let endpoints = [
             (self.collector.grpc.enabled, self.collector.grpc.endpoint),
             (self.collector.http.enabled, self.collector.http.endpoint),

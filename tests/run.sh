@@ -12,4 +12,8 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 [ tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ] \
   || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# Dependency policy (deny.toml, reviewed in SECURITY.md): licences, duplicate and banned crates, sources.
+# Advisories need the RustSec database from GitHub, which CI cannot reach, so they are not checked here.
+command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny@0.20.2
+cargo deny --log-level error check licenses bans sources
 cargo test --workspace --locked "$@"

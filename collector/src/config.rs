@@ -58,11 +58,30 @@ fn yes() -> bool {
 }
 
 /// Bearer-token authentication. The token comes from the config, a file, or `TIDEWATCH_AUTH_TOKEN`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Printed as `<redacted>` by `check-config`.
+    #[serde(serialize_with = "redact")]
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+/// Serialises a secret as `<redacted>`, so printing the configuration never shows it.
+fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 impl AuthConfig {

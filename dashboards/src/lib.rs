@@ -6,6 +6,7 @@
 //! includes everything accepted before the request arrived.
 
 pub mod api;
+pub mod auth;
 pub mod prom;
 pub mod ui;
 
