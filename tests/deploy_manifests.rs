@@ -123,16 +123,29 @@ fn chart_rbac_matches_the_plain_manifests() {
     }
 }
 
-/// The configuration files the ConfigMaps carry are valid for this build of Tidewatch.
+/// The configuration the ConfigMaps carry, with the Deployment's environment on top, is valid for this
+/// build of Tidewatch and turns the operator on (or off, as the chart's value says).
 #[test]
 fn configmap_configs_pass_check_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let chart = documents(&helm_template(&["config.log.level=debug"]));
     let sources = [
-        ("tidewatch.yaml", read_documents(&deploy().join("tidewatch.yaml"))),
-        ("chart", chart),
+        (
+            "tidewatch.yaml",
+            read_documents(&deploy().join("tidewatch.yaml")),
+            true,
+        ),
+        (
+            "chart",
+            documents(&helm_template(&["config.log.level=debug"])),
+            true,
+        ),
+        (
+            "chart-operator-off",
+            documents(&helm_template(&["operator.enabled=false"])),
+            false,
+        ),
     ];
-    for (name, docs) in sources {
+    for (name, docs, operator) in sources {
         let cm = docs
             .iter()
             .find(|d| d["kind"] == "ConfigMap")
@@ -140,29 +153,48 @@ fn configmap_configs_pass_check_config() {
         let config = cm["data"]["config.yaml"].as_str().expect("data.config.yaml");
         let file = dir.path().join(format!("{name}.config.yaml"));
         std::fs::write(&file, config).expect("write config");
-        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-            .arg("check-config")
+        let deployment = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("a Deployment");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        cmd.arg("check-config")
             .arg("--config")
             .arg(&file)
-            .env_remove("TIDEWATCH_CONFIG")
-            .output()
-            .expect("run tidewatch check-config");
+            .env_remove("TIDEWATCH_CONFIG");
+        let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("container env");
+        for var in env.iter().filter(|v| v["value"].is_string()) {
+            cmd.env(
+                var["name"].as_str().expect("env name"),
+                var["value"].as_str().expect("env value"),
+            );
+        }
+        let out = cmd.output().expect("run tidewatch check-config");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
             "{name}: check-config failed: {}{stdout}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            stdout.contains("/var/lib/tidewatch"),
-            "{name}: data dir not set: {stdout}"
+        let resolved: serde_yaml::Value = serde_yaml::from_str(&stdout).expect("check-config prints YAML");
+        assert_eq!(
+            resolved["analyzer"]["store"]["data_dir"].as_str(),
+            Some("/var/lib/tidewatch"),
+            "{name}: data dir"
         );
-        if name == "chart" {
-            assert!(
-                stdout.contains("level: debug"),
-                "chart: config values not merged: {stdout}"
-            );
-        }
+        assert_eq!(
+            resolved["scaler"]["enabled"].as_bool(),
+            Some(operator),
+            "{name}: scaler.enabled"
+        );
+        let level = if name == "chart" { "debug" } else { "info" };
+        assert_eq!(
+            resolved["log"]["level"].as_str(),
+            Some(level),
+            "{name}: config values merged"
+        );
     }
 }
 
