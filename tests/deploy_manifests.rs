@@ -280,6 +280,28 @@ async fn install_crds(client: &kube::Client, discovery: &Discovery, docs: &[Valu
     }
 }
 
+/// A Pod with the pod template of the documents' Deployment, in the `tidewatch` namespace.
+fn pod_of_deployment(docs: &[Value]) -> Value {
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "pod-security-check", "namespace": NAMESPACE},
+        "spec": deployment["spec"]["template"]["spec"],
+    })
+}
+
+/// The Deployment's pods are admitted in the `tidewatch` namespace, whose label enforces the restricted
+/// Pod Security Standard (a Deployment itself is only warned about; its pods are what is refused).
+async fn pod_security_admits(client: &kube::Client, discovery: &Discovery, what: &str, docs: &[Value]) {
+    if let Err(e) = apply(client, discovery, &pod_of_deployment(docs), true).await {
+        panic!("{what}: the Deployment's pod is refused: {e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_manifests_are_accepted_and_rbac_is_least_privilege() {
     let cluster = KubeCluster::start().await;
@@ -353,7 +375,17 @@ async fn deploy_manifests_are_accepted_and_rbac_is_least_privilege() {
             true,
         )
         .await;
+        pod_security_admits(&client, &discovery, &format!("helm chart with {sets:?}"), &chart).await;
     }
+    pod_security_admits(&client, &discovery, "deploy/tidewatch.yaml", &plain).await;
+    // And the check has teeth: the same pod as root with the default capabilities is refused.
+    let mut root = pod_of_deployment(&plain);
+    root["spec"]["securityContext"] = serde_json::json!({});
+    root["spec"]["containers"][0]["securityContext"] = serde_json::json!({});
+    let err = apply(&client, &discovery, &root, true)
+        .await
+        .expect_err("a root pod admitted under the restricted Pod Security Standard");
+    assert!(err.contains("PodSecurity"), "{err}");
 
     // The validation is really on: a policy with minReplicas > maxReplicas and one with an unknown field
     // are refused.
