@@ -68,6 +68,9 @@ pub async fn run(
     let (ingest, engine) = tidewatch_analyzer::start(&cfg.analyzer);
     let engine = Arc::new(engine);
     let stats = Arc::new(Stats::default());
+    // The decision log opens before anything listens: a log that cannot be written is a start-up error.
+    let decisions = crate::operator::decision_log(&cfg)?;
+    let operator_metrics = Arc::new(tidewatch_scaler::controller::Metrics::default());
     let rx = Receiver::new(&cfg.collector, ingest.clone(), stats.clone()).context("collector.auth")?;
     let tls = cfg
         .collector
@@ -110,10 +113,16 @@ pub async fn run(
     let web_state = WebState {
         engine: engine.clone(),
         ingest,
-        extra_metrics: vec![Arc::new(move |out: &mut String| collector_stats.render(out))],
+        extra_metrics: {
+            let om = operator_metrics.clone();
+            vec![
+                Arc::new(move |out: &mut String| collector_stats.render(out)),
+                Arc::new(move |out: &mut String| om.render(out)),
+            ]
+        },
         ready: ready.clone(),
     };
-    let mut web_router = tidewatch_dashboards::router(web_state);
+    let mut web_router = tidewatch_dashboards::router(web_state).merge(decisions_router(decisions.clone()));
     if let Some(auth) = &cfg.web.auth {
         let token = auth.resolve().context("web.auth")?;
         web_router = tidewatch_dashboards::auth::protect(web_router, token, auth.protect_metrics);
@@ -122,6 +131,25 @@ pub async fn run(
     let web = tokio::spawn(server::serve_http(listeners.web, web_router, None, async move {
         let _ = web_stop_rx.wait_for(|s| *s).await;
     }));
+
+    // The operator acts on a cluster only when configured to.
+    let (op_stop_tx, op_stop_rx) = watch::channel(false);
+    let operator = cfg.scaler.enabled.then(|| {
+        let (cfg, engine, log, m) = (
+            cfg.clone(),
+            engine.clone(),
+            decisions.clone(),
+            operator_metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let res = crate::operator::run(cfg, engine, log, m, op_stop_rx).await;
+            if let Err(e) = &res {
+                // Logged now, not at shutdown: the web and OTLP sides keep serving without the operator.
+                tracing::error!(error = %format!("{e:#}"), "operator stopped");
+            }
+            res
+        })
+    });
 
     ready.store(true, Ordering::Relaxed);
     tracing::info!("tidewatch is ready");
@@ -133,6 +161,14 @@ pub async fn run(
         }
     }
     ready.store(false, Ordering::Relaxed);
+    // The operator stops first: no action is taken on data that is about to stop flowing.
+    let _ = op_stop_tx.send(true);
+    if let Some(op) = operator {
+        match op.await {
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "operator task failed"),
+        }
+    }
     let _ = stop_tx.send(true);
     while let Some(res) = otlp.join_next().await {
         res.context("OTLP server task")??;
@@ -145,4 +181,25 @@ pub async fn run(
     let _ = web_stop_tx.send(true);
     web.await.context("web server task")??;
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct DecisionsQuery {
+    limit: Option<usize>,
+    policy: Option<String>,
+}
+
+/// `GET /api/decisions?limit=100&policy=ns/name`: the newest decisions of the operator, oldest first.
+fn decisions_router(log: Arc<tidewatch_scaler::decisions::DecisionLog>) -> axum::Router {
+    use axum::extract::Query;
+    axum::Router::new().route(
+        "/api/decisions",
+        axum::routing::get(move |Query(q): Query<DecisionsQuery>| async move {
+            axum::Json(crate::operator::decisions_json(
+                &log,
+                q.limit.unwrap_or(100),
+                q.policy.as_deref(),
+            ))
+        }),
+    )
 }

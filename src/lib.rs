@@ -8,6 +8,7 @@ pub mod config;
 pub mod forecast_eval;
 pub mod loadgen;
 pub mod nab;
+pub mod operator;
 pub mod topology;
 
 use std::time::Duration;
