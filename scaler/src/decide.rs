@@ -463,6 +463,59 @@ mod tests {
         }
     }
 
+    /// Whatever the load, forecast, history and behaviour, a target inside its bounds stays inside them,
+    /// and a scale-up never outruns the policies.
+    #[test]
+    fn never_outside_min_max_whatever_the_inputs() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let mut s = spec();
+            s.min_replicas = rng.random_range(1..5);
+            s.max_replicas = s.min_replicas + rng.random_range(0..20);
+            s.behavior.scale_down.stabilization_window_seconds = rng.random_range(0..600);
+            s.behavior.cooldown_seconds = rng.random_range(0..120);
+            let (min, max) = (s.min_replicas as u32, s.max_replicas as u32);
+            let current = rng.random_range(min..=max);
+            let rates: Vec<f64> = (0..current)
+                .map(|_| {
+                    if rng.random_bool(0.1) {
+                        f64::NAN
+                    } else {
+                        rng.random_range(0.0..1e4)
+                    }
+                })
+                .collect();
+            let mut i = inputs(current, &rates);
+            for p in &mut i.pods {
+                p.ready = rng.random_bool(0.8);
+                if p.rate.is_some_and(f64::is_nan) {
+                    p.rate = None;
+                }
+            }
+            i.capacity =
+                [None, Some(rng.random_range(0.0..500.0)), Some(f64::INFINITY)][rng.random_range(0..3)];
+            i.forecast = rng.random_bool(0.5).then(|| ForecastInput {
+                model: "m".into(),
+                mase: Some(rng.random_range(0.0..2.0)),
+                peak_upper: Some(
+                    [rng.random_range(0.0..1e6), f64::NAN, f64::INFINITY][rng.random_range(0..3)],
+                ),
+            });
+            for k in 0..rng.random_range(0..5) {
+                i.history
+                    .recommendations
+                    .push((i.now_ms - k * 30_000, rng.random_range(0..50)));
+            }
+            let (d, _) = decide(&s, &i);
+            assert!((min..=max).contains(&d.replicas), "{d:?} outside {min}..={max}");
+            if d.replicas > current {
+                // The default policies allow at most double or +4 in a period.
+                assert!(d.replicas <= (current * 2).max(current + 4), "{d:?}");
+            }
+        }
+    }
+
     #[test]
     fn replaying_logged_inputs_gives_the_same_decision() {
         let s = spec();

@@ -333,3 +333,30 @@ async fn api_errors_back_off_exponentially_and_a_failed_patch_is_retried() {
     assert!(task.await.unwrap().is_err());
     assert!(log.recent(1, None)[0].outcome.starts_with("error"));
 }
+
+#[tokio::test]
+async fn an_api_server_that_does_not_answer_times_out_and_backs_off() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cfg = ScalerConfig {
+        api_timeout: std::time::Duration::from_millis(200),
+        ..ScalerConfig::default()
+    };
+    let ctx = Arc::new(Context::new(
+        kube::Client::new(svc, "default"),
+        &cfg,
+        Arc::new(Scripted(observation(&[("checkout-a", 80.0)], vec![]))),
+        Arc::new(DecisionLog::in_memory()),
+        Arc::new(Metrics::default()),
+    ));
+    let p = policy(json!({}));
+    let task = tokio::spawn(reconcile(p.clone(), ctx.clone()));
+    // The request arrives and is never answered.
+    let (req, _never) = h.next_request().await.expect("a request");
+    assert_eq!(req.uri().path(), SCALE_PATH);
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(
+        error_policy(p, &err, ctx),
+        Action::requeue(std::time::Duration::from_secs(1))
+    );
+}
