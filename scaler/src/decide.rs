@@ -173,26 +173,30 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
         Err(e) => (reactive, format!("{reactive_why} → {reactive}; {e}")),
     };
 
-    // Outside the bounds, the HPA first moves inside them, whatever the metrics say.
-    let desired = if current > max {
-        why = format!("current {current} above maxReplicas {max}");
-        max
-    } else if current < min {
-        why = format!("current {current} below minReplicas {min}");
-        min
+    // Outside the bounds, the HPA moves straight inside them, whatever the metrics, windows and policies
+    // say (`reconcileAutoscaler` skips normalisation in that case): a bound is never waited on.
+    let n = if current > max || current < min {
+        let (bound, reason) = if current > max {
+            (max, "TooManyReplicas")
+        } else {
+            (min, "TooFewReplicas")
+        };
+        why = format!("current {current} outside {min}..={max}: moved to {bound}; {why}");
+        crate::behavior::Normalized {
+            replicas: bound,
+            reason,
+        }
     } else {
-        desired
+        normalize(
+            desired,
+            current,
+            min,
+            max,
+            &spec.behavior,
+            &mut history,
+            inp.now_ms,
+        )
     };
-
-    let n = normalize(
-        desired,
-        current,
-        min,
-        max,
-        &spec.behavior,
-        &mut history,
-        inp.now_ms,
-    );
     let mut replicas = n.replicas;
     let mut limit = n.reason.to_owned();
     let cooldown_ms = i64::from(spec.behavior.cooldown_seconds.max(0)) * 1000;
@@ -387,7 +391,27 @@ mod tests {
                 20,
                 25,
                 None,
-                "DesiredWithinRange",
+                "TooManyReplicas",
+            ),
+            // Even with a recent higher recommendation in the scale-down window: a bound is not waited on.
+            (
+                "above max despite stabilisation",
+                |_, i| {
+                    *i = inputs(25, &[50.0; 25]);
+                    i.history.recommendations.push((i.now_ms - 10_000, 30));
+                },
+                20,
+                25,
+                None,
+                "TooManyReplicas",
+            ),
+            (
+                "below min",
+                |_, i| *i = inputs(1, &[0.0]),
+                2,
+                0,
+                None,
+                "TooFewReplicas",
             ),
             (
                 "no capacity holds",
@@ -469,14 +493,14 @@ mod tests {
     fn never_outside_min_max_whatever_the_inputs() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        for _ in 0..20_000 {
+        for _ in 0..5_000 {
             let mut s = spec();
             s.min_replicas = rng.random_range(1..5);
             s.max_replicas = s.min_replicas + rng.random_range(0..20);
             s.behavior.scale_down.stabilization_window_seconds = rng.random_range(0..600);
             s.behavior.cooldown_seconds = rng.random_range(0..120);
             let (min, max) = (s.min_replicas as u32, s.max_replicas as u32);
-            let current = rng.random_range(min..=max);
+            let current = rng.random_range(1..=max + 5);
             let rates: Vec<f64> = (0..current)
                 .map(|_| {
                     if rng.random_bool(0.1) {
@@ -509,7 +533,7 @@ mod tests {
             }
             let (d, _) = decide(&s, &i);
             assert!((min..=max).contains(&d.replicas), "{d:?} outside {min}..={max}");
-            if d.replicas > current {
+            if d.replicas > current && current >= min {
                 // The default policies allow at most double or +4 in a period.
                 assert!(d.replicas <= (current * 2).max(current + 4), "{d:?}");
             }
