@@ -82,8 +82,20 @@ async fn eventually<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() ->
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
+/// A running cluster, Tidewatch as the operator, the shop's load, and the inventory Deployment with the
+/// pods the shop reports.
+struct Env {
+    cluster: KubeCluster,
+    admin: kube::Client,
+    tw: Tidewatch,
+    _load: Load,
+    names: Vec<String>,
+    deployments: Api<Deployment>,
+    pods: Api<Pod>,
+    policies: Api<DynamicObject>,
+}
+
+async fn setup(loadgen_extra: &[&str]) -> Env {
     let cluster = KubeCluster::start().await;
     let admin = cluster.client().await;
 
@@ -142,12 +154,8 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
         Command::new(env!("CARGO_BIN_EXE_tidewatch"))
             .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
             .args(["--rate", "4000", "--batch", "200", "--duration", "40s"])
-            .args([
-                "--metrics-and-logs",
-                "false",
-                "--incident",
-                "bad-pod:inventory@10s",
-            ])
+            .args(["--metrics-and-logs", "false"])
+            .args(loadgen_extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("loadgen"),
@@ -180,13 +188,6 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
             .await
             .expect("pod ready");
     }
-    let bad = names
-        .iter()
-        .find(|n| n.ends_with("-a1b2c"))
-        .expect("the shop's first pod")
-        .clone();
-
-    // The policy: a per-replica capacity well under the pods' load, and healing on.
     let policies: Api<DynamicObject> = Api::namespaced_with(
         admin.clone(),
         NS,
@@ -196,19 +197,67 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
             "ServicePolicy",
         )),
     );
+    Env {
+        cluster,
+        admin,
+        tw,
+        _load,
+        names,
+        deployments,
+        pods,
+        policies,
+    }
+}
+
+async fn apply_policy(env: &Env, spec: Value) {
     let policy: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "tidewatch.dev/v1alpha1", "kind": "ServicePolicy",
         "metadata": {"name": "inventory", "namespace": NS},
-        "spec": {"targetRef": {"kind": "Deployment", "name": "inventory"}, "service": "inventory",
-                 "minReplicas": 2, "maxReplicas": 8,
-                 "capacity": {"requestsPerReplica": 1.0},
-                 "healing": {"enabled": true, "maxRestarts": 1, "backoffSeconds": 0}},
+        "spec": spec,
     }))
     .unwrap();
-    policies
-        .patch("inventory", &PatchParams::apply("e2e"), &Patch::Apply(&policy))
+    env.policies
+        .patch(
+            "inventory",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&policy),
+        )
         .await
         .expect("policy");
+}
+
+async fn replicas(env: &Env) -> i32 {
+    let d = env.deployments.get("inventory").await.expect("deployment");
+    d.spec.and_then(|s| s.replicas).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
+    let env = setup(&["--incident", "bad-pod:inventory@10s"]).await;
+    let Env {
+        admin,
+        tw,
+        names,
+        deployments,
+        pods,
+        policies,
+        ..
+    } = &env;
+    let bad = names
+        .iter()
+        .find(|n| n.ends_with("-a1b2c"))
+        .expect("the shop's first pod")
+        .clone();
+
+    // The policy: a per-replica capacity well under the pods' load, and healing on.
+    apply_policy(
+        &env,
+        json!({"targetRef": {"kind": "Deployment", "name": "inventory"}, "service": "inventory",
+               "minReplicas": 2, "maxReplicas": 8,
+               "capacity": {"requestsPerReplica": 1.0},
+               "healing": {"enabled": true, "maxRestarts": 1, "backoffSeconds": 0}}),
+    )
+    .await;
 
     // Scaled up through the scale subresource: more replicas, within maxReplicas.
     let replicas = eventually("a scale-up", Duration::from_secs(30), async || {
@@ -271,4 +320,48 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(admin.clone(), "tidewatch");
     let lease = leases.get("tidewatch-operator").await.expect("lease");
     assert!(lease.spec.and_then(|s| s.holder_identity).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_rides_out_an_api_server_restart_and_never_leaves_its_bounds() {
+    let mut env = setup(&[]).await;
+    let spec = |max: i32| {
+        json!({"targetRef": {"kind": "Deployment", "name": "inventory"}, "service": "inventory",
+               "minReplicas": 2, "maxReplicas": max, "capacity": {"requestsPerReplica": 1.0}})
+    };
+    apply_policy(&env, spec(6)).await;
+    // Far more load than six replicas carry: it goes to maxReplicas and stays there, never past it.
+    eventually("replicas at maxReplicas", Duration::from_secs(30), async || {
+        (replicas(&env).await == 6).then_some(())
+    })
+    .await;
+    for _ in 0..8 {
+        assert!(replicas(&env).await <= 6);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Every connection and watch drops while the API server is down for a few seconds.
+    env.cluster.restart_apiserver(Duration::from_secs(4)).await;
+
+    // A change made after the restart is seen (the watch came back) and the new bound holds at once,
+    // stabilisation window or not.
+    apply_policy(&env, spec(4)).await;
+    eventually(
+        "replicas down to the new maxReplicas",
+        Duration::from_secs(30),
+        async || (replicas(&env).await == 4).then_some(()),
+    )
+    .await;
+    for _ in 0..8 {
+        assert!(replicas(&env).await <= 4);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The failures during the outage were counted and retried.
+    let metrics = tokio::task::block_in_place(|| env.tw.get_web("/metrics").text().unwrap());
+    let errors: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("tidewatch_operator_reconciles_total{result=\"error\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("error counter");
+    assert!(errors >= 1.0, "{metrics}");
 }

@@ -120,6 +120,8 @@ pub struct KubeCluster {
     pub ca_pem: String,
     /// A kubeconfig for the admin user (group `system:masters`).
     pub admin_kubeconfig: PathBuf,
+    apiserver_bin: PathBuf,
+    apiserver_args: Vec<std::ffi::OsString>,
     // Dropped in declaration order: the API server before etcd, then the files.
     apiserver: Proc,
     etcd: Proc,
@@ -194,34 +196,34 @@ impl KubeCluster {
         );
 
         let port = free_port();
-        let apiserver = Proc::spawn(
-            "kube-apiserver",
-            Command::new(&apiserver_bin)
-                .arg(format!("--etcd-servers={etcd_url}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
-                .arg(format!("--secure-port={port}"))
-                .arg(format!("--cert-dir={}", d.join("certs").display()))
-                .arg(format!("--tls-cert-file={}", cert_file.display()))
-                .arg(format!("--tls-private-key-file={}", key_file.display()))
-                .arg(format!("--token-auth-file={}", tokens_file.display()))
-                .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
-                .arg(format!("--service-account-key-file={}", sa_pub_file.display()))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    sa_key_file.display()
-                ))
-                .arg("--authorization-mode=RBAC")
-                .arg("--anonymous-auth=false")
-                .arg("--service-cluster-ip-range=10.96.0.0/16")
-                .arg("--allow-privileged=true")
-                // No token controller runs here, so pods must not need their service account's token.
-                .arg("--disable-admission-plugins=ServiceAccount")
-                .arg("--enable-priority-and-fairness=false")
-                .arg("--profiling=false")
-                .arg("--v=1"),
-            d.join("kube-apiserver.log"),
-        );
+        let mut apiserver_cmd = Command::new(&apiserver_bin);
+        apiserver_cmd
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", d.join("certs").display()))
+            .arg(format!("--tls-cert-file={}", cert_file.display()))
+            .arg(format!("--tls-private-key-file={}", key_file.display()))
+            .arg(format!("--token-auth-file={}", tokens_file.display()))
+            .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
+            .arg(format!("--service-account-key-file={}", sa_pub_file.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key_file.display()
+            ))
+            .arg("--authorization-mode=RBAC")
+            .arg("--anonymous-auth=false")
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--allow-privileged=true")
+            // No token controller runs here, so pods must not need their service account's token.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--enable-priority-and-fairness=false")
+            .arg("--profiling=false")
+            .arg("--v=1");
+        let apiserver_args: Vec<std::ffi::OsString> =
+            apiserver_cmd.get_args().map(ToOwned::to_owned).collect();
+        let apiserver = Proc::spawn("kube-apiserver", &mut apiserver_cmd, d.join("kube-apiserver.log"));
         let url = format!("https://127.0.0.1:{port}");
         let admin_kubeconfig = d.join("admin.kubeconfig");
         write_kubeconfig(&admin_kubeconfig, &url, &ca_file, "admin", ADMIN_TOKEN);
@@ -230,6 +232,8 @@ impl KubeCluster {
             url,
             ca_pem,
             admin_kubeconfig,
+            apiserver_bin,
+            apiserver_args,
             apiserver,
             etcd,
             dir,
@@ -263,6 +267,21 @@ impl KubeCluster {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Kills the API server (every connection and watch drops), keeps it down for `down_for`, starts it
+    /// again on the same port and waits until it is ready. etcd, and so every object, stays.
+    pub async fn restart_apiserver(&mut self, down_for: Duration) {
+        let log = self.dir.path().join("kube-apiserver-restarted.log");
+        let _ = self.apiserver.child.kill();
+        let _ = self.apiserver.child.wait();
+        tokio::time::sleep(down_for).await;
+        self.apiserver = Proc::spawn(
+            "kube-apiserver",
+            Command::new(&self.apiserver_bin).args(&self.apiserver_args),
+            log,
+        );
+        self.wait_ready().await;
     }
 
     /// A client for the admin user (`system:masters`: every verb on everything).
