@@ -21,7 +21,11 @@ use crate::{Error, Result};
 const VARINT: u8 = 0;
 const I64: u8 = 1;
 const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
 const I32: u8 = 5;
+/// prost's recursion limit.
+const MAX_GROUP_DEPTH: u32 = 100;
 
 /// A byte range `start..end` of the buffer.
 type Range = (usize, usize);
@@ -31,11 +35,18 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     end: usize,
+    /// The field number of the last key read (a group's end must repeat it).
+    field: u32,
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], start: usize, end: usize) -> Reader<'a> {
-        Reader { buf, pos: start, end }
+        Reader {
+            buf,
+            pos: start,
+            end,
+            field: 0,
+        }
     }
 
     fn done(&self) -> bool {
@@ -80,6 +91,7 @@ impl<'a> Reader<'a> {
         if field == 0 {
             return Err(self.err("field number 0"));
         }
+        self.field = field;
         Ok((field, (k & 7) as u8))
     }
 
@@ -108,10 +120,13 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
-    /// Skips a field of wire type `wt` (groups, long deprecated, are refused).
+    /// Skips a field of wire type `wt` whose key was just read. Groups (long deprecated, never in OTLP) are
+    /// skipped whole, as prost and every protobuf parser do with unknown fields, so the zero-copy walk takes
+    /// exactly what the owned decode takes.
     #[inline]
     fn skip(&mut self, wt: u8) -> Result<()> {
         match wt {
+            START_GROUP => self.skip_group(self.field, 1),
             VARINT => self.varint().map(drop),
             I64 => self.fixed64().map(drop),
             LEN => self.len_delimited().map(drop),
@@ -123,6 +138,26 @@ impl<'a> Reader<'a> {
                 Ok(())
             }
             _ => Err(self.err(&format!("unsupported wire type {wt}"))),
+        }
+    }
+
+    /// Skips to the end of group `field`, nested groups included (at most [`MAX_GROUP_DEPTH`] deep, so
+    /// hostile nesting cannot exhaust the stack).
+    #[cold]
+    fn skip_group(&mut self, field: u32, depth: u32) -> Result<()> {
+        if depth > MAX_GROUP_DEPTH {
+            return Err(self.err("groups nested too deep"));
+        }
+        loop {
+            if self.done() {
+                return Err(self.err("unterminated group"));
+            }
+            match self.key()? {
+                (f, END_GROUP) if f == field => return Ok(()),
+                (_, END_GROUP) => return Err(self.err("mismatched end of group")),
+                (f, START_GROUP) => self.skip_group(f, depth + 1)?,
+                (_, wt) => self.skip(wt)?,
+            }
         }
     }
 
@@ -509,6 +544,53 @@ mod tests {
         );
         let attrs: Vec<_> = b.span_attrs(s).iter().map(|a| (a.key, b.str(a.value))).collect();
         assert_eq!(attrs, vec![(0, "payment"), (1, "8080"), (2, "true")]);
+    }
+
+    /// `bytes` as length-delimited field `field`.
+    fn wrap(field: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![(field << 3) | LEN];
+        prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// A request of one span with `extra` appended to the span's own bytes and to the request's.
+    fn with_unknown(extra: &[u8]) -> Bytes {
+        let mut span_bytes = span(1, 2).encode_to_vec();
+        span_bytes.extend_from_slice(extra);
+        let mut req = wrap(1, &wrap(2, &wrap(2, &span_bytes)));
+        req.extend_from_slice(extra);
+        req.into()
+    }
+
+    /// Found by fuzzing (fuzz/, otlp_proto): an unknown field of the deprecated group type made the walk
+    /// refuse a request that prost, and so the metrics and logs path, accepts.
+    #[test]
+    fn unknown_groups_are_skipped_like_prost_does() {
+        let keys = AttrKeys::new(["peer.service"]);
+        // Group 99 (unknown in every message) { 1: varint 1, group 2 { 3: fixed32 } }.
+        let group = [0x9b, 0x06, 0x08, 0x01, 0x13, 0x1d, 1, 2, 3, 4, 0x14, 0x9c, 0x06];
+        let body = with_unknown(&group);
+        let owned = ExportTraceServiceRequest::decode(&body[..]).expect("prost skips groups");
+        assert_eq!(owned.resource_spans[0].scope_spans[0].spans.len(), 1);
+        let (b, rej) = decode_traces(body, &keys).unwrap();
+        assert_eq!((b.spans.len(), rej.count), (1, 0));
+        assert_eq!(b.str(b.spans[0].name), "GET /cart");
+
+        for bad in [
+            &[0x9b, 0x06, 0x08, 0x01][..],         // never closed
+            &[0x9b, 0x06, 0x08, 0x01, 0x94, 0x06], // closed as group 98
+            &[0x9c, 0x06],                         // closed, never opened
+        ] {
+            let body = with_unknown(bad);
+            assert!(ExportTraceServiceRequest::decode(&body[..]).is_err());
+            assert!(decode_traces(body, &keys).is_err(), "{bad:?}");
+        }
+        // Nesting past the limit is an error, not a stack overflow.
+        let mut deep = [0x9b, 0x06].repeat(10_000);
+        deep.extend([0x9c, 0x06].repeat(10_000));
+        let err = decode_traces(with_unknown(&deep), &keys).err().unwrap();
+        assert!(err.to_string().contains("nested too deep"), "{err}");
     }
 
     #[test]
