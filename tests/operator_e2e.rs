@@ -303,7 +303,7 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
     };
     assert_eq!(cond("Ready")["status"], "True", "{status}");
     assert!(status["desiredReplicas"].as_i64().unwrap_or(0) > 3, "{status}");
-    let decisions = web(&tw, "/api/decisions?policy=shop/inventory").expect("decisions");
+    let decisions = web(tw, "/api/decisions?policy=shop/inventory").expect("decisions");
     let list = decisions["decisions"].as_array().unwrap();
     assert!(
         list.iter().any(|d| d["kind"] == "scale"
