@@ -33,6 +33,9 @@ pub enum Command {
     Nab(NabArgs),
     /// Print the ServicePolicy CustomResourceDefinition (YAML), as deploy/crds/ holds it.
     Crdgen,
+    /// Replay a request-rate trace against a simulated Deployment under the HPA, Tidewatch or an oracle,
+    /// and score SLO-violation minutes, replica-hours, scaling actions and reversals.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 #[derive(Args, Debug)]

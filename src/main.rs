@@ -48,6 +48,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ForecastEval(args) => tidewatch::forecast_eval::run(args),
         Command::Nab(args) => tidewatch::nab::run(&args),
+        Command::Simulate(args) => tidewatch::simulate::run(&args),
         Command::Crdgen => {
             print!("{}", tidewatch_scaler::crd::crd_yaml());
             Ok(())

@@ -16,6 +16,7 @@ pub mod decisions;
 pub mod heal;
 pub mod hpa;
 pub mod leader;
+pub mod simulate;
 pub mod telemetry;
 
 /// Errors of the operator.
