@@ -393,7 +393,8 @@ fn kv_ranges(buf: &[u8], start: usize, end: usize) -> Result<(Range, Option<Rang
 fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut SpanBatch) -> Result<bool> {
     // Encoders write the key (field 1) first: when its bytes are not a wanted key, the attribute is
     // skipped without reading its value at all. Anything else takes the general path below.
-    if buf.get(start) == Some(&0x0A) {
+    // (An empty KeyValue has no first byte of its own: the byte at `start` belongs to the next field.)
+    if start < end && buf[start] == 0x0A {
         let mut r = Reader::new(buf, start + 1, end);
         let len = r.varint()?;
         let key = usize::try_from(len)
@@ -591,6 +592,24 @@ mod tests {
         deep.extend([0x9c, 0x06].repeat(10_000));
         let err = decode_traces(with_unknown(&deep), &keys).err().unwrap();
         assert!(err.to_string().contains("nested too deep"), "{err}");
+    }
+
+    /// Found by fuzzing (fuzz/, otlp_proto): an empty span attribute (`KeyValue {}`, length 0) followed
+    /// by a field whose tag is 0x0A made the key fast path read the next field's bytes as the attribute's
+    /// key and fail the whole request as truncated; prost reads it as the empty attribute it is.
+    #[test]
+    fn an_empty_attribute_is_not_read_past() {
+        let keys = AttrKeys::new(["peer.service"]);
+        // The span, then an empty attribute (`4a 00`) and the trace id written again (`0a 10 ...`).
+        let mut span_bytes = span(1, 2).encode_to_vec();
+        span_bytes.extend_from_slice(&[0x4a, 0x00, 0x0a, 0x10]);
+        span_bytes.extend_from_slice(&[1; 16]);
+        let body: Bytes = wrap(1, &wrap(2, &wrap(2, &span_bytes))).into();
+        let owned = ExportTraceServiceRequest::decode(&body[..]).expect("prost reads it");
+        let (owned_batch, owned_rej) = super::super::convert::traces(&owned, &keys);
+        let (b, rej) = decode_traces(body, &keys).unwrap();
+        assert_eq!((b.spans.len(), rej.count), (1, 0));
+        assert_eq!((owned_batch.spans.len(), owned_rej.count), (1, 0));
     }
 
     #[test]
