@@ -10,7 +10,9 @@ use tidewatch_collector::body::{Encoding, decompress};
 const LIMIT: usize = 256 << 10;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, body)) = data.split_first() else { return };
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
     let encoding = match sel % 3 {
         0 => Encoding::Identity,
         1 => Encoding::Gzip,

@@ -8,8 +8,16 @@ use tidewatch_analyzer::model::AttrKeys;
 use tidewatch_collector::decode::{Format, Signal, decode};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, body)) = data.split_first() else { return };
-    let keys = AttrKeys::new(["peer.service", "db.name", "db.system", "server.address", "k8s.pod.name"]);
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    let keys = AttrKeys::new([
+        "peer.service",
+        "db.name",
+        "db.system",
+        "server.address",
+        "k8s.pod.name",
+    ]);
     let signal = match sel % 3 {
         0 => Signal::Traces,
         1 => Signal::Metrics,

@@ -12,8 +12,16 @@ use tidewatch_analyzer::model::AttrKeys;
 use tidewatch_collector::decode::{Format, Signal, convert, decode, wire};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, body)) = data.split_first() else { return };
-    let keys = AttrKeys::new(["peer.service", "db.name", "db.system", "server.address", "k8s.pod.name"]);
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    let keys = AttrKeys::new([
+        "peer.service",
+        "db.name",
+        "db.system",
+        "server.address",
+        "k8s.pod.name",
+    ]);
     let signal = match sel % 3 {
         0 => Signal::Traces,
         1 => Signal::Metrics,
@@ -25,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(req) = ExportTraceServiceRequest::decode(&body[..])
     {
         let (owned, owned_rej) = convert::traces(&req, &keys);
-        let (walked, walked_rej) = wire::decode_traces(body, &keys).expect("prost read it, the walk must too");
+        let (walked, walked_rej) =
+            wire::decode_traces(body, &keys).expect("prost read it, the walk must too");
         assert_eq!(walked.spans.len(), owned.spans.len(), "kept spans differ");
         assert_eq!(walked_rej.count, owned_rej.count, "rejected spans differ");
     }
