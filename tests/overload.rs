@@ -24,8 +24,8 @@ use prost::Message;
 /// The resident-memory ceiling the test holds Tidewatch to while overloaded. The budget: ~30 MiB of
 /// binary and runtime, `max_inflight` (1 MiB) of accepted batches, and the request bodies being read
 /// (80 in flight at up to ~0.5 MiB each, before they are admitted or refused), with room for the
-/// allocator's slack.
-const RSS_LIMIT_MIB: u64 = 256;
+/// allocator's slack (peaks of 170-215 MiB measured on 2 busy cores).
+const RSS_LIMIT_MIB: u64 = 320;
 const LOAD_SECONDS: u64 = 8;
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
