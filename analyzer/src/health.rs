@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::models::multivariate::{GmmConfig, GmmDetector, VectorDetector, red_features};
 use crate::rootcause::{Cause, PodState, ServiceState, localise};
 use crate::store::{HistoryView, RedSummary};
 
@@ -23,6 +24,9 @@ pub struct HealthConfig {
     pub threshold: f64,
     /// Windows with fewer requests than this are not scored (too few to say anything).
     pub min_requests: f64,
+    /// Score of the joint RED detector (a Gaussian mixture over rate, error ratio and p95, see
+    /// `models::multivariate`) from which a window is anomalous; 0 turns the joint detector off.
+    pub joint_threshold: f64,
 }
 
 impl Default for HealthConfig {
@@ -32,6 +36,7 @@ impl Default for HealthConfig {
             baseline_windows: 90,
             threshold: 6.0,
             min_requests: 20.0,
+            joint_threshold: 8.0,
         }
     }
 }
@@ -43,6 +48,9 @@ impl HealthConfig {
         }
         if self.threshold <= 0.0 {
             errors.push("analyzer.health.threshold: must be above 0".into());
+        }
+        if self.joint_threshold < 0.0 || !self.joint_threshold.is_finite() {
+            errors.push("analyzer.health.joint_threshold: must be 0 (off) or above".into());
         }
     }
 }
@@ -98,6 +106,7 @@ impl Baseline {
 struct ServiceBaselines {
     latency: Option<Baseline>,
     errors: Option<Baseline>,
+    joint: Option<GmmDetector>,
 }
 
 /// The health of everything at one window close.
@@ -193,6 +202,28 @@ impl Monitor {
                 ),
             );
         }
+        // The joint detector: rate, errors and latency together, on the univariate scale (its threshold
+        // maps onto `threshold`), so one number ranks every signal.
+        if cfg.joint_threshold > 0.0
+            && let Some(p95) = s.p95_ms
+        {
+            let joint = b
+                .joint
+                .get_or_insert_with(|| GmmDetector::new(GmmConfig::default()));
+            if let Some(jz) = joint.score(&red_features(s.rate, s.error_ratio, p95)) {
+                let z = jz * cfg.threshold / cfg.joint_threshold;
+                if z > best.0 {
+                    best = (
+                        z,
+                        format!(
+                            "unusual combination of {:.0} req/s, p95 {p95:.0} ms and {:.1}% errors for this service (joint score {jz:.1})",
+                            s.rate,
+                            s.error_ratio * 100.0
+                        ),
+                    );
+                }
+            }
+        }
         let (z, reason) = best;
         Some(ServiceState {
             service: name.to_owned(),
@@ -245,6 +276,38 @@ mod tests {
         assert!(s.anomalous && s.reason.starts_with("errors 30%"), "{s:?}");
         // Getting better is not an anomaly.
         assert!(!m.score("api", &summary("api", 5.0, 0.0)).unwrap().anomalous);
+    }
+
+    #[test]
+    fn the_joint_detector_sees_a_combination_no_single_signal_flags() {
+        let cfg = HealthConfig {
+            warmup_windows: 10,
+            ..HealthConfig::default()
+        };
+        let mut m = Monitor::new(&cfg);
+        // Load and latency rise and fall together over a cycle.
+        let window = |i: usize| {
+            let phase = (i as f64 / 40.0 * std::f64::consts::TAU).sin();
+            let rate = 200.0 + 150.0 * phase;
+            RedSummary {
+                rate,
+                ..summary("api", 20.0 + 0.1 * rate + (i % 3) as f64 * 0.3, 0.0)
+            }
+        };
+        for i in 0..200 {
+            let s = m.score("api", &window(i)).unwrap();
+            assert!(!s.anomalous, "window {i}: {s:?}");
+        }
+        // Peak-hour latency at the night-time rate: each value is within its usual range.
+        let odd = RedSummary {
+            rate: 60.0,
+            ..summary("api", 55.0, 0.0)
+        };
+        let s = m.score("api", &odd).unwrap();
+        assert!(
+            s.anomalous && s.reason.starts_with("unusual combination"),
+            "{s:?}"
+        );
     }
 
     #[test]
