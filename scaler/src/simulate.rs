@@ -436,20 +436,6 @@ pub fn simulate(
             next_refit = t + cfg.refit_interval_ms;
             forecast = trainer.refit(&cum_load, start, step, t - cfg.metric_lag_ms, t);
             report.refits += 1;
-            if std::env::var_os("SIM_DEBUG").is_some() {
-                eprintln!(
-                    "refit t={} model={:?} mase={:?} first={:?} last={:?}",
-                    (t - start) / 60_000,
-                    forecast.as_ref().map(|f| f.model.clone()),
-                    forecast.as_ref().map(|f| f.mase),
-                    forecast
-                        .as_ref()
-                        .and_then(|f| f.points.first().map(|p| (p.0 - start) / 60_000)),
-                    forecast
-                        .as_ref()
-                        .and_then(|f| f.points.last().map(|p| (p.0 - start) / 60_000)),
-                );
-            }
         }
 
         if t >= next_sync {
@@ -491,18 +477,6 @@ pub fn simulate(
                         report.trusted_decisions += 1;
                     }
                     let (d, h) = decide(&spec, &inputs);
-                    if std::env::var_os("SIM_DEBUG").is_some() {
-                        let ready = pods.iter().filter(|p| p.ready_at <= t).count();
-                        eprintln!(
-                            "t={:.2}h load={:.0} pods={} ready={} -> {} | {}",
-                            (t - start) as f64 / 3.6e6,
-                            load[k],
-                            pods.len(),
-                            ready,
-                            d.replicas,
-                            d.reason
-                        );
-                    }
                     history = h;
                     if d.predictive.is_some_and(|p| p > d.reactive) {
                         report.predictive_decisions += 1;
@@ -828,11 +802,8 @@ mod tests {
         };
         let started = std::time::Instant::now();
         let hpa = run(&t, &cfg, Policy::Hpa);
-        eprintln!("hpa {:?}", started.elapsed());
         let tw = run(&t, &cfg, Policy::Tidewatch);
-        eprintln!("tw {:?} {tw:?} {hpa:?}", started.elapsed());
         let oracle = run(&t, &cfg, Policy::Oracle);
-        eprintln!("oracle {:?}", started.elapsed());
         // The HPA is late every morning.
         assert!(hpa.slo_violation_minutes >= 6 * 3, "{hpa:?}");
         // Tidewatch learns the cycle within two days and is ready the mornings after.
