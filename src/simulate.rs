@@ -71,8 +71,9 @@ pub struct SimulateArgs {
     /// Tidewatch: how often the chosen forecaster is refitted on the latest observed history.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub refit_interval: Duration,
-    /// Tidewatch: how often the forecaster is chosen again by a rolling-origin backtest.
-    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    /// Tidewatch: how often the forecaster is chosen again by a rolling-origin backtest (also whenever
+    /// the detected periods change).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub select_interval: Duration,
     /// Tidewatch: history the forecasters are fitted on (the analyzer's trainer reads 7 days).
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]

@@ -127,7 +127,7 @@ impl Default for SimConfig {
             interval_ms: 15_000,
             step_ms: 15_000,
             refit_interval_ms: 3_600_000,
-            select_interval_ms: 86_400_000,
+            select_interval_ms: 7 * 86_400_000,
             lookback_ms: 7 * 86_400_000,
             forecast_step_ms: None,
             reversal_window_ms: 600_000,
@@ -681,7 +681,13 @@ impl Trainer {
         now: i64,
     ) -> Option<ServiceForecast> {
         let (y, last_end) = self.history(cum_load, start, step, seen_to);
-        if now >= self.next_select || self.choice.is_none() {
+        // Periods are cheap to detect: a new one (the second day of history shows the daily cycle) makes
+        // the choice stale at once.
+        let periods_changed = self
+            .choice
+            .as_ref()
+            .is_some_and(|c| c.periods != detect_periods(&y, self.bucket_ms as f64 / 1000.0));
+        if now >= self.next_select || self.choice.is_none() || periods_changed {
             self.choice = self.select(&y);
             if self.choice.is_some() {
                 self.next_select = now + self.select_interval_ms;
