@@ -3,8 +3,9 @@
 //!
 //! - The reactive floor is the HPA: per-pod utilisation (requests per second over per-replica capacity)
 //!   against the target utilisation, with the HPA's tolerance and missing/not-ready pod rules.
-//! - The predictive answer is the replicas needed to serve the forecast's upper bound over the next
-//!   `horizon` (cold start plus metric lag) at the target utilisation. It counts only when the model has
+//! - The predictive answer is the replicas needed to serve the forecast's 95 % upper bound over the next
+//!   `horizon` (cold start plus metric lag) at full per-replica capacity: the interval is the margin, so
+//!   the target utilisation's headroom is not paid a second time on top of it. It counts only when the model has
 //!   earned trust: its backtest beats seasonal naive by the policy's margin and the forecast covers the
 //!   horizon.
 //! - The larger of the two wins, then the HPA's behaviour rules (stabilisation, rate limits, min/max) and
@@ -135,7 +136,8 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
                 .is_some_and(|m| m.is_finite() && m <= spec.prediction.max_mase);
             match (trusted, f.peak_upper) {
                 (true, Some(peak)) if peak.is_finite() && peak >= 0.0 => {
-                    let n = (peak / (cap * util)).ceil().max(1.0).min(f64::from(u32::MAX)) as u32;
+                    // Full capacity: the upper bound already carries the safety margin.
+                    let n = (peak / cap).ceil().max(1.0).min(f64::from(u32::MAX)) as u32;
                     Ok((n, peak, f))
                 }
                 (true, _) => Err(format!(
@@ -162,7 +164,7 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
                 spec.prediction.horizon_seconds,
                 f.model,
                 f.mase.unwrap_or(f64::NAN),
-                capacity.unwrap_or(0.0) * util,
+                capacity.unwrap_or(0.0),
             ),
         ),
         Ok((n, _, _)) => (
@@ -331,7 +333,7 @@ mod tests {
                 None,
                 "DesiredWithinRange",
             ),
-            // Trusted forecast of 900 req/s at 50 req/s per replica → 18, above the reactive 4.
+            // Trusted forecast upper bound of 900 req/s at 100 req/s per replica → 9, above the reactive 4.
             (
                 "predictive wins",
                 |_, i| {
@@ -340,7 +342,7 @@ mod tests {
                 },
                 8,
                 4,
-                Some(18),
+                Some(9),
                 "ScaleUpLimit",
             ),
             (
