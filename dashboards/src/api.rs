@@ -430,20 +430,29 @@ pub async fn forecast(
         .map(|i| n - steps.min(n / 4) - i * (n / 24).max(1))
         .filter(|&o| o >= 2 * m.max(4))
         .collect();
-    let mut best: Option<(f64, Box<dyn tidewatch_analyzer::forecast::Forecaster>)> = None;
-    for mut model in models(&periods) {
-        let b = backtest(model.as_mut(), &y, &origins, steps.min(n / 4).max(1), m);
-        let score = if b.mae.is_finite() { b.mae } else { f64::INFINITY };
-        if best.as_ref().is_none_or(|(s, _)| score < *s) {
-            best = Some((score, model));
+    // Best backtest first; a model that cannot fit the whole history (too short for it) gives way to the next.
+    let mut ranked: Vec<(f64, Box<dyn tidewatch_analyzer::forecast::Forecaster>)> = models(&periods)
+        .into_iter()
+        .map(|mut model| {
+            let b = backtest(model.as_mut(), &y, &origins, steps.min(n / 4).max(1), m);
+            (if b.mae.is_finite() { b.mae } else { f64::INFINITY }, model)
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut last_err = String::from("no forecaster available");
+    let mut chosen = None;
+    for (_, mut model) in ranked {
+        match model.fit(&y) {
+            Ok(()) => {
+                chosen = Some(model);
+                break;
+            }
+            Err(e) => last_err = e,
         }
     }
-    let Some((_, mut model)) = best else {
-        return Err(bad("no forecaster available"));
+    let Some(model) = chosen else {
+        return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, last_err));
     };
-    model
-        .fit(&y)
-        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let start = last_ts.unwrap_or(now);
     let forecast: Vec<Value> = model
         .forecast(steps)
