@@ -69,57 +69,48 @@ fn within(events: &[(i64, u32)], now_ms: i64, period_seconds: i32) -> i64 {
         .sum()
 }
 
-/// The highest count the scale-up policies allow now.
-fn scale_up_limit(current: u32, h: &ScaleHistory, now_ms: i64, rules: &ScalingRules) -> i64 {
-    let current = i64::from(current);
-    let max_change = match rules.select_policy {
-        SelectPolicy::Disabled => return current,
-        SelectPolicy::Max => true,
-        SelectPolicy::Min => false,
-    };
-    let mut result: Option<i64> = None;
-    for p in &rules.policies {
-        let start = current - within(&h.scale_ups, now_ms, p.period_seconds)
-            + within(&h.scale_downs, now_ms, p.period_seconds);
-        let proposed = match p.type_ {
-            PolicyType::Pods => start + i64::from(p.value),
-            // Rounded up: otherwise a small count could never grow.
-            PolicyType::Percent => (start as f64 * (1.0 + f64::from(p.value) / 100.0)).ceil() as i64,
-        };
-        result = Some(match result {
-            None => proposed,
-            Some(r) if max_change => r.max(proposed),
-            Some(r) => r.min(proposed),
-        });
-    }
-    // No policy: no limit.
-    result.unwrap_or(i64::MAX)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
 }
 
-/// The lowest count the scale-down policies allow now.
-fn scale_down_limit(current: u32, h: &ScaleHistory, now_ms: i64, rules: &ScalingRules) -> i64 {
+/// The furthest count one direction's policies allow now: the highest for scale-up, the lowest for
+/// scale-down. Each policy measures its change from the count at the start of its period.
+fn policy_limit(dir: Direction, current: u32, h: &ScaleHistory, now_ms: i64, rules: &ScalingRules) -> i64 {
     let current = i64::from(current);
-    let max_change = match rules.select_policy {
-        SelectPolicy::Disabled => return current,
-        SelectPolicy::Max => true,
-        SelectPolicy::Min => false,
+    // `Max` picks the policy allowing the largest change: the highest count up, the lowest down.
+    let pick_high = match (rules.select_policy, dir) {
+        (SelectPolicy::Disabled, _) => return current,
+        (SelectPolicy::Max, Direction::Up) | (SelectPolicy::Min, Direction::Down) => true,
+        (SelectPolicy::Max, Direction::Down) | (SelectPolicy::Min, Direction::Up) => false,
     };
     let mut result: Option<i64> = None;
     for p in &rules.policies {
         let start = current - within(&h.scale_ups, now_ms, p.period_seconds)
             + within(&h.scale_downs, now_ms, p.period_seconds);
-        let proposed = match p.type_ {
-            PolicyType::Pods => start - i64::from(p.value),
+        let share = f64::from(p.value) / 100.0;
+        let proposed = match (dir, p.type_) {
+            (Direction::Up, PolicyType::Pods) => start + i64::from(p.value),
+            // Rounded up: otherwise a small count could never grow.
+            (Direction::Up, PolicyType::Percent) => (start as f64 * (1.0 + share)).ceil() as i64,
+            (Direction::Down, PolicyType::Pods) => start - i64::from(p.value),
             // Truncated, as the HPA does.
-            PolicyType::Percent => (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i64,
+            (Direction::Down, PolicyType::Percent) => (start as f64 * (1.0 - share)) as i64,
         };
-        result = Some(match result {
-            None => proposed,
-            Some(r) if max_change => r.min(proposed),
-            Some(r) => r.max(proposed),
-        });
+        result = Some(result.map_or(proposed, |r| {
+            if pick_high {
+                r.max(proposed)
+            } else {
+                r.min(proposed)
+            }
+        }));
     }
-    result.unwrap_or(i64::MIN)
+    // No policy: no limit.
+    result.unwrap_or(match dir {
+        Direction::Up => i64::MAX,
+        Direction::Down => i64::MIN,
+    })
 }
 
 /// Applies stabilisation, rate limits and min/max to `desired`, recording `desired` as the newest
@@ -166,7 +157,7 @@ pub fn normalize(
     // Rate limits and bounds.
     let (cur, want) = (i64::from(current), i64::from(stabilized));
     if want > cur {
-        let limit = scale_up_limit(current, h, now_ms, &behavior.scale_up).max(cur);
+        let limit = policy_limit(Direction::Up, current, h, now_ms, &behavior.scale_up).max(cur);
         let (allowed, reason) = if i64::from(max) > limit {
             (limit, "ScaleUpLimit")
         } else {
@@ -179,7 +170,7 @@ pub fn normalize(
             };
         }
     } else if want < cur {
-        let limit = scale_down_limit(current, h, now_ms, &behavior.scale_down).min(cur);
+        let limit = policy_limit(Direction::Down, current, h, now_ms, &behavior.scale_down).min(cur);
         let (allowed, reason) = if i64::from(min) < limit {
             (limit, "ScaleDownLimit")
         } else {
