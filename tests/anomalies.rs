@@ -10,15 +10,8 @@ use std::time::{Duration, Instant};
 use common::Tidewatch;
 use serde_json::Value;
 
-/// Quarter-second windows and a four-second warm-up, so a test runs in seconds.
 fn start() -> Tidewatch {
-    Tidewatch::start(&[
-        "analyzer.window=250ms",
-        "analyzer.store.rollup_step=1s",
-        "analyzer.health.warmup_windows=16",
-        "analyzer.health.baseline_windows=60",
-        "analyzer.health.min_requests=10",
-    ])
+    Tidewatch::start(&common::FAST_WINDOWS)
 }
 
 struct Load(Child);

@@ -35,18 +35,7 @@ fn start(data: &Path) -> Tidewatch {
 
 /// An OTLP/JSON traces request of `n` server spans for `service`.
 fn json_traces(service: &str, n: u32, seed: u32) -> Vec<u8> {
-    let spans: Vec<Value> = (0..n)
-        .map(|i| {
-            let id = seed * 1000 + i + 1;
-            serde_json::json!({"traceId": format!("{id:032x}"), "spanId": format!("{id:016x}"),
-                "name": "GET /", "kind": 2,
-                "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000005000000"})
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-        "scopeSpans": [{"spans": spans}]}]}))
-    .unwrap()
+    common::numbered_json_traces(service, "GET /", seed * 1000 + 1, n)
 }
 
 /// Requests per service over the last hour of history.

@@ -137,18 +137,16 @@ async fn setup(loadgen_extra: &[&str]) -> Env {
 
     // Tidewatch as the operator's service account, with leader election, on fast windows.
     let tw = tokio::task::block_in_place(|| {
-        Tidewatch::start(&[
-            "analyzer.window=250ms",
-            "analyzer.store.rollup_step=1s",
-            "analyzer.health.warmup_windows=16",
-            "analyzer.health.baseline_windows=60",
-            "analyzer.health.min_requests=10",
+        let kubeconfig = format!("scaler.kubeconfig={}", sa.kubeconfig.display());
+        let operator = [
             "scaler.enabled=true",
-            &format!("scaler.kubeconfig={}", sa.kubeconfig.display()),
+            kubeconfig.as_str(),
             "scaler.interval=1s",
             "scaler.leader_election.enabled=true",
             "scaler.leader_election.namespace=tidewatch",
-        ])
+        ];
+        let sets: Vec<&str> = common::FAST_WINDOWS.iter().chain(&operator).copied().collect();
+        Tidewatch::start(&sets)
     });
     let _load = Load(
         Command::new(env!("CARGO_BIN_EXE_tidewatch"))

@@ -116,17 +116,7 @@ fn upstream_json_examples_are_accepted_over_http() {
 
 /// A traces request in OTLP/JSON: `ids` are (trace id, span id) pairs in hex.
 fn json_traces(service: &str, ids: &[(&str, &str)]) -> Vec<u8> {
-    let spans: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|(t, s)| {
-            serde_json::json!({"traceId": t, "spanId": s, "name": "GET /", "kind": 2,
-                "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000005000000"})
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-        "scopeSpans": [{"spans": spans}]}]}))
-    .unwrap()
+    common::json_traces(service, "GET /", ids)
 }
 
 const T: &str = "0102030405060708090a0b0c0d0e0f10";

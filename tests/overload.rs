@@ -40,18 +40,7 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
 
 /// An OTLP/JSON traces request of `n` server spans for `service`.
 fn json_traces(service: &str, n: u32, seed: u32) -> Vec<u8> {
-    let spans: Vec<serde_json::Value> = (0..n)
-        .map(|i| {
-            let id = seed * 10_000 + i + 1;
-            serde_json::json!({"traceId": format!("{id:032x}"), "spanId": format!("{id:016x}"),
-                "name": "GET /probe", "kind": 2,
-                "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000005000000"})
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({"resourceSpans": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
-        "scopeSpans": [{"spans": spans}]}]}))
-    .unwrap()
+    common::numbered_json_traces(service, "GET /probe", seed * 10_000 + 1, n)
 }
 
 /// What one client saw, in spans.

@@ -285,3 +285,35 @@ pub fn python() -> Command {
     );
     Command::new(py)
 }
+
+/// An OTLP/JSON traces request for `service`: one 5 ms server span named `name` per (trace id, span id).
+pub fn json_traces<T: AsRef<str>>(service: &str, name: &str, ids: &[(T, T)]) -> Vec<u8> {
+    let spans: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|(t, s)| {
+            serde_json::json!({"traceId": t.as_ref(), "spanId": s.as_ref(), "name": name, "kind": 2,
+                "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000005000000"})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+        "scopeSpans": [{"spans": spans}]}]}))
+    .expect("JSON")
+}
+
+/// `n` such spans whose trace and span ids count up from `first`.
+pub fn numbered_json_traces(service: &str, name: &str, first: u32, n: u32) -> Vec<u8> {
+    let ids: Vec<(String, String)> = (first..first + n)
+        .map(|id| (format!("{id:032x}"), format!("{id:016x}")))
+        .collect();
+    json_traces(service, name, &ids)
+}
+
+/// Quarter-second windows and a four-second anomaly warm-up, so a test of the models runs in seconds.
+pub const FAST_WINDOWS: [&str; 5] = [
+    "analyzer.window=250ms",
+    "analyzer.store.rollup_step=1s",
+    "analyzer.health.warmup_windows=16",
+    "analyzer.health.baseline_windows=60",
+    "analyzer.health.min_requests=10",
+];
