@@ -268,3 +268,209 @@ fn overload_is_refused_retryably_within_bounded_memory_and_nothing_accepted_is_l
     assert_eq!(m.get("tidewatch_analyzer_queue_depth_batches", &[]), Some(0.0));
     assert_eq!(m.get("tidewatch_analyzer_inflight_bytes", &[]), Some(0.0));
 }
+
+/// Bodies being read are capped too: many slow clients, each sending a large body a little at a time,
+/// would otherwise hold clients × body size. With `collector.max_reading` at 8 MiB, 200 HTTP clients
+/// (announcing 1 MiB with `Content-Length`, as the SDKs do) and 100 gRPC clients (no length: metered as
+/// the frames arrive) trickling their bodies at once must leave Tidewatch's memory near its baseline,
+/// be refused only with retryable answers, and still have every span accounted for. Without the budget
+/// the same load held ~300 MiB of bodies (RELIABILITY.md).
+#[test]
+fn slow_clients_with_large_bodies_are_read_within_the_budget() {
+    const HTTP_CLIENTS: u32 = 200;
+    const GRPC_CLIENTS: u32 = 100;
+    const SPANS: u32 = 5_000; // ~1 MiB of OTLP/JSON, ~0.5 MiB of protobuf
+    const MAX_READING_MIB: u64 = 8;
+    // Baseline (~60 MiB) + the reading budget + `max_inflight` of admitted batches + what decoding
+    // the admitted bodies takes, with room for the allocator; far below the ~300 MiB of bodies.
+    const LIMIT_MIB: u64 = 192;
+    let tw = Tidewatch::start(&[
+        "collector.max_body=2MiB",
+        &format!("collector.max_reading={MAX_READING_MIB}MiB"),
+        "analyzer.max_inflight=8MiB",
+    ]);
+    let pid = tw.pid();
+    let baseline_kib = proc_kib(pid, "VmRSS");
+
+    // The same request from every client (the span counts are what is checked), all starting at once.
+    let json = common::numbered_json_traces("slow-http", "POST /upload", 1, SPANS);
+    let proto = serde_json::from_slice::<ExportTraceServiceRequest>(&json)
+        .unwrap()
+        .encode_to_vec();
+    let start = std::sync::Barrier::new(HTTP_CLIENTS as usize + 1);
+    let started = Instant::now();
+    let (http, grpc) = std::thread::scope(|s| {
+        let http: Vec<_> = (0..HTTP_CLIENTS)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    slow_http_export(&tw.http, &json)
+                })
+            })
+            .collect();
+        let grpc = s.spawn(|| {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            start.wait();
+            rt.block_on(async {
+                let calls: Vec<_> = (0..GRPC_CLIENTS)
+                    .map(|_| tokio::spawn(slow_grpc_export(tw.grpc.clone(), proto.clone())))
+                    .collect();
+                let mut codes = Vec::new();
+                for c in calls {
+                    codes.push(c.await.unwrap());
+                }
+                codes
+            })
+        });
+        let http: Vec<_> = http.into_iter().map(|h| h.join().unwrap()).collect();
+        (http, grpc.join().unwrap())
+    });
+    let hwm_kib = proc_kib(pid, "VmHWM");
+    let m = tw.metrics();
+    let count =
+        |v: &[Result<u16, String>], want: u16| v.iter().filter(|r| r.as_ref().ok() == Some(&want)).count();
+    let (http_ok, http_refused) = (count(&http, 200), count(&http, 503));
+    let (grpc_ok, grpc_refused) = (count(&grpc, 0), count(&grpc, 14));
+    eprintln!(
+        "slow bodies: {:.1}s; http {http_ok} accepted, {http_refused} refused; grpc {grpc_ok} accepted, \
+         {grpc_refused} refused; RSS baseline {baseline_kib} KiB, peak (VmHWM) {hwm_kib} KiB, limit {LIMIT_MIB} MiB",
+        started.elapsed().as_secs_f64()
+    );
+    let unexpected: Vec<_> = http
+        .iter()
+        .filter(|r| !matches!(r, Ok(200 | 503)))
+        .chain(grpc.iter().filter(|r| !matches!(r, Ok(0 | 14))))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "answers other than success or a retryable refusal: {unexpected:?}"
+    );
+    assert!(
+        http_ok > 0 && grpc_ok > 0 && http_refused > 0 && grpc_refused > 0,
+        "not both admitted and refused on both protocols"
+    );
+    assert!(
+        hwm_kib < LIMIT_MIB * 1024,
+        "peak RSS {hwm_kib} KiB over {LIMIT_MIB} MiB: bodies being read are not bounded"
+    );
+    // The refusals were the budget's, counted once each, and every accepted span reached the engine.
+    let refused = |p: &str| {
+        m.get(
+            "tidewatch_collector_requests_total",
+            &[("protocol", p), ("outcome", "refused")],
+        )
+        .unwrap_or(0.0) as usize
+    };
+    assert_eq!((refused("http"), refused("grpc")), (http_refused, grpc_refused));
+    let accepted = ((http_ok + grpc_ok) as u32 * SPANS) as f64;
+    assert_eq!(m.items("spans", "accepted"), accepted);
+    assert_eq!(m.sum("traces_span_metrics_calls_total", &[]), accepted);
+    assert_eq!(m.get("tidewatch_collector_reading_bytes", &[]), Some(0.0));
+    // And with the slow clients gone, a request is read and taken at once.
+    let r = tw.post("/v1/traces", "application/json", json_traces("after", 10, 4), &[]);
+    assert_eq!(r.status(), 200);
+}
+
+/// Chunk size and pause of the slow clients: 1 MiB takes about a third of a second.
+const TRICKLE: (usize, Duration) = (64 * 1024, Duration::from_millis(20));
+
+/// POSTs `body` over HTTP/1.1 with its `Content-Length`, a chunk at a time, watching for an early answer
+/// between chunks (a refusal comes before the body is read). Returns the status.
+fn slow_http_export(addr: &str, body: &[u8]) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    for chunk in body.chunks(TRICKLE.0) {
+        conn.set_read_timeout(Some(TRICKLE.1))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4096];
+        match conn.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(_) => return Err("connection closed before an answer".into()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        conn.write_all(chunk).map_err(|e| format!("sending: {e}"))?;
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    conn.read_to_end(&mut answer).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&answer);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    if status == 503 && !text.to_ascii_lowercase().contains("\r\nretry-after:") {
+        return Err("503 without Retry-After".into());
+    }
+    Ok(status)
+}
+
+/// Sends one gRPC Export of `message` over HTTP/2, its frames a chunk at a time, and returns the
+/// `grpc-status` (from the headers of a trailers-only answer, or from the trailers).
+async fn slow_grpc_export(addr: String, message: Vec<u8>) -> Result<u16, String> {
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (client, conn) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut client = client.ready().await.map_err(|e| e.to_string())?;
+    let req = http::Request::post(format!(
+        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut send) = client.send_request(req, false).map_err(|e| e.to_string())?;
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let sender = tokio::spawn(async move {
+        let chunks: Vec<_> = framed
+            .chunks(TRICKLE.0)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        let last = chunks.len() - 1;
+        for (i, c) in chunks.into_iter().enumerate() {
+            // A refusal resets the stream: sending stops there.
+            if send.send_data(c, i == last).is_err() {
+                return;
+            }
+            tokio::time::sleep(TRICKLE.1).await;
+        }
+    });
+    let response = response.await.map_err(|e| e.to_string())?;
+    sender.abort();
+    let status_of = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+    };
+    if let Some(code) = status_of(response.headers()) {
+        return Ok(code);
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|e| e.to_string())?;
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+    trailers
+        .as_ref()
+        .and_then(status_of)
+        .ok_or_else(|| format!("no grpc-status: {trailers:?}"))
+}

@@ -16,6 +16,10 @@ pub struct CollectorConfig {
     pub http: Listener,
     /// Largest request body accepted, measured after decompression too (so a gzip bomb is refused).
     pub max_body: ByteSize,
+    /// Bytes of request bodies being read at once, over both endpoints; past it, requests are refused
+    /// as retryable (503, `UNAVAILABLE`). Bounds memory however many clients connect (see `budget.rs`).
+    /// At least `max_body`, or the largest request could never be read.
+    pub max_reading: ByteSize,
     /// What a refused client is told to wait before retrying (`Retry-After`).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
@@ -37,6 +41,7 @@ impl Default for CollectorConfig {
                 endpoint: SocketAddr::from(([0, 0, 0, 0], 4318)),
             },
             max_body: ByteSize::mib(64),
+            max_reading: ByteSize::mib(64),
             retry_after: Duration::from_secs(1),
             auth: None,
             tls: None,
@@ -116,6 +121,12 @@ impl CollectorConfig {
             errors.push(format!(
                 "collector.max_body: {} is above the maximum of 2GiB",
                 self.max_body
+            ));
+        }
+        if self.max_reading.0 < self.max_body.0 {
+            errors.push(format!(
+                "collector.max_reading: {} is below collector.max_body ({}), so the largest request could never be read",
+                self.max_reading, self.max_body
             ));
         }
         // Port 0 asks the OS for a free port, so two of them never clash.

@@ -4,6 +4,8 @@
 use tidewatch_analyzer::config::ByteSize;
 use tidewatch_analyzer::ingest::Refused;
 
+use crate::budget::Overdrawn;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The body could not be parsed as the request it claims to be.
@@ -20,6 +22,9 @@ pub enum Error {
     /// The analyzer cannot take the batch now; the client should retry.
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// Too many request bytes are being read at once; the client should retry.
+    #[error(transparent)]
+    Overdrawn(#[from] Overdrawn),
     #[error("reading request body: {0}")]
     Body(String),
     #[error("tls setup: {0}")]

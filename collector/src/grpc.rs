@@ -23,6 +23,7 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use crate::budget::Overdrawn;
 use crate::decode::{Format, Rejections, Signal};
 use crate::http::error_codes;
 use crate::receiver::Receiver;
@@ -175,6 +176,12 @@ impl<S: OtlpSpec> tower::Service<http::Request<tonic::body::Body>> for OtlpGrpc<
                 rx.record(Protocol::Grpc, &Err(e), 0);
                 return Ok(Status::unauthenticated("missing or invalid bearer token").into_http());
             }
+            // Its bytes are read under the shared budget; an overdrawn body fails tonic's read with
+            // UNAVAILABLE, so the client retries.
+            let req = match metered_request(&rx, req) {
+                Ok(req) => req,
+                Err(status) => return Ok(status.into_http()),
+            };
             let mut grpc = Grpc::new(RawCodec::<S::Response>(PhantomData))
                 .apply_compression_config(encodings(), encodings())
                 .apply_max_message_size_config(Some(rx.max_body()), None);
@@ -214,6 +221,31 @@ impl<S: OtlpSpec> UnaryService<Bytes> for Export<S> {
             }
         })
     }
+}
+
+/// The request with its body read under the shared budget (`budget.rs`); refused at once when the
+/// `Content-Length` it announces (rare in gRPC) does not fit.
+fn metered_request(
+    rx: &Receiver,
+    req: http::Request<tonic::body::Body>,
+) -> Result<http::Request<tonic::body::Body>, Status> {
+    let (parts, body) = req.into_parts();
+    let announced = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .filter(|&n| n <= rx.max_body().saturating_add(5))
+        .unwrap_or(0);
+    let metered = rx
+        .meter(body, Protocol::Grpc, announced)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let body = tonic::body::Body::new(http_body_util::BodyExt::map_err(metered, |e| {
+        match e.downcast::<Overdrawn>() {
+            Ok(o) => Status::unavailable(o.to_string()),
+            Err(e) => Status::from_error(e),
+        }
+    }));
+    Ok(http::Request::from_parts(parts, body))
 }
 
 fn encodings() -> tonic::codec::EnabledCompressionEncodings {

@@ -8,10 +8,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message;
 use tidewatch_analyzer::config::ByteSize;
 
 use crate::body::{Encoding, decompress};
+use crate::budget::Overdrawn;
 use crate::decode::{Format, Rejections, Signal};
 use crate::grpc::{Logs, Metrics, OtlpSpec, Traces};
 use crate::receiver::Receiver;
@@ -45,7 +47,7 @@ async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Body, sign
                 .get(header::CONTENT_ENCODING)
                 .and_then(|v| v.to_str().ok()),
         )?;
-        let raw = read_body(&headers, body, rx.max_body()).await?;
+        let raw = read_body(&rx, &headers, body).await?;
         wire_bytes = raw.len();
         let body = decompress(encoding, raw, rx.max_body())?;
         rx.export(signal, format, body)
@@ -72,9 +74,11 @@ fn content_type(headers: &HeaderMap) -> Result<Format> {
     }
 }
 
-/// Reads the body, refusing at once when `Content-Length` already says it is too large, and otherwise as
-/// soon as the streamed bytes pass the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes> {
+/// Reads the body under the shared reading budget, refusing at once when `Content-Length` already says
+/// it is too large (or more than the budget has left), and otherwise as soon as the streamed bytes pass
+/// the limit (or the budget).
+async fn read_body(rx: &Receiver, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes> {
+    let limit = rx.max_body();
     let too_large = || Error::TooLarge {
         limit: ByteSize(limit as u64),
     };
@@ -84,14 +88,15 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // axum reports a limit hit as a length-limit error in the source chain.
-        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
-            too_large()
-        } else {
-            Error::Body(e.to_string())
-        }
-    })
+    let metered = rx.meter(body, Protocol::Http, declared.unwrap_or(0) as usize)?;
+    match Limited::new(metered, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => match e.downcast::<Overdrawn>() {
+            Ok(o) => Err(Error::Overdrawn(*o)),
+            Err(e) => Err(Error::Body(e.to_string())),
+        },
+    }
 }
 
 fn encode<M: Message + serde::Serialize>(msg: &M, format: Format) -> (Vec<u8>, &'static str) {
@@ -133,7 +138,9 @@ pub(crate) fn error_codes(e: &Error) -> (StatusCode, tonic::Code) {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, tonic::Code::Unimplemented)
         }
         Error::Unauthenticated => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
-        Error::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+        Error::Refused(_) | Error::Overdrawn(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
+        }
         Error::Tls(_) | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
     }
 }

@@ -11,9 +11,11 @@
 //!            analyzer shard queues
 //! ```
 //!
-//! `server.rs` serves both, plain or TLS, with graceful shutdown; `stats.rs` counts what happened.
+//! Bodies are read under one shared byte budget (`budget.rs`), so memory stays bounded however many
+//! clients connect. `server.rs` serves both, plain or TLS, with graceful shutdown; `stats.rs` counts what happened.
 
 pub mod body;
+pub mod budget;
 pub mod config;
 pub mod decode;
 mod error;

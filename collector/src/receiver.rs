@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tidewatch_analyzer::ingest::Ingest;
 
+use crate::budget::Metered;
 use crate::decode::{Decoded, Format, Rejections, Signal, decode};
 use crate::stats::{Outcome, Protocol, Stats};
 use crate::{CollectorConfig, Error, Result};
@@ -16,6 +17,7 @@ pub struct Receiver {
     ingest: Ingest,
     stats: Arc<Stats>,
     max_body: usize,
+    max_reading: usize,
     token: Option<Arc<str>>,
     retry_after_secs: u64,
 }
@@ -31,6 +33,7 @@ impl Receiver {
             ingest,
             stats,
             max_body: cfg.max_body.as_usize(),
+            max_reading: cfg.max_reading.as_usize(),
             token,
             retry_after_secs: cfg.retry_after.as_secs().max(1),
         })
@@ -38,6 +41,18 @@ impl Receiver {
 
     pub fn max_body(&self) -> usize {
         self.max_body
+    }
+
+    /// Wraps a request body so that its bytes are read under the shared budget (`budget.rs`);
+    /// `announced` is its `Content-Length` (0 when unknown).
+    pub fn meter<B>(&self, body: B, protocol: Protocol, announced: usize) -> Result<Metered<B>> {
+        Ok(Metered::new(
+            body,
+            self.stats.clone(),
+            protocol,
+            self.max_reading,
+            announced,
+        )?)
     }
 
     pub fn retry_after_secs(&self) -> u64 {
@@ -98,6 +113,8 @@ impl Receiver {
             Err(Error::ContentType(_) | Error::ContentEncoding(_)) => Outcome::Unsupported,
             Err(Error::Unauthenticated) => Outcome::Unauthenticated,
             Err(Error::Refused(_)) => Outcome::Refused,
+            // Counted by the metered body that refused it, where gRPC refusals are counted too.
+            Err(Error::Overdrawn(_)) => return,
             Err(Error::Tls(_) | Error::Io(_)) => Outcome::BadRequest,
         };
         self.stats.request(protocol, outcome, wire_bytes);

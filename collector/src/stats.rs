@@ -1,7 +1,7 @@
 //! The collector's own counters, exposed on `/metrics` as `tidewatch_collector_*`.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crate::decode::Signal;
 
@@ -51,6 +51,8 @@ pub struct Stats {
     refused: [AtomicU64; 3],
     requests: [[AtomicU64; 7]; 2],
     bytes: [AtomicU64; 2],
+    /// Bytes of request bodies being read now (see `budget.rs`).
+    reading: AtomicUsize,
 }
 
 impl Stats {
@@ -68,6 +70,33 @@ impl Stats {
         let o = OUTCOMES.iter().position(|(x, _)| *x == outcome).unwrap_or(0);
         self.requests[protocol as usize][o].fetch_add(1, Relaxed);
         self.bytes[protocol as usize].fetch_add(wire_bytes as u64, Relaxed);
+    }
+
+    /// Takes `n` bytes of the reading budget if that keeps it within `limit`.
+    pub fn take_reading(&self, n: usize, limit: usize) -> bool {
+        self.reading
+            .fetch_update(Relaxed, Relaxed, |used| {
+                used.checked_add(n).filter(|&u| u <= limit)
+            })
+            .is_ok()
+    }
+
+    pub fn give_back_reading(&self, n: usize) {
+        self.reading.fetch_sub(n, Relaxed);
+    }
+
+    /// Bytes of request bodies being read now.
+    pub fn reading(&self) -> usize {
+        self.reading.load(Relaxed)
+    }
+
+    /// Requests of `protocol` refused for now (full queue, memory or reading budget).
+    pub fn refused_requests(&self, protocol: Protocol) -> u64 {
+        let o = OUTCOMES
+            .iter()
+            .position(|(x, _)| *x == Outcome::Refused)
+            .unwrap_or(0);
+        self.requests[protocol as usize][o].load(Relaxed)
     }
 
     pub fn accepted(&self, signal: Signal) -> u64 {
@@ -110,6 +139,12 @@ impl Stats {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP tidewatch_collector_reading_bytes Bytes of request bodies being read now (capped by collector.max_reading)."
+        );
+        let _ = writeln!(out, "# TYPE tidewatch_collector_reading_bytes gauge");
+        let _ = writeln!(out, "tidewatch_collector_reading_bytes {}", self.reading());
         let _ = writeln!(
             out,
             "# HELP tidewatch_collector_received_bytes_total Request bytes as received (before decompression)."

@@ -1,0 +1,196 @@
+//! The memory taken by request bodies while they are being read, capped across both receivers.
+//!
+//! Admitted batches are capped by the analyzer's `max_inflight`, but a body has to be read before it can
+//! be decoded and admitted. Without a cap here, memory would grow with open connections × `max_body`: a
+//! few hundred slow clients each sending a large body could exhaust it. So every body is wrapped in a
+//! [`Metered`] body that takes its bytes from one shared budget (`collector.max_reading`) as they arrive —
+//! all at once when `Content-Length` announces them, so such a request is refused before a byte is read —
+//! and gives them back when the body is dropped: once tonic has framed the message, or axum collected it,
+//! just before `Receiver::export` reserves the decoded batch under `max_inflight`. A body that would take
+//! the budget past its limit fails with [`Overdrawn`], answered as a retryable refusal (HTTP 503 with
+//! `Retry-After`, gRPC `UNAVAILABLE`), like a full queue.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tidewatch_analyzer::config::ByteSize;
+
+use crate::stats::{Outcome, Protocol, Stats};
+
+/// A body could not be read now: the bytes of the bodies already being read are at the limit.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("request bodies being read at once would exceed collector.max_reading ({limit}); retry later")]
+pub struct Overdrawn {
+    pub limit: ByteSize,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body whose bytes are taken from the shared reading budget; see the module docs.
+pub struct Metered<B> {
+    inner: B,
+    stats: Arc<Stats>,
+    protocol: Protocol,
+    limit: usize,
+    /// Bytes taken from the budget, given back on drop.
+    held: usize,
+    /// The part of `held` not yet read (taken ahead from `Content-Length`).
+    credit: usize,
+}
+
+impl<B> Metered<B> {
+    /// Wraps `inner`, taking `announced` bytes (its `Content-Length`, 0 when unknown) at once. Refusals
+    /// are counted in `stats` here, where they happen, as `refused` requests of `protocol`.
+    pub fn new(
+        inner: B,
+        stats: Arc<Stats>,
+        protocol: Protocol,
+        limit: usize,
+        announced: usize,
+    ) -> Result<Metered<B>, Overdrawn> {
+        let mut m = Metered {
+            inner,
+            stats,
+            protocol,
+            limit,
+            held: 0,
+            credit: 0,
+        };
+        m.take(announced)?;
+        m.credit = announced;
+        Ok(m)
+    }
+
+    fn take(&mut self, n: usize) -> Result<(), Overdrawn> {
+        if n == 0 || self.stats.take_reading(n, self.limit) {
+            self.held += n;
+            return Ok(());
+        }
+        let read = self.held - self.credit;
+        self.stats.request(self.protocol, Outcome::Refused, read);
+        Err(Overdrawn {
+            limit: ByteSize(self.limit as u64),
+        })
+    }
+}
+
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        self.stats.give_back_reading(self.held);
+    }
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let n = data.len();
+            if n <= self.credit {
+                self.credit -= n;
+            } else {
+                let more = n - self.credit;
+                if let Err(e) = self.take(more) {
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                self.credit = 0;
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    /// A body that yields the given data frames, each ready at once.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn chunks(sizes: &[usize]) -> Chunks {
+        Chunks(sizes.iter().map(|&n| Bytes::from(vec![0u8; n])).collect())
+    }
+
+    #[tokio::test]
+    async fn bytes_are_held_while_reading_and_given_back_on_drop() {
+        let stats = Arc::new(Stats::default());
+        let mut a = Metered::new(chunks(&[300, 300]), stats.clone(), Protocol::Http, 1000, 0).unwrap();
+        a.frame().await.unwrap().unwrap();
+        assert_eq!(stats.reading(), 300);
+        // A second body may read while the first holds 300 bytes, up to the limit.
+        let b = Metered::new(chunks(&[100]), stats.clone(), Protocol::Http, 1000, 700).unwrap();
+        assert_eq!(stats.reading(), 1000);
+        // The first body's next frame would pass the limit: refused, and counted as a refused request.
+        let err = a.frame().await.unwrap().unwrap_err();
+        assert!(err.downcast_ref::<Overdrawn>().is_some(), "{err}");
+        assert_eq!(stats.refused_requests(Protocol::Http), 1);
+        drop(a);
+        assert_eq!(stats.reading(), 700);
+        drop(b);
+        assert_eq!(stats.reading(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_announced_length_is_taken_at_once_and_read_against() {
+        let stats = Arc::new(Stats::default());
+        assert!(Metered::new(Full::new(Bytes::new()), stats.clone(), Protocol::Grpc, 100, 101).is_err());
+        assert_eq!(stats.reading(), 0);
+        assert_eq!(stats.refused_requests(Protocol::Grpc), 1);
+        let body = Metered::new(chunks(&[60, 40]), stats.clone(), Protocol::Http, 100, 100).unwrap();
+        // Reading what was announced takes nothing more.
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), 100);
+        assert_eq!(stats.reading(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_announced_takes_the_rest_as_it_comes() {
+        let stats = Arc::new(Stats::default());
+        let mut body = Metered::new(chunks(&[50, 80]), stats.clone(), Protocol::Http, 1000, 60).unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(stats.reading(), 60);
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(stats.reading(), 130);
+    }
+}
