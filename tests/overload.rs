@@ -304,7 +304,7 @@ fn slow_clients_with_large_bodies_are_read_within_the_budget() {
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
-                    slow_http_export(&tw.http, &json)
+                    slow_http_export(&tw.http, &json, json.len())
                 })
             })
             .collect();
@@ -313,7 +313,7 @@ fn slow_clients_with_large_bodies_are_read_within_the_budget() {
             start.wait();
             rt.block_on(async {
                 let calls: Vec<_> = (0..GRPC_CLIENTS)
-                    .map(|_| tokio::spawn(slow_grpc_export(tw.grpc.clone(), proto.clone())))
+                    .map(|_| tokio::spawn(slow_grpc_export(tw.grpc.clone(), proto.clone(), usize::MAX)))
                     .collect();
                 let mut codes = Vec::new();
                 for c in calls {
@@ -371,12 +371,47 @@ fn slow_clients_with_large_bodies_are_read_within_the_budget() {
     assert_eq!(r.status(), 200);
 }
 
+/// A client that stops sending mid-body is cut off after `collector.body_timeout` (HTTP 408, gRPC
+/// `DEADLINE_EXCEEDED`), and the share of the reading budget it held is given back.
+#[test]
+fn a_stalled_body_is_cut_off_and_gives_its_budget_back() {
+    let tw = Tidewatch::start(&["collector.body_timeout=1s"]);
+    let json = json_traces("stalled", 5_000, 5);
+    let req: ExportTraceServiceRequest = serde_json::from_slice(&json).unwrap();
+    let started = Instant::now();
+    let http = slow_http_export(&tw.http, &json, TRICKLE.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let grpc = rt.block_on(slow_grpc_export(tw.grpc.clone(), req.encode_to_vec(), TRICKLE.0));
+    let took = started.elapsed();
+    assert_eq!(
+        (http, grpc),
+        (Ok(408), Ok(4)),
+        "HTTP 408 and gRPC DEADLINE_EXCEEDED"
+    );
+    assert!(took < Duration::from_secs(10), "cut off only after {took:?}");
+    let m = tw.metrics();
+    for protocol in ["http", "grpc"] {
+        assert_eq!(
+            m.get(
+                "tidewatch_collector_requests_total",
+                &[("protocol", protocol), ("outcome", "timed_out")]
+            ),
+            Some(1.0)
+        );
+    }
+    assert_eq!(m.get("tidewatch_collector_reading_bytes", &[]), Some(0.0));
+    assert_eq!(m.items("spans", "accepted"), 0.0);
+    let r = tw.post("/v1/traces", "application/json", json_traces("after", 10, 6), &[]);
+    assert_eq!(r.status(), 200);
+}
+
 /// Chunk size and pause of the slow clients: 1 MiB takes about a third of a second.
 const TRICKLE: (usize, Duration) = (64 * 1024, Duration::from_millis(20));
 
 /// POSTs `body` over HTTP/1.1 with its `Content-Length`, a chunk at a time, watching for an early answer
-/// between chunks (a refusal comes before the body is read). Returns the status.
-fn slow_http_export(addr: &str, body: &[u8]) -> Result<u16, String> {
+/// between chunks (a refusal comes before the body is read); stops sending after `send` bytes (a stalled
+/// client when less than the body). Returns the status.
+fn slow_http_export(addr: &str, body: &[u8], send: usize) -> Result<u16, String> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     let head = format!(
@@ -386,7 +421,7 @@ fn slow_http_export(addr: &str, body: &[u8]) -> Result<u16, String> {
     );
     conn.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
-    for chunk in body.chunks(TRICKLE.0) {
+    for chunk in body[..send].chunks(TRICKLE.0) {
         conn.set_read_timeout(Some(TRICKLE.1))
             .map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4096];
@@ -420,9 +455,10 @@ fn slow_http_export(addr: &str, body: &[u8]) -> Result<u16, String> {
     Ok(status)
 }
 
-/// Sends one gRPC Export of `message` over HTTP/2, its frames a chunk at a time, and returns the
-/// `grpc-status` (from the headers of a trailers-only answer, or from the trailers).
-async fn slow_grpc_export(addr: String, message: Vec<u8>) -> Result<u16, String> {
+/// Sends one gRPC Export of `message` over HTTP/2, its frames a chunk at a time (stopping after `upto`
+/// bytes, like a stalled client, when that is less), and returns the `grpc-status` (from the headers of a
+/// trailers-only answer, or from the trailers).
+async fn slow_grpc_export(addr: String, message: Vec<u8>, upto: usize) -> Result<u16, String> {
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -440,6 +476,8 @@ async fn slow_grpc_export(addr: String, message: Vec<u8>) -> Result<u16, String>
     let mut framed = vec![0u8];
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
+    let stall = upto < framed.len();
+    framed.truncate(upto);
     let sender = tokio::spawn(async move {
         let chunks: Vec<_> = framed
             .chunks(TRICKLE.0)
@@ -448,11 +486,13 @@ async fn slow_grpc_export(addr: String, message: Vec<u8>) -> Result<u16, String>
         let last = chunks.len() - 1;
         for (i, c) in chunks.into_iter().enumerate() {
             // A refusal resets the stream: sending stops there.
-            if send.send_data(c, i == last).is_err() {
+            if send.send_data(c, i == last && !stall).is_err() {
                 return;
             }
             tokio::time::sleep(TRICKLE.1).await;
         }
+        // A stalled client keeps its stream open without sending.
+        std::future::pending::<()>().await;
     });
     let response = response.await.map_err(|e| e.to_string())?;
     sender.abort();

@@ -9,10 +9,16 @@
 //! just before `Receiver::export` reserves the decoded batch under `max_inflight`. A body that would take
 //! the budget past its limit fails with [`Overdrawn`], answered as a retryable refusal (HTTP 503 with
 //! `Retry-After`, gRPC `UNAVAILABLE`), like a full queue.
+//!
+//! A body must also arrive within `collector.body_timeout` of its headers, or it fails with
+//! [`ReadError::TimedOut`] (HTTP 408, gRPC `DEADLINE_EXCEEDED`): a client that stalls mid-body would
+//! otherwise hold its share of the budget for as long as it keeps the connection open.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -20,11 +26,15 @@ use tidewatch_analyzer::config::ByteSize;
 
 use crate::stats::{Outcome, Protocol, Stats};
 
-/// A body could not be read now: the bytes of the bodies already being read are at the limit.
+/// Why a metered body stopped being read.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("request bodies being read at once would exceed collector.max_reading ({limit}); retry later")]
-pub struct Overdrawn {
-    pub limit: ByteSize,
+pub enum ReadError {
+    /// The bytes of the bodies already being read are at the limit; the client should retry.
+    #[error("request bodies being read at once would exceed collector.max_reading ({limit}); retry later")]
+    Overdrawn { limit: ByteSize },
+    /// The body did not arrive in time.
+    #[error("request body not received within collector.body_timeout ({after:?})")]
+    TimedOut { after: Duration },
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,18 +49,21 @@ pub struct Metered<B> {
     held: usize,
     /// The part of `held` not yet read (taken ahead from `Content-Length`).
     credit: usize,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<B> Metered<B> {
-    /// Wraps `inner`, taking `announced` bytes (its `Content-Length`, 0 when unknown) at once. Refusals
-    /// are counted in `stats` here, where they happen, as `refused` requests of `protocol`.
+    /// Wraps `inner`, taking `announced` bytes (its `Content-Length`, 0 when unknown) at once; the body
+    /// must be read within `timeout`. Failures are counted in `stats` here, where they happen, as
+    /// `refused` or `timed_out` requests of `protocol`. Needs a Tokio runtime (for the timer).
     pub fn new(
         inner: B,
         stats: Arc<Stats>,
         protocol: Protocol,
-        limit: usize,
+        (limit, timeout): (usize, Duration),
         announced: usize,
-    ) -> Result<Metered<B>, Overdrawn> {
+    ) -> Result<Metered<B>, ReadError> {
         let mut m = Metered {
             inner,
             stats,
@@ -58,22 +71,32 @@ impl<B> Metered<B> {
             limit,
             held: 0,
             credit: 0,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
         };
         m.take(announced)?;
         m.credit = announced;
         Ok(m)
     }
 
-    fn take(&mut self, n: usize) -> Result<(), Overdrawn> {
+    fn take(&mut self, n: usize) -> Result<(), ReadError> {
         if n == 0 || self.stats.take_reading(n, self.limit) {
             self.held += n;
             return Ok(());
         }
-        let read = self.held - self.credit;
-        self.stats.request(self.protocol, Outcome::Refused, read);
-        Err(Overdrawn {
+        Err(self.fail(ReadError::Overdrawn {
             limit: ByteSize(self.limit as u64),
-        })
+        }))
+    }
+
+    fn fail(&self, e: ReadError) -> ReadError {
+        let outcome = match e {
+            ReadError::Overdrawn { .. } => Outcome::Refused,
+            ReadError::TimedOut { .. } => Outcome::TimedOut,
+        };
+        self.stats
+            .request(self.protocol, outcome, self.held - self.credit);
+        e
     }
 }
 
@@ -95,6 +118,10 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let after = self.timeout;
+            return Poll::Ready(Some(Err(Box::new(self.fail(ReadError::TimedOut { after })))));
+        }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
@@ -148,6 +175,9 @@ mod tests {
         }
     }
 
+    const LIMIT_100: (usize, Duration) = (100, Duration::from_secs(60));
+    const LIMIT_1000: (usize, Duration) = (1000, Duration::from_secs(60));
+
     fn chunks(sizes: &[usize]) -> Chunks {
         Chunks(sizes.iter().map(|&n| Bytes::from(vec![0u8; n])).collect())
     }
@@ -155,16 +185,19 @@ mod tests {
     #[tokio::test]
     async fn bytes_are_held_while_reading_and_given_back_on_drop() {
         let stats = Arc::new(Stats::default());
-        let mut a = Metered::new(chunks(&[300, 300]), stats.clone(), Protocol::Http, 1000, 0).unwrap();
+        let mut a = Metered::new(chunks(&[300, 300]), stats.clone(), Protocol::Http, LIMIT_1000, 0).unwrap();
         a.frame().await.unwrap().unwrap();
         assert_eq!(stats.reading(), 300);
         // A second body may read while the first holds 300 bytes, up to the limit.
-        let b = Metered::new(chunks(&[100]), stats.clone(), Protocol::Http, 1000, 700).unwrap();
+        let b = Metered::new(chunks(&[100]), stats.clone(), Protocol::Http, LIMIT_1000, 700).unwrap();
         assert_eq!(stats.reading(), 1000);
         // The first body's next frame would pass the limit: refused, and counted as a refused request.
         let err = a.frame().await.unwrap().unwrap_err();
-        assert!(err.downcast_ref::<Overdrawn>().is_some(), "{err}");
-        assert_eq!(stats.refused_requests(Protocol::Http), 1);
+        assert!(
+            matches!(err.downcast_ref(), Some(ReadError::Overdrawn { .. })),
+            "{err}"
+        );
+        assert_eq!(stats.requests(Protocol::Http, Outcome::Refused), 1);
         drop(a);
         assert_eq!(stats.reading(), 700);
         drop(b);
@@ -174,10 +207,19 @@ mod tests {
     #[tokio::test]
     async fn an_announced_length_is_taken_at_once_and_read_against() {
         let stats = Arc::new(Stats::default());
-        assert!(Metered::new(Full::new(Bytes::new()), stats.clone(), Protocol::Grpc, 100, 101).is_err());
+        assert!(
+            Metered::new(
+                Full::new(Bytes::new()),
+                stats.clone(),
+                Protocol::Grpc,
+                LIMIT_100,
+                101
+            )
+            .is_err()
+        );
         assert_eq!(stats.reading(), 0);
-        assert_eq!(stats.refused_requests(Protocol::Grpc), 1);
-        let body = Metered::new(chunks(&[60, 40]), stats.clone(), Protocol::Http, 100, 100).unwrap();
+        assert_eq!(stats.requests(Protocol::Grpc, Outcome::Refused), 1);
+        let body = Metered::new(chunks(&[60, 40]), stats.clone(), Protocol::Http, LIMIT_100, 100).unwrap();
         // Reading what was announced takes nothing more.
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), 100);
@@ -187,10 +229,39 @@ mod tests {
     #[tokio::test]
     async fn a_body_longer_than_announced_takes_the_rest_as_it_comes() {
         let stats = Arc::new(Stats::default());
-        let mut body = Metered::new(chunks(&[50, 80]), stats.clone(), Protocol::Http, 1000, 60).unwrap();
+        let mut body =
+            Metered::new(chunks(&[50, 80]), stats.clone(), Protocol::Http, LIMIT_1000, 60).unwrap();
         body.frame().await.unwrap().unwrap();
         assert_eq!(stats.reading(), 60);
         body.frame().await.unwrap().unwrap();
         assert_eq!(stats.reading(), 130);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out_and_gives_its_bytes_back() {
+        /// Never yields a frame, like a client that stopped sending.
+        struct Stalled;
+        impl Body for Stalled {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Pending
+            }
+        }
+        let stats = Arc::new(Stats::default());
+        let limits = (1000, Duration::from_millis(50));
+        let mut body = Metered::new(Stalled, stats.clone(), Protocol::Grpc, limits, 500).unwrap();
+        assert_eq!(stats.reading(), 500);
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(
+            matches!(err.downcast_ref(), Some(ReadError::TimedOut { .. })),
+            "{err}"
+        );
+        assert_eq!(stats.requests(Protocol::Grpc, Outcome::TimedOut), 1);
+        drop(body);
+        assert_eq!(stats.reading(), 0);
     }
 }

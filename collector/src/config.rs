@@ -20,6 +20,10 @@ pub struct CollectorConfig {
     /// as retryable (503, `UNAVAILABLE`). Bounds memory however many clients connect (see `budget.rs`).
     /// At least `max_body`, or the largest request could never be read.
     pub max_reading: ByteSize,
+    /// Longest a request body may take to arrive after its headers; slower ones are answered 408 /
+    /// `DEADLINE_EXCEEDED` and give their share of `max_reading` back.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// What a refused client is told to wait before retrying (`Retry-After`).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
@@ -42,6 +46,7 @@ impl Default for CollectorConfig {
             },
             max_body: ByteSize::mib(64),
             max_reading: ByteSize::mib(64),
+            body_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
             auth: None,
             tls: None,
@@ -128,6 +133,9 @@ impl CollectorConfig {
                 "collector.max_reading: {} is below collector.max_body ({}), so the largest request could never be read",
                 self.max_reading, self.max_body
             ));
+        }
+        if self.body_timeout.is_zero() {
+            errors.push("collector.body_timeout: must be above 0".into());
         }
         // Port 0 asks the OS for a free port, so two of them never clash.
         if self.grpc.enabled

@@ -4,7 +4,7 @@
 use tidewatch_analyzer::config::ByteSize;
 use tidewatch_analyzer::ingest::Refused;
 
-use crate::budget::Overdrawn;
+use crate::budget::ReadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,9 +22,9 @@ pub enum Error {
     /// The analyzer cannot take the batch now; the client should retry.
     #[error(transparent)]
     Refused(#[from] Refused),
-    /// Too many request bytes are being read at once; the client should retry.
+    /// The body could not be read: the reading budget is spent (retry) or it came too slowly.
     #[error(transparent)]
-    Overdrawn(#[from] Overdrawn),
+    Reading(#[from] ReadError),
     #[error("reading request body: {0}")]
     Body(String),
     #[error("tls setup: {0}")]

@@ -23,7 +23,8 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use crate::budget::Overdrawn;
+use crate::Error;
+use crate::budget::ReadError;
 use crate::decode::{Format, Rejections, Signal};
 use crate::http::error_codes;
 use crate::receiver::Receiver;
@@ -215,10 +216,7 @@ impl<S: OtlpSpec> UnaryService<Bytes> for Export<S> {
         self.rx.record(Protocol::Grpc, &result, len);
         std::future::ready(match result {
             Ok(rejected) => Ok(Response::new(S::respond(&rejected))),
-            Err(e) => {
-                let (_, code) = error_codes(&e);
-                Err(Status::new(code, e.to_string()))
-            }
+            Err(e) => Err(status_of(&e)),
         })
     }
 }
@@ -238,14 +236,20 @@ fn metered_request(
         .unwrap_or(0);
     let metered = rx
         .meter(body, Protocol::Grpc, announced)
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        .map_err(|e| status_of(&e))?;
     let body = tonic::body::Body::new(http_body_util::BodyExt::map_err(metered, |e| {
-        match e.downcast::<Overdrawn>() {
-            Ok(o) => Status::unavailable(o.to_string()),
+        match e.downcast::<ReadError>() {
+            Ok(r) => status_of(&Error::Reading(*r)),
             Err(e) => Status::from_error(e),
         }
     }));
     Ok(http::Request::from_parts(parts, body))
+}
+
+/// The gRPC status for an error (UNAVAILABLE, so the client retries, when refused for now).
+fn status_of(e: &Error) -> Status {
+    let (_, code) = error_codes(e);
+    Status::new(code, e.to_string())
 }
 
 fn encodings() -> tonic::codec::EnabledCompressionEncodings {

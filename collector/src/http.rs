@@ -13,7 +13,7 @@ use prost::Message;
 use tidewatch_analyzer::config::ByteSize;
 
 use crate::body::{Encoding, decompress};
-use crate::budget::Overdrawn;
+use crate::budget::ReadError;
 use crate::decode::{Format, Rejections, Signal};
 use crate::grpc::{Logs, Metrics, OtlpSpec, Traces};
 use crate::receiver::Receiver;
@@ -92,8 +92,8 @@ async fn read_body(rx: &Receiver, headers: &HeaderMap, body: Body) -> Result<byt
     match Limited::new(metered, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => match e.downcast::<Overdrawn>() {
-            Ok(o) => Err(Error::Overdrawn(*o)),
+        Err(e) => match e.downcast::<ReadError>() {
+            Ok(r) => Err(Error::Reading(*r)),
             Err(e) => Err(Error::Body(e.to_string())),
         },
     }
@@ -137,8 +137,11 @@ pub(crate) fn error_codes(e: &Error) -> (StatusCode, tonic::Code) {
         Error::ContentType(_) | Error::ContentEncoding(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, tonic::Code::Unimplemented)
         }
+        Error::Reading(ReadError::TimedOut { .. }) => {
+            (StatusCode::REQUEST_TIMEOUT, tonic::Code::DeadlineExceeded)
+        }
         Error::Unauthenticated => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
-        Error::Refused(_) | Error::Overdrawn(_) => {
+        Error::Refused(_) | Error::Reading(ReadError::Overdrawn { .. }) => {
             (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
         }
         Error::Tls(_) | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),

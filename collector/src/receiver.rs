@@ -2,6 +2,7 @@
 //! the batch to the analyzer, count. Stateless apart from counters, so any number of requests run at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tidewatch_analyzer::ingest::Ingest;
@@ -18,6 +19,7 @@ pub struct Receiver {
     stats: Arc<Stats>,
     max_body: usize,
     max_reading: usize,
+    body_timeout: Duration,
     token: Option<Arc<str>>,
     retry_after_secs: u64,
 }
@@ -34,6 +36,7 @@ impl Receiver {
             stats,
             max_body: cfg.max_body.as_usize(),
             max_reading: cfg.max_reading.as_usize(),
+            body_timeout: cfg.body_timeout,
             token,
             retry_after_secs: cfg.retry_after.as_secs().max(1),
         })
@@ -43,14 +46,14 @@ impl Receiver {
         self.max_body
     }
 
-    /// Wraps a request body so that its bytes are read under the shared budget (`budget.rs`);
-    /// `announced` is its `Content-Length` (0 when unknown).
+    /// Wraps a request body so that its bytes are read under the shared budget and within the body
+    /// timeout (`budget.rs`); `announced` is its `Content-Length` (0 when unknown).
     pub fn meter<B>(&self, body: B, protocol: Protocol, announced: usize) -> Result<Metered<B>> {
         Ok(Metered::new(
             body,
             self.stats.clone(),
             protocol,
-            self.max_reading,
+            (self.max_reading, self.body_timeout),
             announced,
         )?)
     }
@@ -113,8 +116,8 @@ impl Receiver {
             Err(Error::ContentType(_) | Error::ContentEncoding(_)) => Outcome::Unsupported,
             Err(Error::Unauthenticated) => Outcome::Unauthenticated,
             Err(Error::Refused(_)) => Outcome::Refused,
-            // Counted by the metered body that refused it, where gRPC refusals are counted too.
-            Err(Error::Overdrawn(_)) => return,
+            // Counted by the metered body that failed it, where gRPC's are counted too.
+            Err(Error::Reading(_)) => return,
             Err(Error::Tls(_) | Error::Io(_)) => Outcome::BadRequest,
         };
         self.stats.request(protocol, outcome, wire_bytes);

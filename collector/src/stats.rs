@@ -18,9 +18,11 @@ pub enum Outcome {
     Unauthenticated,
     /// Refused for now (queue full or memory limit): the client retries.
     Refused,
+    /// The body did not arrive within `collector.body_timeout`.
+    TimedOut,
 }
 
-const OUTCOMES: [(Outcome, &str); 7] = [
+const OUTCOMES: [(Outcome, &str); 8] = [
     (Outcome::Ok, "ok"),
     (Outcome::Partial, "partial"),
     (Outcome::BadRequest, "bad_request"),
@@ -28,6 +30,7 @@ const OUTCOMES: [(Outcome, &str); 7] = [
     (Outcome::Unsupported, "unsupported"),
     (Outcome::Unauthenticated, "unauthenticated"),
     (Outcome::Refused, "refused"),
+    (Outcome::TimedOut, "timed_out"),
 ];
 
 /// Receiving protocol.
@@ -49,7 +52,7 @@ pub struct Stats {
     accepted: [AtomicU64; 3],
     rejected: [AtomicU64; 3],
     refused: [AtomicU64; 3],
-    requests: [[AtomicU64; 7]; 2],
+    requests: [[AtomicU64; 8]; 2],
     bytes: [AtomicU64; 2],
     /// Bytes of request bodies being read now (see `budget.rs`).
     reading: AtomicUsize,
@@ -90,12 +93,9 @@ impl Stats {
         self.reading.load(Relaxed)
     }
 
-    /// Requests of `protocol` refused for now (full queue, memory or reading budget).
-    pub fn refused_requests(&self, protocol: Protocol) -> u64 {
-        let o = OUTCOMES
-            .iter()
-            .position(|(x, _)| *x == Outcome::Refused)
-            .unwrap_or(0);
+    /// Requests of `protocol` that ended with `outcome`.
+    pub fn requests(&self, protocol: Protocol, outcome: Outcome) -> u64 {
+        let o = OUTCOMES.iter().position(|(x, _)| *x == outcome).unwrap_or(0);
         self.requests[protocol as usize][o].load(Relaxed)
     }
 
