@@ -79,6 +79,13 @@ pub async fn run(
         .map(server::rustls_config)
         .transpose()
         .context("collector.tls")?;
+    let web_tls = cfg
+        .web
+        .tls
+        .as_ref()
+        .map(server::rustls_config)
+        .transpose()
+        .context("web.tls")?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -128,9 +135,14 @@ pub async fn run(
         web_router = tidewatch_dashboards::auth::protect(web_router, token, auth.protect_metrics);
     }
     let (web_stop_tx, mut web_stop_rx) = watch::channel(false);
-    let web = tokio::spawn(server::serve_http(listeners.web, web_router, None, async move {
-        let _ = web_stop_rx.wait_for(|s| *s).await;
-    }));
+    let web = tokio::spawn(server::serve_http(
+        listeners.web,
+        web_router,
+        web_tls,
+        async move {
+            let _ = web_stop_rx.wait_for(|s| *s).await;
+        },
+    ));
 
     // The operator acts on a cluster only when configured to.
     let (op_stop_tx, op_stop_rx) = watch::channel(false);

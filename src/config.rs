@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use tidewatch_analyzer::config::AnalyzerConfig;
 use tidewatch_collector::CollectorConfig;
+use tidewatch_collector::config::TlsConfig;
 use tidewatch_dashboards::auth::WebAuthConfig;
 use tidewatch_scaler::config::ScalerConfig;
 
@@ -35,6 +36,9 @@ pub struct WebConfig {
     pub endpoint: SocketAddr,
     /// Require a token on the UI, the API and (by default) `/metrics`; the probes stay open.
     pub auth: Option<WebAuthConfig>,
+    /// Serve the web port over TLS (and require client certificates when `client_ca` is set), so the
+    /// token above does not travel in clear text. Probes and scrapers must then use HTTPS.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for WebConfig {
@@ -42,6 +46,7 @@ impl Default for WebConfig {
         WebConfig {
             endpoint: SocketAddr::from(([0, 0, 0, 0], 8080)),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -128,6 +133,9 @@ impl Config {
         self.scaler.validate(&mut errors);
         if let Some(auth) = &self.web.auth {
             auth.validate(&mut errors);
+        }
+        if let Some(tls) = &self.web.tls {
+            tls.validate("web.tls", &mut errors);
         }
         let endpoints = [
             (self.collector.grpc.enabled, self.collector.grpc.endpoint),

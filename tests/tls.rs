@@ -191,3 +191,56 @@ fn mutual_tls_requires_a_client_certificate() {
         0.0
     );
 }
+
+/// The web port over TLS with a token: the UI, API and `/metrics` answer over HTTPS to a client that
+/// trusts the CA, a plain-HTTP client gets no answer, and the token is still required.
+#[test]
+fn web_port_over_tls_keeps_its_token_out_of_clear_text() {
+    let pki = Pki::new();
+    let set = |k: &str, f: &str| format!("web.tls.{k}={}", pki.path(f).display());
+    let tw = Tidewatch::start(&[
+        &set("cert", "server.pem"),
+        &set("key", "server-key.pem"),
+        "web.auth.token=web-Zq8v1X3kP0s9",
+    ]);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = client.get(format!("https://{}{path}", tw.web));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().expect("GET over TLS").status().as_u16()
+    };
+    assert_eq!(get("/readyz", None), 200);
+    assert_eq!(get("/api/services", None), 401);
+    assert_eq!(get("/api/services", Some("web-Zq8v1X3kP0s9")), 200);
+    assert_eq!(get("/metrics", Some("web-Zq8v1X3kP0s9")), 200);
+    assert_eq!(get("/", Some("web-Zq8v1X3kP0s9")), 200);
+    // Plain HTTP to the TLS port gets no HTTP answer, so nothing is ever sent or served in clear.
+    let plain = reqwest::blocking::get(format!("http://{}/readyz", tw.web));
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // A client that does not trust the CA refuses the server.
+    let untrusted = reqwest::blocking::get(format!("https://{}/readyz", tw.web));
+    assert!(untrusted.is_err(), "untrusted certificate accepted");
+}
+
+/// A missing web certificate is a configuration error naming the field.
+#[test]
+fn a_missing_web_certificate_is_named() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["check-config", "--set", "web.tls.cert=/nonexistent/cert.pem"])
+        .args(["--set", "web.tls.key=/nonexistent/key.pem"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("web.tls.cert: /nonexistent/cert.pem is not a readable file"),
+        "{err}"
+    );
+    assert!(err.contains("web.tls.key"), "{err}");
+}

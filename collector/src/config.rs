@@ -163,19 +163,23 @@ impl CollectorConfig {
             }
         }
         if let Some(t) = &self.tls {
-            for (field, path) in [
-                ("cert", Some(&t.cert)),
-                ("key", Some(&t.key)),
-                ("client_ca", t.client_ca.as_ref()),
-            ] {
-                if let Some(p) = path
-                    && !p.is_file()
-                {
-                    errors.push(format!(
-                        "collector.tls.{field}: {} is not a readable file",
-                        p.display()
-                    ));
-                }
+            t.validate("collector.tls", errors);
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Names each file that is missing, under `path` (where this section sits in the configuration).
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
+        for (field, file) in [
+            ("cert", Some(&self.cert)),
+            ("key", Some(&self.key)),
+            ("client_ca", self.client_ca.as_ref()),
+        ] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                errors.push(format!("{path}.{field}: {} is not a readable file", f.display()));
             }
         }
     }

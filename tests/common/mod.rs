@@ -77,14 +77,20 @@ impl Tidewatch {
             stderr,
             _dir: dir,
         };
-        tw.wait_ready();
+        tw.wait_ready(sets.iter().any(|s| s.starts_with("web.tls")));
         tw
     }
 
-    fn wait_ready(&self) {
+    /// Polls `/readyz`, over HTTPS when the web port has TLS (the certificate is not what this checks).
+    fn wait_ready(&self, https: bool) {
+        let client = reqwest::blocking::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .expect("client");
+        let url = format!("{}://{}/readyz", if https { "https" } else { "http" }, self.web);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::blocking::get(format!("http://{}/readyz", self.web))
+            if let Ok(r) = client.get(&url).send()
                 && r.status().is_success()
             {
                 return;
