@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use tidewatch_collector::limit::ConnLimit;
 use tidewatch_collector::{Receiver, Stats, server};
 use tidewatch_dashboards::WebState;
 use tokio::net::TcpListener;
@@ -95,21 +96,23 @@ pub async fn run(
         }
     };
 
+    // One cap on connections for both OTLP endpoints (the web port has none).
+    let limit = ConnLimit::new(cfg.collector.max_connections, stats.clone());
     let mut otlp = tokio::task::JoinSet::new();
     if let Some(l) = listeners.grpc {
         let tls_cfg = cfg.collector.tls.clone();
-        let (rx, stop) = (rx.clone(), stopped());
+        let (rx, stop, limit) = (rx.clone(), stopped(), limit.clone());
         otlp.spawn(async move {
-            server::serve_grpc(l, rx, tls_cfg.as_ref(), stop)
+            server::serve_grpc(l, rx, tls_cfg.as_ref(), &limit, stop)
                 .await
                 .context("OTLP/gRPC server")
         });
     }
     if let Some(l) = listeners.http {
         let router = tidewatch_collector::http::router(rx.clone());
-        let (tls, stop) = (tls.clone(), stopped());
+        let (tls, stop, limit) = (tls.clone(), stopped(), limit.clone());
         otlp.spawn(async move {
-            server::serve_http(l, router, tls, stop)
+            server::serve_http(l, router, tls, Some(limit), stop)
                 .await
                 .context("OTLP/HTTP server")
         });
@@ -139,6 +142,7 @@ pub async fn run(
         listeners.web,
         web_router,
         web_tls,
+        None,
         async move {
             let _ = web_stop_rx.wait_for(|s| *s).await;
         },

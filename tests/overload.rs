@@ -405,6 +405,66 @@ fn a_stalled_body_is_cut_off_and_gives_its_budget_back() {
     assert_eq!(r.status(), 200);
 }
 
+/// Connections past `collector.max_connections` (over both OTLP endpoints) are closed at once and counted,
+/// and their places come back when the held connections close.
+#[test]
+fn connections_past_the_cap_are_closed_and_counted() {
+    use std::io::Read;
+    let tw = Tidewatch::start(&["collector.max_connections=4"]);
+    // Two idle connections on each endpoint take the four places.
+    let held: Vec<_> = [&tw.http, &tw.http, &tw.grpc, &tw.grpc]
+        .iter()
+        .map(|a| std::net::TcpStream::connect(a.as_str()).unwrap())
+        .collect();
+    let gauge = |name: &str| tw.metrics().get(name, &[]).unwrap_or(-1.0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge("tidewatch_collector_connections") < 4.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gauge("tidewatch_collector_connections"), 4.0);
+    // A fifth, on either endpoint, is closed without a byte.
+    for addr in [&tw.http, &tw.grpc] {
+        let mut c = std::net::TcpStream::connect(addr.as_str()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = c.read(&mut buf);
+        // Closed: end of stream or a reset, not data (h2 greets with SETTINGS) and not a timeout.
+        let closed = match &n {
+            Ok(n) => *n == 0,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        };
+        assert!(closed, "over the cap but not closed: {n:?}");
+    }
+    let body = json_traces("capped", 10, 7);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let req: ExportTraceServiceRequest = serde_json::from_slice(&body).unwrap();
+    let grpc = rt.block_on(tidewatch::loadgen::grpc_export_traces(
+        &format!("http://{}", tw.grpc),
+        bytes::Bytes::from(req.encode_to_vec()),
+        None,
+    ));
+    assert!(grpc.is_err(), "a gRPC export over the cap succeeded");
+    assert!(gauge("tidewatch_collector_connections_refused_total") >= 3.0);
+    // The held connections close: their places come back, and exports go through on both endpoints.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge("tidewatch_collector_connections") > 0.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(gauge("tidewatch_collector_connections"), 0.0);
+    assert_eq!(tw.post("/v1/traces", "application/json", body, &[]).status(), 200);
+    let grpc = rt.block_on(tidewatch::loadgen::grpc_export_traces(
+        &format!("http://{}", tw.grpc),
+        bytes::Bytes::from(req.encode_to_vec()),
+        None,
+    ));
+    assert_eq!(grpc.ok(), Some(0));
+    assert_eq!(tw.metrics().items("spans", "accepted"), 20.0);
+}
+
 /// Chunk size and pause of the slow clients: 1 MiB takes about a third of a second.
 const TRICKLE: (usize, Duration) = (64 * 1024, Duration::from_millis(20));
 

@@ -24,6 +24,9 @@ pub struct CollectorConfig {
     /// `DEADLINE_EXCEEDED` and give their share of `max_reading` back.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// OTLP connections open at once, over both endpoints; more are closed at once (clients retry).
+    /// Each may hold up to 1 MiB that HTTP/2 lets a client send ahead, outside `max_reading`.
+    pub max_connections: usize,
     /// What a refused client is told to wait before retrying (`Retry-After`).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
@@ -47,6 +50,7 @@ impl Default for CollectorConfig {
             max_body: ByteSize::mib(64),
             max_reading: ByteSize::mib(64),
             body_timeout: Duration::from_secs(30),
+            max_connections: 4096,
             retry_after: Duration::from_secs(1),
             auth: None,
             tls: None,
@@ -133,6 +137,9 @@ impl CollectorConfig {
                 "collector.max_reading: {} is below collector.max_body ({}), so the largest request could never be read",
                 self.max_reading, self.max_body
             ));
+        }
+        if self.max_connections == 0 {
+            errors.push("collector.max_connections: must be at least 1".into());
         }
         if self.body_timeout.is_zero() {
             errors.push("collector.body_timeout: must be above 0".into());

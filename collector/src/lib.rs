@@ -21,6 +21,7 @@ pub mod decode;
 mod error;
 pub mod grpc;
 pub mod http;
+pub mod limit;
 pub mod receiver;
 pub mod server;
 pub mod stats;

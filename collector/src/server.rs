@@ -11,12 +11,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tower::ServiceExt;
 
 use crate::config::TlsConfig;
 use crate::grpc::{Logs, Metrics, OtlpGrpc, Traces};
+use crate::limit::ConnLimit;
 use crate::receiver::Receiver;
 use crate::{Error, Result};
 
@@ -66,11 +66,13 @@ pub fn rustls_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(cfg))
 }
 
-/// Serves the three OTLP gRPC services on `listener` until `shutdown` resolves.
+/// Serves the three OTLP gRPC services on `listener`, with at most `limit` connections, until `shutdown`
+/// resolves.
 pub async fn serve_grpc(
     listener: TcpListener,
     rx: Receiver,
     tls: Option<&TlsConfig>,
+    limit: &ConnLimit,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     // 256 KiB frames instead of HTTP/2's 16 KiB default: a typical export (a few hundred KiB) then
@@ -87,17 +89,19 @@ pub async fn serve_grpc(
         .add_service(OtlpGrpc::<Traces>::new(rx.clone()))
         .add_service(OtlpGrpc::<Metrics>::new(rx.clone()))
         .add_service(OtlpGrpc::<Logs>::new(rx))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(limit.incoming(listener), shutdown)
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))
 }
 
-/// Serves `router` over HTTP/1.1 and HTTP/2 (and TLS when `tls` is given) until `shutdown` resolves, then
-/// waits for open connections to finish their requests.
+/// Serves `router` over HTTP/1.1 and HTTP/2 (and TLS when `tls` is given), with at most `limit`
+/// connections when one is given, until `shutdown` resolves, then waits for open connections to finish
+/// their requests.
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limit: Option<ConnLimit>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
@@ -118,6 +122,12 @@ pub async fn serve_http(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // Over the cap the stream is dropped here, which closes it.
+        let place = match limit.as_ref().map(ConnLimit::place) {
+            Some(None) => continue,
+            Some(place) => place,
+            None => None,
+        };
         let service = hyper::service::service_fn({
             let router = router.clone();
             move |req: hyper::Request<hyper::body::Incoming>| {
@@ -131,6 +141,7 @@ pub async fn serve_http(
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _place = place;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "http connection ended with an error");
                     }
@@ -141,6 +152,7 @@ pub async fn serve_http(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _place = place;
                     let tls = match tokio::time::timeout(
                         std::time::Duration::from_secs(10),
                         acceptor.accept(stream),

@@ -56,6 +56,9 @@ pub struct Stats {
     bytes: [AtomicU64; 2],
     /// Bytes of request bodies being read now (see `budget.rs`).
     reading: AtomicUsize,
+    /// Open OTLP connections, and those closed at once for being over the cap (see `limit.rs`).
+    connections: AtomicUsize,
+    connections_refused: AtomicU64,
 }
 
 impl Stats {
@@ -86,6 +89,18 @@ impl Stats {
 
     pub fn give_back_reading(&self, n: usize) {
         self.reading.fetch_sub(n, Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
     }
 
     /// Bytes of request bodies being read now.
@@ -139,6 +154,29 @@ impl Stats {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP tidewatch_collector_connections Open OTLP connections (capped by collector.max_connections)."
+        );
+        let _ = writeln!(out, "# TYPE tidewatch_collector_connections gauge");
+        let _ = writeln!(
+            out,
+            "tidewatch_collector_connections {}",
+            self.connections.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tidewatch_collector_connections_refused_total OTLP connections closed at once for being over collector.max_connections."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tidewatch_collector_connections_refused_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "tidewatch_collector_connections_refused_total {}",
+            self.connections_refused.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP tidewatch_collector_reading_bytes Bytes of request bodies being read now (capped by collector.max_reading)."
