@@ -264,4 +264,44 @@ mod tests {
         drop(body);
         assert_eq!(stats.reading(), 0);
     }
+
+    /// Many bodies of random frames and announced lengths, read in random interleavings and dropped at
+    /// random points: the budget is never above its limit, what is held is what the live bodies took, and
+    /// it is back at zero when they are gone.
+    #[tokio::test]
+    async fn random_interleavings_keep_the_budget_exact() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let stats = Arc::new(Stats::default());
+        let limits = (4096, Duration::from_secs(60));
+        for _ in 0..200 {
+            let mut live: Vec<Metered<Chunks>> = Vec::new();
+            for _ in 0..rng.random_range(1..12) {
+                let frames: Vec<usize> = (0..rng.random_range(0..6))
+                    .map(|_| rng.random_range(0..900))
+                    .collect();
+                let total: usize = frames.iter().sum();
+                let announced = if rng.random_bool(0.5) { total } else { 0 };
+                if let Ok(m) = Metered::new(chunks(&frames), stats.clone(), Protocol::Http, limits, announced)
+                {
+                    live.push(m);
+                }
+                assert!(stats.reading() <= limits.0);
+            }
+            while !live.is_empty() {
+                let i = rng.random_range(0..live.len());
+                if rng.random_bool(0.2) {
+                    drop(live.swap_remove(i));
+                } else {
+                    match live[i].frame().await {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => drop(live.swap_remove(i)),
+                    }
+                }
+                assert!(stats.reading() <= limits.0);
+                assert_eq!(stats.reading(), live.iter().map(|m| m.held).sum::<usize>());
+            }
+            assert_eq!(stats.reading(), 0);
+        }
+    }
 }
