@@ -417,11 +417,15 @@ fn connections_past_the_cap_are_closed_and_counted() {
         .map(|a| std::net::TcpStream::connect(a.as_str()).unwrap())
         .collect();
     let gauge = |name: &str| tw.metrics().get(name, &[]).unwrap_or(-1.0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gauge("tidewatch_collector_connections") < 4.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(gauge("tidewatch_collector_connections"), 4.0);
+    // Connections are counted as the server gets to them: wait up to 5 s for the gauge to read `n`.
+    let open_connections_reach = |n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gauge("tidewatch_collector_connections") != n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(gauge("tidewatch_collector_connections"), n);
+    };
+    open_connections_reach(4.0);
     // A fifth, on either endpoint, is closed without a byte.
     for addr in [&tw.http, &tw.grpc] {
         let mut c = std::net::TcpStream::connect(addr.as_str()).unwrap();
@@ -441,27 +445,20 @@ fn connections_past_the_cap_are_closed_and_counted() {
     let body = json_traces("capped", 10, 7);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let req: ExportTraceServiceRequest = serde_json::from_slice(&body).unwrap();
-    let grpc = rt.block_on(tidewatch::loadgen::grpc_export_traces(
-        &format!("http://{}", tw.grpc),
-        bytes::Bytes::from(req.encode_to_vec()),
-        None,
-    ));
-    assert!(grpc.is_err(), "a gRPC export over the cap succeeded");
+    let export_grpc = || {
+        rt.block_on(tidewatch::loadgen::grpc_export_traces(
+            &format!("http://{}", tw.grpc),
+            bytes::Bytes::from(req.encode_to_vec()),
+            None,
+        ))
+    };
+    assert!(export_grpc().is_err(), "a gRPC export over the cap succeeded");
     assert!(gauge("tidewatch_collector_connections_refused_total") >= 3.0);
     // The held connections close: their places come back, and exports go through on both endpoints.
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gauge("tidewatch_collector_connections") > 0.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(gauge("tidewatch_collector_connections"), 0.0);
+    open_connections_reach(0.0);
     assert_eq!(tw.post("/v1/traces", "application/json", body, &[]).status(), 200);
-    let grpc = rt.block_on(tidewatch::loadgen::grpc_export_traces(
-        &format!("http://{}", tw.grpc),
-        bytes::Bytes::from(req.encode_to_vec()),
-        None,
-    ));
-    assert_eq!(grpc.ok(), Some(0));
+    assert_eq!(export_grpc().ok(), Some(0));
     assert_eq!(tw.metrics().items("spans", "accepted"), 20.0);
 }
 

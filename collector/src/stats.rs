@@ -46,6 +46,16 @@ fn signal_idx(s: Signal) -> usize {
     s as usize
 }
 
+fn outcome_idx(outcome: Outcome) -> usize {
+    OUTCOMES.iter().position(|(x, _)| *x == outcome).unwrap_or(0)
+}
+
+/// The `# HELP` and `# TYPE` lines of a metric family (as `dashboards/src/prom.rs` writes them).
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// Lock-free counters, shared by all receivers.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -73,8 +83,7 @@ impl Stats {
     }
 
     pub fn request(&self, protocol: Protocol, outcome: Outcome, wire_bytes: usize) {
-        let o = OUTCOMES.iter().position(|(x, _)| *x == outcome).unwrap_or(0);
-        self.requests[protocol as usize][o].fetch_add(1, Relaxed);
+        self.requests[protocol as usize][outcome_idx(outcome)].fetch_add(1, Relaxed);
         self.bytes[protocol as usize].fetch_add(wire_bytes as u64, Relaxed);
     }
 
@@ -110,8 +119,7 @@ impl Stats {
 
     /// Requests of `protocol` that ended with `outcome`.
     pub fn requests(&self, protocol: Protocol, outcome: Outcome) -> u64 {
-        let o = OUTCOMES.iter().position(|(x, _)| *x == outcome).unwrap_or(0);
-        self.requests[protocol as usize][o].load(Relaxed)
+        self.requests[protocol as usize][outcome_idx(outcome)].load(Relaxed)
     }
 
     pub fn accepted(&self, signal: Signal) -> u64 {
@@ -120,11 +128,12 @@ impl Stats {
 
     /// Appends the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
+        family(
             out,
-            "# HELP tidewatch_collector_items_total Items received, by signal and outcome."
+            "tidewatch_collector_items_total",
+            "counter",
+            "Items received, by signal and outcome.",
         );
-        let _ = writeln!(out, "# TYPE tidewatch_collector_items_total counter");
         for s in SIGNALS {
             let i = signal_idx(s);
             for (outcome, c) in [
@@ -140,11 +149,12 @@ impl Stats {
                 );
             }
         }
-        let _ = writeln!(
+        family(
             out,
-            "# HELP tidewatch_collector_requests_total Export requests, by protocol and outcome."
+            "tidewatch_collector_requests_total",
+            "counter",
+            "Export requests, by protocol and outcome.",
         );
-        let _ = writeln!(out, "# TYPE tidewatch_collector_requests_total counter");
         for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
             for (o, (_, oname)) in OUTCOMES.iter().enumerate() {
                 let v = self.requests[p as usize][o].load(Relaxed);
@@ -154,40 +164,35 @@ impl Stats {
                 );
             }
         }
-        let _ = writeln!(
+        for (name, kind, help, value) in [
+            (
+                "tidewatch_collector_connections",
+                "gauge",
+                "Open OTLP connections (capped by collector.max_connections).",
+                self.connections.load(Relaxed) as u64,
+            ),
+            (
+                "tidewatch_collector_connections_refused_total",
+                "counter",
+                "OTLP connections closed at once for being over collector.max_connections.",
+                self.connections_refused.load(Relaxed),
+            ),
+            (
+                "tidewatch_collector_reading_bytes",
+                "gauge",
+                "Bytes of request bodies being read now (capped by collector.max_reading).",
+                self.reading() as u64,
+            ),
+        ] {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        family(
             out,
-            "# HELP tidewatch_collector_connections Open OTLP connections (capped by collector.max_connections)."
+            "tidewatch_collector_received_bytes_total",
+            "counter",
+            "Request bytes as received (before decompression).",
         );
-        let _ = writeln!(out, "# TYPE tidewatch_collector_connections gauge");
-        let _ = writeln!(
-            out,
-            "tidewatch_collector_connections {}",
-            self.connections.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tidewatch_collector_connections_refused_total OTLP connections closed at once for being over collector.max_connections."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE tidewatch_collector_connections_refused_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "tidewatch_collector_connections_refused_total {}",
-            self.connections_refused.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tidewatch_collector_reading_bytes Bytes of request bodies being read now (capped by collector.max_reading)."
-        );
-        let _ = writeln!(out, "# TYPE tidewatch_collector_reading_bytes gauge");
-        let _ = writeln!(out, "tidewatch_collector_reading_bytes {}", self.reading());
-        let _ = writeln!(
-            out,
-            "# HELP tidewatch_collector_received_bytes_total Request bytes as received (before decompression)."
-        );
-        let _ = writeln!(out, "# TYPE tidewatch_collector_received_bytes_total counter");
         for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
             let _ = writeln!(
                 out,
