@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
 use crate::forecast::Forecasts;
-use crate::graph::{EdgeRow, GraphCounters, GraphStore};
+use crate::graph::{EdgeRow, GraphCounters, GraphKeys, GraphStore};
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
 use crate::intern::Interner;
@@ -113,8 +113,9 @@ pub struct Engine {
     template: Arc<Snapshot>,
 }
 
-/// Starts the shards on the current tokio runtime; returns the handle receivers send into and the engine.
-pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
+/// The span attributes `cfg` makes the engine read (the RED dimensions, then the service graph's), with
+/// the indices of each part. The receivers skip every other attribute on the wire.
+pub fn wanted_keys(cfg: &AnalyzerConfig) -> (AttrKeys, Vec<u16>, GraphKeys) {
     let mut keys = AttrKeys::default();
     let red_dims: Vec<u16> = cfg
         .span_metrics
@@ -123,6 +124,12 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         .map(|d| keys.intern(d))
         .collect();
     let graph_keys = GraphStore::attr_keys(&cfg.service_graph, &mut keys);
+    (keys, red_dims, graph_keys)
+}
+
+/// Starts the shards on the current tokio runtime; returns the handle receivers send into and the engine.
+pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
+    let (keys, red_dims, graph_keys) = wanted_keys(cfg);
     let keys = Arc::new(keys);
     let stats = Arc::new(EngineStats::default());
     let n = cfg.shard_count();

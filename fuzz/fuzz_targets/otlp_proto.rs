@@ -4,37 +4,27 @@
 //! same number of spans.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tidewatch_analyzer::model::AttrKeys;
 use tidewatch_collector::decode::{Format, Signal, convert, decode, wire};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, body)) = data.split_first() else {
+    let Some((signal, body)) = common::split(data) else {
         return;
     };
-    let keys = AttrKeys::new([
-        "peer.service",
-        "db.name",
-        "db.system",
-        "server.address",
-        "k8s.pod.name",
-    ]);
-    let signal = match sel % 3 {
-        0 => Signal::Traces,
-        1 => Signal::Metrics,
-        _ => Signal::Logs,
-    };
+    let keys = &*common::KEYS;
     let body = Bytes::copy_from_slice(body);
-    let _ = decode(signal, Format::Protobuf, body.clone(), &keys);
+    let _ = decode(signal, Format::Protobuf, body.clone(), keys);
     if signal == Signal::Traces
         && let Ok(req) = ExportTraceServiceRequest::decode(&body[..])
     {
-        let (owned, owned_rej) = convert::traces(&req, &keys);
-        let (walked, walked_rej) =
-            wire::decode_traces(body, &keys).expect("prost read it, the walk must too");
+        let (owned, owned_rej) = convert::traces(&req, keys);
+        let (walked, walked_rej) = wire::decode_traces(body, keys).expect("prost read it, the walk must too");
         assert_eq!(walked.spans.len(), owned.spans.len(), "kept spans differ");
         assert_eq!(walked_rej.count, owned_rej.count, "rejected spans differ");
     }
