@@ -49,6 +49,8 @@ pub struct Metered<B> {
     held: usize,
     /// The part of `held` not yet read (taken ahead from `Content-Length`).
     credit: usize,
+    /// Whether this body's failure is counted already (a consumer may poll again after an error).
+    counted: bool,
     timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
@@ -71,6 +73,7 @@ impl<B> Metered<B> {
             limit,
             held: 0,
             credit: 0,
+            counted: false,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
         };
@@ -89,7 +92,10 @@ impl<B> Metered<B> {
         }))
     }
 
-    fn fail(&self, e: ReadError) -> ReadError {
+    fn fail(&mut self, e: ReadError) -> ReadError {
+        if std::mem::replace(&mut self.counted, true) {
+            return e;
+        }
         let outcome = match e {
             ReadError::Overdrawn { .. } => Outcome::Refused,
             ReadError::TimedOut { .. } => Outcome::TimedOut,
@@ -260,6 +266,9 @@ mod tests {
             matches!(err.downcast_ref(), Some(ReadError::TimedOut { .. })),
             "{err}"
         );
+        assert_eq!(stats.requests(Protocol::Grpc, Outcome::TimedOut), 1);
+        // Polled again, it fails again but is counted once.
+        assert!(body.frame().await.unwrap().is_err());
         assert_eq!(stats.requests(Protocol::Grpc, Outcome::TimedOut), 1);
         drop(body);
         assert_eq!(stats.reading(), 0);
