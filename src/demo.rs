@@ -41,10 +41,13 @@ use crate::topology::{self, Fleet, Incident, Queueing, Shop};
 pub const NAMESPACE: &str = "shop";
 
 /// Utilisation of each service's pods at the daily mean load, with the replicas it starts with.
-const MEAN_UTILISATION: f64 = 0.5;
+const MEAN_UTILISATION: f64 = 0.4;
 
-/// A service's own work at its capacity, in multiples of its idle work (the queueing model's SLO).
-const WORK_AT_CAPACITY: f64 = 5.0;
+/// A service's own work at its capacity, in multiples of its idle work (the queueing model's SLO). Kept
+/// low, so that a surge slows pods down a few times rather than to the model's cap: when new pods start
+/// serving in the middle of a window, the old ones' p95 of that window must not read as three times the
+/// new ones', or the analyzer would single out a healthy pod.
+const WORK_AT_CAPACITY: f64 = 2.0;
 
 /// The incidents of a demo run without `--incident`: a surge of the whole shop's traffic (the forecast
 /// knows only the daily cycle), one bad inventory pod among healthy siblings, then payment slowing down
@@ -64,6 +67,26 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Latency buckets of the demo's RED histograms, in milliseconds (a 1-1.5-2-3-5 series from 1 ms to
+/// 15 s).
+const BUCKETS_MS: [u64; 26] = [
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000,
+    10_000, 12_000, 15_000,
+];
+
+/// The demo's settings over the user's: history and decisions in memory (`analyzer.store.data_dir` is
+/// ignored, every run starts from the same past), and, unless buckets are configured, RED latency
+/// buckets finer than the spanmetrics connector's. With the connector's (…, 10, 50, 100 ms), a pod whose
+/// p95 sits just past 10 ms reads as about 30 ms, three times siblings at 9 ms: enough for the analyzer to
+/// single it out, and the healer to restart a healthy pod.
+pub fn configure(cfg: &mut Config) {
+    cfg.analyzer.store.data_dir = None;
+    let red = &mut cfg.analyzer.span_metrics;
+    if red.buckets == tidewatch_analyzer::config::RedConfig::default().buckets {
+        red.buckets = BUCKETS_MS.iter().map(|&ms| Duration::from_millis(ms)).collect();
+    }
 }
 
 /// The simulated cluster's ready pods, as the shop's fleet.

@@ -43,7 +43,7 @@ pub async fn shutdown_signal() {
 /// OTLP/gRPC port) and the operator on a simulated cluster ([`demo`]). The demo keeps its history and
 /// decision log in memory (`analyzer.store.data_dir` is ignored): every run starts from the same past.
 pub async fn demo(mut cfg: Config, args: cli::DemoArgs) -> anyhow::Result<()> {
-    cfg.analyzer.store.data_dir = None;
+    demo::configure(&mut cfg);
     let listeners = app::Listeners::bind(&cfg).await?;
     println!("tidewatch listening {}", listeners.describe());
     let grpc = listeners.grpc.as_ref().map(|l| l.local_addr()).transpose()?;

@@ -57,7 +57,7 @@ pub const REQUESTS_PER_TRACE: [f64; 5] = [1.0, 0.6, 0.6, 1.0, 0.6];
 pub const SPANS_PER_TRACE: f64 = 0.6 * 11.0 + 0.4 * 4.0;
 
 /// How much the traffic is multiplied by during a surge.
-pub const SURGE_FACTOR: f64 = 3.0;
+pub const SURGE_FACTOR: f64 = 2.5;
 
 /// The services, in the order incidents and fleets index them.
 pub fn services() -> impl Iterator<Item = (&'static str, usize, f64)> {

@@ -1,7 +1,8 @@
 //! `tidewatch demo` end to end, the real binary on free ports with fast settings (2 s windows, 2 s
 //! reconciles, a 2-minute simulated day): the backfilled history is there when it is ready, and each
 //! incident is flagged with its likely cause and answered as it should be: a scale-up for the surge, a
-//! restart of the bad pod and of no other, no restart when the cause is downstream. Every wait is on a
+//! restart of the bad pod and of no other, no restart when payment slows down (its callers are symptoms,
+//! and no pod of payment's stands out). Every wait is on a
 //! condition with a generous deadline; the "within a minute" checks use the decisions' own timestamps.
 
 mod common;
@@ -98,7 +99,7 @@ fn the_demo_flags_each_incident_and_answers_it() {
         .as_array()
         .expect("services")
         .iter()
-        .filter_map(|s| s["service"].as_str())
+        .filter_map(|s| s["name"].as_str())
         .collect();
     for s in ["frontend", "checkout", "payment", "inventory", "shipping"] {
         assert!(names.contains(&s), "{s} missing from {services}");
@@ -162,7 +163,7 @@ fn the_demo_flags_each_incident_and_answers_it() {
         wait_for(&tw, "the bad pod's restart", Duration::from_secs(300), || {
             restarts(&decisions(&tw)).into_iter().next()
         });
-    assert_eq!(policy, "shop/inventory");
+    assert_eq!(policy, "shop/inventory", "{:#?}", decisions(&tw));
     assert!(
         restart_at - t0 <= (BAD_POD_AT_S + 60) * 1000,
         "restart {} ms after the start",
@@ -182,27 +183,43 @@ fn the_demo_flags_each_incident_and_answers_it() {
         "restarted {restarted}, singled out {singled_out:?}"
     );
 
-    // 3. Payment slows down: its callers are flagged as symptoms, payment as the cause, and no pod of
-    // theirs is restarted.
+    // 3. Payment slows down: payment is the cause, its callers are symptoms, and no pod of theirs or of
+    // payment's is restarted (none stands out among its siblings).
     let downstream = wait_for(
         &tw,
-        "a caller told payment is the cause",
+        "payment named the cause, not restarted",
         Duration::from_secs(300),
         || {
             decisions(&tw).into_iter().find(|d| {
                 d["kind"] == "heal"
-                    && (d["policy"] == "shop/checkout" || d["policy"] == "shop/frontend")
+                    && d["policy"] == "shop/payment"
                     && d["decision"]["action"] == "none"
-                    && d["decision"]["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.contains("likely cause is payment"))
+                    && d["decision"]["reason"].as_str().is_some_and(|r| {
+                        r.starts_with("payment is the likely cause") && r.contains("no restart")
+                    })
             })
         },
     );
     let at = downstream["ts_ms"].as_i64().unwrap_or(0) - t0;
     assert!(
         (LATENCY_AT_S * 1000..=(LATENCY_AT_S + 60) * 1000).contains(&at),
-        "downstream cause {at} ms after the start: {downstream}"
+        "payment flagged {at} ms after the start: {downstream}"
+    );
+    let anomalies = get(&tw, "/api/anomalies");
+    let checkout_a_symptom = anomalies["recent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["causes"].as_array().into_iter().flatten())
+        .any(|c| {
+            c["service"] == "payment"
+                && c["symptoms"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|x| x == "checkout"))
+        });
+    assert!(
+        checkout_a_symptom,
+        "checkout is a symptom of payment: {anomalies}"
     );
     // Let a few more reconciles pass during the incident: still no other restart.
     let last = downstream["ts_ms"].as_i64().unwrap_or(0);
