@@ -131,6 +131,7 @@ pub async fn run(
             ]
         },
         ready: ready.clone(),
+        decisions: decisions.clone(),
     };
     let mut web_router = tidewatch_dashboards::router(web_state).merge(decisions_router(decisions.clone()));
     if let Some(auth) = &cfg.web.auth {

@@ -129,5 +129,61 @@
     return out;
   };
 
+  // A table of `rows`: cols are {title, cell(row) → text or node, cls, left}; `empty` when there are none;
+  // rowAttrs(row) gives each row's attributes.
+  TW.table = function (cols, rows, empty, rowAttrs) {
+    if (!rows.length) return TW.el('div', { class: 'empty' }, empty);
+    const t = TW.el('table', { class: 'data' }, TW.el('thead', {}, TW.el('tr', {}, ...cols.map((c) => TW.el('th', { class: c.left || / ?left\b/.test(c.cls || '') ? 'left' : null }, c.title)))));
+    const tb = TW.el('tbody');
+    for (const r of rows) tb.append(TW.el('tr', rowAttrs ? rowAttrs(r) : {}, ...cols.map((c) => TW.el('td', { class: c.cls || (c.left ? 'left' : null) }, c.cell(r)))));
+    t.append(tb);
+    return t;
+  };
+
+  // `14:03:21`, in the viewer's zone.
+  TW.fmtTime = function (ms) {
+    return ms == null ? '–' : new Date(ms).toLocaleTimeString([], { hour12: false });
+  };
+
+  // Incidents from /api/anomalies: a run of window closes, one after the other among those that had causes,
+  // whose top cause is the same service (and pod). Newest first; `ongoing` while the current window close
+  // still names it.
+  TW.incidents = function (a) {
+    if (!a) return [];
+    const key = (c) => c.service + '\u0000' + (c.pod || '');
+    const reports = (a.recent || []).filter((r) => (r.causes || []).length).slice().sort((x, y) => x.ts - y.ts);
+    const out = [];
+    let open = null;
+    for (const r of reports) {
+      const top = r.causes[0];
+      if (open && open.key === key(top)) {
+        open.to = r.ts;
+        open.explanation = top.explanation;
+        for (const s of top.symptoms || []) open.symptoms.add(s);
+        continue;
+      }
+      open = { key: key(top), service: top.service, pod: top.pod || null, from: r.ts, to: r.ts, explanation: top.explanation, symptoms: new Set(top.symptoms || []) };
+      out.push(open);
+    }
+    const now = a.causes && a.causes.length ? key(a.causes[0]) : null;
+    for (const i of out) {
+      i.ongoing = i === out[out.length - 1] && i.key === now;
+      i.symptoms = [...i.symptoms].filter((s) => s !== i.service);
+    }
+    return out.reverse();
+  };
+
+  // The incidents as a table, with a link to the cause's service page.
+  TW.incidentTable = function (list, max) {
+    return TW.table([
+      { title: 'since', cell: (i) => TW.fmtTime(i.from) },
+      { title: 'until', cell: (i) => (i.ongoing ? TW.el('span', { class: 'badge critical' }, 'ongoing') : TW.fmtTime(i.to)) },
+      { title: 'likely cause', cls: 'name left', cell: (i) => TW.el('span', {}, TW.el('a', { href: TW.serviceHref(i.service) }, i.service), i.pod ? ' (pod ' + i.pod + ')' : '') },
+      { title: 'affected', left: true, cell: (i) => i.symptoms.join(', ') || '–' },
+      { title: 'why', cls: 'left wrap', cell: (i) => i.explanation },
+    ], list.slice(0, max || 10), 'No incident: the anomaly detector has named no likely cause recently.',
+    (i) => ({ 'data-cause': i.service, 'data-ongoing': i.ongoing ? 'true' : 'false' }));
+  };
+
   window.TW = TW;
 })();

@@ -454,6 +454,8 @@
     // Edge labels sit beside a node rather than mid-edge, where fanning edges would pile them up: next to
     // the callee when the caller fans out more than the callee fans in, else next to the caller. Labels
     // beside the same node are stacked in the order of the edges' other ends, so they read like a list.
+    // Then no two labels may overlap, nor sit on a node: a label that would is moved to the first free
+    // place among the other end of its edge, its middle, and small steps up or down from where it was.
     function placeLabels(edges, paths) {
       const outdeg = new Map(), indeg = new Map();
       for (const e of edges) {
@@ -462,6 +464,7 @@
       }
       const groups = new Map();
       const place = new Map();
+      const wanted = []; // forward edges in placing order: [edge, preferred place, other places]
       for (const e of edges) {
         const p = paths.get(edgeKey(e));
         if (!p.forward) {
@@ -477,12 +480,38 @@
         list.sort((a, b) => a.other - b.other);
         list.forEach((l, i) => {
           const dy = (i - (list.length - 1) / 2) * 13 - 5;
-          place.set(edgeKey(l.e), l.nearTarget
-            ? { x: l.p.tx - 10, y: l.p.ty + dy, anchor: 'end' }
-            : { x: l.p.sx + 10, y: l.p.sy + dy, anchor: 'start' });
+          const atTarget = { x: l.p.tx - 10, y: l.p.ty + dy, anchor: 'end' };
+          const atSource = { x: l.p.sx + 10, y: l.p.sy + dy, anchor: 'start' };
+          const middle = { x: (l.p.sx + l.p.tx) / 2, y: (l.p.sy + l.p.ty) / 2 - 5, anchor: 'middle' };
+          wanted.push([l.e, l.nearTarget ? atTarget : atSource, [l.nearTarget ? atSource : atTarget, middle]]);
         });
       }
+      const taken = [];
+      for (const id of st.layout.pos.keys()) {
+        const n = st.layout.pos.get(id);
+        taken.push({ x0: n.x, x1: n.x + NODE_W, y0: n.y, y1: n.y + NODE_H });
+      }
+      for (const l of place.values()) taken.push(labelBox(l, 24));
+      for (const [e, first, others] of wanted) {
+        const chars = edgeLabel(e).length + 2; // numbers change between refreshes: a little slack
+        const candidates = [first, ...others];
+        for (const step of [1, -1, 2, -2, 3, -3]) candidates.push(Object.assign({}, first, { y: first.y + step * 13 }));
+        const free = candidates.find((c) => !taken.some((b) => overlaps(b, labelBox(c, chars)))) || first;
+        taken.push(labelBox(free, chars));
+        place.set(edgeKey(e), free);
+      }
       return place;
+    }
+
+    // A label's box in layout units: 11 px text, about 6.2 px a character, baseline at y.
+    function labelBox(l, chars) {
+      const w = chars * 6.2;
+      const x0 = l.anchor === 'end' ? l.x - w : l.anchor === 'middle' ? l.x - w / 2 : l.x;
+      return { x0, x1: x0 + w, y0: l.y - 10, y1: l.y + 3 };
+    }
+
+    function overlaps(a, b) {
+      return a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
     }
 
     function rebuild(ids, edges) {
