@@ -850,6 +850,14 @@ fn ui_routes_answer_errors_cleanly() {
         ("/ui/app.css", "text/css", ".map-canvas"),
         ("/ui/map.js", "text/javascript", "function layout"),
         ("/ui/favicon.svg", "image/svg+xml", "<svg"),
+        ("/scaling", "text/html", "/ui/scaling.js"),
+        ("/ui/scaling.js", "text/javascript", "/api/decisions"),
+        // A policy the log has never seen: an empty chart that says so.
+        (
+            "/charts/policies/shop/nope/replicas.svg?from=-15m&w=400&h=200",
+            "image/svg+xml",
+            "no scaling decision in this range",
+        ),
         (
             "/charts/services/checkout/rate.svg?from=-1m&step=1s",
             "image/svg+xml",
@@ -887,6 +895,8 @@ fn ui_routes_answer_errors_cleanly() {
         ("/charts/services/nope/rate.svg", 404),
         ("/charts/services/checkout/cpu.svg", 404),
         ("/charts/services/checkout/rate", 404),
+        ("/charts/policies/shop/checkout/cpu.svg", 404),
+        ("/charts/policies/shop/checkout/replicas.svg?from=soon", 400),
         ("/ui/nope.js", 404),
         // Bad parameters: 400.
         ("/charts/services/checkout/rate.svg?from=yesterday", 400),
