@@ -599,6 +599,112 @@ fn browser_draws_the_scaling_page_and_the_incident() {
     }
 }
 
+/// `tidewatch demo` in the browser: its simulated cluster's policies on the Scaling page with their charts,
+/// a scaling decision in the log, and the latency incident flagged with its root cause on the map, in the
+/// recent incidents and on the cause's page. The demo runs fast (2 s windows and reconciles, 2-minute
+/// simulated days), as tests/demo.rs runs it.
+#[test]
+fn browser_follows_the_demo_on_the_scaling_page() {
+    browser_ready();
+    let tw = Tidewatch::start_demo(
+        &[
+            "--rate",
+            "1000",
+            "--day",
+            "2m",
+            "--backfill",
+            "3",
+            "--cold-start",
+            "2s",
+            "--incident",
+            "surge@5s+30s",
+            "--incident",
+            "latency:payment@50s+150s",
+        ],
+        &[
+            "analyzer.window=2s",
+            "scaler.interval=2s",
+            "analyzer.forecast.step=10s",
+            "analyzer.forecast.horizon=2m",
+        ],
+        Duration::from_secs(600),
+    );
+    let policies = [
+        "shop/checkout",
+        "shop/frontend",
+        "shop/inventory",
+        "shop/payment",
+        "shop/shipping",
+    ];
+    let out = artifacts("demo");
+    let v = drive(
+        "scaling",
+        &tw,
+        &out,
+        &["--cause", "payment", "--policies", &policies.join(",")],
+    );
+    assert!(
+        v["problems"].as_array().unwrap().is_empty(),
+        "browser errors: {}",
+        v["problems"]
+    );
+    assert!(
+        v["failed"].as_array().unwrap().is_empty(),
+        "HTTP errors: {}",
+        v["failed"]
+    );
+    let s = &v["scaling"];
+    let ids: Vec<&str> = s["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, policies);
+    for p in s["policies"].as_array().unwrap() {
+        // The state the operator reported: replicas, bounds, and the latest recommendation with its reason.
+        let tiles = strs(&p["tiles"]).join(" | ");
+        assert!(tiles.contains("replicas") && tiles.contains("bounds"), "{p}");
+        let now = p["now"].as_str().unwrap();
+        assert!(now.contains(" replicas"), "{p}");
+        assert!(
+            strs(&p["chart"]).iter().any(|t| t == "replicas (right axis)"),
+            "{p}"
+        );
+    }
+    // The surge was answered: a scale-up in the log.
+    let rows = s["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "scale" && r["action"].as_str().is_some_and(|a| a.starts_with("scale "))),
+        "{rows:?}"
+    );
+    // The incident: flagged, its cause marked on the map, listed, and said on the cause's page.
+    let marked: Vec<&Value> = v["map"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["text"].as_array().unwrap().iter().any(|t| t == "likely cause"))
+        .collect();
+    assert!(marked.iter().any(|n| n["id"] == "payment"), "{}", v["map"]);
+    assert!(strs(&v["overviewIncidents"]).contains(&"payment".to_owned()));
+    assert!(
+        s["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["cause"] == "payment"),
+        "{}",
+        s["incidents"]
+    );
+    let note = v["serviceNote"].as_str().unwrap();
+    assert!(note.contains("Likely cause"), "{note}");
+    for shot in ["scaling.png", "overview-incident.png", "service-incident.png"] {
+        let len = std::fs::metadata(out.join(shot)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 20_000, "{shot}: {len} bytes");
+    }
+}
+
 /// Posts OTLP/JSON to the HTTP receiver.
 fn post_json(tw: &Tidewatch, body: &Value) {
     let r = tw.post(

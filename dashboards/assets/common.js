@@ -145,32 +145,37 @@
     return ms == null ? '–' : new Date(ms).toLocaleTimeString([], { hour12: false });
   };
 
-  // Incidents from /api/anomalies: a run of window closes, one after the other among those that had causes,
-  // whose top cause is the same service (and pod). Newest first; `ongoing` while the current window close
-  // still names it.
+  // Incidents from /api/anomalies: for each likely cause (a service, and a pod when one is singled out), a
+  // run of the window closes that had causes, one after the other, naming it. Newest first; `ongoing`
+  // while the current window close still names it.
   TW.incidents = function (a) {
     if (!a) return [];
     const key = (c) => c.service + '\u0000' + (c.pod || '');
     const reports = (a.recent || []).filter((r) => (r.causes || []).length).slice().sort((x, y) => x.ts - y.ts);
+    const open = new Map(); // key → the incident the previous report continued
     const out = [];
-    let open = null;
-    for (const r of reports) {
-      const top = r.causes[0];
-      if (open && open.key === key(top)) {
-        open.to = r.ts;
-        open.explanation = top.explanation;
-        for (const s of top.symptoms || []) open.symptoms.add(s);
-        continue;
+    reports.forEach((r, i) => {
+      for (const c of r.causes) {
+        const k = key(c);
+        let inc = open.get(k);
+        if (!inc || inc.last !== i - 1) {
+          inc = { key: k, service: c.service, pod: c.pod || null, from: r.ts, symptoms: new Set() };
+          open.set(k, inc);
+          out.push(inc);
+        }
+        if (inc.last === i) continue; // the same cause twice in one report
+        inc.last = i;
+        inc.to = r.ts;
+        inc.explanation = c.explanation;
+        for (const s of c.symptoms || []) inc.symptoms.add(s);
       }
-      open = { key: key(top), service: top.service, pod: top.pod || null, from: r.ts, to: r.ts, explanation: top.explanation, symptoms: new Set(top.symptoms || []) };
-      out.push(open);
-    }
-    const now = a.causes && a.causes.length ? key(a.causes[0]) : null;
+    });
+    const now = new Set((a.causes || []).map(key));
     for (const i of out) {
-      i.ongoing = i === out[out.length - 1] && i.key === now;
+      i.ongoing = i.last === reports.length - 1 && now.has(i.key);
       i.symptoms = [...i.symptoms].filter((s) => s !== i.service);
     }
-    return out.reverse();
+    return out.sort((x, y) => y.from - x.from || x.last - y.last);
   };
 
   // The incidents as a table, with a link to the cause's service page.

@@ -100,17 +100,19 @@
     const old = document.querySelector('#policies .policy[data-policy="' + CSS.escape(p.id) + '"] .scaling-chart');
     const box = old || el('div', { class: 'svgbox scaling-chart' });
     const events = ((state && state.events) || []).slice(-5).reverse();
+    const wasOpen = !!document.querySelector('#policies .policy[data-policy="' + CSS.escape(p.id) + '"] details.events[open]');
     const svc = p.service || (latest && latest.service);
     const target = state && state.target ? ' · ' + (state.target.kind || 'Deployment') + ' ' + state.target.name : '';
     const panel = el('section', { class: 'panel policy', 'data-policy': p.id },
       el('h2', {}, p.id, ' ', el('span', { class: 'sub' }, 'service ', svc ? el('a', { href: TW.serviceHref(svc) }, svc) : '?', target)),
       stateTiles(state, rec), now, box,
-      events.length ? el('div', { class: 'events' }, el('h4', {}, 'Events'), TW.table([
+      events.length ? el('details', { class: 'events' }, el('summary', {}, 'Events (' + events.length + ' newest)'), TW.table([
         { title: 'time', cell: (e) => TW.fmtTime(e.ts_ms) },
         { title: 'type', left: true, cell: (e) => e.type },
         { title: 'reason', left: true, cell: (e) => e.reason },
         { title: 'note', cls: 'left wrap', cell: (e) => e.note },
       ], events, '')) : null);
+    if (wasOpen) panel.querySelector('details.events').open = true;
     return { panel, box };
   }
 

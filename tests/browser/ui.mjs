@@ -35,6 +35,7 @@ const problems = [];
 const requests = [];
 context.on('page', (p) => watch(p));
 const failed = []; // HTTP errors the pages met, by URL
+let stage = ''; // what the scaling mode waits for, named in its error
 function watch(page) {
   // Chromium logs a failed fetch as a console error without its URL: the response below names it.
   page.on('console', (m) => { if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push('console: ' + m.text()); });
@@ -171,15 +172,18 @@ async function scaling() {
   const wantPolicies = (opt.policies || '').split(',').filter(Boolean);
 
   // The incident while it lasts: its cause marked on the overview's map and listed under recent incidents.
+  stage = 'the cause on the map';
   await page.goto(opt.base + '/');
   await page.waitForSelector('#map[data-state=ready]');
   await page.waitForFunction((c) => document.querySelector(`#map g.node[data-id="${c}"][data-anomaly=cause]`), cause, { timeout: 150000 });
+  stage = 'the incident on the overview';
   await page.waitForFunction((c) => document.querySelector(`#incidents tbody tr[data-cause="${c}"]`), cause, { timeout: 30000 });
   out.map = await readMap();
   out.overviewIncidents = await page.$$eval('#incidents tbody tr', (rows) => rows.map((r) => r.dataset.cause));
   await page.screenshot({ path: join(opt.out, 'overview-incident.png'), fullPage: true });
 
   // The cause's own page says so.
+  stage = 'the note on the cause\'s page';
   await page.goto(opt.base + '/services/' + encodeURIComponent(cause));
   await page.waitForSelector('body[data-state=ready]');
   await page.waitForSelector('#anomaly:not([hidden])', { timeout: 30000 });
@@ -187,12 +191,15 @@ async function scaling() {
   await page.screenshot({ path: join(opt.out, 'service-incident.png'), fullPage: true });
 
   // The Scaling page, reached from the overview's navigation.
+  stage = 'the Scaling page';
   await page.goto(opt.base + '/');
   await page.click('header nav a[href="/scaling"]');
   await page.waitForURL((u) => u.pathname === '/scaling');
   await page.waitForSelector('body[data-state=ready]');
   await page.waitForFunction((want) => want.every((p) => document.querySelector(`#policies .policy[data-policy="${p}"] .scaling-chart svg`)), wantPolicies, { timeout: 30000 });
-  await page.waitForSelector('#log tbody tr[data-kind=scale]');
+  stage = 'a scaling action in the log';
+  await page.waitForSelector('#log tbody tr[data-kind=scale]', { timeout: 120000 });
+  stage = 'the incident on the Scaling page';
   await page.waitForFunction((c) => document.querySelector(`#incidents tbody tr[data-cause="${c}"]`), cause, { timeout: 30000 });
   out.scaling = await page.evaluate(() => ({
     policies: [...document.querySelectorAll('#policies .policy')].map((p) => ({
@@ -279,7 +286,7 @@ let result, code = 0;
 try {
   result = mode === 'check' ? await check() : mode === 'scaling' ? await scaling() : await bench();
 } catch (e) {
-  result = { error: String(e && e.stack || e), problems };
+  result = { error: (stage ? 'waiting for ' + stage + ': ' : '') + String(e && e.stack || e), problems };
   code = 1;
   try { await page.screenshot({ path: join(opt.out, 'failure.png'), fullPage: true }); } catch (_) { /* closed */ }
 } finally {
