@@ -189,7 +189,7 @@
       edgeEls: new Map(),
       lastError: null,
     };
-    const stats = { ready: false, refreshes: 0, fetchMs: 0, layoutMs: 0, renderMs: 0, firstRenderMs: 0, payloadBytes: 0, nodes: 0, edges: 0 };
+    const stats = { ready: false, refreshes: 0, fetchMs: 0, layoutMs: 0, labelMs: 0, renderMs: 0, firstRenderMs: 0, payloadBytes: 0, nodes: 0, edges: 0 };
     window.twMap = stats;
     const t0 = performance.now();
 
@@ -486,21 +486,36 @@
           wanted.push([l.e, l.nearTarget ? atTarget : atSource, [l.nearTarget ? atSource : atTarget, middle]]);
         });
       }
-      const taken = [];
+      const taken = boxGrid();
       for (const id of st.layout.pos.keys()) {
         const n = st.layout.pos.get(id);
-        taken.push({ x0: n.x, x1: n.x + NODE_W, y0: n.y, y1: n.y + NODE_H });
+        taken.add({ x0: n.x, x1: n.x + NODE_W, y0: n.y, y1: n.y + NODE_H });
       }
-      for (const l of place.values()) taken.push(labelBox(l, 24));
+      for (const l of place.values()) taken.add(labelBox(l, 24));
       for (const [e, first, others] of wanted) {
         const chars = edgeLabel(e).length + 2; // numbers change between refreshes: a little slack
         const candidates = [first, ...others];
         for (const step of [1, -1, 2, -2, 3, -3]) candidates.push(Object.assign({}, first, { y: first.y + step * 13 }));
-        const free = candidates.find((c) => !taken.some((b) => overlaps(b, labelBox(c, chars)))) || first;
-        taken.push(labelBox(free, chars));
+        const free = candidates.find((c) => !taken.hits(labelBox(c, chars))) || first;
+        taken.add(labelBox(free, chars));
         place.set(edgeKey(e), free);
       }
       return place;
+    }
+
+    // Boxes bucketed by 100-unit cells, so a big map checks a label against its neighbours only.
+    function boxGrid() {
+      const cells = new Map();
+      const each = (b, f) => {
+        for (let cx = Math.floor(b.x0 / 100); cx <= Math.floor(b.x1 / 100); cx++) {
+          for (let cy = Math.floor(b.y0 / 100); cy <= Math.floor(b.y1 / 100); cy++) if (f(cx + ',' + cy)) return true;
+        }
+        return false;
+      };
+      return {
+        add: (b) => each(b, (k) => { if (!cells.has(k)) cells.set(k, []); cells.get(k).push(b); }),
+        hits: (b) => each(b, (k) => (cells.get(k) || []).some((o) => overlaps(o, b))),
+      };
     }
 
     // A label's box in layout units: 11 px text, about 6.2 px a character, baseline at y.
@@ -520,7 +535,9 @@
       st.edgeEls.clear();
       st.nodeEls.clear();
       const paths = new Map(edges.map((e) => [edgeKey(e), edgePath(e)]));
+      const tl = performance.now();
       const labels = placeLabels(edges, paths);
+      stats.labelMs = performance.now() - tl;
       for (const e of edges) {
         const g = s('g', { class: 'edge', 'data-source': e.source, 'data-target': e.target, 'data-type': e.connection_type || 'direct' }, edgeLayer);
         const p = paths.get(edgeKey(e)), l = labels.get(edgeKey(e));

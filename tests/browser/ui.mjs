@@ -246,7 +246,7 @@ async function bench() {
       const cb = document.querySelector('.map-toolbar input[data-health=ok]');
       cb.click();
       cb.click(); // back to all nodes: a full layout of the whole graph
-      return { layoutMs: window.twMap.layoutMs, renderMs: window.twMap.renderMs };
+      return { layoutMs: window.twMap.layoutMs, labelMs: window.twMap.labelMs, renderMs: window.twMap.renderMs };
     }));
   }
   const search = await page.evaluate(() => {
