@@ -147,6 +147,7 @@ pub async fn run_with(
             ]
         },
         ready: ready.clone(),
+        decisions: reports.log.clone(),
     };
     let mut web_router = tidewatch_dashboards::router(web_state).merge(operator_router(&reports));
     if let Some(auth) = &cfg.web.auth {

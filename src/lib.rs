@@ -10,6 +10,7 @@ pub mod forecast_eval;
 pub mod loadgen;
 pub mod nab;
 pub mod operator;
+pub mod progress;
 pub mod simulate;
 pub mod topology;
 
