@@ -184,7 +184,8 @@ fn the_demo_flags_each_incident_and_answers_it() {
     );
 
     // 3. Payment slows down: payment is the cause, its callers are symptoms, and no pod of theirs or of
-    // payment's is restarted (none stands out among its siblings).
+    // payment's is restarted (none stands out among its siblings). Payment may have been named during
+    // the surge too: only what comes after this incident's start counts.
     let downstream = wait_for(
         &tw,
         "payment named the cause, not restarted",
@@ -193,6 +194,7 @@ fn the_demo_flags_each_incident_and_answers_it() {
             decisions(&tw).into_iter().find(|d| {
                 d["kind"] == "heal"
                     && d["policy"] == "shop/payment"
+                    && d["ts_ms"].as_i64() >= Some(t0 + LATENCY_AT_S * 1000)
                     && d["decision"]["action"] == "none"
                     && d["decision"]["reason"].as_str().is_some_and(|r| {
                         r.starts_with("payment is the likely cause") && r.contains("no restart")
@@ -210,6 +212,7 @@ fn the_demo_flags_each_incident_and_answers_it() {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|r| r["ts"].as_i64() >= Some(t0 + LATENCY_AT_S * 1000))
         .flat_map(|r| r["causes"].as_array().into_iter().flatten())
         .any(|c| {
             c["service"] == "payment"
