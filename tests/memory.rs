@@ -55,6 +55,32 @@ fn send_flood(tw: &Tidewatch, from: u32, to: u32) {
     }
 }
 
+/// Waits until every half edge has expired into an edge and the history's map has every edge `/metrics`
+/// has (a window closed after the last one formed); returns the scrape and the `/api/graph` body size.
+fn settled(tw: &Tidewatch) -> (common::Metrics, usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let m = tw.metrics();
+        let edges = m
+            .samples
+            .iter()
+            .filter(|s| s.name == "traces_service_graph_request_total")
+            .count();
+        let graph = tw.get_web("/api/graph").bytes().expect("graph");
+        let g: serde_json::Value = serde_json::from_slice(&graph).expect("graph JSON");
+        let pending = m.get("tidewatch_service_graph_pending_edges", &[]);
+        if pending == Some(0.0) && g["edges"].as_array().map(Vec::len) == Some(edges) {
+            return (m, graph.len());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "edges never settled: {pending:?} pending, {edges} on /metrics, {} on the map",
+            g["edges"].as_array().map_or(0, Vec::len)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 fn calls(m: &common::Metrics, service: &str) -> f64 {
     m.sum("traces_span_metrics_calls_total", &[("service_name", service)])
 }
@@ -75,12 +101,10 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
     }
     // Well past the budget, then measure; then the rest of the flood must change nothing that grows.
     send_flood(&tw, 0, 40_000);
-    let m1 = tw.metrics();
-    let graph1 = tw.get_web("/api/graph").bytes().expect("graph").len();
+    let (m1, graph1) = settled(&tw);
     let rss1 = proc_kib(pid, "VmRSS");
     send_flood(&tw, 40_000, FLOOD);
-    let m2 = tw.metrics();
-    let graph2 = tw.get_web("/api/graph").bytes().expect("graph").len();
+    let (m2, graph2) = settled(&tw);
     let rss2 = proc_kib(pid, "VmRSS");
     let peak = proc_kib(pid, "VmHWM");
     eprintln!(
@@ -112,7 +136,8 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
     assert!(in_overflow >= f64::from(FLOOD) - limit, "{in_overflow}");
     assert!(overflow >= in_overflow, "{overflow} < {in_overflow}");
     // Flat: /metrics and /api/graph did not grow with the last 130,000 services (only counter digits
-    // may), nor did resident memory beyond allocator noise.
+    // may), nor did resident memory beyond allocator noise (±30 MiB between runs of this debug build;
+    // without the budget those services took ~700 MiB).
     assert!(
         m2.text.len() <= m1.text.len() + m1.text.len() / 100,
         "/metrics grew from {} to {} bytes",
@@ -120,11 +145,11 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
         m2.text.len()
     );
     assert!(
-        graph2 <= graph1 + graph1 / 100 + 1024,
+        graph2 <= graph1 + graph1 / 50 + 4096,
         "/api/graph grew from {graph1} to {graph2}"
     );
     assert!(
-        rss2 <= rss1 + 16 * 1024,
+        rss2 <= rss1 + 64 * 1024,
         "RSS grew from {rss1} to {rss2} KiB after the budget was spent"
     );
     assert!(peak < 400 * 1024, "peak RSS {peak} KiB");
