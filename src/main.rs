@@ -11,10 +11,18 @@ use tidewatch::{app, loadgen};
 
 /// mimalloc: built for many threads allocating and freeing concurrently, which is this server's pattern
 /// (request buffers are often freed by a shard task on another thread than the one that allocated them).
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// With `--features dhat-heap`: every allocation recorded, for the memory breakdown in BENCHMARKS.md.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::budget::{BudgetStatus, SeriesBudget};
 use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
 use crate::forecast::Forecasts;
 use crate::graph::{EdgeRow, GraphCounters, GraphKeys, GraphStore};
@@ -123,6 +124,7 @@ pub struct Engine {
     backfill: mpsc::Sender<Backfill>,
     stats: Arc<EngineStats>,
     template: Arc<Snapshot>,
+    budget: Arc<SeriesBudget>,
 }
 
 /// The span attributes `cfg` makes the engine read (the RED dimensions, then the service graph's), with
@@ -144,6 +146,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let (keys, red_dims, graph_keys) = wanted_keys(cfg);
     let keys = Arc::new(keys);
     let stats = Arc::new(EngineStats::default());
+    let budget = Arc::new(SeriesBudget::new(cfg.max_series));
     let n = cfg.shard_count();
     let mut senders = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
@@ -151,9 +154,10 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         let (tx, rx) = mpsc::channel(cfg.queue_batches);
         let shard = Shard {
             names: Interner::default(),
-            red: RedTable::new(&cfg.span_metrics, red_dims.clone()),
-            graph: GraphStore::new(&cfg.service_graph, graph_keys.clone(), n),
-            signals: Signals::default(),
+            red: RedTable::new(&cfg.span_metrics, red_dims.clone(), budget.clone()),
+            graph: GraphStore::new(&cfg.service_graph, graph_keys.clone(), n, budget.clone()),
+            signals: Signals::new(budget.clone()),
+            budget: budget.clone(),
             stats: stats.clone(),
             scratch: Vec::new(),
         };
@@ -209,6 +213,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
             backfill,
             stats,
             template,
+            budget,
         },
     )
 }
@@ -231,6 +236,11 @@ impl Engine {
 
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// The global series budget: its limit, the active series, what went to overflow series.
+    pub fn series_budget(&self) -> BudgetStatus {
+        self.budget.status()
     }
 
     /// The history as of the last window close.
@@ -509,9 +519,11 @@ struct Shard {
     red: RedTable,
     graph: GraphStore,
     signals: Signals,
+    budget: Arc<SeriesBudget>,
     stats: Arc<EngineStats>,
-    /// Interned service and pod name per resource of the batch at hand (reused: no allocation per batch).
-    scratch: Vec<(u32, Option<u32>)>,
+    /// Interned service (`None`: past the series budget) and pod name per resource of the batch at hand
+    /// (reused: no allocation per batch).
+    scratch: Vec<(Option<u32>, Option<u32>)>,
 }
 
 impl Shard {
@@ -545,8 +557,17 @@ impl Shard {
         let now = Instant::now();
         self.scratch.clear();
         for r in &batch.resources {
-            let service = self.names.id(batch.bytes(r.service));
-            let pod = (!r.pod.is_empty()).then(|| self.names.id(batch.bytes(r.pod)));
+            let service = self.service_id(batch.bytes(r.service));
+            let pod = if r.pod.is_empty() || service.is_none() {
+                None
+            } else {
+                let pod = batch.bytes(r.pod);
+                match self.names.get(pod) {
+                    Some(id) => Some(id),
+                    None if self.budget.take() => Some(self.names.id(pod)),
+                    None => None,
+                }
+            };
             self.scratch.push((service, pod));
         }
         let mut record = |s: &crate::model::Span| {
@@ -560,6 +581,16 @@ impl Shard {
         }
         let n = idx.map_or(batch.spans.len(), <[u32]>::len);
         self.stats.spans.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The interned id of a resource's service, or `None` when it is new and the budget admits no more
+    /// services (its spans then count in the global overflow series).
+    fn service_id(&mut self, name: &[u8]) -> Option<u32> {
+        match self.names.get(name) {
+            Some(id) => Some(id),
+            None if self.budget.admit_service(name) => Some(self.names.id(name)),
+            None => None,
+        }
     }
 
     fn rows(&self) -> ShardRows {

@@ -78,6 +78,7 @@ async fn metrics(State(s): State<WebState>) -> Response {
     let mut out = String::with_capacity(64 * 1024);
     prom::render_snapshot(&mut out, &snap);
     prom::render_engine(&mut out, &s.ingest, s.engine.stats());
+    prom::render_budget(&mut out, &s.engine.series_budget());
     prom::render_health(&mut out, &s.engine.health());
     for hook in &s.extra_metrics {
         hook(&mut out);
