@@ -9,6 +9,7 @@ pub mod forecast_eval;
 pub mod loadgen;
 pub mod nab;
 pub mod operator;
+pub mod roles;
 pub mod simulate;
 pub mod topology;
 
