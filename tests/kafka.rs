@@ -209,6 +209,14 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     wait_until("after kill -9, the group vs the reference", 240, || {
         agree(&[&a2, &b], accepted)
     });
+    let t = totals(&[&reference]);
+    let replayed = counter(&a2, "tidewatch_kafka_records_replayed_total")
+        + counter(&b, "tidewatch_kafka_records_replayed_total");
+    eprintln!(
+        "kill -9: accepted {accepted}; counted {} calls, {} service-graph requests; {replayed} records replayed",
+        calls(&t),
+        edges(&t)
+    );
     assert!(
         counter(&a2, "tidewatch_kafka_records_replayed_total")
             + counter(&b, "tidewatch_kafka_records_replayed_total")
@@ -284,6 +292,10 @@ fn a_kafka_outage_is_refused_retryably_and_loses_nothing_accepted() {
             Err(format!("{got} counted, {accepted} accepted, {sent} sent"))
         }
     });
+    eprintln!(
+        "outage: sent {sent}, accepted {accepted}, refused {refused}; the analyzer counted {}",
+        calls(&totals(&[&reference]))
+    );
 }
 
 /// A cluster that cannot be reached is a clear error at start, naming the setting.
