@@ -52,6 +52,47 @@ mod tests {
     }
 
     #[test]
+    fn partitions_match_franz_go_sarama_compat_hasher() {
+        // Printed by franz-go v1.21.5 (the kafkaexporter's client at v0.157.0):
+        // kgo.SaramaCompatHasher(fnv32a)(key, n) for each (key, n).
+        let cases = [
+            ("foobar", 1, 0),
+            ("foobar", 3, 0),
+            ("foobar", 6, 0),
+            ("foobar", 7, 4),
+            ("foobar", 12, 0),
+            ("foobar", 64, 24),
+            ("0af7651916cd43dd8448eb211c80319c", 1, 0),
+            ("0af7651916cd43dd8448eb211c80319c", 3, 1),
+            ("0af7651916cd43dd8448eb211c80319c", 6, 1),
+            ("0af7651916cd43dd8448eb211c80319c", 7, 5),
+            ("0af7651916cd43dd8448eb211c80319c", 12, 7),
+            ("0af7651916cd43dd8448eb211c80319c", 64, 59),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", 1, 0),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", 3, 0),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", 6, 0),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", 7, 5),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", 12, 6),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", 64, 46),
+            ("00000000000000000000000000000001", 1, 0),
+            ("00000000000000000000000000000001", 3, 0),
+            ("00000000000000000000000000000001", 6, 0),
+            ("00000000000000000000000000000001", 7, 6),
+            ("00000000000000000000000000000001", 12, 6),
+            ("00000000000000000000000000000001", 64, 14),
+            ("ffffffffffffffffffffffffffffffff", 1, 0),
+            ("ffffffffffffffffffffffffffffffff", 3, 0),
+            ("ffffffffffffffffffffffffffffffff", 6, 3),
+            ("ffffffffffffffffffffffffffffffff", 7, 4),
+            ("ffffffffffffffffffffffffffffffff", 12, 3),
+            ("ffffffffffffffffffffffffffffffff", 64, 59),
+        ];
+        for (key, n, want) in cases {
+            assert_eq!(partition(key.as_bytes(), n), want, "{key} over {n}");
+        }
+    }
+
+    #[test]
     fn trace_keys_are_lowercase_hex() {
         assert_eq!(trace_key(&[0x0a, 0xff, 0x10]), "0aff10");
     }
