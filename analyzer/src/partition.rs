@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
+use crate::budget::SeriesBudget;
 use crate::config::AnalyzerConfig;
-use crate::engine::wanted_keys;
+use crate::engine::{admit_resources, wanted_keys};
 use crate::graph::{EdgeRow, GraphCounters, GraphStore};
 use crate::intern::Interner;
 use crate::model::{AttrKeys, SpanBatch};
@@ -21,19 +24,23 @@ pub struct RecordTimeShard {
     names: Interner,
     red: RedTable,
     graph: GraphStore,
+    /// This partition's own series budget (`analyzer.max_series`), so a replay admits the same series.
+    budget: Arc<SeriesBudget>,
     /// Record time 0 on the store's `Instant` scale: deadlines are `origin + wait` after the record time.
     origin: Instant,
     spans: u64,
-    scratch: Vec<(u32, Option<u32>)>,
+    scratch: Vec<(Option<u32>, Option<u32>)>,
 }
 
 impl RecordTimeShard {
     pub fn new(cfg: &AnalyzerConfig) -> RecordTimeShard {
         let (_, red_dims, graph_keys) = wanted_keys(cfg);
+        let budget = Arc::new(SeriesBudget::new(cfg.max_series));
         RecordTimeShard {
             names: Interner::default(),
-            red: RedTable::new(&cfg.span_metrics, red_dims),
-            graph: GraphStore::new(&cfg.service_graph, graph_keys, 1),
+            red: RedTable::new(&cfg.span_metrics, red_dims, budget.clone()),
+            graph: GraphStore::new(&cfg.service_graph, graph_keys, 1, budget.clone()),
+            budget,
             origin: Instant::now(),
             spans: 0,
             scratch: Vec::new(),
@@ -53,12 +60,7 @@ impl RecordTimeShard {
     pub fn spans(&mut self, batch: &SpanBatch, clock_ms: u64) {
         let now = self.at(clock_ms);
         self.graph.expire(&mut self.names, now);
-        self.scratch.clear();
-        for r in &batch.resources {
-            let service = self.names.id(batch.bytes(r.service));
-            let pod = (!r.pod.is_empty()).then(|| self.names.id(batch.bytes(r.pod)));
-            self.scratch.push((service, pod));
-        }
+        admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
         for s in &batch.spans {
             let (service, pod) = self.scratch[s.resource as usize];
             self.red.record(&mut self.names, batch, s, service, pod);
