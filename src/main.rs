@@ -67,11 +67,16 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Logs go to stderr; the text format is coloured only when stderr is a terminal (and `NO_COLOR` is
+/// unset), so a log written to a file or a pipe carries no escape sequences.
 fn init_logs(cfg: &Config) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Text => builder.init(),

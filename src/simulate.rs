@@ -204,7 +204,9 @@ pub fn replay(args: &SimulateArgs) -> anyhow::Result<Report> {
     let trace = read_trace(&args.trace)?;
     let cfg = args.config();
     let spec = args.spec(&cfg)?;
-    simulate(&trace, &cfg, &spec, args.policy).with_context(|| format!("simulating {}", args.trace.display()))
+    let what = format!("simulating {} under {}", args.trace.display(), args.policy);
+    crate::progress::while_running(&what, || simulate(&trace, &cfg, &spec, args.policy))
+        .with_context(|| format!("simulating {}", args.trace.display()))
 }
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {

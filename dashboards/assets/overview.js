@@ -22,6 +22,9 @@
       body.replaceChildren(el('div', { class: 'empty error-text' }, 'cannot read /api/services: ' + e.message));
       return;
     }
+    document.querySelector('#incidents .body').replaceChildren(anomalies
+      ? TW.incidentTable(TW.incidents(anomalies), 5)
+      : el('div', { class: 'empty error-text' }, 'cannot read /api/anomalies'));
     const scores = new Map(((anomalies && anomalies.services) || []).map((x) => [x.service, x]));
     const list = data.services.map((s) => Object.assign(s, { health: TW.health(s), anomaly: scores.get(s.name) }));
     if (!list.length) {

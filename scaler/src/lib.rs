@@ -7,7 +7,9 @@
 //!   replay of the decision log all run the same code.
 
 pub mod behavior;
+pub mod board;
 pub mod capacity;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod crd;
@@ -16,6 +18,7 @@ pub mod decisions;
 pub mod heal;
 pub mod hpa;
 pub mod leader;
+pub mod sim_cluster;
 pub mod simulate;
 pub mod telemetry;
 

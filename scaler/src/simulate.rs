@@ -192,6 +192,25 @@ impl SimConfig {
         10.0 * self.slo_latency_ms
     }
 
+    /// The queueing model: `load` requests per second spread evenly over `ready` pods. Returns the
+    /// latency (the p95) and the requests per second that fail.
+    pub fn serve(&self, load: f64, ready: usize) -> (f64, f64) {
+        let mu = self.saturation();
+        if load <= 0.0 {
+            (self.base_latency_ms, 0.0)
+        } else if ready == 0 {
+            (self.latency_cap_ms(), load)
+        } else {
+            let per_pod = load / ready as f64;
+            if per_pod < mu {
+                let lat = self.base_latency_ms / (1.0 - per_pod / mu);
+                (lat.min(self.latency_cap_ms()), 0.0)
+            } else {
+                (self.latency_cap_ms(), load - mu * ready as f64)
+            }
+        }
+    }
+
     /// A policy spec for these settings: the HPA's defaults, `capacity` as the per-replica capacity, the
     /// given replica bounds, and a prediction horizon of cold start plus metric lag plus one sync interval.
     pub fn spec(&self, min_replicas: i32, max_replicas: i32) -> ServicePolicySpec {
@@ -350,7 +369,6 @@ pub fn simulate(
     let min = spec.min_replicas.max(1) as u32;
     let max = (spec.max_replicas.max(1) as u32).max(min);
     let step = cfg.step_ms;
-    let mu = cfg.saturation();
     let util = spec.capacity.target_utilization.clamp(0.05, 1.0);
     let policy_capacity = spec.capacity.requests_per_replica.unwrap_or(cfg.capacity);
     let n = load.len();
@@ -503,9 +521,7 @@ pub fn simulate(
                         pods.push(new_pod(t + cfg.cold_start_ms));
                     }
                 } else {
-                    // Not ready first, then the youngest: the latest ready time goes first.
-                    pods.sort_by_key(|p| std::cmp::Reverse(p.ready_at));
-                    pods.drain(..(current - want) as usize);
+                    scale_down(&mut pods, (current - want) as usize, |p| p.ready_at);
                 }
                 report.peak_replicas = report.peak_replicas.max(want);
             }
@@ -514,19 +530,7 @@ pub fn simulate(
         // Serve this tick.
         let ready = pods.iter().filter(|p| p.ready_at <= t).count();
         let l = load[k];
-        let (latency, errors) = if l <= 0.0 {
-            (cfg.base_latency_ms, 0.0)
-        } else if ready == 0 {
-            (cfg.latency_cap_ms(), l)
-        } else {
-            let per_pod = l / ready as f64;
-            if per_pod < mu {
-                let lat = cfg.base_latency_ms / (1.0 - per_pod / mu);
-                (lat.min(cfg.latency_cap_ms()), 0.0)
-            } else {
-                (cfg.latency_cap_ms(), l - mu * ready as f64)
-            }
-        };
+        let (latency, errors) = cfg.serve(l, ready);
         cum_per_pod[k + 1] = cum_per_pod[k] + l / ready.max(1) as f64;
         pod_ms += pods.len() as f64 * step as f64;
 
@@ -568,6 +572,13 @@ fn close_minute(m: &Minute, cfg: &SimConfig, report: &mut Report) {
     if m.worst_latency_ms > cfg.slo_latency_ms * (1.0 + 1e-9) || error_ratio > cfg.max_error_ratio {
         report.slo_violation_minutes += 1;
     }
+}
+
+/// A ReplicaSet's scale-down: removes `n` pods, those not ready yet first, then the youngest (the latest
+/// ready time goes first).
+pub fn scale_down<P>(pods: &mut Vec<P>, n: usize, ready_at: impl Fn(&P) -> i64) {
+    pods.sort_by_key(|p| std::cmp::Reverse(ready_at(p)));
+    pods.drain(..n.min(pods.len()));
 }
 
 /// Pods needed to serve `load` at `per_pod` each.
