@@ -49,6 +49,16 @@ pub struct NabArgs {
     /// Override one of our detector's parameters, e.g. `--param short=8`. Repeatable.
     #[arg(long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// A split of the corpus (`part<TAB>file` lines; NAB's is bench/nab/split.tsv): score only `--part`.
+    #[arg(long, requires = "part")]
+    pub split: Option<PathBuf>,
+    /// The part of `--split` to score, e.g. `tuning` or `held-out`.
+    #[arg(long, requires = "split")]
+    pub part: Option<String>,
+    /// Also write NAB-format result CSVs (timestamp,value,anomaly_score,label) under this directory, as
+    /// `<DIR>/<detector>/<category>/<detector>_<file>.csv`, for NAB's own scorer to cross-check.
+    #[arg(long, value_name = "DIR")]
+    pub write_results: Option<PathBuf>,
     /// Print each file's score (standard profile) too.
     #[arg(long)]
     pub files: bool,

@@ -6,14 +6,20 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tidewatch_analyzer::models::detect::{DETECTORS, Params, factory};
-use tidewatch_analyzer::models::nab::{Corpus, Scorer};
+use tidewatch_analyzer::models::nab::{Corpus, Scorer, read_split};
 
 use crate::cli::NabArgs;
 
 pub fn run(args: &NabArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let corpus =
+    let mut corpus =
         Corpus::load(&args.data).with_context(|| format!("loading NAB from {}", args.data.display()))?;
+    if let (Some(split), Some(part)) = (&args.split, &args.part) {
+        let keep = read_split(split, part)?;
+        corpus
+            .retain_files(&keep)
+            .with_context(|| format!("--split {}", split.display()))?;
+    }
     let mut params = Params::default();
     for kv in &args.params {
         let (k, v) = kv
@@ -47,12 +53,21 @@ pub fn run(args: &NabArgs) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(dir) = &args.write_results {
+        corpus
+            .write_results(dir, &args.detector, &scores)
+            .with_context(|| format!("writing results to {}", dir.display()))?;
+    }
+
     let scoring = Instant::now();
     let report = Scorer::new(&corpus).score(&scores)?;
     let scored = scoring.elapsed();
 
     println!(
-        "NAB v1.1: {} series, {} rows, {} windows; detector {}",
+        "NAB v1.1{}: {} series, {} rows, {} windows; detector {}",
+        args.part
+            .as_ref()
+            .map_or(String::new(), |p| format!(" ({p} part)")),
         corpus.files.len(),
         corpus.rows(),
         corpus.window_count(),
@@ -68,7 +83,12 @@ pub fn run(args: &NabArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let board = scoreboard(&args.data);
+    // The published scores are for the whole corpus only.
+    let board = if args.split.is_some() {
+        BTreeMap::new()
+    } else {
+        scoreboard(&args.data)
+    };
     for p in &report.profiles {
         let best = board
             .iter()

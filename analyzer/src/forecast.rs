@@ -104,39 +104,57 @@ impl ForecastConfig {
     }
 }
 
-/// Rolling origins the trainer backtests on: the most recent ones that leave `h` steps to score.
-const TRAIN_ORIGINS: usize = 12;
+/// Rolling origins every model choice backtests on (see [`select`]).
+pub const TRAIN_ORIGINS: usize = 12;
 
-/// Picks a model for `y` (spaced `step_secs`) by a rolling-origin backtest over its recent past, fits it
-/// on all of `y` and forecasts `h` steps. Returns the model's name, its backtest MASE (against the
-/// in-sample seasonal naive error; `None` when `y` is too short to backtest) and the forecasts.
+/// A model chosen by backtest: the periods it was built for, its index in [`models_for`] and its
+/// backtest MASE (against the in-sample seasonal naive error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub periods: Vec<usize>,
+    pub index: usize,
+    pub mase: f64,
+}
+
+/// The one model choice every forecast uses (the trainer, the forecast API, `tidewatch simulate`): periods
+/// from the autocorrelation of `y` (spaced `step_secs`), then the lowest MASE over [`TRAIN_ORIGINS`]
+/// rolling origins spread over the last 40 % of the history, each leaving `h` points to score. `None`
+/// when `y` is too short to backtest.
+pub fn select(y: &[f64], step_secs: f64, h: usize) -> Option<Selection> {
+    let periods = detect_periods(y, step_secs);
+    let m = periods.first().copied().unwrap_or(1);
+    let n = y.len();
+    let first = (n as f64 * 0.6) as usize;
+    if n < h + 20 || n - h <= first {
+        return None;
+    }
+    let last = n - h;
+    let origins: Vec<usize> = (0..TRAIN_ORIGINS)
+        .map(|i| first + (last - first) * i / (TRAIN_ORIGINS - 1))
+        .collect();
+    let mut best: Option<(usize, f64)> = None;
+    for (i, mut model) in models_for(&periods, h).into_iter().enumerate() {
+        let b = backtest(model.as_mut(), y, &origins, h, m);
+        if b.forecasts > 0 && b.mase.is_finite() && best.is_none_or(|(_, s)| b.mase < s) {
+            best = Some((i, b.mase));
+        }
+    }
+    best.map(|(index, mase)| Selection { periods, index, mase })
+}
+
+/// Picks a model for `y` (spaced `step_secs`) with [`select`], fits it on all of `y` and forecasts `h`
+/// steps. Returns the model's name, its backtest MASE (`None` when `y` is too short to backtest) and the
+/// forecasts.
 pub fn select_and_forecast(
     y: &[f64],
     step_secs: f64,
     h: usize,
 ) -> (&'static str, Option<f64>, Vec<Forecast>) {
-    let periods = detect_periods(y, step_secs);
-    let m = periods.first().copied().unwrap_or(1);
-    let n = y.len();
-    // Origins over the last 40 % of the history, each leaving h points to score.
-    let first = (n as f64 * 0.6) as usize;
-    let origins: Vec<usize> = if n >= h + 20 && n - h > first {
-        let last = n - h;
-        (0..TRAIN_ORIGINS)
-            .map(|i| first + (last - first) * i / (TRAIN_ORIGINS - 1))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut best: Option<(usize, f64)> = None;
-    if !origins.is_empty() {
-        for (i, mut model) in models_for(&periods, h).into_iter().enumerate() {
-            let b = backtest(model.as_mut(), y, &origins, h, m);
-            if b.forecasts > 0 && b.mase.is_finite() && best.is_none_or(|(_, s)| b.mase < s) {
-                best = Some((i, b.mase));
-            }
-        }
-    }
+    let chosen = select(y, step_secs, h);
+    let periods = chosen
+        .as_ref()
+        .map_or_else(|| detect_periods(y, step_secs), |c| c.periods.clone());
+    let best = chosen.map(|c| (c.index, c.mase));
     let mut candidates = models_for(&periods, h);
     // Without a backtest, seasonal naive (the first model) is the honest default.
     let order: Vec<usize> = match best {

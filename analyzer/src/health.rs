@@ -1,112 +1,169 @@
-//! Online health: at every window close, each service's p95 latency and error ratio are scored against
-//! their own recent past (a robust z-score: distance from the rolling median in units of the rolling MAD,
-//! with floors so that noise on a quiet series is not an alarm), anomalous services are localised along
-//! the dependency graph ([`crate::rootcause`]), and the result is published as a [`HealthReport`].
+//! Online health: at every window close, each service's RED signals are scored by the streaming
+//! detector `tidewatch nab` measures ([`Tidewatch`] with [`Params::default`]), anomalous services are
+//! localised along the dependency graph ([`crate::rootcause`]), and the result is published as a
+//! [`HealthReport`].
 //!
-//! Request rate is deliberately not an alarm here: it moves with the daily cycle by design, and the
-//! scaler, not an alert, is what answers it.
+//! Per service, four series go through their own detector, one row per window:
+//! - request rate, error ratio and p95 latency, each in units of a noticeable change
+//!   ([`red_features`]: 25 % in rate or p95, two points of error ratio) with a resolution of one unit
+//!   ([`Tidewatch::with_resolution`]), so noise smaller than that on a quiet series is never news (the
+//!   error ratio counts errors less two Poisson standard deviations: one failure in 20 is chance);
+//! - the joint detector's surprise (a Gaussian mixture over the three, `models::multivariate`) in units
+//!   of its own robust z-score.
+//!
+//! A signal is anomalous when its detector's score reaches `threshold` (by default the threshold NAB's
+//! sweep picks for the detector on the tuning half of the corpus, see BENCHMARKS.md), and, for latency
+//! and errors, the value is above its baseline (getting better is not an incident). Request rate is
+//! scored and shown but never an alarm on its own: it moves with the daily cycle by design, and the
+//! scaler, not an alert, answers it. What the server adds around the detector is input gating only: a
+//! window with fewer than `min_requests` requests is not fed to the detectors (too few to measure).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
+use crate::models::detect::{AnomalyDetector, Params, Tidewatch};
 use crate::models::multivariate::{GmmConfig, GmmDetector, VectorDetector, red_features};
-use crate::rootcause::{Cause, PodState, ServiceState, localise};
+use crate::rootcause::{Cause, Learning, PodState, ServiceState, localise};
 use crate::store::{HistoryView, RedSummary};
 
 /// Settings of the online monitor.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Windows a series must have seen before it can be called anomalous.
-    pub warmup_windows: usize,
-    /// Windows the rolling baseline spans.
-    pub baseline_windows: usize,
-    /// Robust z-score from which a signal is anomalous.
+    /// Detector score (in [0, 1]) from which a signal is anomalous.
     pub threshold: f64,
     /// Windows with fewer requests than this are not scored (too few to say anything).
     pub min_requests: f64,
-    /// Score of the joint RED detector (a Gaussian mixture over rate, error ratio and p95, see
-    /// `models::multivariate`) from which a window is anomalous; 0 turns the joint detector off.
-    pub joint_threshold: f64,
+    /// Whether the joint RED detector (a Gaussian mixture over rate, error ratio and p95) is scored.
+    pub joint: bool,
+    /// A service not seen for this many windows is forgotten (its detectors' memory is freed).
+    pub forget_after_windows: usize,
 }
+
+/// The detector's corpus-optimal NAB threshold on the tuning half of NAB under the profile that rewards
+/// few false alarms (`reward_low_FP_rate`: an alarm pages someone), rounded:
+/// `tidewatch nab --split bench/nab/split.tsv --part tuning` prints it (0.643410 on 2026-11-29).
+pub const NAB_THRESHOLD: f64 = 0.6434;
 
 impl Default for HealthConfig {
     fn default() -> HealthConfig {
         HealthConfig {
-            warmup_windows: 30,
-            baseline_windows: 90,
-            threshold: 6.0,
+            threshold: NAB_THRESHOLD,
             min_requests: 20.0,
-            joint_threshold: 8.0,
+            joint: true,
+            forget_after_windows: 8640,
         }
     }
 }
 
 impl HealthConfig {
     pub(crate) fn validate(&self, errors: &mut Vec<String>) {
-        if self.baseline_windows < 5 {
-            errors.push("analyzer.health.baseline_windows: must be at least 5".into());
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            errors.push("analyzer.health.threshold: must be in (0, 1]".into());
         }
-        if self.threshold <= 0.0 {
-            errors.push("analyzer.health.threshold: must be above 0".into());
+        if self.min_requests < 0.0 || !self.min_requests.is_finite() {
+            errors.push("analyzer.health.min_requests: must be 0 or above".into());
         }
-        if self.joint_threshold < 0.0 || !self.joint_threshold.is_finite() {
-            errors.push("analyzer.health.joint_threshold: must be 0 (off) or above".into());
+        if self.forget_after_windows == 0 {
+            errors.push("analyzer.health.forget_after_windows: must be at least 1".into());
         }
     }
 }
 
-/// A rolling robust baseline of one signal.
-struct Baseline {
-    values: VecDeque<f64>,
-    seen: usize,
+/// The scored signals of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Rate,
+    Errors,
+    Latency,
+    Joint,
 }
 
-impl Baseline {
-    fn new() -> Baseline {
-        Baseline {
-            values: VecDeque::new(),
-            seen: 0,
+/// One series of a service and its detector.
+struct Signal {
+    kind: Kind,
+    detector: Tidewatch,
+}
+
+/// Resolution of the joint detector's series, in units of its robust z-score: the mixture's surprise
+/// wanders by a few units on normal traffic (a new regime before its first refit), an incident moves it
+/// by tens.
+const JOINT_RESOLUTION: f64 = 3.0;
+
+/// A signal's verdict on one window.
+struct Verdict {
+    kind: Kind,
+    score: f64,
+    /// The series' level before this window (in the signal's units), when it has one.
+    level: Option<f64>,
+    value: f64,
+}
+
+impl Signal {
+    fn new(kind: Kind) -> Signal {
+        let res = if kind == Kind::Joint {
+            JOINT_RESOLUTION
+        } else {
+            1.0
+        };
+        Signal {
+            kind,
+            detector: Tidewatch::with_resolution(Params::default(), res),
         }
     }
 
-    /// Median and MAD of the baseline.
-    fn stats(&self) -> Option<(f64, f64)> {
-        if self.values.is_empty() {
-            return None;
+    fn score(&mut self, t_ms: i64, value: f64) -> Verdict {
+        let score = self.detector.score(t_ms, value);
+        Verdict {
+            kind: self.kind,
+            score,
+            level: self.detector.last_level(),
+            value,
         }
-        let mut v: Vec<f64> = self.values.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
-        let med = v[v.len() / 2];
-        let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
-        dev.sort_by(f64::total_cmp);
-        Some((med, dev[dev.len() / 2]))
-    }
-
-    /// Scores `x` against the baseline (before adding it): |x - median| / spread, where the spread has
-    /// floors of `rel` of the median and of `abs`, so small absolute moves on quiet series stay quiet.
-    /// Only rises count: lower latency or fewer errors are good news.
-    fn score_then_add(&mut self, x: f64, rel: f64, abs: f64, cfg: &HealthConfig) -> Option<(f64, f64)> {
-        let scored = self
-            .stats()
-            .filter(|_| self.seen >= cfg.warmup_windows)
-            .map(|(med, mad)| {
-                let spread = (1.4826 * mad).max(rel * med).max(abs);
-                (((x - med) / spread).max(0.0), med)
-            });
-        self.values.push_back(x);
-        if self.values.len() > cfg.baseline_windows {
-            self.values.pop_front();
-        }
-        self.seen += 1;
-        scored
     }
 }
 
-#[derive(Default)]
-struct ServiceBaselines {
-    latency: Option<Baseline>,
-    errors: Option<Baseline>,
-    joint: Option<GmmDetector>,
+impl Verdict {
+    fn rose(&self) -> bool {
+        self.level.is_some_and(|l| self.value > l)
+    }
+
+    /// Whether the verdict raises an alarm at `threshold`; `worse`: latency or errors rose this window
+    /// (an unusual combination that is all good news, say latency falling with load, is no incident).
+    fn alarms(&self, threshold: f64, worse: bool) -> bool {
+        self.score >= threshold
+            && match self.kind {
+                Kind::Rate => false,
+                Kind::Errors | Kind::Latency => self.rose(),
+                Kind::Joint => worse,
+            }
+    }
+}
+
+struct ServiceModels {
+    rate: Signal,
+    errors: Signal,
+    latency: Signal,
+    joint: Option<(GmmDetector, Signal)>,
+    /// Windows since the service was last scored.
+    idle: usize,
+}
+
+impl ServiceModels {
+    fn new(joint: bool) -> ServiceModels {
+        ServiceModels {
+            rate: Signal::new(Kind::Rate),
+            errors: Signal::new(Kind::Errors),
+            latency: Signal::new(Kind::Latency),
+            joint: joint.then(|| (GmmDetector::new(GmmConfig::default()), Signal::new(Kind::Joint))),
+            idle: 0,
+        }
+    }
+
+    /// Where the slowest detector stands in its warm-up.
+    fn learning(&self) -> Option<Learning> {
+        let (seen, needed) = self.latency.detector.warmup();
+        (seen <= needed).then_some(Learning { seen, needed })
+    }
 }
 
 /// The health of everything at one window close.
@@ -119,10 +176,10 @@ pub struct HealthReport {
     pub causes: Vec<Cause>,
 }
 
-/// The monitor: one owner (the engine's window task).
+/// The monitor: one owner (the engine's window task, or whoever replays a history into it).
 pub struct Monitor {
     cfg: HealthConfig,
-    services: BTreeMap<String, ServiceBaselines>,
+    services: BTreeMap<String, ServiceModels>,
 }
 
 impl Monitor {
@@ -133,7 +190,8 @@ impl Monitor {
         }
     }
 
-    /// Scores the window that ended at `ts_ms` (of length `window_ms`) from the history.
+    /// Scores the window that ended at `ts_ms` (of length `window_ms`) from the history. Times are the
+    /// caller's: the engine passes the wall clock, a replay passes the history's own timestamps.
     pub fn observe(&mut self, view: &HistoryView, ts_ms: i64, window_ms: i64) -> crate::Result<HealthReport> {
         let from = ts_ms - window_ms;
         let services = view.services(from, ts_ms)?;
@@ -142,11 +200,14 @@ impl Monitor {
             .iter()
             .map(|e| (key(e, "client"), key(e, "server")))
             .collect();
+        for m in self.services.values_mut() {
+            m.idle += 1;
+        }
         let mut states = Vec::new();
         let mut pods = Vec::new();
         for s in &services {
             let name = key(s, "service");
-            if let Some(state) = self.score(&name, s) {
+            if let Some(state) = self.score(&name, ts_ms, s) {
                 if state.anomalous {
                     for p in view.pods(&name, from, ts_ms)? {
                         pods.push(PodState {
@@ -161,6 +222,8 @@ impl Monitor {
                 states.push(state);
             }
         }
+        let forget = self.cfg.forget_after_windows;
+        self.services.retain(|_, m| m.idle < forget);
         let causes = localise(&states, &edges, &pods);
         Ok(HealthReport {
             ts: ts_ms,
@@ -169,69 +232,88 @@ impl Monitor {
         })
     }
 
-    fn score(&mut self, name: &str, s: &RedSummary) -> Option<ServiceState> {
+    /// Scores one service's window; `None` when it had too few requests to be scored.
+    fn score(&mut self, name: &str, ts_ms: i64, s: &RedSummary) -> Option<ServiceState> {
         if s.requests < self.cfg.min_requests {
             return None;
         }
-        let cfg = self.cfg.clone();
-        let b = self.services.entry(name.to_owned()).or_default();
-        let mut best = (0.0, String::new());
-        if let Some(p95) = s.p95_ms {
-            // Latency must move by a quarter of its usual value (and 1 ms) before the spread is small enough.
-            let lat = b.latency.get_or_insert_with(Baseline::new);
-            if let Some((z, med)) = lat.score_then_add(p95, 0.25, 1.0, &cfg)
-                && z > best.0
+        let joint = self.cfg.joint;
+        let m = self
+            .services
+            .entry(name.to_owned())
+            .or_insert_with(|| ServiceModels::new(joint));
+        m.idle = 0;
+        let p95 = s.p95_ms.unwrap_or(0.0);
+        let [rate, errors, latency] = red_features(s.rate, error_ratio_floor(s), p95);
+        let mut verdicts = vec![m.rate.score(ts_ms, rate), m.errors.score(ts_ms, errors)];
+        if s.p95_ms.is_some() {
+            verdicts.push(m.latency.score(ts_ms, latency));
+            if let Some((gmm, signal)) = &mut m.joint
+                && let Some(z) = gmm.score(&[rate, errors, latency])
             {
-                best = (
-                    z,
-                    format!("p95 latency {:.1}x its usual {med:.0} ms", p95 / med.max(1e-9)),
-                );
+                verdicts.push(signal.score(ts_ms, z));
             }
         }
-        // Error ratios must move by two percentage points.
-        let err = b.errors.get_or_insert_with(Baseline::new);
-        if let Some((z, med)) = err.score_then_add(s.error_ratio, 0.25, 0.02, &cfg)
-            && z > best.0
-        {
-            best = (
-                z,
-                format!(
-                    "errors {:.0}% of requests (usually {:.0}%)",
-                    s.error_ratio * 100.0,
-                    med * 100.0
-                ),
-            );
-        }
-        // The joint detector: rate, errors and latency together, on the univariate scale (its threshold
-        // maps onto `threshold`), so one number ranks every signal.
-        if cfg.joint_threshold > 0.0
-            && let Some(p95) = s.p95_ms
-        {
-            let joint = b
-                .joint
-                .get_or_insert_with(|| GmmDetector::new(GmmConfig::default()));
-            if let Some(jz) = joint.score(&red_features(s.rate, s.error_ratio, p95)) {
-                let z = jz * cfg.threshold / cfg.joint_threshold;
-                if z > best.0 {
-                    best = (
-                        z,
-                        format!(
-                            "unusual combination of {:.0} req/s, p95 {p95:.0} ms and {:.1}% errors for this service (joint score {jz:.1})",
-                            s.rate,
-                            s.error_ratio * 100.0
-                        ),
-                    );
-                }
-            }
-        }
-        let (z, reason) = best;
+        let threshold = self.cfg.threshold;
+        let worse = verdicts
+            .iter()
+            .any(|v| matches!(v.kind, Kind::Errors | Kind::Latency) && v.rose());
+        // The verdict shown: an alarm before none, a single signal (which says what is wrong) before the
+        // joint one, then the higher score.
+        let rank = |v: &Verdict| (v.alarms(threshold, worse), v.kind != Kind::Joint);
+        let worst = verdicts
+            .iter()
+            .filter(|v| v.kind != Kind::Rate)
+            .max_by(|a, b| rank(a).cmp(&rank(b)).then(a.score.total_cmp(&b.score)));
+        let (score, anomalous, reason) = match worst {
+            Some(v) => (v.score, v.alarms(threshold, worse), describe(v, s)),
+            None => (0.0, false, String::new()),
+        };
         Some(ServiceState {
             service: name.to_owned(),
-            // A score in [0, 1): 0.5 at the threshold.
-            score: z / (z + cfg.threshold),
-            anomalous: z >= cfg.threshold,
+            score,
+            anomalous,
             reason,
+            learning: m.learning(),
         })
+    }
+}
+
+/// The error ratio the detectors see: errors less two standard deviations of a Poisson count, over the
+/// requests. On a quiet service one or two failures are chance, not news; 30 of 100 still reads 19 %.
+fn error_ratio_floor(s: &RedSummary) -> f64 {
+    if s.requests <= 0.0 {
+        return 0.0;
+    }
+    ((s.errors - 2.0 * s.errors.max(0.0).sqrt()) / s.requests).max(0.0)
+}
+
+/// The verdict in words, for people: "p95 latency 4.1x its usual 12 ms".
+fn describe(v: &Verdict, s: &RedSummary) -> String {
+    let step = 1.25f64.ln();
+    let unlog = |f: f64| (f * step).exp() - 1.0;
+    match v.kind {
+        Kind::Latency => {
+            let p95 = s.p95_ms.unwrap_or(0.0);
+            let usual = v.level.map_or(p95, unlog);
+            format!(
+                "p95 latency {:.1}x its usual {usual:.0} ms",
+                p95 / usual.max(1e-9)
+            )
+        }
+        Kind::Errors => format!(
+            "errors {:.0}% of requests (usually under {:.0}%)",
+            s.error_ratio * 100.0,
+            v.level.map_or(0.0, |l| l * 2.0).max(1.0)
+        ),
+        Kind::Joint => format!(
+            "unusual combination of {:.1} req/s, p95 {:.0} ms and {:.1}% errors for this service (joint score {:.1})",
+            s.rate,
+            s.p95_ms.unwrap_or(0.0),
+            s.error_ratio * 100.0,
+            v.value
+        ),
+        Kind::Rate => format!("{:.0} req/s", s.rate),
     }
 }
 
@@ -258,33 +340,45 @@ mod tests {
         }
     }
 
+    const MINUTE: i64 = 60_000;
+
     #[test]
     fn steady_noise_is_quiet_and_a_spike_is_not() {
-        let cfg = HealthConfig {
-            warmup_windows: 10,
-            ..HealthConfig::default()
-        };
-        let mut m = Monitor::new(&cfg);
-        for i in 0..50 {
+        let mut m = Monitor::new(&HealthConfig::default());
+        for i in 0..300 {
             let noise = (i % 5) as f64 * 0.5;
-            let s = m.score("api", &summary("api", 20.0 + noise, 0.01)).unwrap();
+            let s = m
+                .score("api", i * MINUTE, &summary("api", 20.0 + noise, 0.01))
+                .unwrap();
             assert!(!s.anomalous, "window {i}: {s:?}");
         }
-        let s = m.score("api", &summary("api", 90.0, 0.01)).unwrap();
+        let s = m.score("api", 300 * MINUTE, &summary("api", 90.0, 0.01)).unwrap();
         assert!(s.anomalous && s.reason.starts_with("p95 latency 4."), "{s:?}");
-        let s = m.score("api", &summary("api", 21.0, 0.30)).unwrap();
+        let mut m = Monitor::new(&HealthConfig::default());
+        for i in 0..300 {
+            m.score(
+                "api",
+                i * MINUTE,
+                &summary("api", 20.0 + (i % 5) as f64 * 0.5, 0.01),
+            );
+        }
+        let s = m.score("api", 300 * MINUTE, &summary("api", 21.0, 0.30)).unwrap();
         assert!(s.anomalous && s.reason.starts_with("errors 30%"), "{s:?}");
-        // Getting better is not an anomaly.
-        assert!(!m.score("api", &summary("api", 5.0, 0.0)).unwrap().anomalous);
+    }
+
+    #[test]
+    fn getting_better_is_not_an_anomaly() {
+        let mut m = Monitor::new(&HealthConfig::default());
+        for i in 0..300 {
+            m.score("api", i * MINUTE, &summary("api", 40.0 + (i % 5) as f64, 0.05));
+        }
+        let s = m.score("api", 300 * MINUTE, &summary("api", 5.0, 0.0)).unwrap();
+        assert!(!s.anomalous, "{s:?}");
     }
 
     #[test]
     fn the_joint_detector_sees_a_combination_no_single_signal_flags() {
-        let cfg = HealthConfig {
-            warmup_windows: 10,
-            ..HealthConfig::default()
-        };
-        let mut m = Monitor::new(&cfg);
+        let mut m = Monitor::new(&HealthConfig::default());
         // Load and latency rise and fall together over a cycle.
         let window = |i: usize| {
             let phase = (i as f64 / 40.0 * std::f64::consts::TAU).sin();
@@ -294,8 +388,8 @@ mod tests {
                 ..summary("api", 20.0 + 0.1 * rate + (i % 3) as f64 * 0.3, 0.0)
             }
         };
-        for i in 0..200 {
-            let s = m.score("api", &window(i)).unwrap();
+        for i in 0..400 {
+            let s = m.score("api", i as i64 * MINUTE, &window(i)).unwrap();
             assert!(!s.anomalous, "window {i}: {s:?}");
         }
         // Peak-hour latency at the night-time rate: each value is within its usual range.
@@ -303,7 +397,7 @@ mod tests {
             rate: 60.0,
             ..summary("api", 55.0, 0.0)
         };
-        let s = m.score("api", &odd).unwrap();
+        let s = m.score("api", 400 * MINUTE, &odd).unwrap();
         assert!(
             s.anomalous && s.reason.starts_with("unusual combination"),
             "{s:?}"
@@ -313,11 +407,19 @@ mod tests {
     #[test]
     fn nothing_is_anomalous_during_warmup_or_at_low_traffic() {
         let mut m = Monitor::new(&HealthConfig::default());
-        assert!(!m.score("api", &summary("api", 1000.0, 0.9)).unwrap().anomalous);
+        let s = m.score("api", 0, &summary("api", 1000.0, 0.9)).unwrap();
+        assert!(!s.anomalous);
+        assert_eq!(
+            s.learning,
+            Some(Learning {
+                seen: 1,
+                needed: Params::default().warmup
+            })
+        );
         let quiet = RedSummary {
             requests: 3.0,
             ..summary("api", 1000.0, 0.9)
         };
-        assert!(m.score("api", &quiet).is_none());
+        assert!(m.score("api", MINUTE, &quiet).is_none());
     }
 }

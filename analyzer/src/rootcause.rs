@@ -19,6 +19,15 @@ pub struct ServiceState {
     pub anomalous: bool,
     /// The signal behind the score, for people: "p95 latency 4.1x its usual 12 ms".
     pub reason: String,
+    /// While the detectors are still learning the service (they score nothing yet): how far along.
+    pub learning: Option<Learning>,
+}
+
+/// A detector's warm-up: windows seen of those needed before it scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Learning {
+    pub seen: usize,
+    pub needed: usize,
 }
 
 /// One pod's RED in the current window.
@@ -214,6 +223,7 @@ mod tests {
             score,
             anomalous: score >= 0.5,
             reason: reason.into(),
+            learning: None,
         }
     }
 

@@ -44,7 +44,8 @@
         el('td', { class: 'name' }, el('a', { href: TW.serviceHref(s.name), title: s.name }, s.name),
           a && a.anomalous ? el('div', { class: 'small', style: 'color:#6d28d9; white-space:normal' }, a.reason) : null),
         el('td', { class: 'left' }, TW.badge(s.health)),
-        el('td', { style: a && a.anomalous ? 'color:#6d28d9; font-weight:600' : null }, a ? a.score.toFixed(2) : '–'),
+        el('td', { style: a && a.anomalous ? 'color:#6d28d9; font-weight:600' : null, title: a ? null : 'not scored: too few requests in the last window' },
+          a ? (a.learning ? 'learning: ' + a.learning.seen + ' of ' + a.learning.needed + ' windows' : a.score.toFixed(2)) : '–'),
         el('td', {}, TW.fmtRate(s.rate)),
         el('td', {}, TW.fmtPct(s.error_ratio)),
         el('td', {}, TW.fmtMs(s.p95_ms))));

@@ -59,7 +59,9 @@
     const note = document.getElementById('anomaly');
     const notes = [];
     if (anomalies.status === 'fulfilled') {
-      const me = (anomalies.value.services || []).find((x) => x.service === name && x.anomalous);
+      const state = (anomalies.value.services || []).find((x) => x.service === name);
+      if (state && state.learning) notes.push(el('div', { class: 'small' }, 'Anomaly detection learning: ' + state.learning.seen + ' of ' + state.learning.needed + ' windows'));
+      const me = state && state.anomalous ? state : null;
       if (me) notes.push(el('div', { class: 'anomaly-note' }, 'Anomaly now (score ' + me.score.toFixed(2) + '): ' + me.reason));
       for (const c of (anomalies.value.causes || []).filter((c) => c.service === name)) {
         notes.push(el('div', { class: 'anomaly-note' }, 'Likely cause' + (c.pod ? ' (pod ' + c.pod + ')' : '') + ': ' + c.explanation));

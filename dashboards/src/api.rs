@@ -379,14 +379,14 @@ pub struct ForecastQuery {
 }
 
 /// `GET /api/services/{name}/forecast?horizon=30m&step=1m&history=24h`: the service's request rate
-/// forecast with 95 % intervals. The model is picked per call by a small rolling-origin backtest over
-/// the history (see `tidewatch_analyzer::forecast`).
+/// forecast with 95 % intervals. The model is chosen per call the way the scheduled trainer chooses it
+/// (`tidewatch_analyzer::forecast::select_and_forecast`), on this call's step and horizon.
 pub async fn forecast(
     State(s): State<WebState>,
     Path(name): Path<String>,
     Query(q): Query<ForecastQuery>,
 ) -> ApiResult {
-    use tidewatch_analyzer::forecast::{backtest, detect_periods, models};
+    use tidewatch_analyzer::forecast::{detect_periods, select_and_forecast};
     let dur = |v: Option<&str>, d: u64, what: &str| -> Result<i64, ApiError> {
         let d = match v {
             Some(v) => humantime::parse_duration(v).map_err(|e| bad(format!("{what} `{v}`: {e}")))?,
@@ -426,42 +426,19 @@ pub async fn forecast(
             ),
         ));
     }
-    let origins: Vec<usize> = (0..6)
-        .map(|i| n - steps.min(n / 4) - i * (n / 24).max(1))
-        .filter(|&o| o >= 2 * m.max(4))
-        .collect();
-    // Best backtest first; a model that cannot fit the whole history (too short for it) gives way to the next.
-    let mut ranked: Vec<(f64, Box<dyn tidewatch_analyzer::forecast::Forecaster>)> = models(&periods)
-        .into_iter()
-        .map(|mut model| {
-            let b = backtest(model.as_mut(), &y, &origins, steps.min(n / 4).max(1), m);
-            (if b.mae.is_finite() { b.mae } else { f64::INFINITY }, model)
-        })
-        .collect();
-    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut last_err = String::from("no forecaster available");
-    let mut chosen = None;
-    for (_, mut model) in ranked {
-        match model.fit(&y) {
-            Ok(()) => {
-                chosen = Some(model);
-                break;
-            }
-            Err(e) => last_err = e,
-        }
-    }
-    let Some(model) = chosen else {
-        return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, last_err));
-    };
+    // The trainer's model choice (`select_and_forecast`), off the async workers: backtests take a while.
+    let fitted = tokio::task::spawn_blocking(move || select_and_forecast(&y, step as f64 / 1000.0, steps))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (model, mase, forecasts) = fitted;
     let start = last_ts.unwrap_or(now);
-    let forecast: Vec<Value> = model
-        .forecast(steps)
+    let forecast: Vec<Value> = forecasts
         .iter()
         .enumerate()
         .map(|(i, f)| json!({"ts": start + (i as i64 + 1) * step, "rate": f.mean.max(0.0), "lo": f.lo.max(0.0), "hi": f.hi.max(0.0)}))
         .collect();
     Ok(Json(json!({
-        "service": name, "model": model.name(), "periods": periods, "step_ms": step, "history_points": n,
+        "service": name, "model": model, "mase": mase, "periods": periods, "step_ms": step, "history_points": n,
         "forecast": forecast,
     })))
 }

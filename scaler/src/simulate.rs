@@ -36,7 +36,7 @@
 //! previous one, within `reversal_window` of it).
 
 use serde::Serialize;
-use tidewatch_analyzer::forecast::{Forecast, ServiceForecast, backtest, detect_periods, models_for};
+use tidewatch_analyzer::forecast::{Forecast, ServiceForecast, detect_periods, models_for, select};
 
 use crate::behavior::ScaleHistory;
 use crate::crd::ServicePolicySpec;
@@ -632,9 +632,6 @@ struct Trainer {
     select_interval_ms: i64,
 }
 
-/// Rolling origins of a selection, as the analyzer's trainer uses.
-const TRAIN_ORIGINS: usize = 12;
-
 impl Trainer {
     /// The bucket means of the load observed before `seen_to`, over the lookback, and the end of the last
     /// complete bucket.
@@ -653,30 +650,14 @@ impl Trainer {
         (y, start + complete * self.bucket_ms)
     }
 
-    /// Chooses a model as [`select_and_forecast`](tidewatch_analyzer::forecast::select_and_forecast)
-    /// does: periods from the autocorrelation, then the lowest MASE over rolling origins spread over the
-    /// last 40 % of the history. `None` when the history is too short to backtest.
+    /// Chooses a model with the analyzer's one model choice ([`select`]). `None` when the history is too
+    /// short to backtest.
     fn select(&self, y: &[f64]) -> Option<Choice> {
-        let h = self.points;
-        let periods = detect_periods(y, self.bucket_ms as f64 / 1000.0);
-        let m = periods.first().copied().unwrap_or(1);
-        let n = y.len();
-        let first = (n as f64 * 0.6) as usize;
-        if n < h + 20 || n - h <= first {
-            return None;
-        }
-        let last = n - h;
-        let origins: Vec<usize> = (0..TRAIN_ORIGINS)
-            .map(|i| first + (last - first) * i / (TRAIN_ORIGINS - 1))
-            .collect();
-        let mut best: Option<(usize, f64)> = None;
-        for (i, mut model) in models_for(&periods, h).into_iter().enumerate() {
-            let b = backtest(model.as_mut(), y, &origins, h, m);
-            if b.forecasts > 0 && b.mase.is_finite() && best.is_none_or(|(_, s)| b.mase < s) {
-                best = Some((i, b.mase));
-            }
-        }
-        best.map(|(index, mase)| Choice { periods, index, mase })
+        select(y, self.bucket_ms as f64 / 1000.0, self.points).map(|s| Choice {
+            periods: s.periods,
+            index: s.index,
+            mase: s.mase,
+        })
     }
 
     /// Refits (choosing the model again when its time has come) on what was observed before `seen_to`,

@@ -332,11 +332,10 @@ pub fn numbered_json_traces(service: &str, name: &str, first: u32, n: u32) -> Ve
     json_traces(service, name, &ids)
 }
 
-/// Quarter-second windows and a four-second anomaly warm-up, so a test of the models runs in seconds.
-pub const FAST_WINDOWS: [&str; 5] = [
+/// Quarter-second windows (the detectors warm up in about eight seconds), so a test of the models runs in
+/// seconds.
+pub const FAST_WINDOWS: [&str; 3] = [
     "analyzer.window=250ms",
     "analyzer.store.rollup_step=1s",
-    "analyzer.health.warmup_windows=16",
-    "analyzer.health.baseline_windows=60",
     "analyzer.health.min_requests=10",
 ];

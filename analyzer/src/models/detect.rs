@@ -304,10 +304,12 @@ struct RollingRobust {
     /// EWMA of |x - median|: floors the MAD.
     mean_abs_dev: f64,
     alpha: f64,
+    /// Least scale: the series' resolution (see [`Tidewatch::with_resolution`]).
+    floor: f64,
 }
 
 impl RollingRobust {
-    fn new(cap: usize, alpha: f64) -> Self {
+    fn new(cap: usize, alpha: f64, floor: f64) -> Self {
         Self {
             cap,
             order: VecDeque::with_capacity(cap + 1),
@@ -315,6 +317,7 @@ impl RollingRobust {
             scratch: Vec::with_capacity(cap + 1),
             mean_abs_dev: 0.0,
             alpha,
+            floor,
         }
     }
 
@@ -357,6 +360,7 @@ impl RollingRobust {
         let (_, mad, _) = self.scratch.select_nth_unstable_by(mid, f64::total_cmp);
         let scale = (1.4826 * *mad)
             .max(self.mean_abs_dev)
+            .max(self.floor)
             .max(1e-9 * m.abs().max(1e-3));
         Some((x - m) / scale)
     }
@@ -370,17 +374,23 @@ impl RollingRobust {
 
 /// How far a value lies outside the range seen so far, in shares of that range (0 inside it): the
 /// "spatial" anomaly Numenta's NAB detector adds to HTM. A new extreme is rare in a stable series and
-/// stops being new once seen, so this signal silences itself.
+/// stops being new once seen, so this signal silences itself. With a resolution `res` (see
+/// [`Tidewatch::with_resolution`]) only the excess beyond `res` counts, in shares of `max(range, res)`.
 #[derive(Clone, Debug, Default)]
 struct RangeNovelty {
     range: Option<(f64, f64)>,
     /// Share by which each bound moves toward the newest value per row: old extremes fade.
     decay: f64,
+    res: f64,
 }
 
 impl RangeNovelty {
-    fn new(decay: f64) -> Self {
-        Self { range: None, decay }
+    fn new(decay: f64, res: f64) -> Self {
+        Self {
+            range: None,
+            decay,
+            res,
+        }
     }
 
     /// The novelty of `x`; then the range takes `x` in.
@@ -394,11 +404,11 @@ impl RangeNovelty {
             new_lo + self.decay * (x - new_lo),
             new_hi - self.decay * (new_hi - x),
         ));
-        let span = hi - lo;
+        let span = (hi - lo).max(self.res);
         if span <= 0.0 {
             0.0
         } else {
-            ((x - hi).max(lo - x) / span).max(0.0)
+            (((x - hi).max(lo - x) - self.res) / span).max(0.0)
         }
     }
 }
@@ -477,6 +487,8 @@ pub struct Tidewatch {
     last_novel: Option<usize>,
     /// Range of the values seen in each hour of the day, with the rows seen there.
     phase_ranges: Vec<(RangeNovelty, usize)>,
+    /// The value of the level baseline (rolling median) before the latest row joined it.
+    last_level: Option<f64>,
 }
 
 /// Longest daily period (in rows) tracked: one-minute data.
@@ -486,14 +498,24 @@ const DAY_MS: i64 = 86_400_000;
 const PHASES: usize = 24;
 
 impl Tidewatch {
+    /// The detector `tidewatch nab` scores: no resolution, since NAB's series come without units.
     pub fn new(p: Params) -> Self {
+        Self::with_resolution(p, 0.0)
+    }
+
+    /// The detector for a series whose changes smaller than `res` (in the series' own units) do not
+    /// matter: every robust scale is at least `res`, and a new extreme counts as novel only by how far
+    /// it passes the range plus `res`. The health monitor feeds RED signals in units of a noticeable
+    /// change with `res` = 1 (`health::Signal`); `res` = 0 is exactly [`Tidewatch::new`].
+    pub fn with_resolution(p: Params, res: f64) -> Self {
+        let res = if res.is_finite() { res.max(0.0) } else { 0.0 };
         Self {
             rows: 0,
             step: StepEstimate::default(),
             period: None,
-            level: RollingRobust::new(p.level_window, p.scale_alpha),
-            diffs: RollingRobust::new(p.diff_window, p.scale_alpha),
-            seasonal: RollingRobust::new(p.diff_window, p.scale_alpha),
+            level: RollingRobust::new(p.level_window, p.scale_alpha, res),
+            diffs: RollingRobust::new(p.diff_window, p.scale_alpha, res),
+            seasonal: RollingRobust::new(p.diff_window, p.scale_alpha, res),
             history: VecDeque::new(),
             raw: VecDeque::new(),
             raw_sum: 0.0,
@@ -501,13 +523,24 @@ impl Tidewatch {
             means_sum: 0.0,
             means_sq: 0.0,
             recent: VecDeque::new(),
-            value_range: RangeNovelty::new(p.range_decay),
-            diff_range: RangeNovelty::new(p.range_decay),
+            value_range: RangeNovelty::new(p.range_decay, res),
+            diff_range: RangeNovelty::new(p.range_decay, res),
             last_value: None,
             last_novel: None,
-            phase_ranges: vec![(RangeNovelty::new(p.range_decay), 0); PHASES],
+            phase_ranges: vec![(RangeNovelty::new(p.range_decay, res), 0); PHASES],
+            last_level: None,
             p,
         }
+    }
+
+    /// Rows scored so far, and the rows before the first non-zero score (`Params::warmup`).
+    pub fn warmup(&self) -> (usize, usize) {
+        (self.rows, self.p.warmup)
+    }
+
+    /// The level baseline (rolling median) the latest row was compared with: tells a rise from a fall.
+    pub fn last_level(&self) -> Option<f64> {
+        self.last_level
     }
 
     /// Step 1 and 2: the raw anomaly of `value`, before it joins the baselines.
@@ -599,6 +632,7 @@ impl AnomalyDetector for Tidewatch {
         if !value.is_finite() {
             return 0.0;
         }
+        self.last_level = self.level.median();
         let a = self.raw_anomaly(value);
         let novelty = self.novelty(t_ms, value);
         self.learn(value);

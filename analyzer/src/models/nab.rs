@@ -245,6 +245,43 @@ impl Corpus {
         Ok(Self { files, profiles })
     }
 
+    /// Keeps only the files `keep` names (paths relative to `data/`); a name the corpus lacks is an error,
+    /// so a split written for one corpus cannot silently select nothing of another.
+    pub fn retain_files(&mut self, keep: &[String]) -> Result<()> {
+        if let Some(missing) = keep.iter().find(|k| !self.files.iter().any(|f| &f.name == *k)) {
+            return Err(Error::Nab(format!("{missing}: not a file of the corpus")));
+        }
+        self.files.retain(|f| keep.contains(&f.name));
+        Ok(())
+    }
+
+    /// Writes each file's scores as NAB's result CSVs (`timestamp,value,anomaly_score,label`, label 1
+    /// inside a window) to `<dir>/<detector>/<category>/<detector>_<file>`, so NAB's own scorer can
+    /// score them.
+    pub fn write_results(&self, dir: &Path, detector: &str, scores: &[Vec<f64>]) -> Result<()> {
+        for (file, scores) in self.files.iter().zip(scores) {
+            let path = results_path(dir, detector, &file.name);
+            let write_err = |source| Error::Read {
+                path: path.clone(),
+                source,
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(write_err)?;
+            }
+            let mut text = String::from("timestamp,value,anomaly_score,label\n");
+            let mut windows = file.windows.iter().peekable();
+            for (i, ((t, v), s)) in file.timestamps.iter().zip(&file.values).zip(scores).enumerate() {
+                while windows.peek().is_some_and(|w| w.end < i) {
+                    windows.next();
+                }
+                let label = u8::from(windows.peek().is_some_and(|w| w.start <= i));
+                text.push_str(&format!("{},{v},{s},{label}\n", format_timestamp(*t)));
+            }
+            std::fs::write(&path, text).map_err(write_err)?;
+        }
+        Ok(())
+    }
+
     /// Total rows.
     pub fn rows(&self) -> usize {
         self.files.iter().map(DataFile::len).sum()
@@ -752,6 +789,60 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + min) * 60_000 + sec * 1000 + ms)
 }
 
+/// Formats Unix milliseconds as NAB writes timestamps, `YYYY-MM-DD HH:MM:SS` (UTC; milliseconds, when
+/// there are any, as a `.fff` fraction).
+pub fn format_timestamp(ms: i64) -> String {
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    let (h, min, sec, frac) = (
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000,
+    );
+    let mut out = format!("{y:04}-{m:02}-{d:02} {h:02}:{min:02}:{sec:02}");
+    if frac != 0 {
+        out.push_str(&format!(".{frac:03}"));
+    }
+    out
+}
+
+/// The date of a day count since 1970-01-01: the inverse of [`days_from_civil`].
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let d = day_of_year - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = year_of_era + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The files of one part of a split file (`bench/nab/split.tsv`: `part<TAB>file` lines, `#` comments).
+pub fn read_split(path: &Path, part: &str) -> Result<Vec<String>> {
+    let text = read_text(path)?;
+    let mut files = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (p, file) = line
+            .split_once('\t')
+            .ok_or_else(|| parse_error(path, n + 1, "expected part<TAB>file"))?;
+        if p == part {
+            files.push(file.trim().to_owned());
+        }
+    }
+    if files.is_empty() {
+        return Err(parse_error(path, 1, &format!("no file in part {part:?}")));
+    }
+    Ok(files)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (eras of 400 years, years starting in March).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -789,6 +880,18 @@ fn json_error(path: &Path, e: &serde_json::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_format_back_to_what_was_parsed() {
+        for t in [
+            "2014-02-14 14:30:00",
+            "1970-01-01 00:00:00",
+            "2000-02-29 23:59:59.250",
+            "2015-12-31 01:02:03",
+        ] {
+            assert_eq!(format_timestamp(parse_timestamp(t).unwrap()), t);
+        }
+    }
 
     /// A file of `n` rows, five minutes apart, with the given windows.
     fn file(name: &str, n: usize, windows: &[(usize, usize)]) -> DataFile {
