@@ -69,7 +69,7 @@ impl Replay {
             receiver,
             engine,
             history: History::open(&cfg.store, WINDOW),
-            monitor: Monitor::new(&cfg.health),
+            monitor: Monitor::for_analyzer(&cfg),
             elapsed: Duration::ZERO,
         }
     }
@@ -85,6 +85,7 @@ impl Replay {
             let req = self.shop.traces(&mut self.rng, spans, now_ns, at);
             self.receiver
                 .export(Signal::Traces, Format::Protobuf, Bytes::from(req.encode_to_vec()))
+                .await
                 .unwrap();
         }
         self.elapsed += WINDOW;
