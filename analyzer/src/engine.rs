@@ -181,7 +181,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         snapshots: win_tx,
         views: hist_tx,
         health: health_tx,
-        monitor: Monitor::new(&cfg.health),
+        monitor: Monitor::for_analyzer(cfg),
     };
     // The forecast trainer reads the history views the window task publishes, off the hot path.
     let (forecast_tx, forecasts) = watch::channel(Arc::new(Forecasts::default()));

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::AnalyzerConfig;
 use crate::models::detect::{AnomalyDetector, Params, Tidewatch};
 use crate::models::multivariate::{GmmConfig, GmmDetector, VectorDetector, red_features};
 use crate::rootcause::{Cause, Learning, PodState, ServiceState, localise};
@@ -179,6 +180,8 @@ pub struct HealthReport {
 /// The monitor: one owner (the engine's window task, or whoever replays a history into it).
 pub struct Monitor {
     cfg: HealthConfig,
+    /// Upper bounds (ms) of the latency histogram the pods' p95 comes from, for root-cause localisation.
+    latency_bounds_ms: Vec<f64>,
     services: BTreeMap<String, ServiceModels>,
 }
 
@@ -186,7 +189,22 @@ impl Monitor {
     pub fn new(cfg: &HealthConfig) -> Monitor {
         Monitor {
             cfg: cfg.clone(),
+            latency_bounds_ms: Vec::new(),
             services: BTreeMap::new(),
+        }
+    }
+
+    /// The monitor the engine runs for `cfg`: its health settings, and the span-metrics latency buckets
+    /// the pods' p95 is read from (a pod is singled out only beyond their resolution).
+    pub fn for_analyzer(cfg: &AnalyzerConfig) -> Monitor {
+        Monitor {
+            latency_bounds_ms: cfg
+                .span_metrics
+                .buckets
+                .iter()
+                .map(|b| b.as_secs_f64() * 1e3)
+                .collect(),
+            ..Monitor::new(&cfg.health)
         }
     }
 
@@ -224,7 +242,7 @@ impl Monitor {
         }
         let forget = self.cfg.forget_after_windows;
         self.services.retain(|_, m| m.idle < forget);
-        let causes = localise(&states, &edges, &pods);
+        let causes = localise(&states, &edges, &pods, &self.latency_bounds_ms);
         Ok(HealthReport {
             ts: ts_ms,
             services: states,

@@ -53,7 +53,18 @@ pub struct Cause {
 }
 
 /// Ranks the anomalous services of `states` into causes. `edges` are (client, server) pairs.
-pub fn localise(states: &[ServiceState], edges: &[(String, String)], pods: &[PodState]) -> Vec<Cause> {
+///
+/// `latency_bounds_ms` are the upper bounds of the latency histogram the pods' p95 was read from (empty:
+/// take the p95 values as exact). A p95 read from a histogram is only known to lie within its bucket,
+/// so a pod is singled out for latency only when even the bottom of its bucket is far above the top of
+/// its siblings': with the connector's default buckets a healthy pod at 10.5 ms next to siblings at 9 ms
+/// interpolates to about 31 ms, and must not be restarted for it.
+pub fn localise(
+    states: &[ServiceState],
+    edges: &[(String, String)],
+    pods: &[PodState],
+    latency_bounds_ms: &[f64],
+) -> Vec<Cause> {
     let anomalous: BTreeMap<&str, &ServiceState> = states
         .iter()
         .filter(|s| s.anomalous)
@@ -76,7 +87,7 @@ pub fn localise(states: &[ServiceState], edges: &[(String, String)], pods: &[Pod
         })
         .map(|s| {
             let symptoms = symptoms_of(&s.service, &upstream, &anomalous);
-            let pod = bad_pod(&s.service, pods);
+            let pod = bad_pod(&s.service, pods, latency_bounds_ms);
             Cause {
                 service: s.service.clone(),
                 pod: pod.as_ref().map(|(p, _)| p.clone()),
@@ -121,8 +132,9 @@ fn symptoms_of(
 }
 
 /// A pod far off its siblings: error ratio at least 3x their median and 10 points above it, or p95
-/// latency at least 3x theirs. Needs at least two other pods with traffic to compare with.
-fn bad_pod(service: &str, pods: &[PodState]) -> Option<(String, String)> {
+/// latency at least 3x theirs beyond the histogram's resolution (the bottom of the pod's bucket at least
+/// 3x the top of the siblings' median's bucket). Needs at least two other pods with traffic to compare with.
+fn bad_pod(service: &str, pods: &[PodState], bounds: &[f64]) -> Option<(String, String)> {
     let mine: Vec<&PodState> = pods
         .iter()
         .filter(|p| p.service == service && p.requests > 0.0)
@@ -152,7 +164,8 @@ fn bad_pod(service: &str, pods: &[PodState]) -> Option<(String, String)> {
             ));
         } else if let (Some(mine_p95), false) = (p.p95_ms, lat.is_empty()) {
             let lat_med = median(lat);
-            if lat_med > 0.0 && mine_p95 >= 3.0 * lat_med {
+            let (floor, ceiling) = (bucket_floor(bounds, mine_p95), bucket_ceiling(bounds, lat_med));
+            if lat_med > 0.0 && floor >= 3.0 * ceiling {
                 found = Some((
                     mine_p95 / lat_med,
                     format!("pod {} p95 {mine_p95:.0} ms, its siblings {lat_med:.0} ms", p.pod),
@@ -166,6 +179,24 @@ fn bad_pod(service: &str, pods: &[PodState]) -> Option<(String, String)> {
         }
     }
     worst.map(|(_, pod, why)| (pod, why))
+}
+
+/// The largest latency a p95 read as `v` from a histogram with upper bounds `bounds` is sure to exceed:
+/// the bottom of its bucket (`v` itself without a histogram).
+fn bucket_floor(bounds: &[f64], v: f64) -> f64 {
+    if bounds.is_empty() {
+        return v;
+    }
+    bounds.iter().copied().filter(|&b| b < v).fold(0.0, f64::max)
+}
+
+/// The smallest latency a p95 read as `v` is sure not to exceed: the top of its bucket (`v` itself without
+/// a histogram; infinite past the last bound, where nothing can be said).
+fn bucket_ceiling(bounds: &[f64], v: f64) -> f64 {
+    if bounds.is_empty() {
+        return v;
+    }
+    bounds.iter().copied().find(|&b| b >= v).unwrap_or(f64::INFINITY)
 }
 
 fn explain(
@@ -247,7 +278,7 @@ mod tests {
             st("payment", 0.95, "p95 latency 8.0x its usual"),
             st("inventory", 0.1, ""),
         ];
-        let causes = localise(&states, &shop(), &[]);
+        let causes = localise(&states, &shop(), &[], &[]);
         assert_eq!(causes.len(), 1);
         let c = &causes[0];
         assert_eq!(
@@ -268,8 +299,8 @@ mod tests {
 
     #[test]
     fn healthy_means_no_cause_and_callers_alone_are_their_own_cause() {
-        assert!(localise(&[st("frontend", 0.1, "")], &shop(), &[]).is_empty());
-        let causes = localise(&[st("checkout", 0.9, "errors 30%")], &shop(), &[]);
+        assert!(localise(&[st("frontend", 0.1, "")], &shop(), &[], &[]).is_empty());
+        let causes = localise(&[st("checkout", 0.9, "errors 30%")], &shop(), &[], &[]);
         assert_eq!(causes[0].service, "checkout");
         assert!(causes[0].symptoms.is_empty());
     }
@@ -288,7 +319,7 @@ mod tests {
             pod("inventory-b", 0.01),
             pod("inventory-c", 0.0),
         ];
-        let causes = localise(&[st("inventory", 0.9, "errors 17%")], &shop(), &pods);
+        let causes = localise(&[st("inventory", 0.9, "errors 17%")], &shop(), &pods, &[]);
         assert_eq!(causes[0].pod.as_deref(), Some("inventory-a"));
         assert!(
             causes[0].explanation.contains("pod inventory-a fails 50%"),
@@ -297,6 +328,41 @@ mod tests {
         );
         // Siblings that all fail alike single out nobody.
         let even = [pod("a", 0.3), pod("b", 0.3), pod("c", 0.3)];
-        assert_eq!(localise(&[st("inventory", 0.9, "")], &shop(), &even)[0].pod, None);
+        assert_eq!(
+            localise(&[st("inventory", 0.9, "")], &shop(), &even, &[])[0].pod,
+            None
+        );
+    }
+
+    #[test]
+    fn a_slow_pod_is_singled_out_only_beyond_the_histograms_resolution() {
+        // The spanmetrics connector's default buckets, in ms.
+        let bounds = [
+            2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1000.0, 1400.0, 2000.0, 5000.0,
+            10000.0, 15000.0,
+        ];
+        let pod = |p: &str, p95: f64| PodState {
+            service: "inventory".into(),
+            pod: p.into(),
+            requests: 100.0,
+            error_ratio: 0.0,
+            p95_ms: Some(p95),
+        };
+        let slow = [st("inventory", 0.9, "p95 latency 3.0x its usual")];
+        // 10.5 ms interpolates to ~31 ms in the 10–50 ms bucket: 3.4x siblings at 9 ms, but not beyond
+        // what the buckets can tell apart. No pod is singled out (so none is restarted).
+        let healthy = [pod("a", 31.0), pod("b", 9.0), pod("c", 9.0)];
+        assert_eq!(localise(&slow, &shop(), &healthy, &bounds)[0].pod, None);
+        // Without the histogram's bounds the same numbers would single it out.
+        assert_eq!(
+            localise(&slow, &shop(), &healthy, &[])[0].pod.as_deref(),
+            Some("a")
+        );
+        // A pod really far off (its bucket starts at 200 ms, the siblings' ends at 10 ms) is.
+        let bad = [pod("a", 300.0), pod("b", 9.0), pod("c", 9.0)];
+        assert_eq!(
+            localise(&slow, &shop(), &bad, &bounds)[0].pod.as_deref(),
+            Some("a")
+        );
     }
 }
