@@ -281,11 +281,11 @@ pub fn replay(args: &SimulateArgs) -> anyhow::Result<(Report, Timeline)> {
 }
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
-    if args.sweep {
-        return run_sweep(args);
-    }
     if args.sweep && args.plot.is_some() {
         bail!("--plot draws one replay: not with --sweep");
+    }
+    if args.sweep {
+        return run_sweep(args);
     }
     let started = std::time::Instant::now();
     let (r, timeline) = replay(args)?;

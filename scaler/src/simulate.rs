@@ -13,9 +13,12 @@
 //!   latency sits at its cap (ten times the threshold); with no ready pod every request fails.
 //! - A minute violates the SLO when the highest latency of its ticks is above the threshold or its error
 //!   ratio is above `max_error_ratio`.
-//! - The controller sees the load `metric_lag` late, as per-pod rates averaged over a `metric_window`; a
-//!   pod that was not ready for that whole window reports nothing (the HPA's missing-metric rules apply).
-//!   It syncs every `interval`.
+//! - The controller sees the load late, as per-pod rates averaged over a window: the HPA through its metrics
+//!   pipeline (`metric_lag`, `metric_window`), Tidewatch through its own telemetry
+//!   (`tidewatch_metric_lag`, `tidewatch_metric_window`); a pod that was not ready for that whole window
+//!   reports nothing (the HPA's missing-metric rules apply). It syncs every `interval`.
+//! - An [`Incident`] may be replayed on top: a downstream latency incident (latency added to every request)
+//!   or a bad pod (it fails every request it gets until it is restarted).
 //!
 //! The policies:
 //! - `hpa`: `decide()` with prediction disabled: the HPA's algorithm and behaviour alone.
@@ -25,11 +28,16 @@
 //!   ([`select_and_forecast`](tidewatch_analyzer::forecast::select_and_forecast)) every
 //!   `select_interval`, and the chosen model refitted on the latest history every `refit_interval` (the
 //!   real trainer does both every 5 minutes: too slow to replay months of traffic); each decision gets
-//!   [`forecast_input`] at the policy's horizon.
+//!   [`forecast_input`] at the policy's horizon with the [`Calibration`](crate::calibrate::Calibration) a
+//!   [`Calibrator`] learns from the service's observed rate (unless `calibration_level` is `None`). On a
+//!   bad-pod incident, `heal()` is asked each sync once the analyzer would single the pod out.
 //! - `oracle`: not a controller: it knows the true future load and sets, at each sync, the fewest replicas
 //!   that serve the highest load of the next `cold_start + interval` at full capacity (what pods started now
 //!   must cover before the next sync's pods are ready), scaling down at once. A lower bound on violations,
 //!   close to the lowest replica-hours that achieve it.
+//!
+//! [`frontier`] runs both policies over a range of target utilisations and places Tidewatch's point
+//! against the HPA's curve.
 //!
 //! Scoring: SLO-violation minutes; replica-hours (the integral of pods that exist, starting ones included);
 //! scaling actions (changes of `spec.replicas`); reversals (a scaling action in the opposite direction of the
