@@ -78,7 +78,7 @@ def run(services, ops):
     grpc, http, web = free_port(), free_port(), free_port()
     p = subprocess.Popen([TIDEWATCH, "run", "--set", f"collector.grpc.endpoint=127.0.0.1:{grpc}",
                           "--set", f"collector.http.endpoint=127.0.0.1:{http}", "--set", f"web.endpoint=127.0.0.1:{web}",
-                          "--set", "analyzer.store.data_dir=null", "--set", "log.level=warn",
+                          "--set", "analyzer.store.data_dir=null", "--set", "log.level=warn", "--set", "analyzer.max_series=10000000",
                           "--set", f"analyzer.span_metrics.max_series_per_service={ops * 2 + 10}"],
                          stdout=subprocess.DEVNULL)
     try:

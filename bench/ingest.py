@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Ingest benchmark: Tidewatch side by side with rotel and the OpenTelemetry Collector, in one run.
 
-Each target is started fresh on loopback, fed by `tidewatch loadgen` (the same load for all: the simulated
-shop's traces, 1,000-span requests, 4 in flight) at fixed span rates and flat out, over OTLP/gRPC and
-OTLP/HTTP protobuf. Per run it records what the load generator saw accepted and refused, and, from /proc,
+Each target is started fresh on loopback (Tidewatch with an empty history directory), fed by `tidewatch
+loadgen` (the same load for all: the simulated shop's traces, 4 requests in flight) at fixed span rates and
+flat out, over OTLP/gRPC and OTLP/HTTP protobuf. A rate may name its request size: `10000:512` is 10k spans/s
+in 512-span requests (the SDKs' default batch, as the Collector's contrib testbed sends); without one,
+1,000-span requests. Per run it records what the load generator saw accepted and refused, and, from /proc,
 the target process's CPU time and peak RSS. "spans per CPU-second" is accepted spans divided by the
 target's own CPU seconds: the throughput one core would give. The load generator runs on the same two
 cores, so flat-out wall-clock rates are shared-machine figures.
@@ -13,7 +15,11 @@ Targets and the work they do:
   rotel      ingest only (blackhole exporter): the ingest-speed peer
   otelcol    ingest + spanmetrics + servicegraph connectors + prometheus exporter: the same work as Tidewatch
 
-    bench/ingest.py [--duration 20] [--rates 50000,200000,0] [--targets tidewatch,rotel,otelcol] [--json FILE]
+    bench/ingest.py [--duration 20] [--rates 10000:512,50000,200000,0] [--targets tidewatch,rotel,otelcol]
+                    [--runs 1] [--json FILE]
+
+With `--runs N` the whole matrix runs N times (interleaved, so a burst of load elsewhere on the machine hits
+every target alike) and the table shows each figure as the median with the min-max spread.
 
 Needs: a release build (`cargo build --release`) and the peers (`bench/peers/install.sh rotel otelcol`).
 """
@@ -58,6 +64,17 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
+def rss_parts_mib(pid):
+    """Resident memory now, split into anonymous (heap, stacks) and file-backed (the binary's text pages)."""
+    parts = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("Rss", "Anonymous"):
+                parts[k] = int(v.split()[0]) / 1024
+    return parts.get("Rss", float("nan")), parts.get("Anonymous", float("nan"))
+
+
 def wait_port(port, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -78,9 +95,11 @@ class Target:
     def start(self):
         log = open(os.path.join(self.tmp, f"{self.name}.log"), "w")
         if self.name == "tidewatch":
+            data = tempfile.mkdtemp(prefix="history-", dir=self.tmp)
             cmd = [TIDEWATCH, "run", "--set", f"collector.grpc.endpoint=127.0.0.1:{self.grpc}",
                    "--set", f"collector.http.endpoint=127.0.0.1:{self.http}",
-                   "--set", f"web.endpoint=127.0.0.1:{self.web}", "--set", "log.level=warn"]
+                   "--set", f"web.endpoint=127.0.0.1:{self.web}", "--set", "log.level=warn",
+                   "--set", f"analyzer.store.data_dir={data}"]
         elif self.name == "rotel":
             cmd = [os.path.join(PEERS, "bin", "rotel"), "start", "--exporter", "blackhole",
                    "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc}", "--otlp-http-endpoint", f"127.0.0.1:{self.http}"]
@@ -118,64 +137,89 @@ class Target:
             self.proc.wait()
 
 
-def loadgen(protocol, port, rate, duration):
+def loadgen(protocol, port, rate, batch, duration):
     cmd = [TIDEWATCH, "loadgen", "--protocol", protocol, "--endpoint", f"http://127.0.0.1:{port}",
-           "--rate", str(rate), "--duration", f"{duration}s", "--batch", "1000", "--concurrency", "4",
+           "--rate", str(rate), "--duration", f"{duration}s", "--batch", str(batch), "--concurrency", "4",
            "--metrics-and-logs", "false", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_one(name, protocol, rate, duration, tmp):
+def run_one(name, protocol, rate, batch, duration, tmp):
     t = Target(name, tmp)
     t.start()
     try:
         pid = t.proc.pid
+        idle_rss, _ = rss_parts_mib(pid)
         cpu0, wall0 = cpu_seconds(pid), time.time()
-        r = loadgen(protocol, t.grpc if protocol == "grpc" else t.http, rate, duration)
+        r = loadgen(protocol, t.grpc if protocol == "grpc" else t.http, rate, batch, duration)
         # Let the target finish what it accepted before reading its CPU (Tidewatch answers after enqueueing).
         time.sleep(1.0)
         cpu = cpu_seconds(pid) - cpu0
         wall = time.time() - wall0
         rss = peak_rss_mib(pid)
+        end_rss, end_anon = rss_parts_mib(pid)
         series = t.derived_series()
     finally:
         t.stop()
     return {
-        "target": name, "protocol": protocol, "rate": rate or "max",
+        "target": name, "protocol": protocol, "rate": rate or "max", "batch": batch,
         "accepted_per_s": round(r["spans_accepted"] / r["seconds"]),
         "accepted": r["spans_accepted"], "refused": r["spans_refused"], "failed": r["spans_failed"],
         "cpu_cores": round(cpu / wall, 2),
         "spans_per_cpu_s": round(r["spans_accepted"] / cpu) if cpu > 0 else None,
-        "peak_rss_mib": round(rss, 1), "p99_ms": r["p99_ms"], "derived_series": series,
+        "peak_rss_mib": round(rss, 1), "idle_rss_mib": round(idle_rss, 1),
+        "end_rss_mib": round(end_rss, 1), "end_file_rss_mib": round(end_rss - end_anon, 1),
+        "p99_ms": r["p99_ms"], "derived_series": series,
     }
+
+
+def spread(values):
+    """`median (min-max)` of a list of numbers, or the one value."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return "–"
+    med = v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+    fmt = (lambda x: f"{x:,.0f}") if med >= 100 else (lambda x: f"{x:.1f}")
+    return fmt(med) if len(v) == 1 else f"{fmt(med)} ({fmt(v[0])}–{fmt(v[-1])})"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=20)
-    p.add_argument("--rates", default="50000,200000,0", help="spans/s; 0 = as fast as accepted")
+    p.add_argument("--rates", default="10000:512,50000,200000,0",
+                   help="spans/s[:spans per request] for gRPC; 0 = as fast as accepted (HTTP runs flat out only)")
     p.add_argument("--protocols", default="grpc,http")
     p.add_argument("--targets", default="tidewatch,rotel,otelcol")
+    p.add_argument("--runs", type=int, default=1, help="repeat the whole matrix; the table shows the spread")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args()
     if not os.access(TIDEWATCH, os.X_OK):
         sys.exit(f"no release build at {TIDEWATCH}: cargo build --release")
+    cells = []
+    for protocol in a.protocols.split(","):
+        for spec in (a.rates.split(",") if protocol == "grpc" else ["0"]):
+            rate, _, batch = spec.partition(":")
+            for name in a.targets.split(","):
+                cells.append((name, protocol, int(rate), int(batch or 1000)))
     rows = []
     tmp = tempfile.mkdtemp(prefix="tidewatch-bench-")
-    for protocol in a.protocols.split(","):
-        rates = [int(r) for r in a.rates.split(",")] if protocol == "grpc" else [0]
-        for rate in rates:
-            for name in a.targets.split(","):
-                row = run_one(name, protocol, rate, a.duration, tmp)
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-    cols = ["target", "protocol", "rate", "accepted_per_s", "refused", "failed", "cpu_cores", "spans_per_cpu_s",
-            "peak_rss_mib", "p99_ms", "derived_series"]
+    for _ in range(a.runs):
+        for cell in cells:
+            row = run_one(*cell, a.duration, tmp)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    cols = ["target", "protocol", "rate", "batch", "accepted_per_s", "refused", "failed", "cpu_cores",
+            "spans_per_cpu_s", "peak_rss_mib", "end_file_rss_mib", "p99_ms", "derived_series"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    for name, protocol, rate, batch in cells:
+        mine = [r for r in rows if (r["target"], r["protocol"], r["rate"], r["batch"]) == (name, protocol, rate or "max", batch)]
+        out = [name, protocol, str(rate or "max"), str(batch)]
+        for c in cols[4:]:
+            vals = [r[c] for r in mine]
+            out.append(spread(vals) if all(isinstance(v, (int, float)) or v is None for v in vals) else str(vals[0]))
+        print("| " + " | ".join(out) + " |")
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=1)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -66,13 +66,29 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with(cfg, listeners, None, shutdown).await
+}
+
+/// [`run`], with `tidewatch demo`'s backfill, traffic and simulated cluster when `demo` is given (then
+/// the operator runs on the simulated cluster, never on a real one).
+pub async fn run_with(
+    cfg: Config,
+    listeners: Listeners,
+    demo: Option<crate::demo::Demo>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (ingest, engine) = tidewatch_analyzer::start(&cfg.analyzer);
     let engine = Arc::new(engine);
     let stats = Arc::new(Stats::default());
     // The decision log opens before anything listens: a log that cannot be written is a start-up error.
     let decisions = crate::operator::decision_log(&cfg)?;
-    let operator_metrics = Arc::new(tidewatch_scaler::controller::Metrics::default());
+    let reports = crate::operator::Reports {
+        log: decisions,
+        metrics: Arc::new(tidewatch_scaler::controller::Metrics::default()),
+        board: Arc::new(tidewatch_scaler::board::Board::default()),
+    };
     let rx = Receiver::new(&cfg.collector, ingest.clone(), stats.clone()).context("collector.auth")?;
+    let demo_rx = rx.clone();
     let tls = cfg
         .collector
         .tls
@@ -124,15 +140,16 @@ pub async fn run(
         engine: engine.clone(),
         ingest,
         extra_metrics: {
-            let om = operator_metrics.clone();
+            let om = reports.metrics.clone();
             vec![
                 Arc::new(move |out: &mut String| collector_stats.render(out)),
                 Arc::new(move |out: &mut String| om.render(out)),
             ]
         },
         ready: ready.clone(),
+        decisions: reports.log.clone(),
     };
-    let mut web_router = tidewatch_dashboards::router(web_state).merge(decisions_router(decisions.clone()));
+    let mut web_router = tidewatch_dashboards::router(web_state).merge(operator_router(&reports));
     if let Some(auth) = &cfg.web.auth {
         let token = auth.resolve().context("web.auth")?;
         web_router = tidewatch_dashboards::auth::protect(web_router, token, auth.protect_metrics);
@@ -148,24 +165,33 @@ pub async fn run(
         },
     ));
 
-    // The operator acts on a cluster only when configured to.
+    // The demo writes its history before it is ready (the web side answers meanwhile).
+    let demo = match demo {
+        Some(mut d) => {
+            d.backfill(&engine, &demo_rx).await?;
+            Some(d)
+        }
+        None => None,
+    };
+    drop(demo_rx);
+
+    // The operator acts on a cluster only when configured to, or on the demo's simulated one.
     let (op_stop_tx, op_stop_rx) = watch::channel(false);
-    let operator = cfg.scaler.enabled.then(|| {
-        let (cfg, engine, log, m) = (
-            cfg.clone(),
-            engine.clone(),
-            decisions.clone(),
-            operator_metrics.clone(),
-        );
-        tokio::spawn(async move {
-            let res = crate::operator::run(cfg, engine, log, m, op_stop_rx).await;
-            if let Err(e) = &res {
-                // Logged now, not at shutdown: the web and OTLP sides keep serving without the operator.
-                tracing::error!(error = %format!("{e:#}"), "operator stopped");
-            }
-            res
-        })
-    });
+    let operator = match demo {
+        Some(d) => Some(tokio::spawn(d.run(engine.clone(), reports.clone(), op_stop_rx))),
+        None if cfg.scaler.enabled => {
+            let (cfg, engine, reports) = (cfg.clone(), engine.clone(), reports.clone());
+            Some(tokio::spawn(async move {
+                let res = crate::operator::run(cfg, engine, reports, op_stop_rx).await;
+                if let Err(e) = &res {
+                    // Logged now, not at shutdown: the web and OTLP sides keep serving without the operator.
+                    tracing::error!(error = %format!("{e:#}"), "operator stopped");
+                }
+                res
+            }))
+        }
+        None => None,
+    };
 
     ready.store(true, Ordering::Relaxed);
     tracing::info!("tidewatch is ready");
@@ -205,17 +231,35 @@ struct DecisionsQuery {
     policy: Option<String>,
 }
 
-/// `GET /api/decisions?limit=100&policy=ns/name`: the newest decisions of the operator, oldest first.
-fn decisions_router(log: Arc<tidewatch_scaler::decisions::DecisionLog>) -> axum::Router {
+/// The operator's side of the API, the same for a real cluster and the demo's:
+/// - `GET /api/decisions?limit=100&policy=ns/name`: the newest decisions of the operator, oldest first
+///   (`{"decisions": [Record]}`, each line of the decision log).
+/// - `GET /api/policies`: every ServicePolicy's state after its latest reconcile, by `namespace/name`:
+///   `{"policies": [{"policy": "shop/checkout", "namespace", "name", "service", "target": {"kind", "name"},
+///   "min_replicas", "max_replicas", "current_replicas", "ready_replicas",
+///   "capacity": {"requests_per_replica", "source": "given"|"learned"} | null,
+///   "load": {"window_end_ms", "rate", "latency_ms", "error_ratio"},
+///   "recommendation": {"current", "reactive", "predictive", "replicas", "limit", "reason"},
+///   "healing": {"action": "none"|"restart"|"held_back", "pod"?, "reason"}, "restarts_in_window",
+///   "forecast": {"model", "mase", "trusted", "step_ms", "points": [{"ts_ms", "mean", "lo", "hi"}]} | null,
+///   "dry_run", "updated_ms", "events": [{"ts_ms", "type": "Normal"|"Warning", "reason", "action",
+///   "note"}]}]}` (see `tidewatch_scaler::board::PolicyView`). Empty until the operator has reconciled.
+fn operator_router(reports: &crate::operator::Reports) -> axum::Router {
     use axum::extract::Query;
-    axum::Router::new().route(
-        "/api/decisions",
-        axum::routing::get(move |Query(q): Query<DecisionsQuery>| async move {
-            axum::Json(crate::operator::decisions_json(
-                &log,
-                q.limit.unwrap_or(100),
-                q.policy.as_deref(),
-            ))
-        }),
-    )
+    let (log, board) = (reports.log.clone(), reports.board.clone());
+    axum::Router::new()
+        .route(
+            "/api/decisions",
+            axum::routing::get(move |Query(q): Query<DecisionsQuery>| async move {
+                axum::Json(crate::operator::decisions_json(
+                    &log,
+                    q.limit.unwrap_or(100),
+                    q.policy.as_deref(),
+                ))
+            }),
+        )
+        .route(
+            "/api/policies",
+            axum::routing::get(move || async move { axum::Json(crate::operator::policies_json(&board)) }),
+        )
 }

@@ -68,7 +68,7 @@ pub struct ConfigArgs {
     pub sets: Vec<String>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -78,7 +78,21 @@ pub struct DemoArgs {
     /// Length of the shop's simulated day, so the daily cycle shows within minutes.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub day: Duration,
-    /// Incidents to inject (see `tidewatch loadgen --help`).
+    /// Incidents to inject (see `tidewatch loadgen --help`; `surge@START+DURATION` multiplies the whole
+    /// shop's traffic), counted from the start of the live traffic. Without any: a surge, a bad
+    /// inventory pod, then a slow payment service, within the first four minutes.
     #[arg(long = "incident")]
     pub incidents: Vec<Incident>,
+    /// No incidents at all.
+    #[arg(long, conflicts_with = "incidents")]
+    pub calm: bool,
+    /// Simulated days of history written before the live traffic starts (0: none).
+    #[arg(long, default_value_t = 3.0)]
+    pub backfill: f64,
+    /// How long a new pod of the simulated cluster takes to serve.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub cold_start: Duration,
+    /// Seed of the shop's traffic.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }

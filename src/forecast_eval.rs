@@ -159,10 +159,13 @@ pub fn run(args: ForecastEvalArgs) -> anyhow::Result<()> {
         v
     };
     let mut results = Vec::new();
+    let progress = crate::progress::Progress::new("forecast-eval: series", files.len());
     for (name, path) in &files {
         let (y, step) = read_series(path)?;
         results.push(evaluate(name, &y, step, &args));
+        progress.inc(name);
     }
+    progress.finish();
     let get = |r: &SeriesResult, m: &str| {
         r.models
             .iter()

@@ -5,14 +5,14 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod forecast_eval;
 pub mod loadgen;
 pub mod nab;
 pub mod operator;
+pub mod progress;
 pub mod simulate;
 pub mod topology;
-
-use std::time::Duration;
 
 use config::Config;
 
@@ -40,8 +40,11 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `tidewatch demo`: Tidewatch plus the shop's traffic, sent to its own OTLP/gRPC port.
-pub async fn demo(cfg: Config, args: cli::DemoArgs) -> anyhow::Result<()> {
+/// `tidewatch demo`: Tidewatch with the shop's backfilled history, its live traffic (sent to its own
+/// OTLP/gRPC port) and the operator on a simulated cluster ([`demo`]). The demo keeps its history and
+/// decision log in memory (`analyzer.store.data_dir` is ignored): every run starts from the same past.
+pub async fn demo(mut cfg: Config, args: cli::DemoArgs) -> anyhow::Result<()> {
+    demo::configure(&mut cfg);
     let listeners = app::Listeners::bind(&cfg).await?;
     println!("tidewatch listening {}", listeners.describe());
     let grpc = listeners.grpc.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -49,43 +52,11 @@ pub async fn demo(cfg: Config, args: cli::DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("the demo sends over OTLP/gRPC: enable collector.grpc")
     };
     let web = listeners.web.local_addr()?;
-    let load = loadgen::LoadArgs {
-        endpoint: Some(format!("http://127.0.0.1:{}", grpc.port())),
-        protocol: loadgen::Protocol::Grpc,
-        encoding: loadgen::Encoding::Protobuf,
-        rate: args.rate,
-        duration: Duration::ZERO,
-        batch: 200,
-        concurrency: 2,
-        day: args.day,
-        incidents: args.incidents,
-        metrics_and_logs: true,
-        token: cfg.collector.auth.as_ref().and_then(|a| a.resolve().ok()),
-        seed: 1,
-        json: false,
-    };
     println!(
-        "demo traffic: {} spans/s from the shop; metrics at http://127.0.0.1:{}/metrics",
+        "demo: the shop sends {} spans/s at its daily mean; open http://127.0.0.1:{}/",
         args.rate,
         web.port()
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let traffic = tokio::spawn(async move {
-        // Give the receivers a moment to start accepting.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut stop = stop_rx;
-        loadgen::run(load, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-    });
-    let result = app::run(cfg, listeners, async {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    })
-    .await;
-    if let Ok(Ok(report)) = traffic.await {
-        loadgen::print(&report, false);
-    }
-    result
+    let demo = demo::Demo::new(&cfg, args, grpc)?;
+    app::run_with(cfg, listeners, Some(demo), shutdown_signal()).await
 }

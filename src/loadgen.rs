@@ -161,6 +161,16 @@ fn encode<M: Message + serde::Serialize>(m: &M, enc: Encoding) -> Bytes {
 
 /// Sends until `duration` passes or `stop` resolves; returns the tally.
 pub async fn run(args: LoadArgs, stop: impl Future<Output = ()>) -> anyhow::Result<Report> {
+    run_shop(args, None, stop).await
+}
+
+/// [`run`] with a shop of the caller's (the demo's, on its simulated cluster); `None` builds one from
+/// `args`.
+pub async fn run_shop(
+    args: LoadArgs,
+    shop: Option<Shop>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Report> {
     let encoding = if args.protocol == Protocol::Grpc {
         Encoding::Protobuf
     } else {
@@ -186,7 +196,7 @@ pub async fn run(args: LoadArgs, stop: impl Future<Output = ()>) -> anyhow::Resu
         });
     }
     let started = Instant::now();
-    let generator = generate(args.clone(), encoding, tx);
+    let generator = generate(args.clone(), shop, encoding, tx);
     let deadline = async {
         if args.duration.is_zero() {
             std::future::pending::<()>().await
@@ -204,9 +214,14 @@ pub async fn run(args: LoadArgs, stop: impl Future<Output = ()>) -> anyhow::Resu
     Ok(report(&tally, started.elapsed()))
 }
 
-async fn generate(args: LoadArgs, encoding: Encoding, tx: mpsc::Sender<Job>) -> anyhow::Result<()> {
+async fn generate(
+    args: LoadArgs,
+    shop: Option<Shop>,
+    encoding: Encoding,
+    tx: mpsc::Sender<Job>,
+) -> anyhow::Result<()> {
     let mut rng = SmallRng::seed_from_u64(args.seed);
-    let mut shop = Shop::new(args.incidents.clone(), args.day, &mut rng);
+    let mut shop = shop.unwrap_or_else(|| Shop::new(args.incidents.clone(), args.day, &mut rng));
     let started = Instant::now();
     let start_ns = now_ns();
     let mut next_signals = started;
@@ -258,8 +273,8 @@ async fn generate(args: LoadArgs, encoding: Encoding, tx: mpsc::Sender<Job>) -> 
         }
         let job = if pool.is_empty() {
             let job = traces(&mut shop, &mut rng);
-            // Pace by the spans actually generated, scaled by the daily cycle.
-            let per_sec = args.rate as f64 * shop.load_factor(started.elapsed());
+            // Pace by the spans actually generated, scaled by the daily cycle (and a surge).
+            let per_sec = args.rate as f64 * shop.traffic_factor(started.elapsed());
             next += Duration::from_secs_f64(job.spans as f64 / per_sec.max(1.0));
             tokio::time::sleep_until(next).await;
             job

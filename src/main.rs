@@ -11,10 +11,18 @@ use tidewatch::{app, loadgen};
 
 /// mimalloc: built for many threads allocating and freeing concurrently, which is this server's pattern
 /// (request buffers are often freed by a shard task on another thread than the one that allocated them).
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// With `--features dhat-heap`: every allocation recorded, for the memory breakdown in BENCHMARKS.md.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -67,11 +75,16 @@ fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Logs go to stderr; the text format is coloured only when stderr is a terminal (and `NO_COLOR` is
+/// unset), so a log written to a file or a pipe carries no escape sequences.
 fn init_logs(cfg: &Config) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Text => builder.init(),

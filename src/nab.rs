@@ -33,7 +33,13 @@ pub fn run(args: &NabArgs) -> anyhow::Result<()> {
     let loaded = started.elapsed();
 
     let detecting = Instant::now();
-    let scores = corpus.run(&make);
+    // The corpus makes one detector per series as a worker takes it up: counted as the series start.
+    let progress = crate::progress::Progress::new("nab: series", corpus.files.len());
+    let scores = corpus.run(&|| {
+        progress.inc("");
+        make()
+    });
+    progress.finish();
     let detected = detecting.elapsed();
     for (file, s) in corpus.files.iter().zip(&scores) {
         if let Some((i, x)) = s.iter().enumerate().find(|(_, x)| !(0.0..=1.0).contains(*x)) {

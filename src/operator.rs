@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tidewatch_analyzer::Engine;
+use tidewatch_scaler::board::Board;
 use tidewatch_scaler::controller::{self, Context, Metrics};
 use tidewatch_scaler::crd::Quantile;
 use tidewatch_scaler::decisions::DecisionLog;
@@ -19,6 +20,15 @@ use crate::config::Config;
 pub struct EngineTelemetry {
     pub engine: Arc<Engine>,
     pub window_ms: i64,
+}
+
+impl EngineTelemetry {
+    pub fn new(engine: Arc<Engine>, cfg: &Config) -> EngineTelemetry {
+        EngineTelemetry {
+            engine,
+            window_ms: i64::try_from(cfg.analyzer.window.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
 }
 
 impl Telemetry for EngineTelemetry {
@@ -88,12 +98,20 @@ pub fn decision_log(cfg: &Config) -> anyhow::Result<Arc<DecisionLog>> {
     }))
 }
 
+/// What the operator reports into, shared with the web side: the decision log, the reconcile metrics
+/// and the policies' state.
+#[derive(Clone)]
+pub struct Reports {
+    pub log: Arc<DecisionLog>,
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<Board>,
+}
+
 /// Connects to the cluster and runs the operator until `stop` turns true. Returns once it has stopped.
 pub async fn run(
     cfg: Config,
     engine: Arc<Engine>,
-    log: Arc<DecisionLog>,
-    metrics: Arc<Metrics>,
+    reports: Reports,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let sc = &cfg.scaler;
@@ -110,17 +128,16 @@ pub async fn run(
         )?,
     };
     let client = kube::Client::try_from(kube_cfg).context("scaler: building the Kubernetes client")?;
-    let telemetry = Arc::new(EngineTelemetry {
-        engine,
-        window_ms: i64::try_from(cfg.analyzer.window.as_millis()).unwrap_or(i64::MAX),
-    });
-    let ctx = Arc::new(Context::new(client.clone(), sc, telemetry, log, metrics));
+    let telemetry = Arc::new(EngineTelemetry::new(engine, &cfg));
+    let ctx = Arc::new(
+        Context::new(client.clone(), sc, telemetry, reports.log, reports.metrics).with_board(reports.board),
+    );
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     tracing::info!(namespace = ?sc.namespace, interval = ?sc.interval, "operator starting");
     if !sc.leader_election.enabled {
-        controller::run(ctx, sc.namespace.clone(), stopped(stop)).await;
+        controller::run(ctx, client, sc.namespace.clone(), stopped(stop)).await;
         return Ok(());
     }
     let le = &sc.leader_election;
@@ -130,11 +147,17 @@ pub async fn run(
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "default".into());
     let identity = std::env::var("HOSTNAME").unwrap_or_else(|_| format!("tidewatch-{}", std::process::id()));
-    let elector = LeaderElector::new(client, &lease_ns, &le.lease_name, &identity, le.lease_duration);
+    let elector = LeaderElector::new(
+        client.clone(),
+        &lease_ns,
+        &le.lease_name,
+        &identity,
+        le.lease_duration,
+    );
     let namespace = sc.namespace.clone();
     elector
         .run(
-            move |lost| controller::run(ctx.clone(), namespace.clone(), lost),
+            move |lost| controller::run(ctx.clone(), client.clone(), namespace.clone(), lost),
             stopped(stop),
         )
         .await;
@@ -144,4 +167,9 @@ pub async fn run(
 /// Renders `/api/decisions` answers from the log.
 pub fn decisions_json(log: &DecisionLog, limit: usize, policy: Option<&str>) -> serde_json::Value {
     serde_json::json!({ "decisions": log.recent(limit.min(1000), policy) })
+}
+
+/// Renders `/api/policies` answers from the board.
+pub fn policies_json(board: &Board) -> serde_json::Value {
+    serde_json::json!({ "policies": board.policies() })
 }

@@ -276,7 +276,8 @@ pub fn replay(args: &SimulateArgs) -> anyhow::Result<(Report, Timeline)> {
     let trace = read_trace(&args.trace)?;
     let cfg = args.config();
     let spec = args.spec(&cfg)?;
-    simulate_timeline(&trace, &cfg, &spec, args.policy)
+    let what = format!("simulating {} under {}", args.trace.display(), args.policy);
+    crate::progress::while_running(&what, || simulate_timeline(&trace, &cfg, &spec, args.policy))
         .with_context(|| format!("simulating {}", args.trace.display()))
 }
 
@@ -349,8 +350,11 @@ fn run_sweep(args: &SimulateArgs) -> anyhow::Result<()> {
     let trace = read_trace(&args.trace)?;
     let cfg = args.config();
     let spec = args.spec(&cfg)?;
-    let f: Frontier = frontier(&trace, &cfg, &spec, &SWEEP_UTILIZATIONS, !args.sweep_point_only)
-        .with_context(|| format!("simulating {}", args.trace.display()))?;
+    let what = format!("sweeping {}", args.trace.display());
+    let f: Frontier = crate::progress::while_running(&what, || {
+        frontier(&trace, &cfg, &spec, &SWEEP_UTILIZATIONS, !args.sweep_point_only)
+    })
+    .with_context(|| format!("simulating {}", args.trace.display()))?;
     println!(
         "frontier on {} (replica-hours / SLO-violation minutes by target utilisation):",
         args.trace.display()

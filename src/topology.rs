@@ -8,7 +8,14 @@
 //! ```
 //!
 //! Each service runs a few pods. Load follows a daily cycle; incidents can be switched on for a while: a
-//! latency spike in one service, an error burst in one service, or one bad pod among healthy siblings.
+//! latency spike in one service, an error burst in one service, one bad pod among healthy siblings, or a
+//! surge of the whole shop's traffic.
+//!
+//! On its own (`tidewatch loadgen`) the shop's pods are fixed and their latency does not depend on load.
+//! In `tidewatch demo` they are the ready pods of a simulated cluster's Deployments ([`Fleet`]), and each
+//! pod is a queue ([`SimConfig::serve`]): more pods, less load per pod, lower latency; past saturation the
+//! latency sits at the model's cap. (The model's failed requests are left out: with all pods equally
+//! loaded they would only add noise to the per-pod error ratios the healer reads.)
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -23,8 +30,11 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind};
 use rand::Rng;
 use rand::rngs::SmallRng;
+use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tidewatch_scaler::simulate::SimConfig;
 
 /// Services of the model, with their pod counts and their own work per request in milliseconds.
 const SERVICES: [(&str, usize, f64); 5] = [
@@ -39,6 +49,34 @@ fn service_index(name: &str) -> Option<usize> {
     SERVICES.iter().position(|(s, _, _)| *s == name)
 }
 
+/// Requests per second each service serves per trace started at the frontend: every trace enters at the
+/// frontend and reaches inventory; checkouts (60 %) also reach checkout, payment and shipping.
+pub const REQUESTS_PER_TRACE: [f64; 5] = [1.0, 0.6, 0.6, 1.0, 0.6];
+
+/// Spans in one trace, on average: a checkout has 11, a browse 4.
+pub const SPANS_PER_TRACE: f64 = 0.6 * 11.0 + 0.4 * 4.0;
+
+/// How much the traffic is multiplied by during a surge.
+pub const SURGE_FACTOR: f64 = 2.5;
+
+/// The services, in the order incidents and fleets index them.
+pub fn services() -> impl Iterator<Item = (&'static str, usize, f64)> {
+    SERVICES.iter().copied()
+}
+
+/// Where the shop's pods come from when they are not fixed: the pods of each service that serve now.
+pub trait Fleet: Send + Sync {
+    fn ready_pods(&self, service: &str) -> Vec<String>;
+}
+
+/// Pods backed by a fleet, each a queue.
+pub struct Queueing {
+    pub fleet: Arc<dyn Fleet>,
+    /// Per service (in [`services`] order): its per-pod queueing model; `base_latency_ms` is the
+    /// service's own work.
+    pub models: Vec<SimConfig>,
+}
+
 /// What goes wrong during an incident.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IncidentKind {
@@ -46,12 +84,15 @@ pub enum IncidentKind {
     Latency,
     /// 30% of the service's requests fail.
     Errors,
-    /// One pod of the service fails half its requests and is 5x slower; its siblings are healthy.
+    /// One pod of the service fails half its requests and is 5x slower; its siblings are healthy. A
+    /// restart cures it: the pod that replaces it is healthy.
     BadPod,
+    /// The whole shop's traffic is [`SURGE_FACTOR`] times its usual (`surge`, or `surge:frontend`).
+    Surge,
 }
 
-/// An incident: `latency:payment`, `errors:checkout@30s`, `bad-pod:inventory@1m+2m` (kind, service, start
-/// after the load begins, duration; by default from the start to the end).
+/// An incident: `latency:payment`, `errors:checkout@30s`, `bad-pod:inventory@1m+2m`, `surge@20s+1m`
+/// (kind, service, start after the load begins, duration; by default from the start to the end).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Incident {
     pub kind: IncidentKind,
@@ -65,14 +106,28 @@ impl FromStr for Incident {
 
     fn from_str(s: &str) -> Result<Incident, String> {
         let (what, when) = s.split_once('@').unwrap_or((s, ""));
-        let (kind, svc) = what
-            .split_once(':')
-            .ok_or("expected KIND:SERVICE[@START[+DURATION]]")?;
+        let (kind, svc) = match what.split_once(':') {
+            Some(pair) => pair,
+            // The whole shop's traffic enters at the frontend.
+            None if what == "surge" => ("surge", SERVICES[0].0),
+            None => return Err("expected KIND:SERVICE[@START[+DURATION]]".into()),
+        };
         let kind = match kind {
             "latency" => IncidentKind::Latency,
             "errors" => IncidentKind::Errors,
             "bad-pod" => IncidentKind::BadPod,
-            k => return Err(format!("unknown incident kind `{k}` (latency, errors, bad-pod)")),
+            "surge" if svc == SERVICES[0].0 => IncidentKind::Surge,
+            "surge" => {
+                return Err(format!(
+                    "a surge enters at {}: `surge:{}`",
+                    SERVICES[0].0, SERVICES[0].0
+                ));
+            }
+            k => {
+                return Err(format!(
+                    "unknown incident kind `{k}` (latency, errors, bad-pod, surge)"
+                ));
+            }
         };
         let names: Vec<_> = SERVICES.iter().map(|s| s.0).collect();
         let service =
@@ -92,6 +147,24 @@ impl FromStr for Incident {
     }
 }
 
+impl std::fmt::Display for Incident {
+    /// As it parses: `KIND:SERVICE@START[+DURATION]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            IncidentKind::Latency => "latency",
+            IncidentKind::Errors => "errors",
+            IncidentKind::BadPod => "bad-pod",
+            IncidentKind::Surge => "surge",
+        };
+        let service = SERVICES.get(self.service).map_or("?", |s| s.0);
+        write!(f, "{kind}:{service}@{}", humantime::format_duration(self.start))?;
+        if let Some(d) = self.duration {
+            write!(f, "+{}", humantime::format_duration(d))?;
+        }
+        Ok(())
+    }
+}
+
 impl Incident {
     fn active(&self, elapsed: Duration) -> bool {
         elapsed >= self.start && self.duration.is_none_or(|d| elapsed < self.start + d)
@@ -103,10 +176,45 @@ pub struct Shop {
     pub incidents: Vec<Incident>,
     /// Length of one simulated day (the load's daily cycle).
     pub day: Duration,
+    /// Time of the daily cycle before `elapsed` zero (the demo's backfilled history): the cycle's phase
+    /// at `elapsed` is that of `offset + elapsed`. Incidents count from `elapsed` zero.
+    pub offset: Duration,
+    /// Serving pods per service, by name.
     pods: Vec<Vec<String>>,
-    /// Requests served per pod since the start (for the cumulative request counter).
-    served: Vec<Vec<u64>>,
-    errors: Vec<Vec<u64>>,
+    queueing: Option<Queueing>,
+    /// Per service: requests in the current second and the rate of the last complete one.
+    meters: Vec<RateMeter>,
+    /// The pod each bad-pod incident hit (by incident index), once it has started.
+    bad: BTreeMap<usize, String>,
+    /// Requests served and failed per pod since the start (for the cumulative request counter and the
+    /// error logs).
+    served: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// A service's request rate, measured over whole seconds of the shop's own (possibly simulated) clock.
+#[derive(Clone, Copy, Default)]
+struct RateMeter {
+    second: u64,
+    count: u64,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn count(&mut self, now_ns: u64) {
+        let second = now_ns / 1_000_000_000;
+        if second != self.second {
+            // A gap of more than a second means nothing came in between.
+            self.rate = if second == self.second + 1 {
+                self.count as f64
+            } else {
+                0.0
+            };
+            self.second = second;
+            self.count = 0;
+        }
+        self.count += 1;
+    }
 }
 
 /// One span placed in the model: which service and pod emitted it.
@@ -139,14 +247,42 @@ impl Shop {
                     .collect()
             })
             .collect();
-        let served = pods.iter().map(|p| vec![0; p.len()]).collect();
-        let errors = pods.iter().map(|p| vec![0; p.len()]).collect();
         Shop {
             incidents,
             day,
+            offset: Duration::ZERO,
             pods,
-            served,
-            errors,
+            queueing: None,
+            meters: vec![RateMeter::default(); SERVICES.len()],
+            bad: BTreeMap::new(),
+            served: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// A shop whose pods are the fleet's, each a queue.
+    pub fn with_queueing(incidents: Vec<Incident>, day: Duration, queueing: Queueing) -> Shop {
+        let mut shop = Shop::new(
+            incidents,
+            day,
+            &mut <SmallRng as rand::SeedableRng>::seed_from_u64(0),
+        );
+        shop.queueing = Some(queueing);
+        shop.refresh();
+        shop
+    }
+
+    /// Takes the fleet's serving pods (a no-op for fixed pods).
+    fn refresh(&mut self) {
+        if let Some(q) = &self.queueing {
+            for (i, (name, _, _)) in SERVICES.iter().enumerate() {
+                let ready = q.fleet.ready_pods(name);
+                // With no pod serving, requests stay with the last ones seen (the healer never restarts
+                // the last ready pod, and a Deployment keeps at least one).
+                if !ready.is_empty() {
+                    self.pods[i] = ready;
+                }
+            }
         }
     }
 
@@ -157,14 +293,56 @@ impl Shop {
     /// The daily cycle's load factor at `elapsed`: it starts at the daily mean (1.0), peaks at 1.6 a quarter
     /// day later and bottoms out at 0.4 three quarters in.
     pub fn load_factor(&self, elapsed: Duration) -> f64 {
-        let phase = elapsed.as_secs_f64() / self.day.as_secs_f64().max(1e-9);
+        let phase = (self.offset + elapsed).as_secs_f64() / self.day.as_secs_f64().max(1e-9);
         1.0 + 0.6 * (std::f64::consts::TAU * phase).sin()
+    }
+
+    /// The traffic's factor at `elapsed`: the daily cycle, times [`SURGE_FACTOR`] during a surge.
+    pub fn traffic_factor(&self, elapsed: Duration) -> f64 {
+        let surge = self
+            .incidents
+            .iter()
+            .any(|i| i.kind == IncidentKind::Surge && i.active(elapsed));
+        self.load_factor(elapsed) * if surge { SURGE_FACTOR } else { 1.0 }
     }
 
     fn active(&self, elapsed: Duration, service: usize, kind: IncidentKind) -> bool {
         self.incidents
             .iter()
             .any(|i| i.service == service && i.kind == kind && i.active(elapsed))
+    }
+
+    /// A bad-pod incident that starts hits the service's first serving pod, and stays with that pod.
+    fn pick_bad_pods(&mut self, elapsed: Duration) {
+        for (i, inc) in self.incidents.iter().enumerate() {
+            if inc.kind == IncidentKind::BadPod
+                && inc.active(elapsed)
+                && !self.bad.contains_key(&i)
+                && let Some(first) = self.pods[inc.service].first()
+            {
+                self.bad.insert(i, first.clone());
+            }
+        }
+    }
+
+    /// Whether `pod` of `service` is hit by an active bad-pod incident.
+    fn is_bad(&self, elapsed: Duration, service: usize, pod: &str) -> bool {
+        self.incidents.iter().enumerate().any(|(i, inc)| {
+            inc.kind == IncidentKind::BadPod
+                && inc.service == service
+                && inc.active(elapsed)
+                && self.bad.get(&i).is_some_and(|p| p == pod)
+        })
+    }
+
+    /// How many times its idle work `service`'s own work takes at its measured rate (1 without
+    /// queueing).
+    fn queue(&self, service: usize) -> f64 {
+        let Some(model) = self.queueing.as_ref().and_then(|q| q.models.get(service)) else {
+            return 1.0;
+        };
+        let (latency, _) = model.serve(self.meters[service].rate, self.pods[service].len());
+        latency / model.base_latency_ms
     }
 
     /// One request's trace, with spans timed from `now_ns`. Returns roughly 11 spans.
@@ -209,6 +387,8 @@ impl Shop {
         now_ns: u64,
         elapsed: Duration,
     ) -> ExportTraceServiceRequest {
+        self.refresh();
+        self.pick_bad_pods(elapsed);
         let mut placed = Vec::with_capacity(spans + 16);
         while placed.len() < spans {
             self.trace(rng, now_ns, elapsed, &mut placed);
@@ -254,17 +434,18 @@ impl Shop {
 
     /// Per pod: CPU utilisation (gauge), memory (gauge) and requests served (cumulative sum).
     pub fn metrics(
-        &self,
+        &mut self,
         rng: &mut SmallRng,
         now_ns: u64,
         start_ns: u64,
         elapsed: Duration,
     ) -> ExportMetricsServiceRequest {
+        self.refresh();
         let load = self.load_factor(elapsed);
         let mut resource_metrics = Vec::new();
         for (svc, pods) in self.pods.iter().enumerate() {
-            for pod in 0..pods.len() {
-                let bad = pod == 0 && self.active(elapsed, svc, IncidentKind::BadPod);
+            for (pod, name) in pods.iter().enumerate() {
+                let bad = self.is_bad(elapsed, svc, name);
                 let cpu = (0.25 * load + rng.random_range(0.0..0.05) + if bad { 0.4 } else { 0.0 }).min(1.0);
                 let point = |v: number_data_point::Value, start| NumberDataPoint {
                     start_time_unix_nano: start,
@@ -295,7 +476,9 @@ impl Shop {
                                 unit: "{request}".into(),
                                 data: Some(Data::Sum(Sum {
                                     data_points: vec![point(
-                                        number_data_point::Value::AsInt(self.served[svc][pod] as i64),
+                                        number_data_point::Value::AsInt(
+                                            self.served.get(name).copied().unwrap_or(0) as i64,
+                                        ),
                                         start_ns,
                                     )],
                                     aggregation_temporality: AggregationTemporality::Cumulative as i32,
@@ -318,7 +501,7 @@ impl Shop {
         let mut resource_logs = Vec::new();
         for svc in 0..self.pods.len() {
             for pod in 0..self.pods[svc].len() {
-                let errors = std::mem::take(&mut self.errors[svc][pod]);
+                let errors = self.errors.remove(&self.pods[svc][pod]).unwrap_or(0);
                 let record = |sev: i32, text: &str, body: &str| LogRecord {
                     time_unix_nano: now_ns,
                     observed_time_unix_nano: now_ns,
@@ -361,12 +544,14 @@ impl Ctx<'_> {
         id
     }
 
-    /// Own work of `svc` on `pod` in nanoseconds, with the incidents applied; and whether it failed.
-    fn work(&mut self, svc: usize, pod: usize) -> (u64, bool) {
+    /// Own work of `svc` on `pod` in nanoseconds, with the incidents and the queueing applied; and
+    /// whether it failed.
+    fn work(&mut self, svc: usize, pod: usize, now_ns: u64) -> (u64, bool) {
         let base = SERVICES[svc].2;
         // Log-normal noise around the base (median = base).
         let z: f64 = (0..4).map(|_| self.rng.random_range(-1.0..1.0)).sum::<f64>() * 0.35;
-        let mut ms = base * z.exp();
+        self.shop.meters[svc].count(now_ns);
+        let mut ms = base * z.exp() * self.shop.queue(svc);
         let mut fail = self.rng.random_bool(0.002);
         if self.shop.active(self.elapsed, svc, IncidentKind::Latency) {
             ms *= 8.0;
@@ -374,13 +559,14 @@ impl Ctx<'_> {
         if self.shop.active(self.elapsed, svc, IncidentKind::Errors) && self.rng.random_bool(0.3) {
             fail = true;
         }
-        if pod == 0 && self.shop.active(self.elapsed, svc, IncidentKind::BadPod) {
+        let name = &self.shop.pods[svc][pod];
+        if self.shop.is_bad(self.elapsed, svc, name) {
             ms *= 5.0;
             fail |= self.rng.random_bool(0.5);
         }
-        self.shop.served[svc][pod] += 1;
+        *self.shop.served.entry(name.clone()).or_default() += 1;
         if fail {
-            self.shop.errors[svc][pod] += 1;
+            *self.shop.errors.entry(name.clone()).or_default() += 1;
         }
         ((ms * 1e6) as u64, fail)
     }
@@ -441,7 +627,7 @@ impl Ctx<'_> {
     fn call(&mut self, parent: Option<[u8; 8]>, svc: usize, name: &str, start: u64, body: &Body<'_>) -> u64 {
         let pod = self.rng.random_range(0..self.shop.pods[svc].len());
         let id = self.span_id();
-        let (work, fail) = self.work(svc, pod);
+        let (work, fail) = self.work(svc, pod, start);
         let before = start + work / 2;
         let after_calls = body(self, id, before);
         let end = after_calls + work / 2;
@@ -581,7 +767,7 @@ impl Ctx<'_> {
         );
         let cpod = self.rng.random_range(0..self.shop.pods[to].len());
         let cid = self.span_id();
-        let (work, fail) = self.work(to, cpod);
+        let (work, fail) = self.work(to, cpod, end);
         let cstart = end + 2_000_000;
         self.push(
             to,

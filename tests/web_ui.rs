@@ -169,6 +169,11 @@ fn browser_draws_the_map_and_the_service_pages() {
         "the UI loaded something from elsewhere: {}",
         v["external"]
     );
+    assert!(
+        v["failed"].as_array().unwrap().is_empty(),
+        "HTTP errors: {}",
+        v["failed"]
+    );
 
     // The overview's map: every node with its kind, every edge with rate, errors and p95.
     for page in ["overview", "map"] {
@@ -245,6 +250,13 @@ fn browser_draws_the_map_and_the_service_pages() {
                 assert!(x[w[0]] < x[w[1]], "{page}: {} not left of {}: {x:?}", w[0], w[1]);
             }
         }
+        // At the default zoom every edge label shows, and none overlaps another.
+        let labels = &m["labelOverlaps"];
+        assert_eq!(labels["shown"], edges.split(',').count(), "{page}: {labels}");
+        assert!(
+            labels["overlaps"].as_array().unwrap().is_empty(),
+            "{page}: edge labels overlap: {labels}"
+        );
     }
 
     // The overview's side panels: payment first among the erroring, the collector's counters.
@@ -337,6 +349,355 @@ fn browser_draws_the_map_and_the_service_pages() {
     );
 
     for shot in ["overview.png", "map-selected.png", "map-focus.png", "service.png"] {
+        let len = std::fs::metadata(out.join(shot)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 20_000, "{shot}: {len} bytes");
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Writes a decision log as the operator does (its own `DecisionLog`, its own `decide()` and `heal()`),
+/// over the last five minutes: `shop/checkout` scaling up under rising load with a forecast, and
+/// `shop/inventory` restarting a bad pod and then holding back a second restart.
+fn write_decision_log(path: &Path) {
+    use tidewatch_scaler::behavior::ScaleHistory;
+    use tidewatch_scaler::crd::{Healing, ServicePolicySpec};
+    use tidewatch_scaler::decide::{ForecastInput, Inputs, PodLoad, decide};
+    use tidewatch_scaler::decisions::{DecisionLog, Entry, Record};
+    use tidewatch_scaler::heal::{CauseInput, HealDecision, HealInputs, heal};
+
+    let log = DecisionLog::open(path, 1 << 20).unwrap();
+    let now = now_ms();
+    let spec: ServicePolicySpec = serde_yaml::from_str(
+        "targetRef: {name: checkout}\nservice: checkout\nminReplicas: 2\nmaxReplicas: 10\n\
+         capacity: {requestsPerReplica: 50}\n",
+    )
+    .unwrap();
+    let (mut replicas, mut history, mut last_scale) = (2, ScaleHistory::default(), None);
+    for i in 0..20 {
+        let ts = now - (20 - i) * 15_000;
+        let load = 60.0 + i as f64 * 12.0;
+        let inputs = Inputs {
+            now_ms: ts,
+            current_replicas: replicas,
+            pods: (0..replicas)
+                .map(|p| PodLoad {
+                    name: format!("checkout-{p}"),
+                    rate: Some(load / f64::from(replicas)),
+                    ready: true,
+                })
+                .collect(),
+            capacity: Some(50.0),
+            forecast: Some(ForecastInput {
+                model: "holt_winters".into(),
+                mase: Some(0.6),
+                peak_upper: Some(load * 1.3),
+            }),
+            last_scale_ms: last_scale,
+            history: history.clone(),
+        };
+        let (decision, next) = decide(&spec, &inputs);
+        history = next;
+        let action = if decision.changes() {
+            last_scale = Some(ts);
+            format!("scale {}→{}", decision.current, decision.replicas)
+        } else {
+            "none".to_owned()
+        };
+        replicas = decision.replicas;
+        log.append(Record {
+            seq: 0,
+            ts_ms: ts,
+            policy: "shop/checkout".into(),
+            service: "checkout".into(),
+            entry: Entry::Scale {
+                spec: Box::new(spec.clone()),
+                inputs: Box::new(inputs),
+                decision,
+            },
+            action,
+            outcome: "ok".into(),
+        })
+        .unwrap();
+    }
+    let healing = Healing {
+        enabled: true,
+        ..Healing::default()
+    };
+    let pods = vec!["inventory-a1b2c".to_owned(), "inventory-d3e4f".to_owned()];
+    let mut restarts = Vec::new();
+    for ts in [now - 120_000, now - 60_000] {
+        let inputs = HealInputs {
+            now_ms: ts,
+            service: "inventory".into(),
+            causes: vec![CauseInput {
+                service: "inventory".into(),
+                pod: Some(pods[0].clone()),
+                explanation: "inventory-a1b2c fails 40 % of its requests, its sibling none".into(),
+            }],
+            pods: pods.clone(),
+            ready_pods: 2,
+            restarts: restarts.clone(),
+        };
+        let decision = heal(&healing, &inputs);
+        let action = match &decision {
+            HealDecision::Restart { pod, .. } => {
+                restarts.push((ts, pod.clone()));
+                format!("evict {pod}")
+            }
+            HealDecision::HeldBack { .. } => "held back".to_owned(),
+            HealDecision::None { .. } => "none".to_owned(),
+        };
+        log.append(Record {
+            seq: 0,
+            ts_ms: ts,
+            policy: "shop/inventory".into(),
+            service: "inventory".into(),
+            entry: Entry::Heal {
+                healing: healing.clone(),
+                inputs: Box::new(inputs),
+                decision,
+            },
+            action,
+            outcome: "ok".into(),
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn browser_draws_the_scaling_page_and_the_incident() {
+    browser_ready();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    write_decision_log(&log);
+    let log_set = format!("scaler.decision_log={}", log.display());
+    let mut sets: Vec<&str> = common::FAST_WINDOWS.to_vec();
+    // A long baseline keeps the incident anomalous for minutes, not seconds: the browser must see it.
+    sets.extend([
+        "analyzer.service_graph.wait=1s",
+        "analyzer.health.baseline_windows=2000",
+        log_set.as_str(),
+    ]);
+    let tw = Tidewatch::start(&sets);
+    // A latency incident in payment after 45 s of normal traffic: it stays anomalous about as long as the
+    // baseline it is judged against (180 windows), long enough for the browser to see it.
+    let _load = Stop(
+        Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+            .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
+            .args(["--rate", "3000", "--batch", "200", "--duration", "300s"])
+            .args(["--incident", "latency:payment@45s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The decisions written before the start are served back.
+    let d = wait_for(&tw, "/api/decisions", |d| {
+        d["decisions"].as_array().is_some_and(|a| a.len() == 22)
+    });
+    assert!(
+        d["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"].as_str().is_some_and(|a| a.starts_with("scale 2→"))),
+        "{d}"
+    );
+
+    let out = artifacts("scaling");
+    let v = drive(
+        "scaling",
+        &tw,
+        &out,
+        &["--cause", "payment", "--policies", "shop/checkout,shop/inventory"],
+    );
+    assert!(
+        v["problems"].as_array().unwrap().is_empty(),
+        "browser errors: {}",
+        v["problems"]
+    );
+    assert!(
+        v["failed"].as_array().unwrap().is_empty(),
+        "HTTP errors: {}",
+        v["failed"]
+    );
+    assert!(v["external"].as_array().unwrap().is_empty(), "{}", v["external"]);
+    let s = &v["scaling"];
+    let policies = s["policies"].as_array().unwrap();
+    let ids: Vec<&str> = policies.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(ids, ["shop/checkout", "shop/inventory"]);
+    // checkout: the latest recommendation with its reason, and the chart of its decisions.
+    let checkout = &policies[0];
+    let now = checkout["now"].as_str().unwrap();
+    assert!(now.contains("replicas") && now.contains("→"), "{now}");
+    let chart = strs(&checkout["chart"]);
+    for label in [
+        "load (req/s)",
+        "capacity (req/s)",
+        "forecast peak (req/s)",
+        "replicas (right axis)",
+    ] {
+        assert!(chart.iter().any(|t| t == label), "{label}: {chart:?}");
+    }
+    assert!(checkout["chartLines"].as_u64().unwrap() >= 4, "{checkout}");
+    // inventory: the held-back restart is its latest healing, shown with its reason.
+    let inventory = policies[1]["now"].as_str().unwrap();
+    assert!(
+        inventory.contains("held back") && inventory.contains("already restarted"),
+        "{inventory}"
+    );
+    assert!(
+        strs(&policies[1]["chart"])
+            .iter()
+            .any(|t| t == "restart held back"),
+        "{}",
+        policies[1]
+    );
+    // The log: actions only by default, newest first, the held-back restart marked.
+    let rows = s["rows"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["action"] != "none"), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "scale" && r["action"].as_str().unwrap().starts_with("scale ")),
+        "{rows:?}"
+    );
+    let held: Vec<&Value> = rows.iter().filter(|r| r["heldBack"] == true).collect();
+    assert_eq!(held.len(), 1, "{rows:?}");
+    assert_eq!(held[0]["policy"], "shop/inventory");
+    assert!(
+        rows.iter().any(|r| r["action"] == "evict inventory-a1b2c"),
+        "{rows:?}"
+    );
+    assert_eq!(v["allRows"], 22);
+    // The incident: listed, and its cause marked on the map and on its page.
+    let incidents = s["incidents"].as_array().unwrap();
+    assert!(incidents.iter().any(|i| i["cause"] == "payment"), "{incidents:?}");
+    let marked: Vec<&Value> = v["map"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["text"].as_array().unwrap().iter().any(|t| t == "likely cause"))
+        .collect();
+    assert!(marked.iter().any(|n| n["id"] == "payment"), "{}", v["map"]);
+    assert!(strs(&v["overviewIncidents"]).contains(&"payment".to_owned()));
+    let note = v["serviceNote"].as_str().unwrap();
+    assert!(
+        note.contains("Likely cause") && note.contains("payment"),
+        "{note}"
+    );
+    for shot in ["scaling.png", "overview-incident.png", "service-incident.png"] {
+        let len = std::fs::metadata(out.join(shot)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 20_000, "{shot}: {len} bytes");
+    }
+}
+
+/// `tidewatch demo` in the browser: its simulated cluster's policies on the Scaling page with their charts,
+/// a scaling decision in the log, and the latency incident flagged with its root cause on the map, in the
+/// recent incidents and on the cause's page. The demo runs fast (2 s windows and reconciles, 2-minute
+/// simulated days), as tests/demo.rs runs it.
+#[test]
+fn browser_follows_the_demo_on_the_scaling_page() {
+    browser_ready();
+    let tw = Tidewatch::start_demo(
+        &[
+            "--rate",
+            "1000",
+            "--day",
+            "2m",
+            "--backfill",
+            "3",
+            "--cold-start",
+            "2s",
+            "--incident",
+            "surge@5s+30s",
+            "--incident",
+            "latency:payment@50s+150s",
+        ],
+        &[
+            "analyzer.window=2s",
+            "scaler.interval=2s",
+            "analyzer.forecast.step=10s",
+            "analyzer.forecast.horizon=2m",
+        ],
+        Duration::from_secs(600),
+    );
+    let policies = [
+        "shop/checkout",
+        "shop/frontend",
+        "shop/inventory",
+        "shop/payment",
+        "shop/shipping",
+    ];
+    let out = artifacts("demo");
+    let v = drive(
+        "scaling",
+        &tw,
+        &out,
+        &["--cause", "payment", "--policies", &policies.join(",")],
+    );
+    assert!(
+        v["problems"].as_array().unwrap().is_empty(),
+        "browser errors: {}",
+        v["problems"]
+    );
+    assert!(
+        v["failed"].as_array().unwrap().is_empty(),
+        "HTTP errors: {}",
+        v["failed"]
+    );
+    let s = &v["scaling"];
+    let ids: Vec<&str> = s["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(ids, policies);
+    for p in s["policies"].as_array().unwrap() {
+        // The state the operator reported: replicas, bounds, and the latest recommendation with its reason.
+        let tiles = strs(&p["tiles"]).join(" | ");
+        assert!(tiles.contains("replicas") && tiles.contains("bounds"), "{p}");
+        let now = p["now"].as_str().unwrap();
+        assert!(now.contains(" replicas"), "{p}");
+        assert!(
+            strs(&p["chart"]).iter().any(|t| t == "replicas (right axis)"),
+            "{p}"
+        );
+    }
+    // The surge was answered: a scale-up in the log.
+    let rows = s["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["kind"] == "scale" && r["action"].as_str().is_some_and(|a| a.starts_with("scale "))),
+        "{rows:?}"
+    );
+    // The incident: flagged, its cause marked on the map, listed, and said on the cause's page.
+    let marked: Vec<&Value> = v["map"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["text"].as_array().unwrap().iter().any(|t| t == "likely cause"))
+        .collect();
+    assert!(marked.iter().any(|n| n["id"] == "payment"), "{}", v["map"]);
+    assert!(strs(&v["overviewIncidents"]).contains(&"payment".to_owned()));
+    assert!(
+        s["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["cause"] == "payment"),
+        "{}",
+        s["incidents"]
+    );
+    let note = v["serviceNote"].as_str().unwrap();
+    assert!(note.contains("Likely cause"), "{note}");
+    for shot in ["scaling.png", "overview-incident.png", "service-incident.png"] {
         let len = std::fs::metadata(out.join(shot)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 20_000, "{shot}: {len} bytes");
     }
@@ -593,6 +954,14 @@ fn ui_routes_answer_errors_cleanly() {
         ("/ui/app.css", "text/css", ".map-canvas"),
         ("/ui/map.js", "text/javascript", "function layout"),
         ("/ui/favicon.svg", "image/svg+xml", "<svg"),
+        ("/scaling", "text/html", "/ui/scaling.js"),
+        ("/ui/scaling.js", "text/javascript", "/api/decisions"),
+        // A policy the log has never seen: an empty chart that says so.
+        (
+            "/charts/policies/shop/nope/replicas.svg?from=-15m&w=400&h=200",
+            "image/svg+xml",
+            "no scaling decision in this range",
+        ),
         (
             "/charts/services/checkout/rate.svg?from=-1m&step=1s",
             "image/svg+xml",
@@ -630,6 +999,8 @@ fn ui_routes_answer_errors_cleanly() {
         ("/charts/services/nope/rate.svg", 404),
         ("/charts/services/checkout/cpu.svg", 404),
         ("/charts/services/checkout/rate", 404),
+        ("/charts/policies/shop/checkout/cpu.svg", 404),
+        ("/charts/policies/shop/checkout/replicas.svg?from=soon", 400),
         ("/ui/nope.js", 404),
         // Bad parameters: 400.
         ("/charts/services/checkout/rate.svg?from=yesterday", 400),
@@ -734,9 +1105,10 @@ fn web_ui_at_200_services() {
         "graph_bytes": bytes, "graph_gzip_bytes": gz, "api_ms_median": median(api_ms),
         "page_ready_ms": field("loads", "readyAt"), "first_render_ms": field("loads", "firstRenderMs"),
         "fetch_ms": field("loads", "fetchMs"), "layout_ms": field("loads", "layoutMs"),
-        "render_ms": field("loads", "renderMs"),
+        "render_ms": field("loads", "renderMs"), "label_ms": field("loads", "labelMs"),
         "refresh_ms": field("refreshes", "ms"), "refresh_render_ms": field("refreshes", "renderMs"),
         "relayout_ms": field("relayouts", "layoutMs"), "relayout_render_ms": field("relayouts", "renderMs"),
+        "relayout_label_ms": field("relayouts", "labelMs"),
         "search_ms": v["search"]["ms"], "search_matches": v["search"]["matches"],
         "focus_ms": v["focus"]["ms"], "focus_nodes": v["focus"]["nodes"], "focus_edges": v["focus"]["edges"],
         "overview_ready_ms": v["overview"]["readyAt"],

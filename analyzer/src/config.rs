@@ -261,6 +261,9 @@ pub struct StoreConfig {
     /// How often the history is written to `data_dir` (also at shutdown): the most a crash can lose.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// Rows held in memory, raw and rolled up, over every table; past it the oldest rows go first, whatever
+    /// the retentions say.
+    pub max_rows: usize,
 }
 
 impl Default for StoreConfig {
@@ -271,6 +274,7 @@ impl Default for StoreConfig {
             rollup_step: Duration::from_secs(60),
             rollup_retention: Duration::from_secs(24 * 3600),
             snapshot_interval: Duration::from_secs(60),
+            max_rows: 1_000_000,
         }
     }
 }
@@ -288,6 +292,9 @@ impl StoreConfig {
         }
         if self.rollup_retention < self.raw_retention {
             errors.push("analyzer.store.rollup_retention: must be at least raw_retention".into());
+        }
+        if self.max_rows < 1000 {
+            errors.push("analyzer.store.max_rows: must be at least 1000".into());
         }
         if self.snapshot_interval < Duration::from_secs(1) {
             errors.push("analyzer.store.snapshot_interval: must be at least 1s".into());
@@ -314,6 +321,9 @@ pub struct AnalyzerConfig {
     pub queue_batches: usize,
     /// Bytes held by queued and in-work batches before receivers are told to retry.
     pub max_inflight: ByteSize,
+    /// Active series of every kind together (services, RED series, pods, edges and the names they refer
+    /// to, metric and log series); past it new ones fold into overflow series (see `budget.rs`).
+    pub max_series: usize,
     /// Length of a history window.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -331,6 +341,7 @@ impl Default for AnalyzerConfig {
             shards: 0,
             queue_batches: 256,
             max_inflight: ByteSize::mib(64),
+            max_series: 20_000,
             window: Duration::from_secs(10),
             span_metrics: RedConfig::default(),
             service_graph: GraphConfig::default(),
@@ -352,6 +363,9 @@ impl AnalyzerConfig {
                 "analyzer.max_inflight: {} is below the minimum of 1MiB",
                 self.max_inflight
             ));
+        }
+        if self.max_series == 0 {
+            errors.push("analyzer.max_series: must be at least 1".into());
         }
         if self.window < Duration::from_millis(100) {
             errors.push("analyzer.window: must be at least 100ms".into());

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::budget::{BudgetStatus, SeriesBudget};
 use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
 use crate::forecast::Forecasts;
 use crate::graph::{EdgeRow, GraphCounters, GraphKeys, GraphStore};
@@ -46,6 +47,17 @@ pub(crate) struct ShardRows {
     graph: GraphCounters,
     metrics: Vec<MetricRow>,
     logs: Vec<LogRow>,
+}
+
+/// What the demo's backfill asks of the window task.
+enum Backfill {
+    /// Close a window stamped `ts_ms` now.
+    Window {
+        ts_ms: i64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// The backfill is over: publish the history, resume live windows.
+    Done(oneshot::Sender<()>),
 }
 
 /// Counts kept by the engine itself.
@@ -109,8 +121,10 @@ pub struct Engine {
     stop_windows: watch::Sender<bool>,
     window_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     trainer_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    backfill: mpsc::Sender<Backfill>,
     stats: Arc<EngineStats>,
     template: Arc<Snapshot>,
+    budget: Arc<SeriesBudget>,
 }
 
 /// The span attributes `cfg` makes the engine read (the RED dimensions, then the service graph's), with
@@ -132,6 +146,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let (keys, red_dims, graph_keys) = wanted_keys(cfg);
     let keys = Arc::new(keys);
     let stats = Arc::new(EngineStats::default());
+    let budget = Arc::new(SeriesBudget::new(cfg.max_series));
     let n = cfg.shard_count();
     let mut senders = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
@@ -139,9 +154,10 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         let (tx, rx) = mpsc::channel(cfg.queue_batches);
         let shard = Shard {
             names: Interner::default(),
-            red: RedTable::new(&cfg.span_metrics, red_dims.clone()),
-            graph: GraphStore::new(&cfg.service_graph, graph_keys.clone(), n),
-            signals: Signals::default(),
+            red: RedTable::new(&cfg.span_metrics, red_dims.clone(), budget.clone()),
+            graph: GraphStore::new(&cfg.service_graph, graph_keys.clone(), n, budget.clone()),
+            signals: Signals::new(budget.clone()),
+            budget: budget.clone(),
             stats: stats.clone(),
             scratch: Vec::new(),
         };
@@ -155,7 +171,9 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let (hist_tx, history_rx) = watch::channel(history.view());
     let (health_tx, health_rx) = watch::channel(Arc::new(Health::default()));
     let (stop_windows, stop_rx) = watch::channel(false);
+    let (backfill, backfill_rx) = mpsc::channel(1);
     let windows_loop = Windows {
+        backfill: backfill_rx,
         shards: shards.clone(),
         template: template.clone(),
         window: cfg.window,
@@ -192,8 +210,10 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
             stop_windows,
             window_task,
             trainer_task,
+            backfill,
             stats,
             template,
+            budget,
         },
     )
 }
@@ -218,6 +238,11 @@ impl Engine {
         &self.stats
     }
 
+    /// The global series budget: its limit, the active series, what went to overflow series.
+    pub fn series_budget(&self) -> BudgetStatus {
+        self.budget.status()
+    }
+
     /// The history as of the last window close.
     pub fn history(&self) -> HistoryView {
         self.history.borrow().clone()
@@ -237,6 +262,30 @@ impl Engine {
     /// Forecasts as each scheduled training publishes them.
     pub fn subscribe_forecasts(&self) -> watch::Receiver<Arc<Forecasts>> {
         self.forecasts.clone()
+    }
+
+    /// Closes a window of backfilled history (`tidewatch demo`) stamped `ts_ms`, which must be later than
+    /// the previous window's: what was ingested since the last close becomes its rows and the health
+    /// monitor scores it, as at a live window close. From the first call until [`Engine::end_backfill`]
+    /// live windows wait, and history views are not published, so the forecast trainer first sees the
+    /// whole backfill.
+    pub async fn backfill_window(&self, ts_ms: i64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.backfill
+            .send(Backfill::Window { ts_ms, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Ends a backfill: publishes the history and resumes live windows.
+    pub async fn end_backfill(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.backfill
+            .send(Backfill::Done(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
     }
 
     /// Processes everything still queued, then stops the shards. Call after the receivers have stopped;
@@ -347,6 +396,7 @@ fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
 /// The window task: every `window`, a snapshot becomes a window of history; the history is saved every
 /// `snapshot_every` and once more when the engine stops.
 struct Windows {
+    backfill: mpsc::Receiver<Backfill>,
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
     template: Arc<Snapshot>,
     window: Duration,
@@ -374,19 +424,47 @@ impl Windows {
         let mut tick = tokio::time::interval_at(Instant::now() + self.window, self.window);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_save = Instant::now();
+        let (mut backfilling, mut last_ts) = (false, i64::MIN);
         loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                _ = stop.changed() => true,
+            let (stopping, request) = tokio::select! {
+                _ = tick.tick() => (false, None),
+                Some(r) = self.backfill.recv() => (false, Some(r)),
+                _ = stop.changed() => (true, None),
             };
-            let Ok(snap) = collect(&self.shards, &self.template).await else {
+            let (at, reply) = match request {
+                Some(Backfill::Window { ts_ms, reply }) if ts_ms <= last_ts => {
+                    let _ = reply.send(Err(Error::Store(format!(
+                        "backfilled window at {ts_ms} is not after the previous one ({last_ts})"
+                    ))));
+                    continue;
+                }
+                Some(Backfill::Window { ts_ms, reply }) => {
+                    backfilling = true;
+                    (Some(ts_ms), Some(reply))
+                }
+                Some(Backfill::Done(reply)) => {
+                    backfilling = false;
+                    let _ = self.views.send(history.view());
+                    tick.reset();
+                    let _ = reply.send(());
+                    continue;
+                }
+                // Live windows wait for the backfill to end.
+                None if backfilling && !stopping => continue,
+                None => (None, None),
+            };
+            let Ok(mut snap) = collect(&self.shards, &self.template).await else {
                 break;
             };
+            if let Some(ts) = at {
+                snap.taken_at = SystemTime::UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64);
+            }
             let snap = Arc::new(snap);
             let ts_ms = snap
                 .taken_at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
+            last_ts = last_ts.max(ts_ms);
             // polars work runs off the async threads; the history comes back with the window added.
             let cur = snap.clone();
             let appended = tokio::task::spawn_blocking(move || {
@@ -396,7 +474,8 @@ impl Windows {
             .await;
             let Ok((h, result)) = appended else { break };
             history = h;
-            if let Err(e) = result {
+            let failed = result.err();
+            if let Some(e) = &failed {
                 tracing::error!(error = %e, "history: window not recorded");
             }
             let view = history.view();
@@ -413,7 +492,11 @@ impl Windows {
                 }
                 Err(e) => tracing::error!(error = %e, "health: window not scored"),
             }
-            let _ = self.views.send(view);
+            if let Some(reply) = reply {
+                let _ = reply.send(failed.map_or(Ok(()), Err));
+            } else {
+                let _ = self.views.send(view);
+            }
             let _ = self.snapshots.send(snap);
             if stopping || last_save.elapsed() >= self.snapshot_every {
                 last_save = Instant::now();
@@ -436,9 +519,11 @@ struct Shard {
     red: RedTable,
     graph: GraphStore,
     signals: Signals,
+    budget: Arc<SeriesBudget>,
     stats: Arc<EngineStats>,
-    /// Interned service and pod name per resource of the batch at hand (reused: no allocation per batch).
-    scratch: Vec<(u32, Option<u32>)>,
+    /// Interned service (`None`: past the series budget) and pod name per resource of the batch at hand
+    /// (reused: no allocation per batch).
+    scratch: Vec<(Option<u32>, Option<u32>)>,
 }
 
 impl Shard {
@@ -472,8 +557,17 @@ impl Shard {
         let now = Instant::now();
         self.scratch.clear();
         for r in &batch.resources {
-            let service = self.names.id(batch.bytes(r.service));
-            let pod = (!r.pod.is_empty()).then(|| self.names.id(batch.bytes(r.pod)));
+            let service = self.service_id(batch.bytes(r.service));
+            let pod = if r.pod.is_empty() || service.is_none() {
+                None
+            } else {
+                let pod = batch.bytes(r.pod);
+                match self.names.get(pod) {
+                    Some(id) => Some(id),
+                    None if self.budget.take() => Some(self.names.id(pod)),
+                    None => None,
+                }
+            };
             self.scratch.push((service, pod));
         }
         let mut record = |s: &crate::model::Span| {
@@ -487,6 +581,16 @@ impl Shard {
         }
         let n = idx.map_or(batch.spans.len(), <[u32]>::len);
         self.stats.spans.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The interned id of a resource's service, or `None` when it is new and the budget admits no more
+    /// services (its spans then count in the global overflow series).
+    fn service_id(&mut self, name: &[u8]) -> Option<u32> {
+        match self.names.get(name) {
+            Some(id) => Some(id),
+            None if self.budget.admit_service(name) => Some(self.names.id(name)),
+            None => None,
+        }
     }
 
     fn rows(&self) -> ShardRows {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use tokio::time::Instant;
 
+use crate::budget::SeriesBudget;
 use crate::config::GraphConfig;
 use crate::intern::Interner;
 use crate::model::{AttrKeys, Span, SpanBatch, SpanKind, StatusCode, Text};
@@ -194,6 +195,21 @@ pub struct GraphStore {
     generation: u64,
     edges: HashMap<EdgeKey, EdgeStats, foldhash::fast::FixedState>,
     counters: GraphCounters,
+    budget: Arc<SeriesBudget>,
+}
+
+/// The id of a name past the global series budget: never interned, never resolved (edges holding it are
+/// dropped at [`GraphStore::emit`]).
+const OVER_BUDGET: u32 = u32::MAX;
+
+/// The interned id of a name a half edge refers to (peer, database, dimension value); a name not seen
+/// before takes a unit of the budget, or is [`OVER_BUDGET`].
+fn budgeted(names: &mut Interner, budget: &SeriesBudget, bytes: &[u8]) -> u32 {
+    match names.get(bytes) {
+        Some(id) => id,
+        None if budget.take() => names.id(bytes),
+        None => OVER_BUDGET,
+    }
 }
 
 /// Prometheus label names: characters outside `[a-zA-Z0-9_]` become `_`.
@@ -283,7 +299,7 @@ impl GraphStore {
     }
 
     /// `shards` splits `max_items` evenly, so the whole engine holds at most about `max_items` halves.
-    pub fn new(cfg: &GraphConfig, keys: GraphKeys, shards: usize) -> GraphStore {
+    pub fn new(cfg: &GraphConfig, keys: GraphKeys, shards: usize, budget: Arc<SeriesBudget>) -> GraphStore {
         GraphStore {
             keys,
             bounds: cfg.bounds().into(),
@@ -295,6 +311,7 @@ impl GraphStore {
             generation: 0,
             edges: HashMap::default(),
             counters: GraphCounters::default(),
+            budget,
         }
     }
 
@@ -303,15 +320,17 @@ impl GraphStore {
         batch.resource_attr(span, key).or_else(|| batch.attr(span, key))
     }
 
-    /// Applies one span. `service` is its resource's interned `service.name`.
+    /// Applies one span. `service` is its resource's interned `service.name`; `None` (a service past the
+    /// global series budget) leaves the span out of the graph.
     pub fn record(
         &mut self,
         names: &mut Interner,
         batch: &SpanBatch,
         span: &Span,
-        service: u32,
+        service: Option<u32>,
         now: Instant,
     ) {
+        let Some(service) = service else { return };
         let is_client = match span.kind {
             SpanKind::Client | SpanKind::Producer => true,
             SpanKind::Server | SpanKind::Consumer => false,
@@ -334,7 +353,16 @@ impl GraphStore {
             },
         };
         if let Some(edge) = self.pending.get_mut(&key) {
-            Self::apply(&self.keys, names, edge, batch, span, service, is_client);
+            Self::apply(
+                &self.keys,
+                &self.budget,
+                names,
+                edge,
+                batch,
+                span,
+                service,
+                is_client,
+            );
             if edge.complete() {
                 let edge = self.pending.remove(&key).expect("present");
                 self.emit(&edge);
@@ -357,7 +385,16 @@ impl GraphStore {
             dims: vec![None; self.keys.slots.len()].into(),
             generation: 0,
         };
-        Self::apply(&self.keys, names, &mut edge, batch, span, service, is_client);
+        Self::apply(
+            &self.keys,
+            &self.budget,
+            names,
+            &mut edge,
+            batch,
+            span,
+            service,
+            is_client,
+        );
         self.counters.edges += 1;
         if edge.complete() {
             self.emit(&edge);
@@ -382,8 +419,10 @@ impl GraphStore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         keys: &GraphKeys,
+        budget: &SeriesBudget,
         names: &mut Interner,
         e: &mut Edge,
         batch: &SpanBatch,
@@ -417,7 +456,7 @@ impl GraphStore {
                 Writer::Expiry => false,
             };
             if writes && let Some(v) = slot.key.and_then(|k| Self::find(batch, span, k)) {
-                *value = Some(names.id(batch.bytes(v)));
+                *value = Some(budgeted(names, budget, batch.bytes(v)));
             }
         }
         e.multiplier = keys
@@ -428,10 +467,10 @@ impl GraphStore {
             .map_or(1.0, |v| 1.0 / v);
         // Peer attributes are read from the span itself only; the last half that has one wins.
         if let Some(p) = keys.peer.iter().find_map(|&k| batch.attr(span, k)) {
-            e.peer = Some(names.id(batch.bytes(p)));
+            e.peer = Some(budgeted(names, budget, batch.bytes(p)));
         }
         if is_client {
-            Self::database(keys, names, e, batch, span, latency);
+            Self::database(keys, budget, names, e, batch, span, latency);
         }
     }
 
@@ -439,6 +478,7 @@ impl GraphStore {
     /// is named by `peer.service`, `server.address`, `network.peer.address[:port]` or the database name.
     fn database(
         keys: &GraphKeys,
+        budget: &SeriesBudget,
         names: &mut Interner,
         e: &mut Edge,
         batch: &SpanBatch,
@@ -464,7 +504,9 @@ impl GraphStore {
             Some(batch.str(db_name).into())
         };
         // An attribute that is present but empty still wins its step and leaves the edge incomplete.
-        e.server = server.filter(|s| !s.is_empty()).map(|s| names.id(s.as_bytes()));
+        e.server = server
+            .filter(|s| !s.is_empty())
+            .map(|s| budgeted(names, budget, s.as_bytes()));
     }
 
     fn emit(&mut self, e: &Edge) {
@@ -478,13 +520,26 @@ impl GraphStore {
             dims: e.dims.clone(),
         };
         let n = self.bounds.len();
-        let stats = self.edges.entry(key).or_insert_with(|| EdgeStats {
-            total: 0.0,
-            failed: 0.0,
-            client: Histogram::new(n),
-            server: Histogram::new(n),
-            messaging: Histogram::new(n),
-        });
+        let stats = match self.edges.entry(key) {
+            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                // An edge naming a value past the budget, or a new edge once it is spent, is not kept.
+                if v.key().dims.contains(&Some(OVER_BUDGET))
+                    || [client, server].contains(&OVER_BUDGET)
+                    || !self.budget.take()
+                {
+                    self.budget.overflowed(1);
+                    return;
+                }
+                v.insert(EdgeStats {
+                    total: 0.0,
+                    failed: 0.0,
+                    client: Histogram::new(n),
+                    server: Histogram::new(n),
+                    messaging: Histogram::new(n),
+                })
+            }
+        };
         let m = e.multiplier;
         stats.total += m;
         if e.failed {
@@ -640,11 +695,11 @@ mod tests {
         let mut b = B::new(keys);
         build(&mut b);
         let mut names = Interner::default();
-        let mut g = GraphStore::new(cfg, gk, 1);
+        let mut g = GraphStore::new(cfg, gk, 1, Arc::new(SeriesBudget::new(100_000)));
         let now = Instant::now();
         for s in &b.batch.spans {
             let svc = names.id(b.batch.bytes(b.batch.resources[s.resource as usize].service));
-            g.record(&mut names, &b.batch, s, svc, now);
+            g.record(&mut names, &b.batch, s, Some(svc), now);
         }
         if expire {
             g.expire(&mut names, now + cfg.wait);
@@ -768,7 +823,7 @@ mod tests {
         let mut keys = AttrKeys::default();
         let gk = GraphStore::attr_keys(&cfg, &mut keys);
         let mut names = Interner::default();
-        let mut g = GraphStore::new(&cfg, gk, 1);
+        let mut g = GraphStore::new(&cfg, gk, 1, Arc::new(SeriesBudget::new(100_000)));
         let now = Instant::now();
         for i in 0..50_000u32 {
             let mut b = B::new(keys.clone());
@@ -789,7 +844,7 @@ mod tests {
             }
             for s in &batch.spans {
                 let svc = names.id(batch.bytes(batch.resources[s.resource as usize].service));
-                g.record(&mut names, &batch, s, svc, now);
+                g.record(&mut names, &batch, s, Some(svc), now);
             }
         }
         assert_eq!(g.counters().pending, 0);

@@ -15,6 +15,7 @@
 //! `model` holds the records (a zero-copy `SpanBatch` for spans), `config` the settings, `intern` the
 //! string interning that keeps the per-span path free of allocation.
 
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod forecast;

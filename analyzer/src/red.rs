@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use crate::budget::SeriesBudget;
 use crate::config::RedConfig;
 use crate::intern::Interner;
 use crate::model::{Span, SpanBatch, SpanKind, StatusCode};
@@ -95,7 +96,8 @@ pub struct RedRow {
     pub status: StatusCode,
     /// Values of the configured dimensions, in config order (empty string: absent).
     pub dims: Vec<Arc<str>>,
-    /// The series that collects what a service sends past its cardinality cap.
+    /// The series that collects what a service sends past its cardinality cap (or, with an empty
+    /// `service`, what services past the global series budget send).
     pub overflow: bool,
     pub calls: u64,
     pub duration: Histogram,
@@ -150,11 +152,15 @@ pub struct RedTable {
     /// Per (service, pod) entry-span RED; pods are bounded by what a cluster runs.
     pods: HashMap<(u32, u32), (u64, u64, Histogram), foldhash::fast::FixedState>,
     max_pods: usize,
+    budget: Arc<SeriesBudget>,
 }
 
 impl RedTable {
     /// `dim_keys` are the attribute indexes of the configured dimensions (see [`crate::model::AttrKeys`]).
-    pub fn new(cfg: &RedConfig, dim_keys: Vec<u16>) -> RedTable {
+    pub fn new(cfg: &RedConfig, dim_keys: Vec<u16>, budget: Arc<SeriesBudget>) -> RedTable {
+        let mut dim_values = Interner::default();
+        // Id 0: no dimension values (what `dims_id` answers when none are configured).
+        dim_values.id(b"");
         RedTable {
             bounds: cfg.bounds().into(),
             unit_ns: cfg.unit.nanos(),
@@ -163,54 +169,65 @@ impl RedTable {
             index: HashMap::default(),
             series: Vec::new(),
             per_service: HashMap::default(),
-            dim_values: Interner::default(),
+            dim_values,
             scratch: String::new(),
             pods: HashMap::default(),
             max_pods: cfg.max_pods,
+            budget,
         }
     }
 
     /// Counts one span. `service` and `pod` are the interned `service.name` and `k8s.pod.name` of its
-    /// resource (`pod` is `None` when the resource names none).
+    /// resource (`service` is `None` past the global series budget, `pod` when the resource names none).
     #[inline]
     pub fn record(
         &mut self,
         names: &mut Interner,
         batch: &SpanBatch,
         span: &Span,
-        service: u32,
+        service: Option<u32>,
         pod: Option<u32>,
     ) {
-        if let Some(pod) = pod
-            && is_entry(span.kind)
-        {
-            self.record_pod(service, pod, span);
-        }
-        let name_bytes = batch.bytes(span.name);
-        let dims = self.dims_id(batch, span);
-        let mut key = Key {
-            service,
-            name: 0,
-            kind: span.kind,
-            status: span.status,
-            dims,
-            overflow: false,
-        };
-        let idx = match names.get(name_bytes) {
-            Some(name) => {
-                key.name = name;
-                self.index.get(&key).copied()
+        let idx = match service {
+            Some(service) => {
+                if let Some(pod) = pod
+                    && is_entry(span.kind)
+                {
+                    self.record_pod(service, pod, span);
+                }
+                self.series_of(names, batch, span, service)
             }
-            None => None,
+            None => self.overflow_series(names, None),
         };
-        let idx = match idx {
-            Some(i) => i,
-            None => self.insert(names, name_bytes, key),
-        };
-        let s = &mut self.series[idx as usize].1;
+        let (key, s) = &mut self.series[idx as usize];
+        if key.overflow {
+            self.budget.overflowed(1);
+        }
         s.calls += 1;
         s.duration
             .observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
+    }
+
+    /// The index of the span's series: its own, once seen; a new one; or its service's overflow series.
+    #[inline]
+    fn series_of(&mut self, names: &mut Interner, batch: &SpanBatch, span: &Span, service: u32) -> u32 {
+        let name_bytes = batch.bytes(span.name);
+        let dims = self.dims_id(batch, span);
+        let found = match (names.get(name_bytes), dims) {
+            (Some(name), Some(dims)) => self
+                .index
+                .get(&Key {
+                    service,
+                    name,
+                    kind: span.kind,
+                    status: span.status,
+                    dims,
+                    overflow: false,
+                })
+                .copied(),
+            _ => None,
+        };
+        found.unwrap_or_else(|| self.insert(names, name_bytes, service, span))
     }
 
     fn record_pod(&mut self, service: u32, pod: u32, span: &Span) {
@@ -218,8 +235,8 @@ impl RedTable {
         let full = self.pods.len() >= self.max_pods;
         let entry = match self.pods.get_mut(&(service, pod)) {
             Some(e) => e,
-            // Past the cap new pods are not tracked (the service-level RED still counts them).
-            None if full => return,
+            // Past the cap or the budget new pods are not tracked (the service-level RED still counts them).
+            None if full || !self.budget.take() => return,
             None => self
                 .pods
                 .entry((service, pod))
@@ -248,28 +265,48 @@ impl RedTable {
             .collect()
     }
 
-    /// A new series, or the service's overflow series once the service is at its cap.
+    /// A new series (its dimension values are in `scratch`), or the service's overflow series once the
+    /// service is at its cap or the global budget is spent.
     #[cold]
-    fn insert(&mut self, names: &mut Interner, name: &[u8], mut key: Key) -> u32 {
-        let count = self.per_service.entry(key.service).or_default();
-        if *count >= self.max_per_service {
-            key = Key {
-                service: key.service,
-                name: names.id(b""),
-                kind: SpanKind::Unspecified,
-                status: StatusCode::Unset,
-                dims: self.dim_values.id(b""),
-                overflow: true,
-            };
-        } else {
-            key.name = names.id(name);
+    fn insert(&mut self, names: &mut Interner, name: &[u8], service: u32, span: &Span) -> u32 {
+        let count = self.per_service.get(&service).copied().unwrap_or(0);
+        if count >= self.max_per_service || !self.budget.take() {
+            return self.overflow_series(names, Some(service));
         }
+        let key = Key {
+            service,
+            name: names.id(name),
+            kind: span.kind,
+            status: span.status,
+            dims: self.dim_values.id(self.scratch.as_bytes()),
+            overflow: false,
+        };
         if let Some(&i) = self.index.get(&key) {
             return i;
         }
-        if !key.overflow {
-            *count += 1;
+        *self.per_service.entry(service).or_default() += 1;
+        self.push(key)
+    }
+
+    /// The overflow series of `service`, or with `None` the one of every service past the global budget
+    /// (its service name is empty). At most one per admitted service plus one: not taken from the budget.
+    fn overflow_series(&mut self, names: &mut Interner, service: Option<u32>) -> u32 {
+        let empty = names.id(b"");
+        let key = Key {
+            service: service.unwrap_or(empty),
+            name: empty,
+            kind: SpanKind::Unspecified,
+            status: StatusCode::Unset,
+            dims: self.dim_values.id(b""),
+            overflow: true,
+        };
+        match self.index.get(&key) {
+            Some(&i) => i,
+            None => self.push(key),
         }
+    }
+
+    fn push(&mut self, key: Key) -> u32 {
         let i = self.series.len() as u32;
         self.series.push((
             key,
@@ -282,9 +319,13 @@ impl RedTable {
         i
     }
 
-    fn dims_id(&mut self, batch: &SpanBatch, span: &Span) -> u32 {
+    /// The interned id of the span's joined dimension values, if they were seen before (`Some(0)` without
+    /// dimensions). The joined values stay in `scratch` for [`Self::insert`]: only a series admitted under
+    /// the budget interns them.
+    fn dims_id(&mut self, batch: &SpanBatch, span: &Span) -> Option<u32> {
         if self.dims.is_empty() {
-            return 0;
+            self.scratch.clear();
+            return Some(0);
         }
         self.scratch.clear();
         for (n, &k) in self.dims.iter().enumerate() {
@@ -296,7 +337,7 @@ impl RedTable {
                 self.scratch.push_str(batch.str(v));
             }
         }
-        self.dim_values.id(self.scratch.as_bytes())
+        self.dim_values.get(self.scratch.as_bytes())
     }
 
     pub fn bounds(&self) -> &Arc<[f64]> {
@@ -375,10 +416,10 @@ mod tests {
 
     fn run(cfg: &RedConfig, b: &SpanBatch, dims: Vec<u16>) -> Vec<RedRow> {
         let mut names = Interner::default();
-        let mut t = RedTable::new(cfg, dims);
+        let mut t = RedTable::new(cfg, dims, Arc::new(SeriesBudget::new(1000)));
         let svc = names.id(b.bytes(b.resources[0].service));
         for s in &b.spans {
-            t.record(&mut names, b, s, svc, None);
+            t.record(&mut names, b, s, Some(svc), None);
         }
         let mut rows = t.export(&names);
         rows.sort_by_key(|r| r.key());
@@ -427,6 +468,42 @@ mod tests {
         assert_eq!(overflow.len(), 1);
         assert_eq!(overflow[0].calls, 2);
         assert_eq!(rows.iter().map(|r| r.calls).sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn past_the_global_budget_new_series_and_services_overflow() {
+        let budget = Arc::new(SeriesBudget::new(2));
+        let mut names = Interner::default();
+        let mut t = RedTable::new(&RedConfig::default(), vec![], budget.clone());
+        let b = batch(&[
+            ("a", 1, StatusCode::Unset, None),
+            ("b", 1, StatusCode::Unset, None),
+            ("c", 1, StatusCode::Unset, None),
+            ("a", 1, StatusCode::Unset, None),
+        ]);
+        let svc = names.id(b"checkout");
+        for s in &b.spans {
+            t.record(&mut names, &b, s, Some(svc), None);
+        }
+        // A service past the budget: its spans land in the global overflow series.
+        t.record(&mut names, &b, &b.spans[0], None, None);
+        let mut rows = t.export(&names);
+        rows.sort_by_key(|r| r.key());
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (&*r.service, &*r.span_name, r.overflow, r.calls))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("", "", true, 1),
+                ("checkout", "", true, 1),
+                ("checkout", "a", false, 2),
+                ("checkout", "b", false, 1),
+            ]
+        );
+        assert_eq!(budget.used(), 2);
+        assert_eq!(budget.overflow_items(), 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::budget::SeriesBudget;
 use crate::model::{LogBatch, MetricBatch, PointValue};
 
 /// OTLP severity ranges, named as the spec names them (1–4 TRACE … 21–24 FATAL).
@@ -58,13 +59,30 @@ pub struct LogRow {
 /// (service, pod, metric name).
 type MetricKey = (Arc<str>, Arc<str>, Arc<str>);
 
-#[derive(Default)]
 pub(crate) struct Signals {
     metrics: BTreeMap<MetricKey, MetricRow>,
     logs: BTreeMap<(Arc<str>, &'static str), u64>,
+    budget: Arc<SeriesBudget>,
 }
 
 impl Signals {
+    pub fn new(budget: Arc<SeriesBudget>) -> Signals {
+        Signals {
+            metrics: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            budget,
+        }
+    }
+
+    /// Whether a new series of `service` may be created: its service admitted and a unit left.
+    fn admit(&self, service: &str) -> bool {
+        let ok = self.budget.admit_service(service.as_bytes()) && self.budget.take();
+        if !ok {
+            self.budget.overflowed(1);
+        }
+        ok
+    }
+
     pub fn metrics(&mut self, batch: &MetricBatch) {
         for p in &batch.points {
             let (value, kind) = match &p.value {
@@ -85,6 +103,10 @@ impl Signals {
                 Arc::from(p.pod.as_str()),
                 Arc::from(p.name.as_str()),
             );
+            // Past the series budget a new metric series is counted as overflow and not kept.
+            if !self.metrics.contains_key(&key) && !self.admit(&p.service) {
+                continue;
+            }
             let row = self.metrics.entry(key.clone()).or_insert_with(|| MetricRow {
                 service: key.0,
                 pod: key.1,
@@ -129,10 +151,12 @@ impl Signals {
 
     pub fn logs(&mut self, batch: &LogBatch) {
         for r in &batch.records {
-            *self
-                .logs
-                .entry((Arc::from(r.service.as_str()), severity_text(r.severity)))
-                .or_default() += 1;
+            let key = (Arc::from(r.service.as_str()), severity_text(r.severity));
+            // Past the series budget a new (service, severity) series is counted as overflow, not kept.
+            if !self.logs.contains_key(&key) && !self.admit(&r.service) {
+                continue;
+            }
+            *self.logs.entry(key).or_default() += 1;
         }
     }
 
@@ -168,7 +192,7 @@ mod tests {
             time_ns: t,
             value: PointValue::Gauge(v),
         };
-        let mut s = Signals::default();
+        let mut s = Signals::new(Arc::new(SeriesBudget::new(1000)));
         s.metrics(&MetricBatch {
             points: vec![p(2, 0.5), p(1, 0.9)],
             permit: None,
@@ -192,7 +216,7 @@ mod tests {
                 cumulative: true,
             },
         };
-        let mut s = Signals::default();
+        let mut s = Signals::new(Arc::new(SeriesBudget::new(1000)));
         // Baseline 100, +20, a late point (ignored), then a restart at t=50 counting 5 since.
         let points = vec![
             p(0, 10, 100.0),
@@ -217,7 +241,7 @@ mod tests {
             severity: sev,
             time_ns: 0,
         };
-        let mut s = Signals::default();
+        let mut s = Signals::new(Arc::new(SeriesBudget::new(1000)));
         s.logs(&LogBatch {
             records: vec![r(17), r(18), r(9), r(0)],
             permit: None,

@@ -165,6 +165,11 @@ fn window_frames(
         Default::default();
     let mut services: std::collections::BTreeMap<String, [(f64, f64, Histogram); 2]> = Default::default();
     for r in &cur.red {
+        // What services past the series budget sent is in the exposition and the budget's counters; the
+        // history has no service to file it under.
+        if r.overflow && r.service.is_empty() {
+            continue;
+        }
         let p = prev_red.get(&r.key());
         let calls = r.calls.saturating_sub(p.map_or(0, |p| p.calls)) as f64;
         let errors = if r.status == crate::model::StatusCode::Error {
@@ -203,7 +208,9 @@ fn window_frames(
         );
     }
     let mut op_rows = Rows::new(&OPERATION_RED);
-    for ((service, name, kind), (n, e, h)) in &ops {
+    // Operations and pods are the many series: a row only for a window they had requests in, so the history
+    // grows with activity rather than with every series ever seen.
+    for ((service, name, kind), (n, e, h)) in ops.iter().filter(|(_, (n, _, _))| *n > 0.0) {
         op_rows.push(&[service, name, kind], &[Some(*n), Some(*e), q(h, 0.95), mean(h)]);
     }
 
@@ -220,6 +227,9 @@ fn window_frames(
         let p = prev_pods.get(&(r.service.clone(), r.pod.clone()));
         let n = r.calls.saturating_sub(p.map_or(0, |p| p.calls)) as f64;
         let e = r.errors.saturating_sub(p.map_or(0, |p| p.errors)) as f64;
+        if n == 0.0 {
+            continue;
+        }
         let h = delta(&r.duration, p.map(|p| &p.duration));
         pod_rows.push(&[&r.service, &r.pod], &[Some(n), Some(e), q(&h, 0.95), mean(&h)]);
     }
@@ -418,7 +428,44 @@ impl History {
             t.raw.vstack_mut_owned(df).map_err(polars_err)?;
         }
         self.prev = Some(cur);
-        self.compact(ts_ms)
+        self.compact(ts_ms)?;
+        self.cap_rows()
+    }
+
+    /// Past `max_rows`, drops the oldest rows (rollups before raw rows, being older) down to 90 % of it,
+    /// so a high-cardinality deployment shortens its history instead of growing without bound.
+    fn cap_rows(&mut self) -> Result<()> {
+        let max = self.cfg.max_rows;
+        if self.rows() <= max {
+            return Ok(());
+        }
+        let mut ts: Vec<i64> = Vec::with_capacity(self.rows());
+        for f in &self.tables {
+            for df in [&f.raw, &f.rollup] {
+                let col = df.column("ts").map_err(polars_err)?.i64().map_err(polars_err)?;
+                ts.extend(col.into_no_null_iter());
+            }
+        }
+        let keep = max - max / 10;
+        let nth = ts.len() - keep;
+        let (_, &mut cutoff, _) = ts.select_nth_unstable(nth);
+        // Rows at `cutoff` itself go too, so the cap holds even when many rows share one timestamp.
+        let cutoff = cutoff + 1;
+        for f in &mut self.tables {
+            for df in [&mut f.raw, &mut f.rollup] {
+                *df = df
+                    .clone()
+                    .lazy()
+                    .filter(col("ts").gt_eq(lit(cutoff)))
+                    .collect()
+                    .map_err(polars_err)?;
+            }
+        }
+        tracing::warn!(
+            max_rows = max,
+            "history: over analyzer.store.max_rows, oldest rows dropped"
+        );
+        Ok(())
     }
 
     /// Rolls raw rows older than the raw retention into whole rollup buckets; drops expired rollups.
@@ -943,6 +990,56 @@ mod tests {
         h.append(snap(2000, 0, t0 + Duration::from_secs(7200)), base + 7_200_000)
             .unwrap();
         assert_eq!(h.view().services(0, i64::MAX).unwrap()[0].requests, 200.0);
+    }
+
+    #[test]
+    fn max_rows_caps_the_history_oldest_first_and_idle_operations_add_no_rows() {
+        let cfg = StoreConfig {
+            max_rows: 1000,
+            ..store(None)
+        };
+        let mut h = History::open(&cfg, Duration::from_secs(10));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let base = 1_700_000_000_000i64;
+        // One snapshot of 300 operations, then windows in which none of them has a request.
+        let mut wide = (*snap(10, 0, t0)).clone();
+        let template = wide.red[0].clone();
+        wide.red = (0..300)
+            .map(|i| RedRow {
+                span_name: format!("op {i}").into(),
+                ..template.clone()
+            })
+            .collect();
+        h.append(Arc::new(wide.clone()), base).unwrap();
+        assert_eq!(h.tables[1].raw.height(), 300);
+        for i in 1..6u64 {
+            wide.taken_at = t0 + Duration::from_secs(10 * i);
+            h.append(Arc::new(wide.clone()), base + 10_000 * i as i64)
+                .unwrap();
+        }
+        // Idle operations: no new rows; the service keeps one row per window.
+        assert_eq!(h.tables[1].raw.height(), 300);
+        assert_eq!(h.tables[0].raw.height(), 6);
+        // Busy operations fill the history past max_rows: the oldest windows go, the newest stay.
+        for i in 6..20u64 {
+            for r in wide.red.iter_mut() {
+                r.calls += 1;
+            }
+            wide.taken_at = t0 + Duration::from_secs(10 * i);
+            h.append(Arc::new(wide.clone()), base + 10_000 * i as i64)
+                .unwrap();
+            assert!(h.rows() <= 1000, "{} rows after window {i}", h.rows());
+        }
+        assert_eq!(h.view().latest_ts(), Some(base + 190_000));
+        let ops = h.tables[1]
+            .raw
+            .column("ts")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .min()
+            .unwrap();
+        assert!(ops > base + 60_000, "oldest operation row at {ops}");
     }
 
     #[test]

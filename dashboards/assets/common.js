@@ -129,5 +129,66 @@
     return out;
   };
 
+  // A table of `rows`: cols are {title, cell(row) → text or node, cls, left}; `empty` when there are none;
+  // rowAttrs(row) gives each row's attributes.
+  TW.table = function (cols, rows, empty, rowAttrs) {
+    if (!rows.length) return TW.el('div', { class: 'empty' }, empty);
+    const t = TW.el('table', { class: 'data' }, TW.el('thead', {}, TW.el('tr', {}, ...cols.map((c) => TW.el('th', { class: c.left || / ?left\b/.test(c.cls || '') ? 'left' : null }, c.title)))));
+    const tb = TW.el('tbody');
+    for (const r of rows) tb.append(TW.el('tr', rowAttrs ? rowAttrs(r) : {}, ...cols.map((c) => TW.el('td', { class: c.cls || (c.left ? 'left' : null) }, c.cell(r)))));
+    t.append(tb);
+    return t;
+  };
+
+  // `14:03:21`, in the viewer's zone.
+  TW.fmtTime = function (ms) {
+    return ms == null ? '–' : new Date(ms).toLocaleTimeString([], { hour12: false });
+  };
+
+  // Incidents from /api/anomalies: for each likely cause (a service, and a pod when one is singled out), a
+  // run of the window closes that had causes, one after the other, naming it. Newest first; `ongoing`
+  // while the current window close still names it.
+  TW.incidents = function (a) {
+    if (!a) return [];
+    const key = (c) => c.service + '\u0000' + (c.pod || '');
+    const reports = (a.recent || []).filter((r) => (r.causes || []).length).slice().sort((x, y) => x.ts - y.ts);
+    const open = new Map(); // key → the incident the previous report continued
+    const out = [];
+    reports.forEach((r, i) => {
+      for (const c of r.causes) {
+        const k = key(c);
+        let inc = open.get(k);
+        if (!inc || inc.last !== i - 1) {
+          inc = { key: k, service: c.service, pod: c.pod || null, from: r.ts, symptoms: new Set() };
+          open.set(k, inc);
+          out.push(inc);
+        }
+        if (inc.last === i) continue; // the same cause twice in one report
+        inc.last = i;
+        inc.to = r.ts;
+        inc.explanation = c.explanation;
+        for (const s of c.symptoms || []) inc.symptoms.add(s);
+      }
+    });
+    const now = new Set((a.causes || []).map(key));
+    for (const i of out) {
+      i.ongoing = i.last === reports.length - 1 && now.has(i.key);
+      i.symptoms = [...i.symptoms].filter((s) => s !== i.service);
+    }
+    return out.sort((x, y) => y.from - x.from || x.last - y.last);
+  };
+
+  // The incidents as a table, with a link to the cause's service page.
+  TW.incidentTable = function (list, max) {
+    return TW.table([
+      { title: 'since', cell: (i) => TW.fmtTime(i.from) },
+      { title: 'until', cell: (i) => (i.ongoing ? TW.el('span', { class: 'badge critical' }, 'ongoing') : TW.fmtTime(i.to)) },
+      { title: 'likely cause', cls: 'name left', cell: (i) => TW.el('span', {}, TW.el('a', { href: TW.serviceHref(i.service) }, i.service), i.pod ? ' (pod ' + i.pod + ')' : '') },
+      { title: 'affected', left: true, cell: (i) => i.symptoms.join(', ') || '–' },
+      { title: 'why', cls: 'left wrap', cell: (i) => i.explanation },
+    ], list.slice(0, max || 10), 'No incident: the anomaly detector has named no likely cause recently.',
+    (i) => ({ 'data-cause': i.service, 'data-ongoing': i.ongoing ? 'true' : 'false' }));
+  };
+
   window.TW = TW;
 })();

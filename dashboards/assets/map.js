@@ -189,7 +189,7 @@
       edgeEls: new Map(),
       lastError: null,
     };
-    const stats = { ready: false, refreshes: 0, fetchMs: 0, layoutMs: 0, renderMs: 0, firstRenderMs: 0, payloadBytes: 0, nodes: 0, edges: 0 };
+    const stats = { ready: false, refreshes: 0, fetchMs: 0, layoutMs: 0, labelMs: 0, renderMs: 0, firstRenderMs: 0, payloadBytes: 0, nodes: 0, edges: 0 };
     window.twMap = stats;
     const t0 = performance.now();
 
@@ -454,6 +454,8 @@
     // Edge labels sit beside a node rather than mid-edge, where fanning edges would pile them up: next to
     // the callee when the caller fans out more than the callee fans in, else next to the caller. Labels
     // beside the same node are stacked in the order of the edges' other ends, so they read like a list.
+    // Then no two labels may overlap, nor sit on a node: a label that would is moved to the first free
+    // place among the other end of its edge, its middle, and small steps up or down from where it was.
     function placeLabels(edges, paths) {
       const outdeg = new Map(), indeg = new Map();
       for (const e of edges) {
@@ -462,6 +464,7 @@
       }
       const groups = new Map();
       const place = new Map();
+      const wanted = []; // forward edges in placing order: [edge, preferred place, other places]
       for (const e of edges) {
         const p = paths.get(edgeKey(e));
         if (!p.forward) {
@@ -477,12 +480,53 @@
         list.sort((a, b) => a.other - b.other);
         list.forEach((l, i) => {
           const dy = (i - (list.length - 1) / 2) * 13 - 5;
-          place.set(edgeKey(l.e), l.nearTarget
-            ? { x: l.p.tx - 10, y: l.p.ty + dy, anchor: 'end' }
-            : { x: l.p.sx + 10, y: l.p.sy + dy, anchor: 'start' });
+          const atTarget = { x: l.p.tx - 10, y: l.p.ty + dy, anchor: 'end' };
+          const atSource = { x: l.p.sx + 10, y: l.p.sy + dy, anchor: 'start' };
+          const middle = { x: (l.p.sx + l.p.tx) / 2, y: (l.p.sy + l.p.ty) / 2 - 5, anchor: 'middle' };
+          wanted.push([l.e, l.nearTarget ? atTarget : atSource, [l.nearTarget ? atSource : atTarget, middle]]);
         });
       }
+      const taken = boxGrid();
+      for (const id of st.layout.pos.keys()) {
+        const n = st.layout.pos.get(id);
+        taken.add({ x0: n.x, x1: n.x + NODE_W, y0: n.y, y1: n.y + NODE_H });
+      }
+      for (const l of place.values()) taken.add(labelBox(l, 24));
+      for (const [e, first, others] of wanted) {
+        const chars = edgeLabel(e).length + 2; // numbers change between refreshes: a little slack
+        const candidates = [first, ...others];
+        for (const step of [1, -1, 2, -2, 3, -3]) candidates.push(Object.assign({}, first, { y: first.y + step * 13 }));
+        const free = candidates.find((c) => !taken.hits(labelBox(c, chars))) || first;
+        taken.add(labelBox(free, chars));
+        place.set(edgeKey(e), free);
+      }
       return place;
+    }
+
+    // Boxes bucketed by 100-unit cells, so a big map checks a label against its neighbours only.
+    function boxGrid() {
+      const cells = new Map();
+      const each = (b, f) => {
+        for (let cx = Math.floor(b.x0 / 100); cx <= Math.floor(b.x1 / 100); cx++) {
+          for (let cy = Math.floor(b.y0 / 100); cy <= Math.floor(b.y1 / 100); cy++) if (f(cx + ',' + cy)) return true;
+        }
+        return false;
+      };
+      return {
+        add: (b) => each(b, (k) => { if (!cells.has(k)) cells.set(k, []); cells.get(k).push(b); }),
+        hits: (b) => each(b, (k) => (cells.get(k) || []).some((o) => overlaps(o, b))),
+      };
+    }
+
+    // A label's box in layout units: 11 px text, about 6.2 px a character, baseline at y.
+    function labelBox(l, chars) {
+      const w = chars * 6.2;
+      const x0 = l.anchor === 'end' ? l.x - w : l.anchor === 'middle' ? l.x - w / 2 : l.x;
+      return { x0, x1: x0 + w, y0: l.y - 10, y1: l.y + 3 };
+    }
+
+    function overlaps(a, b) {
+      return a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
     }
 
     function rebuild(ids, edges) {
@@ -491,7 +535,9 @@
       st.edgeEls.clear();
       st.nodeEls.clear();
       const paths = new Map(edges.map((e) => [edgeKey(e), edgePath(e)]));
+      const tl = performance.now();
       const labels = placeLabels(edges, paths);
+      stats.labelMs = performance.now() - tl;
       for (const e of edges) {
         const g = s('g', { class: 'edge', 'data-source': e.source, 'data-target': e.target, 'data-type': e.connection_type || 'direct' }, edgeLayer);
         const p = paths.get(edgeKey(e)), l = labels.get(edgeKey(e));

@@ -22,6 +22,9 @@
       body.replaceChildren(el('div', { class: 'empty error-text' }, 'cannot read /api/services: ' + e.message));
       return;
     }
+    document.querySelector('#incidents .body').replaceChildren(anomalies
+      ? TW.incidentTable(TW.incidents(anomalies), 5)
+      : el('div', { class: 'empty error-text' }, 'cannot read /api/anomalies'));
     const scores = new Map(((anomalies && anomalies.services) || []).map((x) => [x.service, x]));
     const list = data.services.map((s) => Object.assign(s, { health: TW.health(s), anomaly: scores.get(s.name) }));
     if (!list.length) {
@@ -116,10 +119,14 @@
 
     const depth = sum('tidewatch_analyzer_queue_depth_batches'), cap = sum('tidewatch_analyzer_queue_capacity_batches');
     const used = sum('tidewatch_analyzer_inflight_bytes'), limit = sum('tidewatch_analyzer_inflight_limit_bytes');
+    const series = sum('tidewatch_series_active'), seriesLimit = sum('tidewatch_series_budget_limit'), overflow = sum('tidewatch_series_overflow_total');
     const meter = (v, max) => el('div', { class: 'meter' }, el('div', { style: 'width:' + (max > 0 ? Math.min(100, (100 * v) / max) : 0).toFixed(1) + '%' }));
     const queues = el('div', { class: 'tiles', style: 'margin-top:10px' },
       el('div', { class: 'tile' }, el('div', { class: 'k' }, 'queued batches'), el('div', { class: 'v' }, TW.fmtCount(depth) + ' / ' + TW.fmtCount(cap)), meter(depth, cap)),
-      el('div', { class: 'tile' }, el('div', { class: 'k' }, 'in-flight bytes'), el('div', { class: 'v' }, TW.fmtBytes(used)), meter(used, limit)));
+      el('div', { class: 'tile' }, el('div', { class: 'k' }, 'in-flight bytes'), el('div', { class: 'v' }, TW.fmtBytes(used)), meter(used, limit)),
+      el('div', { class: 'tile', id: 'series-budget', title: 'past the budget new series fold into overflow series' }, el('div', { class: 'k' }, 'active series'),
+        el('div', { class: 'v' }, TW.fmtCount(series) + ' / ' + TW.fmtCount(seriesLimit)), meter(series, seriesLimit),
+        el('div', { class: overflow > 0 ? 'small error-text' : 'muted small' }, TW.fmtCount(overflow) + ' items in overflow series')));
 
     const outcomes = new Map();
     for (const s of samples) {

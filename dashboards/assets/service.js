@@ -38,14 +38,7 @@
     }));
   }
 
-  function table(cols, rows, empty) {
-    if (!rows.length) return el('div', { class: 'empty' }, empty);
-    const t = el('table', { class: 'data' }, el('thead', {}, el('tr', {}, ...cols.map((c) => el('th', { class: c.left ? 'left' : null }, c.title)))));
-    const tb = el('tbody');
-    for (const r of rows) tb.append(el('tr', {}, ...cols.map((c) => el('td', { class: c.cls || (c.left ? 'left' : null) }, c.cell(r)))));
-    t.append(tb);
-    return t;
-  }
+  const table = TW.table;
   const redCols = [
     { title: 'req/s', cell: (r) => TW.fmtRate(r.rate) },
     { title: 'errors', cell: (r) => TW.fmtPct(r.error_ratio) },

@@ -282,7 +282,7 @@ pub async fn graph(State(s): State<WebState>, Query(q): Query<WindowQuery>) -> A
     }
     let nodes: Vec<Value> = nodes.into_values().collect();
     Ok(Json(
-        json!({ "window_ms": window, "nodes": nodes, "edges": edge_json }),
+        json!({ "window_ms": window, "nodes": nodes, "edges": edge_json, "series_budget": s.engine.series_budget() }),
     ))
 }
 

@@ -1,6 +1,7 @@
 //! Tidewatch's web side, served on the web port (default 8080): health and readiness probes, the
 //! Prometheus `/metrics` endpoint (`prom.rs`, from analyzer snapshots), the JSON API (`api.rs`, from the
-//! analyzer's history) and the web UI built on it (`ui.rs`: the dependency map, service pages, charts).
+//! analyzer's history) and the web UI built on it (`ui.rs`: the dependency map, service pages, charts;
+//! `scaling.rs`: the Scaling page's charts from the operator's decision log).
 //!
 //! Handlers only read: every request takes a fresh [`tidewatch_analyzer::Snapshot`] from the engine, which
 //! includes everything accepted before the request arrived.
@@ -8,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod prom;
+pub mod scaling;
 pub mod ui;
 
 use std::sync::Arc;
@@ -32,6 +34,8 @@ pub struct WebState {
     pub extra_metrics: Vec<MetricsHook>,
     /// Cleared when shutdown begins, so load balancers stop sending before the listeners close.
     pub ready: Arc<AtomicBool>,
+    /// The operator's decisions (empty when it does not run), for the Scaling page's charts.
+    pub decisions: Arc<tidewatch_scaler::decisions::DecisionLog>,
 }
 
 /// The web routes.
@@ -51,6 +55,8 @@ pub fn router(state: WebState) -> Router {
         .route("/", get(ui::overview))
         .route("/map", get(ui::map))
         .route("/services/{name}", get(ui::service))
+        .route("/scaling", get(ui::scaling))
+        .route("/charts/policies/{namespace}/{name}/{file}", get(scaling::chart))
         .route("/charts/services/{name}/{file}", get(ui::chart))
         .route("/ui/{file}", get(ui::asset))
         .with_state(state)
@@ -72,6 +78,7 @@ async fn metrics(State(s): State<WebState>) -> Response {
     let mut out = String::with_capacity(64 * 1024);
     prom::render_snapshot(&mut out, &snap);
     prom::render_engine(&mut out, &s.ingest, s.engine.stats());
+    prom::render_budget(&mut out, &s.engine.series_budget());
     prom::render_health(&mut out, &s.engine.health());
     for hook in &s.extra_metrics {
         hook(&mut out);

@@ -431,6 +431,33 @@ pub fn render_engine(out: &mut String, ingest: &Ingest, stats: &EngineStats) {
     }
 }
 
+/// The global series budget: its limit, the series it holds, the items that went to overflow series.
+pub fn render_budget(out: &mut String, b: &tidewatch_analyzer::budget::BudgetStatus) {
+    for (name, kind, help, value) in [
+        (
+            "tidewatch_series_budget_limit",
+            "gauge",
+            "Active series allowed (analyzer.max_series), every kind together.",
+            b.limit as f64,
+        ),
+        (
+            "tidewatch_series_active",
+            "gauge",
+            "Active series: services, RED series, pods, edges and the names they refer to, metric and log series.",
+            b.active as f64,
+        ),
+        (
+            "tidewatch_series_overflow_total",
+            "counter",
+            "Spans, points and records counted in overflow series (otel_metric_overflow=\"true\") or dropped, the budget being spent.",
+            b.overflow_items as f64,
+        ),
+    ] {
+        family(out, name, kind, help);
+        sample(out, name, &[], None, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

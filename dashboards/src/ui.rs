@@ -4,6 +4,8 @@
 //! - `GET /`: the overview (the dependency map, the services erroring most now, the collector's health)
 //! - `GET /map`: the dependency map alone, full screen
 //! - `GET /services/{name}`: a service's page (RED charts, operations, pods, neighbours)
+//! - `GET /scaling`: the operator's policies, their replicas against load, capacity and forecast
+//!   (`scaling.rs` draws the charts), its decision log, and the recent incidents
 //! - `GET /charts/services/{name}/{rate|errors|latency}.svg?from=&to=&step=&tz=&w=&h=[&forecast=1]`: a
 //!   chart, with the anomaly detector's flags and (rate) the forecast, drawn here with
 //!   plotters so that the browser only has to show an SVG
@@ -19,6 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Deserialize;
@@ -30,6 +34,7 @@ use crate::api::parse_time;
 const OVERVIEW_HTML: &str = include_str!("../assets/overview.html");
 const MAP_HTML: &str = include_str!("../assets/map.html");
 const SERVICE_HTML: &str = include_str!("../assets/service.html");
+const SCALING_HTML: &str = include_str!("../assets/scaling.html");
 const NOT_FOUND_HTML: &str = include_str!("../assets/not_found.html");
 
 /// The files under `/ui/`: name, content type, body.
@@ -60,6 +65,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../assets/service.js"),
     ),
     (
+        "scaling.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/scaling.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../assets/favicon.svg"),
@@ -76,6 +86,10 @@ pub async fn overview() -> Response {
 
 pub async fn map() -> Response {
     ([CACHE], Html(MAP_HTML)).into_response()
+}
+
+pub async fn scaling() -> Response {
+    ([CACHE], Html(SCALING_HTML)).into_response()
 }
 
 pub async fn asset(Path(file): Path<String>) -> Response {
@@ -253,13 +267,13 @@ pub fn chart_range(q: &ChartQuery, now: i64) -> Result<ChartRange, String> {
     })
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn text_error(status: StatusCode, msg: String) -> Response {
+pub(crate) fn text_error(status: StatusCode, msg: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -451,7 +465,7 @@ fn time_label(ts: i64, seconds: bool, tz: i64) -> String {
 }
 
 /// A short number for an axis: 0.5, 12, 1.2k, 3.4M.
-fn short_number(v: f64) -> String {
+pub(crate) fn short_number(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -486,6 +500,53 @@ pub struct Extras {
 
 const FORECAST: RGBColor = RGBColor(37, 99, 235);
 const ANOMALY: RGBColor = RGBColor(124, 58, 237);
+
+/// A chart's axes: the y axis with short numbers and grid lines, and below the x axis (seconds since the
+/// epoch) round clock times with their grid lines, drawn here since plotters would put its labels
+/// wherever the range happens to start.
+pub(crate) fn draw_time_axis(
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    range: ChartRange,
+    x_end: i64,
+    y_max: f64,
+) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let (every, ticks) = time_ticks(range.from, x_end, range.tz, i64::from(range.width / 75));
+    let y_fmt = |v: &f64| short_number(*v);
+    let grid = RGBColor(226, 232, 240);
+    let label_font = ("sans-serif", 14).into_font().color(&RGBColor(71, 85, 105));
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_labels((range.height / 50).clamp(2, 10) as usize)
+        .max_light_lines(0)
+        .y_label_formatter(&y_fmt)
+        .bold_line_style(grid)
+        .axis_style(RGBColor(148, 163, 184))
+        .label_style(label_font.clone())
+        .draw()
+        .map_err(e)?;
+    let below = label_font.pos(Pos::new(HPos::Center, VPos::Top));
+    for t in &ticks {
+        let x = *t as f64 / 1000.0;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(x, 0.0), (x, y_max)],
+                grid,
+            )))
+            .map_err(e)?;
+        let (px, py) = chart.backend_coord(&(x, 0.0));
+        root.draw(&Text::new(
+            time_label(*t, every < 60_000, range.tz),
+            (px, py + 6),
+            below.clone(),
+        ))
+        .map_err(e)?;
+    }
+    Ok(())
+}
 
 /// Draws a chart of `metric` over `range` as an SVG document, with the forecast after the range's end
 /// and the anomalies marked. A gap in the data breaks the line (see [`segments`]), so missing data shows
@@ -525,7 +586,6 @@ pub fn render_chart(
         root.fill(&WHITE).map_err(e)?;
         // The x axis is in seconds as f64: plotters' i64 axis overflows on epoch milliseconds.
         let secs = |ms: i64| ms as f64 / 1000.0;
-        let (every, ticks) = time_ticks(range.from, x_end, range.tz, i64::from(width / 75));
         let mut chart = ChartBuilder::on(&root)
             .margin_top(10)
             .margin_right(18)
@@ -533,39 +593,7 @@ pub fn render_chart(
             .y_label_area_size(48)
             .build_cartesian_2d(secs(range.from)..secs(x_end), 0.0..y_max)
             .map_err(e)?;
-        let y_fmt = |v: &f64| short_number(*v);
-        let grid = RGBColor(226, 232, 240);
-        let label_font = ("sans-serif", 14).into_font().color(&RGBColor(71, 85, 105));
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_labels((height / 50).clamp(2, 10) as usize)
-            .max_light_lines(0)
-            .y_label_formatter(&y_fmt)
-            .bold_line_style(grid)
-            .axis_style(RGBColor(148, 163, 184))
-            .label_style(label_font.clone())
-            .draw()
-            .map_err(e)?;
-        // Time ticks are ours (round clock times), so grid lines and labels are drawn here.
-        let below = label_font.pos(Pos::new(HPos::Center, VPos::Top));
-        for t in &ticks {
-            let x = secs(*t);
-            chart
-                .draw_series(std::iter::once(PathElement::new(
-                    vec![(x, 0.0), (x, y_max)],
-                    grid,
-                )))
-                .map_err(e)?;
-            let (px, py) = chart.backend_coord(&(x, 0.0));
-            root.draw(&Text::new(
-                time_label(*t, every < 60_000, range.tz),
-                (px, py + 6),
-                below.clone(),
-            ))
-            .map_err(e)?;
-        }
+        draw_time_axis(&root, &mut chart, range, x_end, y_max)?;
         let mut legend = lines.len() > 1;
         // Anomalies first, so the lines are drawn over them: a band one step wide at each flagged window.
         let marks: Vec<i64> = extras
@@ -692,7 +720,7 @@ pub fn render_chart(
 /// Runs of consecutive points with values, split where a value is missing or where the gap to the next
 /// point is well over the usual spacing. The spacing is measured rather than taken from `step`, because a
 /// step shorter than the analyzer's window (which the page cannot know) leaves every other bucket empty.
-fn segments(values: &[(i64, Option<f64>)], step: i64) -> Vec<Vec<(i64, f64)>> {
+pub(crate) fn segments(values: &[(i64, Option<f64>)], step: i64) -> Vec<Vec<(i64, f64)>> {
     let present: Vec<i64> = values
         .iter()
         .filter(|(_, v)| v.is_some_and(f64::is_finite))

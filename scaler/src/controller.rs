@@ -1,10 +1,14 @@
-//! The reconciler: for each ServicePolicy, every `interval`, read the target's scale and pods and the
-//! service's telemetry, call the pure `decide()` and `heal()`, act (scale subresource by server-side
-//! apply; eviction or delete), and report: an Event per action, status conditions, a decision log line,
-//! metrics. API errors back off per policy, exponentially, and are retried; nothing is acted on from a
-//! partial read.
+//! The reconciler: for each ServicePolicy, every `interval`, one pass of four steps apart, as in
+//! kube-rs/controller-rs:
+//! - **observe**: the target's scale and pods (through the [`Cluster`]) and the service's telemetry;
+//! - **plan** (pure): `decide()` and `heal()` on inputs that are logged whole, plus the learned capacity;
+//! - **act**: change the replicas, restart a pod (or not: dry run, held back);
+//! - **report**: an Event per action, a decision log line per decision, status conditions, metrics and the
+//!   policy's state for `/api/policies`.
 //!
-//! Shaped after kube-rs/controller-rs: `reconcile` and `error_policy` over a shared `Context`.
+//! API errors back off per policy, exponentially, and are retried; nothing is acted on from a partial
+//! read. The same `reconcile` drives the Kubernetes API (`run`, a kube-runtime Controller) and the
+//! simulated cluster of `tidewatch demo`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,29 +17,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Client, ResourceExt};
 
 use crate::behavior::ScaleHistory;
+use crate::board::{
+    BandPoint, Board, CapacitySource, CapacityView, ForecastView, LoadView, NoteView, PolicyView,
+};
 use crate::capacity::CapacityLearner;
+use crate::cluster::{Cluster, KubeCluster, Note, NoteType, PodInfo, Restarted};
 use crate::config::ScalerConfig;
-use crate::crd::{HealMode, ServicePolicy, ServicePolicyStatus, TargetKind};
-use crate::decide::{Inputs, PodLoad, decide};
+use crate::crd::{HealMode, ServicePolicy, ServicePolicySpec, ServicePolicyStatus};
+use crate::decide::{Decision, Inputs, PodLoad, decide};
 use crate::decisions::{DecisionLog, Entry, Record};
 use crate::heal::{HealDecision, HealInputs, heal};
-use crate::telemetry::{Telemetry, forecast_input};
+use crate::telemetry::{Observation, Telemetry, forecast_input};
 use crate::{Error, Result};
 
-/// The field manager of every write.
-pub const MANAGER: &str = "tidewatch";
+pub use crate::cluster::MANAGER;
 
 /// What a policy's reconciles remember between runs (the HPA keeps the same in memory).
 #[derive(Default)]
@@ -91,19 +94,20 @@ impl Metrics {
 
 /// Shared by all reconciles.
 pub struct Context {
-    pub client: Client,
+    pub cluster: Arc<dyn Cluster>,
     pub telemetry: Arc<dyn Telemetry>,
     pub log: Arc<DecisionLog>,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Every policy's latest state, for `/api/policies`.
+    pub board: Arc<Board>,
     pub interval: Duration,
-    pub api_timeout: Duration,
     /// The clock, in Unix ms (tests set it).
     pub now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
     state: Mutex<HashMap<String, PolicyState>>,
 }
 
 impl Context {
+    /// Reconciles against the Kubernetes API behind `client`.
     pub fn new(
         client: Client,
         cfg: &ScalerConfig,
@@ -111,45 +115,52 @@ impl Context {
         log: Arc<DecisionLog>,
         metrics: Arc<Metrics>,
     ) -> Context {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
+        let cluster = Arc::new(KubeCluster::new(client, cfg.api_timeout));
+        Context::with_cluster(cluster, cfg.interval, telemetry, log, metrics)
+    }
+
+    /// Reconciles against any cluster.
+    pub fn with_cluster(
+        cluster: Arc<dyn Cluster>,
+        interval: Duration,
+        telemetry: Arc<dyn Telemetry>,
+        log: Arc<DecisionLog>,
+        metrics: Arc<Metrics>,
+    ) -> Context {
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
+            cluster,
             telemetry,
             log,
             metrics,
-            interval: cfg.interval,
-            api_timeout: cfg.api_timeout,
+            board: Arc::new(Board::default()),
+            interval,
             now_ms: Arc::new(|| Timestamp::now().as_millisecond()),
             state: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Publishes the policies' state on `board` (shared with the web side).
+    pub fn with_board(mut self, board: Arc<Board>) -> Context {
+        self.board = board;
+        self
     }
 
     fn state<T>(&self, key: &str, f: impl FnOnce(&mut PolicyState) -> T) -> T {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(s.entry(key.to_owned()).or_default())
     }
-
-    async fn timed<T>(&self, fut: impl Future<Output = kube::Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.api_timeout, fut).await {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::Timeout(self.api_timeout)),
-        }
-    }
 }
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
+    client: Client,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let policies: Api<ServicePolicy> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
     };
     Controller::new(policies, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown)
@@ -160,6 +171,424 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// One reconcile of one policy: observe → plan → act → report.
+pub async fn reconcile(policy: Arc<ServicePolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let id = PolicyId::of(&policy)?;
+    let now = (ctx.now_ms)();
+    let Some(seen) = observe(&ctx, &policy, &id, now).await? else {
+        report_missing_target(&ctx, &policy, &id, now).await?;
+        return Ok(Action::requeue(ctx.interval));
+    };
+    let plan = ctx.state(&id.key, |st| plan(&policy, &seen, st, now));
+    let done = act(&ctx, &policy.spec, &id, &plan).await;
+    report(&ctx, &policy, &id, &seen, plan, &done, now).await?;
+    ctx.state(&id.key, |st| st.failures = 0);
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics
+        .duration_us
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    if let Some(Outcome::Failed(why)) = done.scale {
+        // The patch failed: retry sooner than the interval, through the error path's backoff.
+        return Err(Error::Target {
+            kind: format!("{:?}", policy.spec.target_ref.kind),
+            name: policy.spec.target_ref.name.clone(),
+            why: format!("error: {why}"),
+        });
+    }
+    Ok(Action::requeue(ctx.interval))
+}
+
+/// A policy's namespace, name and `namespace/name` key.
+struct PolicyId {
+    ns: String,
+    name: String,
+    key: String,
+}
+
+impl PolicyId {
+    fn of(policy: &ServicePolicy) -> Result<PolicyId> {
+        let name = policy.name_any();
+        let ns = policy
+            .namespace()
+            .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+        Ok(PolicyId {
+            key: format!("{ns}/{name}"),
+            ns,
+            name,
+        })
+    }
+}
+
+// ---- observe ----
+
+/// What one reconcile read: the target's replicas and pods, and the service's telemetry.
+struct Observed {
+    current: u32,
+    pods: Vec<PodInfo>,
+    telemetry: Observation,
+}
+
+/// Reads the target and the telemetry; `None` when the target does not exist.
+async fn observe(ctx: &Context, policy: &ServicePolicy, id: &PolicyId, now: i64) -> Result<Option<Observed>> {
+    let spec = &policy.spec;
+    let Some(scale) = ctx.cluster.scale(&id.ns, &spec.target_ref).await? else {
+        return Ok(None);
+    };
+    let pods = ctx.cluster.pods(&id.ns, &scale.selector).await?;
+    let telemetry = ctx
+        .telemetry
+        .observe(&spec.service, spec.slo.latency_quantile, now);
+    Ok(Some(Observed {
+        current: scale.replicas,
+        pods,
+        telemetry,
+    }))
+}
+
+// ---- plan ----
+
+/// What one reconcile decides, before anything is done, and the memory to keep if it is.
+struct Plan {
+    inputs: Inputs,
+    decision: Decision,
+    history: ScaleHistory,
+    heal_inputs: HealInputs,
+    heal: HealDecision,
+    learner: CapacityLearner,
+    last_window_ms: Option<i64>,
+    ready: u32,
+}
+
+/// The pure step: the decisions from what was observed and what the policy's reconciles remember.
+fn plan(policy: &ServicePolicy, seen: &Observed, st: &PolicyState, now: i64) -> Plan {
+    let spec = &policy.spec;
+    let obs = &seen.telemetry;
+    let loads: Vec<PodLoad> = seen
+        .pods
+        .iter()
+        .map(|p| PodLoad {
+            rate: obs.pod_rates.get(&p.name).copied(),
+            ready: p.ready,
+            name: p.name.clone(),
+        })
+        .collect();
+    let ready = loads.iter().filter(|p| p.ready).count() as u32;
+    let slo_met = obs.latency_ms.is_none_or(|l| l <= spec.slo.latency_threshold_ms)
+        && obs.error_ratio.is_none_or(|e| e <= spec.slo.max_error_ratio);
+    let own_fault = obs.causes.first().is_some_and(|c| c.service == spec.service);
+    let learned_status = policy.status.as_ref().and_then(|s| s.learned_capacity);
+
+    let mut learner = st
+        .capacity
+        .clone()
+        .unwrap_or_else(|| learned_status.map(CapacityLearner::resume).unwrap_or_default());
+    let mut last_window_ms = st.last_window_ms;
+    if let (Some(w), Some(rate)) = (obs.window_end_ms, obs.rate)
+        && last_window_ms.is_none_or(|l| w > l)
+        && ready > 0
+    {
+        last_window_ms = Some(w);
+        learner.observe(rate / f64::from(ready), slo_met, own_fault);
+    }
+    let inputs = Inputs {
+        now_ms: now,
+        current_replicas: seen.current,
+        pods: loads,
+        capacity: spec.capacity.requests_per_replica.or_else(|| learner.estimate()),
+        forecast: obs
+            .forecast
+            .as_ref()
+            .map(|f| forecast_input(f, now, spec.prediction.horizon_seconds)),
+        last_scale_ms: st.last_scale_ms,
+        history: st.history.clone(),
+    };
+    let (decision, history) = decide(spec, &inputs);
+    let heal_inputs = HealInputs {
+        now_ms: now,
+        service: spec.service.clone(),
+        causes: obs.causes.clone(),
+        pods: inputs.pods.iter().map(|p| p.name.clone()).collect(),
+        ready_pods: ready,
+        restarts: recent_restarts(&st.restarts, spec, now),
+    };
+    let heal = heal(&spec.healing, &heal_inputs);
+    Plan {
+        inputs,
+        decision,
+        history,
+        heal_inputs,
+        heal,
+        learner,
+        last_window_ms,
+        ready,
+    }
+}
+
+/// The restarts inside the healing window.
+fn recent_restarts(restarts: &[(i64, String)], spec: &ServicePolicySpec, now: i64) -> Vec<(i64, String)> {
+    let window_ms = i64::from(spec.healing.window_seconds.max(1)) * 1000;
+    restarts
+        .iter()
+        .filter(|(t, _)| now - t < window_ms)
+        .cloned()
+        .collect()
+}
+
+// ---- act ----
+
+/// How an action went.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Ok,
+    /// The policy is a dry run: decided and reported, not done.
+    DryRun,
+    /// Refused for now (a PodDisruptionBudget), with the API's words.
+    Refused(String),
+    /// The API call failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for Outcome {
+    /// As the decision log and Events write it: `ok`, `dry-run`, the refusal, `error: …`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::DryRun => f.write_str("dry-run"),
+            Outcome::Refused(why) => f.write_str(why),
+            Outcome::Failed(why) => write!(f, "error: {why}"),
+        }
+    }
+}
+
+/// What was done: the scaling outcome when the decision changed the replicas, the restart outcome when
+/// the healer asked for one.
+struct Done {
+    scale: Option<Outcome>,
+    restart: Option<Outcome>,
+}
+
+async fn act(ctx: &Context, spec: &ServicePolicySpec, id: &PolicyId, plan: &Plan) -> Done {
+    let scale = if !plan.decision.changes() {
+        None
+    } else if spec.dry_run {
+        Some(Outcome::DryRun)
+    } else {
+        Some(
+            match ctx
+                .cluster
+                .set_replicas(&id.ns, &spec.target_ref, plan.decision.replicas)
+                .await
+            {
+                Ok(()) => Outcome::Ok,
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
+        )
+    };
+    let restart = match &plan.heal {
+        HealDecision::Restart { .. } if spec.dry_run => Some(Outcome::DryRun),
+        HealDecision::Restart { pod, .. } => {
+            Some(match ctx.cluster.restart(&id.ns, pod, spec.healing.mode).await {
+                Ok(Restarted::Done) => Outcome::Ok,
+                Ok(Restarted::Refused(why)) => Outcome::Refused(why),
+                Err(e) => Outcome::Failed(e.to_string()),
+            })
+        }
+        _ => None,
+    };
+    Done { scale, restart }
+}
+
+// ---- report ----
+
+/// An action as the decision log writes it: `scale 4→8`, `evict inventory-7f9c-x2`, `held back`, `none`.
+fn scale_action(d: &Decision) -> String {
+    if d.changes() {
+        format!("scale {}→{}", d.current, d.replicas)
+    } else {
+        "none".into()
+    }
+}
+
+fn heal_action(h: &HealDecision, mode: HealMode) -> String {
+    match h {
+        HealDecision::Restart { pod, .. } => match mode {
+            HealMode::Evict => format!("evict {pod}"),
+            HealMode::Delete => format!("delete {pod}"),
+        },
+        HealDecision::HeldBack { .. } => "held back".into(),
+        HealDecision::None { .. } => "none".into(),
+    }
+}
+
+/// Keeps what the reconcile changed, counts it, and reports it: Events, decision log, status, board.
+async fn report(
+    ctx: &Context,
+    policy: &ServicePolicy,
+    id: &PolicyId,
+    seen: &Observed,
+    plan: Plan,
+    done: &Done,
+    now: i64,
+) -> Result<()> {
+    let spec = &policy.spec;
+    let d = &plan.decision;
+    let scaled = done.scale == Some(Outcome::Ok);
+    let restarted = done.restart == Some(Outcome::Ok);
+    let held_reason = match &plan.heal {
+        HealDecision::HeldBack { reason, .. } => Some(reason.clone()),
+        _ => None,
+    };
+    // Remember.
+    let held_repeat = ctx.state(&id.key, |st| {
+        st.history = plan.history.clone();
+        st.capacity = Some(plan.learner.clone());
+        st.last_window_ms = plan.last_window_ms;
+        st.restarts = plan.heal_inputs.restarts.clone();
+        if scaled {
+            st.history.record_scale(now, d.current, d.replicas);
+            st.last_scale_ms = Some(now);
+        }
+        if let (true, HealDecision::Restart { pod, .. }) = (restarted, &plan.heal) {
+            st.restarts.push((now, pod.clone()));
+        }
+        let repeat = held_reason.is_some() && st.last_held == held_reason;
+        if held_reason.is_some() {
+            st.last_held = held_reason.clone();
+        }
+        repeat
+    });
+    // Count.
+    let m = &ctx.metrics;
+    if scaled {
+        let counter = if d.replicas > d.current {
+            &m.scale_ups
+        } else {
+            &m.scale_downs
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    if restarted {
+        m.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+    if held_reason.is_some() {
+        m.held_back.fetch_add(1, Ordering::Relaxed);
+    }
+    // Events.
+    let notes = notes(spec, &plan, done, held_repeat);
+    for n in &notes {
+        ctx.cluster.publish(policy, n).await;
+    }
+    // The decision log.
+    log_decisions(ctx, spec, id, &plan, done, now);
+    // Status and board.
+    let (restarts, capacity, last_scale) = ctx.state(&id.key, |st| {
+        (
+            st.restarts.len() as u32,
+            st.capacity.as_ref().and_then(CapacityLearner::estimate),
+            st.last_scale_ms,
+        )
+    });
+    let status = status(policy, seen, &plan, done, capacity, last_scale, restarts, now);
+    ctx.cluster.patch_status(&id.ns, &id.name, &status).await?;
+    ctx.board.update(
+        board_view(policy, id, seen, plan, restarts, now),
+        notes
+            .into_iter()
+            .map(|note| NoteView { ts_ms: now, note })
+            .collect(),
+    );
+    Ok(())
+}
+
+/// The Events of a reconcile: one for a scaling decision that changes the replicas, one for a restart,
+/// one for a held-back restart unless its reason is the same as last time.
+fn notes(spec: &ServicePolicySpec, plan: &Plan, done: &Done, held_repeat: bool) -> Vec<Note> {
+    let d = &plan.decision;
+    let mut out = Vec::new();
+    if let Some(outcome) = &done.scale {
+        let up = d.replicas > d.current;
+        let (type_, reason) = match outcome {
+            Outcome::Ok if up => (NoteType::Normal, "ScaledUp"),
+            Outcome::Ok => (NoteType::Normal, "ScaledDown"),
+            Outcome::DryRun => (NoteType::Normal, "WouldScale"),
+            Outcome::Refused(_) | Outcome::Failed(_) => (NoteType::Warning, "ScaleFailed"),
+        };
+        out.push(Note {
+            type_,
+            reason,
+            action: "Scale",
+            note: format!("{} ({outcome}): {}", scale_action(d), d.reason),
+        });
+    }
+    match (&plan.heal, &done.restart) {
+        (HealDecision::Restart { reason, .. }, Some(outcome)) => {
+            let (type_, ev) = match outcome {
+                Outcome::Ok => (NoteType::Normal, "PodRestarted"),
+                Outcome::DryRun => (NoteType::Normal, "WouldRestartPod"),
+                Outcome::Refused(_) | Outcome::Failed(_) => (NoteType::Warning, "RestartFailed"),
+            };
+            out.push(Note {
+                type_,
+                reason: ev,
+                action: "Heal",
+                note: format!(
+                    "{} ({outcome}): {reason}",
+                    heal_action(&plan.heal, spec.healing.mode)
+                ),
+            });
+        }
+        (HealDecision::HeldBack { pod, reason }, _) if !held_repeat => out.push(Note {
+            type_: NoteType::Warning,
+            reason: "RestartHeldBack",
+            action: "Heal",
+            note: format!("restart of {pod} held back: {reason}"),
+        }),
+        _ => {}
+    }
+    out
+}
+
+/// Appends the scaling decision, and the healing decision when there was something to consider.
+fn log_decisions(ctx: &Context, spec: &ServicePolicySpec, id: &PolicyId, plan: &Plan, done: &Done, now: i64) {
+    let record = |entry: Entry, action: String, outcome: &Option<Outcome>| Record {
+        seq: 0,
+        ts_ms: now,
+        policy: id.key.clone(),
+        service: spec.service.clone(),
+        entry,
+        action,
+        outcome: outcome.as_ref().unwrap_or(&Outcome::Ok).to_string(),
+    };
+    let scale = record(
+        Entry::Scale {
+            spec: Box::new(spec.clone()),
+            inputs: Box::new(plan.inputs.clone()),
+            decision: plan.decision.clone(),
+        },
+        scale_action(&plan.decision),
+        &done.scale,
+    );
+    if let Err(e) = ctx.log.append(scale) {
+        tracing::error!(error = %e, "decision log: scale decision not recorded");
+    }
+    if matches!(&plan.heal, HealDecision::None { reason } if reason.is_empty()) {
+        return;
+    }
+    let heal = record(
+        Entry::Heal {
+            healing: spec.healing.clone(),
+            inputs: Box::new(plan.heal_inputs.clone()),
+            decision: plan.heal.clone(),
+        },
+        heal_action(&plan.heal, spec.healing.mode),
+        &done.restart,
+    );
+    if let Err(e) = ctx.log.append(heal) {
+        tracing::error!(error = %e, "decision log: healing decision not recorded");
+    }
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: &str, old: &[Condition], now: &Time) -> Condition {
@@ -179,365 +608,81 @@ fn condition(type_: &str, ok: bool, reason: &str, message: &str, old: &[Conditio
     }
 }
 
-fn pod_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn fmt_time(ms: i64) -> String {
     Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
 
-/// One reconcile of one policy.
-pub async fn reconcile(policy: Arc<ServicePolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = policy
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(policy.name_any()))?;
-    let name = policy.name_any();
-    let key = format!("{ns}/{name}");
-    let spec = &policy.spec;
-    let now = (ctx.now_ms)();
-    let now_time = Time(Timestamp::from_millisecond(now).unwrap_or_else(|_| Timestamp::now()));
-    let old_conditions = policy
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let obj_ref = policy.object_ref(&());
+fn time(now: i64) -> Time {
+    Time(Timestamp::from_millisecond(now).unwrap_or_else(|_| Timestamp::now()))
+}
 
-    // 1. The target's scale: the current replicas and the selector of its pods.
-    let target = &spec.target_ref.name;
-    let scale = match spec.target_ref.kind {
-        TargetKind::Deployment => {
-            ctx.timed(Api::<Deployment>::namespaced(ctx.client.clone(), &ns).get_scale(target))
-                .await
-        }
-        TargetKind::StatefulSet => {
-            ctx.timed(Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns).get_scale(target))
-                .await
-        }
-    };
-    let scale = match scale {
-        Ok(s) => s,
-        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {
-            let msg = format!("{:?} {target} not found", spec.target_ref.kind);
-            let status = ServicePolicyStatus {
-                observed_generation: policy.metadata.generation,
-                conditions: vec![
-                    condition("Ready", false, "TargetNotFound", &msg, &old_conditions, &now_time),
-                    condition(
-                        "Degraded",
-                        true,
-                        "TargetNotFound",
-                        &msg,
-                        &old_conditions,
-                        &now_time,
-                    ),
-                ],
-                ..policy.status.clone().unwrap_or_default()
-            };
-            patch_status(&ctx, &ns, &name, &status).await?;
-            publish(
-                &ctx,
-                EventType::Warning,
-                "TargetNotFound",
-                "Reconcile",
-                msg,
-                &obj_ref,
-            )
-            .await;
-            ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-            return Ok(Action::requeue(ctx.interval));
-        }
-        Err(e) => return Err(e),
-    };
-    let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
-    let selector = scale
-        .status
-        .as_ref()
-        .and_then(|s| s.selector.clone())
-        .unwrap_or_default();
-    let pods: Vec<Pod> = if selector.is_empty() {
-        Vec::new()
-    } else {
-        ctx.timed(
-            Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default().labels(&selector)),
-        )
-        .await?
-        .items
-    };
-    let pods: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-
-    // 2. Telemetry.
-    let obs = ctx
-        .telemetry
-        .observe(&spec.service, spec.slo.latency_quantile, now);
-    let loads: Vec<PodLoad> = pods
-        .iter()
-        .map(|p| {
-            let pod = p.name_any();
-            PodLoad {
-                rate: obs.pod_rates.get(&pod).copied(),
-                ready: pod_ready(p),
-                name: pod,
-            }
-        })
-        .collect();
-    let ready = loads.iter().filter(|p| p.ready).count() as u32;
-    let slo_met = obs.latency_ms.is_none_or(|l| l <= spec.slo.latency_threshold_ms)
-        && obs.error_ratio.is_none_or(|e| e <= spec.slo.max_error_ratio);
-    let own_fault = obs.causes.first().is_some_and(|c| c.service == spec.service);
-    let learned_status = policy.status.as_ref().and_then(|s| s.learned_capacity);
-
-    // 3. Decide, from inputs that are logged whole.
-    let (inputs, heal_inputs) = ctx.state(&key, |st| {
-        let learner = st
-            .capacity
-            .get_or_insert_with(|| learned_status.map(CapacityLearner::resume).unwrap_or_default());
-        if let (Some(w), Some(rate)) = (obs.window_end_ms, obs.rate)
-            && st.last_window_ms.is_none_or(|l| w > l)
-            && ready > 0
-        {
-            st.last_window_ms = Some(w);
-            learner.observe(rate / f64::from(ready), slo_met, own_fault);
-        }
-        let capacity = spec.capacity.requests_per_replica.or_else(|| learner.estimate());
-        let inputs = Inputs {
-            now_ms: now,
-            current_replicas: current,
-            pods: loads.clone(),
-            capacity,
-            forecast: obs
-                .forecast
-                .as_ref()
-                .map(|f| forecast_input(f, now, spec.prediction.horizon_seconds)),
-            last_scale_ms: st.last_scale_ms,
-            history: st.history.clone(),
-        };
-        let window_ms = i64::from(spec.healing.window_seconds.max(1)) * 1000;
-        st.restarts.retain(|(t, _)| now - t < window_ms);
-        let heal_inputs = HealInputs {
-            now_ms: now,
-            service: spec.service.clone(),
-            causes: obs.causes.clone(),
-            pods: loads.iter().map(|p| p.name.clone()).collect(),
-            ready_pods: ready,
-            restarts: st.restarts.clone(),
-        };
-        (inputs, heal_inputs)
-    });
-    let (decision, history) = decide(spec, &inputs);
-    ctx.state(&key, |st| st.history = history);
-
-    // 4. Act on the scale.
-    let mut scaled = false;
-    let (action, outcome) = if decision.changes() {
-        let action = format!("scale {}→{}", decision.current, decision.replicas);
-        if spec.dry_run {
-            (action, "dry-run".to_owned())
-        } else {
-            match patch_scale(&ctx, spec.target_ref.kind, &ns, target, decision.replicas).await {
-                Ok(()) => {
-                    scaled = true;
-                    (action, "ok".to_owned())
-                }
-                Err(e) => (action, format!("error: {e}")),
-            }
-        }
-    } else {
-        ("none".to_owned(), "ok".to_owned())
-    };
-    if scaled {
-        ctx.state(&key, |st| {
-            st.history.record_scale(now, decision.current, decision.replicas);
-            st.last_scale_ms = Some(now);
-        });
-        let up = decision.replicas > decision.current;
-        let counter = if up {
-            &ctx.metrics.scale_ups
-        } else {
-            &ctx.metrics.scale_downs
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-    if decision.changes() {
-        let (kind, reason) = match (scaled, spec.dry_run) {
-            (true, _) => (
-                EventType::Normal,
-                if decision.replicas > decision.current {
-                    "ScaledUp"
-                } else {
-                    "ScaledDown"
-                },
-            ),
-            (false, true) => (EventType::Normal, "WouldScale"),
-            (false, false) => (EventType::Warning, "ScaleFailed"),
-        };
-        publish(
-            &ctx,
-            kind,
-            reason,
-            "Scale",
-            format!("{action} ({outcome}): {}", decision.reason),
-            &obj_ref,
-        )
-        .await;
-    }
-    let scale_record = Record {
-        seq: 0,
-        ts_ms: now,
-        policy: key.clone(),
-        service: spec.service.clone(),
-        entry: Entry::Scale {
-            spec: Box::new(spec.clone()),
-            inputs: Box::new(inputs),
-            decision: decision.clone(),
-        },
-        action: action.clone(),
-        outcome: outcome.clone(),
-    };
-    if let Err(e) = ctx.log.append(scale_record) {
-        tracing::error!(error = %e, "decision log: scale decision not recorded");
-    }
-    let scale_failed = outcome.starts_with("error");
-
-    // 5. Heal.
-    let heal_decision = heal(&spec.healing, &heal_inputs);
-    let (heal_action, heal_outcome) = match &heal_decision {
-        HealDecision::Restart { pod, reason } => {
-            let verb = match spec.healing.mode {
-                HealMode::Evict => "evict",
-                HealMode::Delete => "delete",
-            };
-            let action = format!("{verb} {pod}");
-            let outcome = if spec.dry_run {
-                "dry-run".to_owned()
-            } else {
-                let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
-                let res = match spec.healing.mode {
-                    HealMode::Evict => ctx
-                        .timed(pods_api.evict(pod, &EvictParams::default()))
-                        .await
-                        .map(drop),
-                    HealMode::Delete => ctx
-                        .timed(pods_api.delete(pod, &DeleteParams::default()))
-                        .await
-                        .map(drop),
-                };
-                match res {
-                    Ok(()) => "ok".to_owned(),
-                    // 429: a PodDisruptionBudget refuses the eviction now.
-                    Err(Error::Kube(kube::Error::Api(e))) if e.code == 429 => {
-                        format!("refused by a PodDisruptionBudget: {}", e.message)
-                    }
-                    Err(e) => format!("error: {e}"),
-                }
-            };
-            if outcome == "ok" {
-                ctx.state(&key, |st| st.restarts.push((now, pod.clone())));
-                ctx.metrics.restarts.fetch_add(1, Ordering::Relaxed);
-            }
-            let (kind, ev) = match outcome.as_str() {
-                "ok" => (EventType::Normal, "PodRestarted"),
-                "dry-run" => (EventType::Normal, "WouldRestartPod"),
-                _ => (EventType::Warning, "RestartFailed"),
-            };
-            publish(
-                &ctx,
-                kind,
-                ev,
-                "Heal",
-                format!("{action} ({outcome}): {reason}"),
-                &obj_ref,
-            )
-            .await;
-            (action, outcome)
-        }
-        HealDecision::HeldBack { pod, reason } => {
-            ctx.metrics.held_back.fetch_add(1, Ordering::Relaxed);
-            let repeat = ctx.state(&key, |st| {
-                let same = st.last_held.as_deref() == Some(reason.as_str());
-                st.last_held = Some(reason.clone());
-                same
-            });
-            if !repeat {
-                publish(
-                    &ctx,
-                    EventType::Warning,
-                    "RestartHeldBack",
-                    "Heal",
-                    format!("restart of {pod} held back: {reason}"),
-                    &obj_ref,
-                )
-                .await;
-            }
-            ("held back".to_owned(), "ok".to_owned())
-        }
-        HealDecision::None { .. } => ("none".to_owned(), "ok".to_owned()),
-    };
-    // Healing decisions are logged when there was something to consider.
-    if !matches!(&heal_decision, HealDecision::None { reason } if reason.is_empty()) {
-        let rec = Record {
-            seq: 0,
-            ts_ms: now,
-            policy: key.clone(),
-            service: spec.service.clone(),
-            entry: Entry::Heal {
-                healing: spec.healing.clone(),
-                inputs: Box::new(heal_inputs),
-                decision: heal_decision.clone(),
-            },
-            action: heal_action.clone(),
-            outcome: heal_outcome.clone(),
-        };
-        if let Err(e) = ctx.log.append(rec) {
-            tracing::error!(error = %e, "decision log: healing decision not recorded");
-        }
-    }
-
-    // 6. Status.
-    let (restarts_in_window, capacity, last_scale) = ctx.state(&key, |st| {
-        (
-            st.restarts.len() as i32,
-            st.capacity.as_ref().and_then(CapacityLearner::estimate),
-            st.last_scale_ms,
-        )
-    });
-    let degraded = if scale_failed || heal_outcome.starts_with("error") {
+/// Why the policy is degraded, if it is.
+fn degraded(
+    spec: &ServicePolicySpec,
+    seen: &Observed,
+    plan: &Plan,
+    done: &Done,
+    capacity: Option<f64>,
+) -> Option<(&'static str, String)> {
+    let failed = |o: &Option<Outcome>| matches!(o, Some(Outcome::Failed(_)));
+    if failed(&done.scale) || failed(&done.restart) {
+        let outcome = |o: &Option<Outcome>| o.as_ref().unwrap_or(&Outcome::Ok).to_string();
         Some((
             "ActionFailed",
-            format!("{action}: {outcome}; {heal_action}: {heal_outcome}"),
+            format!(
+                "{}: {}; {}: {}",
+                scale_action(&plan.decision),
+                outcome(&done.scale),
+                heal_action(&plan.heal, spec.healing.mode),
+                outcome(&done.restart)
+            ),
         ))
-    } else if obs.window_end_ms.is_none() {
+    } else if seen.telemetry.window_end_ms.is_none() {
         Some((
             "NoTelemetry",
             format!("no telemetry from service {} yet", spec.service),
         ))
-    } else if inputs_capacity_missing(spec.capacity.requests_per_replica, capacity) {
+    } else if spec.capacity.requests_per_replica.is_none() && capacity.is_none() {
         Some((
             "CapacityUnknown",
             "no per-replica capacity given and not enough telemetry to learn it".into(),
         ))
     } else {
         None
-    };
-    let scaling_reason = if decision.changes() {
-        if decision.replicas > decision.current {
+    }
+}
+
+/// The policy's status after a reconcile.
+#[allow(clippy::too_many_arguments)]
+fn status(
+    policy: &ServicePolicy,
+    seen: &Observed,
+    plan: &Plan,
+    done: &Done,
+    capacity: Option<f64>,
+    last_scale: Option<i64>,
+    restarts: u32,
+    now: i64,
+) -> ServicePolicyStatus {
+    let spec = &policy.spec;
+    let d = &plan.decision;
+    let old = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let now_time = time(now);
+    let scale_failed = matches!(done.scale, Some(Outcome::Failed(_)));
+    let scaling_reason = if d.changes() {
+        if d.replicas > d.current {
             "ScaleUp"
         } else {
             "ScaleDown"
         }
     } else {
-        decision.limit.as_str()
+        d.limit.as_str()
     };
-    let (heal_ok, heal_reason, heal_msg) = match &heal_decision {
+    let (heal_ok, heal_reason, heal_msg) = match &plan.heal {
         HealDecision::Restart { pod, reason } => (true, "PodRestarted", format!("{pod}: {reason}")),
         HealDecision::HeldBack { pod, reason } => (false, "HeldBack", format!("{pod}: {reason}")),
         HealDecision::None { reason } if reason.is_empty() => {
@@ -545,67 +690,129 @@ pub async fn reconcile(policy: Arc<ServicePolicy>, ctx: Arc<Context>) -> Result<
         }
         HealDecision::None { reason } => (false, "NotAtFault", reason.clone()),
     };
-    let status = ServicePolicyStatus {
+    let learned_status = policy.status.as_ref().and_then(|s| s.learned_capacity);
+    ServicePolicyStatus {
         observed_generation: policy.metadata.generation,
-        current_replicas: Some(current as i32),
-        desired_replicas: Some(decision.replicas as i32),
+        current_replicas: Some(seen.current as i32),
+        desired_replicas: Some(d.replicas as i32),
         learned_capacity: capacity.or(learned_status),
-        last_decision: Some(decision.reason.clone()),
+        last_decision: Some(d.reason.clone()),
         last_scale_time: last_scale
             .map(fmt_time)
             .or_else(|| policy.status.as_ref().and_then(|s| s.last_scale_time.clone())),
-        restarts_in_window: Some(restarts_in_window),
+        restarts_in_window: Some(restarts as i32),
         conditions: vec![
             condition(
                 "Ready",
                 !scale_failed,
                 if scale_failed { "ScaleFailed" } else { "Reconciled" },
-                &decision.reason,
-                &old_conditions,
+                &d.reason,
+                old,
                 &now_time,
             ),
-            condition(
-                "Scaling",
-                decision.changes(),
-                scaling_reason,
-                &decision.reason,
-                &old_conditions,
-                &now_time,
-            ),
-            condition(
-                "Healing",
-                heal_ok,
-                heal_reason,
-                &heal_msg,
-                &old_conditions,
-                &now_time,
-            ),
-            match &degraded {
-                Some((reason, msg)) => condition("Degraded", true, reason, msg, &old_conditions, &now_time),
-                None => condition("Degraded", false, "AsExpected", "", &old_conditions, &now_time),
+            condition("Scaling", d.changes(), scaling_reason, &d.reason, old, &now_time),
+            condition("Healing", heal_ok, heal_reason, &heal_msg, old, &now_time),
+            match degraded(spec, seen, plan, done, capacity) {
+                Some((reason, msg)) => condition("Degraded", true, reason, &msg, old, &now_time),
+                None => condition("Degraded", false, "AsExpected", "", old, &now_time),
             },
         ],
-    };
-    patch_status(&ctx, &ns, &name, &status).await?;
-
-    ctx.state(&key, |st| st.failures = 0);
-    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics
-        .duration_us
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    if scale_failed {
-        // The patch failed: retry sooner than the interval, through the error path's backoff.
-        return Err(Error::Target {
-            kind: format!("{:?}", spec.target_ref.kind),
-            name: target.clone(),
-            why: outcome,
-        });
     }
-    Ok(Action::requeue(ctx.interval))
 }
 
-fn inputs_capacity_missing(given: Option<f64>, learned: Option<f64>) -> bool {
-    given.is_none() && learned.is_none()
+/// The policy's state for `/api/policies`.
+fn board_view(
+    policy: &ServicePolicy,
+    id: &PolicyId,
+    seen: &Observed,
+    plan: Plan,
+    restarts: u32,
+    now: i64,
+) -> PolicyView {
+    let spec = &policy.spec;
+    let obs = &seen.telemetry;
+    let capacity = plan.inputs.capacity.map(|c| CapacityView {
+        requests_per_replica: c,
+        source: if spec.capacity.requests_per_replica.is_some() {
+            CapacitySource::Given
+        } else {
+            CapacitySource::Learned
+        },
+    });
+    let forecast = obs.forecast.as_ref().map(|f| ForecastView {
+        model: f.model.clone(),
+        mase: f.mase,
+        trusted: spec.prediction.enabled
+            && f.mase
+                .is_some_and(|m| m.is_finite() && m <= spec.prediction.max_mase),
+        step_ms: f.step_ms,
+        points: f
+            .points
+            .iter()
+            .map(|(ts, p)| BandPoint {
+                ts_ms: *ts,
+                mean: p.mean,
+                lo: p.lo,
+                hi: p.hi,
+            })
+            .collect(),
+    });
+    PolicyView {
+        policy: id.key.clone(),
+        namespace: id.ns.clone(),
+        name: id.name.clone(),
+        service: spec.service.clone(),
+        target: spec.target_ref.clone(),
+        min_replicas: spec.min_replicas,
+        max_replicas: spec.max_replicas,
+        current_replicas: seen.current,
+        ready_replicas: plan.ready,
+        capacity,
+        load: LoadView {
+            window_end_ms: obs.window_end_ms,
+            rate: obs.rate,
+            latency_ms: obs.latency_ms,
+            error_ratio: obs.error_ratio,
+        },
+        recommendation: plan.decision,
+        healing: plan.heal,
+        restarts_in_window: restarts,
+        forecast,
+        dry_run: spec.dry_run,
+        updated_ms: now,
+        events: Vec::new(),
+    }
+}
+
+/// A target that does not exist: the policy is degraded, with a Warning.
+async fn report_missing_target(ctx: &Context, policy: &ServicePolicy, id: &PolicyId, now: i64) -> Result<()> {
+    let spec = &policy.spec;
+    let msg = format!("{:?} {} not found", spec.target_ref.kind, spec.target_ref.name);
+    let old = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let now_time = time(now);
+    let status = ServicePolicyStatus {
+        observed_generation: policy.metadata.generation,
+        conditions: vec![
+            condition("Ready", false, "TargetNotFound", &msg, old, &now_time),
+            condition("Degraded", true, "TargetNotFound", &msg, old, &now_time),
+        ],
+        ..policy.status.clone().unwrap_or_default()
+    };
+    ctx.cluster.patch_status(&id.ns, &id.name, &status).await?;
+    let note = Note {
+        type_: NoteType::Warning,
+        reason: "TargetNotFound",
+        action: "Reconcile",
+        note: msg,
+    };
+    ctx.cluster.publish(policy, &note).await;
+    ctx.board.remove(&id.key);
+    ctx.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Backs off per policy: 1 s, 2 s, 4 s … up to the interval.
@@ -619,71 +826,4 @@ pub fn error_policy(policy: Arc<ServicePolicy>, err: &Error, ctx: Arc<Context>) 
     let wait = Duration::from_secs(1 << (n - 1).min(10)).min(ctx.interval.max(Duration::from_secs(1)));
     tracing::warn!(policy = %key, error = %err, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
-}
-
-async fn patch_scale(ctx: &Context, kind: TargetKind, ns: &str, name: &str, replicas: u32) -> Result<()> {
-    let body = json!({
-        "apiVersion": "autoscaling/v1",
-        "kind": "Scale",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"replicas": replicas},
-    });
-    // Forced: Tidewatch owns `spec.replicas` of a target it scales, as the HPA does.
-    let pp = PatchParams::apply(MANAGER).force();
-    match kind {
-        TargetKind::Deployment => {
-            ctx.timed(Api::<Deployment>::namespaced(ctx.client.clone(), ns).patch_scale(
-                name,
-                &pp,
-                &Patch::Apply(&body),
-            ))
-            .await?;
-        }
-        TargetKind::StatefulSet => {
-            ctx.timed(
-                Api::<StatefulSet>::namespaced(ctx.client.clone(), ns).patch_scale(
-                    name,
-                    &pp,
-                    &Patch::Apply(&body),
-                ),
-            )
-            .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn patch_status(ctx: &Context, ns: &str, name: &str, status: &ServicePolicyStatus) -> Result<()> {
-    let body = json!({
-        "apiVersion": ServicePolicy::api_version(&()),
-        "kind": ServicePolicy::kind(&()),
-        "status": status,
-    });
-    let api: Api<ServicePolicy> = Api::namespaced(ctx.client.clone(), ns);
-    ctx.timed(api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)))
-        .await?;
-    Ok(())
-}
-
-/// Publishes an Event; a failure to record one is logged, never fatal to the reconcile.
-async fn publish(
-    ctx: &Context,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-    obj: &k8s_openapi::api::core::v1::ObjectReference,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.into(),
-        secondary: None,
-    };
-    match tokio::time::timeout(ctx.api_timeout, ctx.recorder.publish(&ev, obj)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, reason, "event not recorded"),
-        Err(_) => tracing::warn!(reason, "event not recorded: timed out"),
-    }
 }

@@ -9,8 +9,10 @@
 //!   replay of the decision log all run the same code.
 
 pub mod behavior;
+pub mod board;
 pub mod calibrate;
 pub mod capacity;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod crd;
@@ -19,6 +21,7 @@ pub mod decisions;
 pub mod heal;
 pub mod hpa;
 pub mod leader;
+pub mod sim_cluster;
 pub mod simulate;
 pub mod telemetry;
 

@@ -292,14 +292,22 @@ impl SimConfig {
         10.0 * self.slo_latency_ms
     }
 
-    /// One pod's latency at `per_pod` requests per second, and the requests per second it fails.
-    fn serve(&self, per_pod: f64) -> (f64, f64) {
+    /// The queueing model: `load` requests per second spread evenly over `ready` pods. Returns the
+    /// latency (the p95) and the requests per second that fail.
+    pub fn serve(&self, load: f64, ready: usize) -> (f64, f64) {
         let mu = self.saturation();
-        if per_pod < mu {
-            let lat = self.base_latency_ms / (1.0 - per_pod / mu);
-            (lat.min(self.latency_cap_ms()), 0.0)
+        if load <= 0.0 {
+            (self.base_latency_ms, 0.0)
+        } else if ready == 0 {
+            (self.latency_cap_ms(), load)
         } else {
-            (self.latency_cap_ms(), per_pod - mu)
+            let per_pod = load / ready as f64;
+            if per_pod < mu {
+                let lat = self.base_latency_ms / (1.0 - per_pod / mu);
+                (lat.min(self.latency_cap_ms()), 0.0)
+            } else {
+                (self.latency_cap_ms(), load - mu * ready as f64)
+            }
         }
     }
 
@@ -528,7 +536,7 @@ pub fn simulate_timeline(
     // Per tick: the per-pod metric the controller scales on (requests per second, or in flight), as prefix
     // sums; load prefix sums for the forecast history and Tidewatch's own view of the service's rate.
     let concurrency = policy == Policy::Hpa && cfg.hpa_metric == HpaMetric::Concurrency;
-    let in_flight = |per_pod: f64| per_pod * cfg.serve(per_pod).0 / 1000.0;
+    let in_flight = |per_pod: f64| per_pod * cfg.serve(per_pod, 1).0 / 1000.0;
     // In flight, the target is the count at the target utilisation's load.
     let metric_capacity = if concurrency {
         in_flight(util * policy_capacity) / util
@@ -716,9 +724,7 @@ pub fn simulate_timeline(
                         pods.push(new_pod(t + cfg.cold_start_ms));
                     }
                 } else {
-                    // Not ready first, then the youngest: the latest ready time goes first.
-                    pods.sort_by_key(|p| std::cmp::Reverse(p.ready_at));
-                    pods.drain(..(current - want) as usize);
+                    scale_down(&mut pods, (current - want) as usize, |p| p.ready_at);
                 }
                 report.peak_replicas = report.peak_replicas.max(want);
             }
@@ -738,17 +744,20 @@ pub fn simulate_timeline(
             _ => 0.0,
         };
         let l = load[k];
-        let (latency, errors, per_pod) = if l <= 0.0 {
-            (cfg.base_latency_ms + added_ms, 0.0, 0.0)
-        } else if ready == 0 {
-            (cfg.latency_cap_ms(), l, l)
+        let (lat, failed) = cfg.serve(l, ready);
+        let per_pod = l / ready.max(1) as f64;
+        // The bad pod fails what it would have served; a downstream incident delays whatever is served.
+        let bad = if bad_serving {
+            per_pod - failed / ready.max(1) as f64
         } else {
-            let per_pod = l / ready as f64;
-            let (lat, failed) = cfg.serve(per_pod);
-            // The bad pod fails what it would have served.
-            let bad = if bad_serving { per_pod - failed } else { 0.0 };
-            (lat + added_ms, failed * ready as f64 + bad, per_pod)
+            0.0
         };
+        let latency = if ready == 0 && l > 0.0 {
+            lat
+        } else {
+            lat + added_ms
+        };
+        let errors = failed + bad;
         let metric = if concurrency {
             per_pod * latency / 1000.0
         } else {
@@ -980,6 +989,13 @@ fn close_minute(m: &Minute, cfg: &SimConfig, report: &mut Report) -> bool {
         report.slo_violation_minutes += 1;
     }
     violated
+}
+
+/// A ReplicaSet's scale-down: removes `n` pods, those not ready yet first, then the youngest (the latest
+/// ready time goes first).
+pub fn scale_down<P>(pods: &mut Vec<P>, n: usize, ready_at: impl Fn(&P) -> i64) {
+    pods.sort_by_key(|p| std::cmp::Reverse(ready_at(p)));
+    pods.drain(..n.min(pods.len()));
 }
 
 /// Pods needed to serve `load` at `per_pod` each.

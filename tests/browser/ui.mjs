@@ -4,6 +4,7 @@
 //
 //   node ui.mjs check --base http://127.0.0.1:PORT --out DIR [--service checkout]
 //   node ui.mjs bench --base http://127.0.0.1:PORT --out DIR [--runs 5]
+//   node ui.mjs scaling --base http://127.0.0.1:PORT --out DIR --cause SERVICE [--policies ns/a,ns/b]
 //
 // Chromium is /usr/bin/chromium (apt), or $CHROMIUM: playwright's own browser downloads are not used.
 import { chromium } from 'playwright-core';
@@ -14,8 +15,8 @@ import { join } from 'node:path';
 const [mode, ...rest] = process.argv.slice(2);
 const opt = {};
 for (let i = 0; i < rest.length; i += 2) opt[rest[i].replace(/^--/, '')] = rest[i + 1];
-if (!['check', 'bench'].includes(mode) || !opt.base || !opt.out) {
-  console.error('usage: node ui.mjs check|bench --base URL --out DIR [--service NAME] [--runs N]');
+if (!['check', 'bench', 'scaling'].includes(mode) || !opt.base || !opt.out) {
+  console.error('usage: node ui.mjs check|bench|scaling --base URL --out DIR [--service NAME] [--runs N] [--cause NAME]');
   process.exit(2);
 }
 mkdirSync(opt.out, { recursive: true });
@@ -33,8 +34,12 @@ const context = await chromium.launchPersistentContext(profile, {
 const problems = [];
 const requests = [];
 context.on('page', (p) => watch(p));
+const failed = []; // HTTP errors the pages met, by URL
+let stage = ''; // what the scaling mode waits for, named in its error
 function watch(page) {
-  page.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
+  // Chromium logs a failed fetch as a console error without its URL: the response below names it.
+  page.on('console', (m) => { if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push('console: ' + m.text()); });
+  page.on('response', (r) => { if (r.status() >= 400) failed.push(r.status() + ' ' + new URL(r.url()).pathname); });
   page.on('pageerror', (e) => problems.push('page error: ' + e.message));
   page.on('request', (r) => requests.push(r.url()));
 }
@@ -54,6 +59,19 @@ const readMap = () => page.evaluate(() => ({
   })),
   transform: document.querySelector('#map g.viewport').getAttribute('transform'),
   stats: window.twMap,
+  // Pairs of edge labels shown on screen whose boxes overlap (a pixel of antialiasing allowed).
+  labelOverlaps: (() => {
+    const shown = [...document.querySelectorAll('#map g.edge')]
+      .map((g) => ({ id: g.dataset.source + '>' + g.dataset.target, t: g.querySelector('.elabel') }))
+      .filter((l) => getComputedStyle(l.t).display !== 'none' && l.t.textContent)
+      .map((l) => ({ id: l.id, r: l.t.getBoundingClientRect() }));
+    const out = [];
+    for (let i = 0; i < shown.length; i++) for (let j = i + 1; j < shown.length; j++) {
+      const a = shown[i].r, b = shown[j].r;
+      if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1) out.push(shown[i].id + ' / ' + shown[j].id);
+    }
+    return { shown: shown.length, overlaps: out };
+  })(),
 }));
 
 // Waits until the map shows every wanted node and edge (traffic keeps arriving while the page loads).
@@ -71,7 +89,7 @@ async function waitForMap(wantNodes, wantEdges, ms) {
 }
 
 async function check() {
-  const out = { problems };
+  const out = { problems, failed };
   const service = opt.service || 'checkout';
   const wantNodes = (opt.nodes || '').split(',').filter(Boolean);
   const wantEdges = (opt.edges || '').split(',').filter(Boolean);
@@ -146,6 +164,65 @@ async function check() {
   return out;
 }
 
+// The Scaling page (policies, charts, the decision log, incidents), then the incident on the map and on
+// the cause's service page. Waits for each thing to appear: the data arrives while the page is open.
+async function scaling() {
+  const out = { problems, failed };
+  const cause = opt.cause;
+  const wantPolicies = (opt.policies || '').split(',').filter(Boolean);
+
+  // The incident while it lasts: its cause marked on the overview's map and listed under recent incidents.
+  stage = 'the cause on the map';
+  await page.goto(opt.base + '/');
+  await page.waitForSelector('#map[data-state=ready]');
+  await page.waitForFunction((c) => document.querySelector(`#map g.node[data-id="${c}"][data-anomaly=cause]`), cause, { timeout: 150000 });
+  stage = 'the incident on the overview';
+  await page.waitForFunction((c) => document.querySelector(`#incidents tbody tr[data-cause="${c}"]`), cause, { timeout: 30000 });
+  out.map = await readMap();
+  out.overviewIncidents = await page.$$eval('#incidents tbody tr', (rows) => rows.map((r) => r.dataset.cause));
+  await page.screenshot({ path: join(opt.out, 'overview-incident.png'), fullPage: true });
+
+  // The cause's own page says so.
+  stage = 'the note on the cause\'s page';
+  await page.goto(opt.base + '/services/' + encodeURIComponent(cause));
+  await page.waitForSelector('body[data-state=ready]');
+  await page.waitForSelector('#anomaly:not([hidden])', { timeout: 30000 });
+  out.serviceNote = await page.$eval('#anomaly', (e) => e.innerText);
+  await page.screenshot({ path: join(opt.out, 'service-incident.png'), fullPage: true });
+
+  // The Scaling page, reached from the overview's navigation.
+  stage = 'the Scaling page';
+  await page.goto(opt.base + '/');
+  await page.click('header nav a[href="/scaling"]');
+  await page.waitForURL((u) => u.pathname === '/scaling');
+  await page.waitForSelector('body[data-state=ready]');
+  await page.waitForFunction((want) => want.every((p) => document.querySelector(`#policies .policy[data-policy="${p}"] .scaling-chart svg`)), wantPolicies, { timeout: 30000 });
+  stage = 'a scaling action in the log';
+  await page.waitForSelector('#log tbody tr[data-kind=scale]', { timeout: 120000 });
+  stage = 'the incident on the Scaling page';
+  await page.waitForFunction((c) => document.querySelector(`#incidents tbody tr[data-cause="${c}"]`), cause, { timeout: 30000 });
+  out.scaling = await page.evaluate(() => ({
+    policies: [...document.querySelectorAll('#policies .policy')].map((p) => ({
+      id: p.dataset.policy,
+      now: p.querySelector('.now').innerText,
+      tiles: [...p.querySelectorAll('.tile')].map((t) => t.innerText.replace(/\s+/g, ' ')),
+      chart: [...p.querySelectorAll('.scaling-chart svg text')].map((t) => t.textContent.trim()).filter(Boolean),
+      chartLines: p.querySelectorAll('.scaling-chart svg polyline').length,
+    })),
+    rows: [...document.querySelectorAll('#log tbody tr')].map((r) => ({
+      kind: r.dataset.kind, action: r.dataset.action, policy: r.dataset.policy, heldBack: r.classList.contains('held-back'),
+      cells: [...r.children].map((td) => td.innerText),
+    })),
+    incidents: [...document.querySelectorAll('#incidents tbody tr')].map((r) => ({ cause: r.dataset.cause, ongoing: r.dataset.ongoing, text: r.innerText })),
+  }));
+  await page.screenshot({ path: join(opt.out, 'scaling.png'), fullPage: true });
+  // Every decision, the quiet ones too.
+  await page.check('#show-all');
+  out.allRows = await page.$$eval('#log tbody tr', (rows) => rows.length);
+  out.external = requests.filter((u) => !u.startsWith(opt.base) && !u.startsWith('data:'));
+  return out;
+}
+
 async function bench() {
   const runs = Number(opt.runs || 5);
   const loads = [];
@@ -169,7 +246,7 @@ async function bench() {
       const cb = document.querySelector('.map-toolbar input[data-health=ok]');
       cb.click();
       cb.click(); // back to all nodes: a full layout of the whole graph
-      return { layoutMs: window.twMap.layoutMs, renderMs: window.twMap.renderMs };
+      return { layoutMs: window.twMap.layoutMs, labelMs: window.twMap.labelMs, renderMs: window.twMap.renderMs };
     }));
   }
   const search = await page.evaluate(() => {
@@ -207,9 +284,9 @@ async function bench() {
 
 let result, code = 0;
 try {
-  result = mode === 'check' ? await check() : await bench();
+  result = mode === 'check' ? await check() : mode === 'scaling' ? await scaling() : await bench();
 } catch (e) {
-  result = { error: String(e && e.stack || e), problems };
+  result = { error: (stage ? 'waiting for ' + stage + ': ' : '') + String(e && e.stack || e), problems };
   code = 1;
   try { await page.screenshot({ path: join(opt.out, 'failure.png'), fullPage: true }); } catch (_) { /* closed */ }
 } finally {

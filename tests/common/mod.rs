@@ -31,10 +31,21 @@ impl Tidewatch {
     }
 
     pub fn start_with(sets: &[&str], env: &[(&str, &str)]) -> Tidewatch {
+        Tidewatch::spawn(&["run"], sets, env, Duration::from_secs(10))
+    }
+
+    /// Starts `tidewatch demo` with `args` and these `--set` overrides; waits up to `ready_within` for
+    /// it to be ready (its backfill comes first).
+    pub fn start_demo(args: &[&str], sets: &[&str], ready_within: Duration) -> Tidewatch {
+        let command: Vec<&str> = std::iter::once("demo").chain(args.iter().copied()).collect();
+        Tidewatch::spawn(&command, sets, &[], ready_within)
+    }
+
+    fn spawn(command: &[&str], sets: &[&str], env: &[(&str, &str)], ready_within: Duration) -> Tidewatch {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr = dir.path().join("stderr.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
-        cmd.arg("run");
+        cmd.args(command);
         // History goes to the test's own directory unless the test names one (later --set flags win).
         let data_dir = format!("analyzer.store.data_dir={}", dir.path().join("data").display());
         for s in [
@@ -55,9 +66,14 @@ impl Tidewatch {
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let mut child = cmd.spawn().expect("start tidewatch");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read start line");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("read start line");
+        // The rest of stdout (the demo prints as it goes) is kept beside stderr, so the pipe never closes
+        // under a writer.
+        let rest = dir.path().join("stdout.log");
+        if let Ok(mut f) = std::fs::File::create(&rest) {
+            std::thread::spawn(move || std::io::copy(&mut out, &mut f));
+        }
         let field = |k: &str| {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(&format!("{k}=")))
@@ -77,18 +93,18 @@ impl Tidewatch {
             stderr,
             _dir: dir,
         };
-        tw.wait_ready(sets.iter().any(|s| s.starts_with("web.tls")));
+        tw.wait_ready(sets.iter().any(|s| s.starts_with("web.tls")), ready_within);
         tw
     }
 
     /// Polls `/readyz`, over HTTPS when the web port has TLS (the certificate is not what this checks).
-    fn wait_ready(&self, https: bool) {
+    fn wait_ready(&self, https: bool, within: Duration) {
         let client = reqwest::blocking::Client::builder()
             .danger_accept_invalid_certs(true)
             .build()
             .expect("client");
         let url = format!("{}://{}/readyz", if https { "https" } else { "http" }, self.web);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(r) = client.get(&url).send()
                 && r.status().is_success()
