@@ -13,7 +13,7 @@ use tidewatch_dashboards::WebState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 
 /// The sockets Tidewatch serves on, bound before [`run`] so tests can bind port 0 and read the ports back.
 pub struct Listeners {
@@ -30,13 +30,15 @@ impl Listeners {
                 .with_context(|| format!("binding the {what} listener to {addr}"))
         }
         let c = &cfg.collector;
+        // The analyze role reads Kafka, not OTLP.
+        let otlp = cfg.role != Role::Analyze;
         Ok(Listeners {
-            grpc: if c.grpc.enabled {
+            grpc: if otlp && c.grpc.enabled {
                 Some(bind("OTLP/gRPC", c.grpc.endpoint).await?)
             } else {
                 None
             },
-            http: if c.http.enabled {
+            http: if otlp && c.http.enabled {
                 Some(bind("OTLP/HTTP", c.http.endpoint).await?)
             } else {
                 None
@@ -66,6 +68,11 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    match cfg.role {
+        Role::All => {}
+        Role::Ingest => return crate::roles::ingest(cfg, listeners, shutdown).await,
+        Role::Analyze => return crate::roles::analyze(cfg, listeners, shutdown).await,
+    }
     run_with(cfg, listeners, None, shutdown).await
 }
 

@@ -66,6 +66,23 @@ pub struct ConfigArgs {
     /// over `TIDEWATCH_*` environment variables.
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub sets: Vec<String>,
+    /// What this process does (`role` in the file): all, or ingest / analyze on Kafka (README).
+    #[arg(long, value_enum)]
+    pub role: Option<crate::config::Role>,
+}
+
+impl ConfigArgs {
+    /// The `--set` overrides, with `--role` last so it wins.
+    pub fn all_sets(&self) -> Vec<String> {
+        let mut sets = self.sets.clone();
+        if let Some(r) = self.role {
+            sets.push(format!(
+                "role={}",
+                serde_yaml::to_string(&r).unwrap_or_default().trim()
+            ));
+        }
+        sets
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -16,17 +16,35 @@ use tidewatch_collector::CollectorConfig;
 use tidewatch_collector::config::TlsConfig;
 use tidewatch_dashboards::auth::WebAuthConfig;
 use tidewatch_scaler::config::ScalerConfig;
+use tidewatch_stream::KafkaConfig;
 
 /// Everything Tidewatch reads at start.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// What this process does: everything (`all`), or one side of a Kafka deployment.
+    pub role: Role,
     pub collector: CollectorConfig,
     pub analyzer: AnalyzerConfig,
     pub web: WebConfig,
     pub log: LogConfig,
     /// The Kubernetes operator (off unless enabled).
     pub scaler: ScalerConfig,
+    /// The Kafka cluster the `ingest` and `analyze` roles share (unused by `all`).
+    pub kafka: KafkaConfig,
+}
+
+/// `--role`: one process doing everything, or the two halves of a deployment on Kafka.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Receivers, analyzer and web side in one process; no Kafka.
+    #[default]
+    All,
+    /// OTLP receivers producing to Kafka (`kafka.topics.*`).
+    Ingest,
+    /// A member of the consumer group `kafka.group`, analysing the partitions it is given.
+    Analyze,
 }
 
 /// The web port: probes, `/metrics`, API and UI.
@@ -107,6 +125,18 @@ impl Config {
             if ENV_NOT_PATHS.contains(&key.as_str()) {
                 continue;
             }
+            if key == "TIDEWATCH_KAFKA_BROKERS" {
+                // A comma-separated list, as Kafka tools take it.
+                let list: Vec<&str> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .collect();
+                let yaml = serde_yaml::to_string(&list).context("TIDEWATCH_KAFKA_BROKERS")?;
+                set_path(&mut tree, &["kafka".into(), "brokers".into()], &yaml)
+                    .context("environment variable TIDEWATCH_KAFKA_BROKERS")?;
+                continue;
+            }
             let path: Vec<String> = key["TIDEWATCH_".len()..]
                 .split("__")
                 .map(str::to_ascii_lowercase)
@@ -131,6 +161,15 @@ impl Config {
         self.collector.validate(&mut errors);
         self.analyzer.validate(&mut errors);
         self.scaler.validate(&mut errors);
+        self.kafka.validate(&mut errors);
+        if self.role == Role::Analyze && self.analyzer.service_graph.wait > self.analyzer.window {
+            // A successor replays two windows to rebuild the waiting halves (tidewatch-stream's consumer).
+            errors.push(format!(
+                "analyzer.service_graph.wait: {} is longer than analyzer.window ({}), which --role analyze needs at most",
+                humantime::format_duration(self.analyzer.service_graph.wait),
+                humantime::format_duration(self.analyzer.window)
+            ));
+        }
         if let Some(auth) = &self.web.auth {
             auth.validate(&mut errors);
         }
@@ -238,6 +277,31 @@ mod tests {
         assert!(err.contains("collector.max_body"), "{err}");
         assert!(err.contains("analyzer.queue_batches"), "{err}");
         assert!(err.contains("web.endpoint"), "{err}");
+    }
+
+    #[test]
+    fn kafka_brokers_come_from_their_own_variable() {
+        let cfg = Config::resolve(
+            None,
+            &env(&[("TIDEWATCH_KAFKA_BROKERS", "k1:9092, k2:9093")]),
+            &["role=analyze".into()],
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.brokers, ["k1:9092", "k2:9093"]);
+        assert_eq!(cfg.role, Role::Analyze);
+        let err = Config::resolve(
+            None,
+            &[],
+            &[
+                "role=analyze".into(),
+                "analyzer.service_graph.wait=30s".into(),
+                "kafka.group=''".into(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("analyzer.service_graph.wait"), "{err}");
+        assert!(err.contains("kafka.group"), "{err}");
     }
 
     #[test]

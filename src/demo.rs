@@ -298,7 +298,7 @@ async fn operate(
 /// Sends one request body through the receiver, waiting while the engine's queues are full.
 async fn export(rx: &Receiver, signal: Signal, body: Bytes) -> anyhow::Result<()> {
     loop {
-        match rx.export(signal, Format::Protobuf, body.clone()) {
+        match rx.export(signal, Format::Protobuf, body.clone()).await {
             Ok(_) => return Ok(()),
             Err(tidewatch_collector::Error::Refused(_)) => tokio::time::sleep(Duration::from_millis(2)).await,
             Err(e) => return Err(e).context("demo: backfilled traffic refused"),

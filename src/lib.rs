@@ -11,6 +11,7 @@ pub mod loadgen;
 pub mod nab;
 pub mod operator;
 pub mod progress;
+pub mod roles;
 pub mod simulate;
 pub mod topology;
 

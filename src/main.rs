@@ -62,7 +62,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig(args) => {
-            let cfg = Config::load(args.config.as_deref(), &args.sets)?;
+            let cfg = Config::load(args.config.as_deref(), &args.all_sets())?;
             print!("{}", serde_yaml::to_string(&cfg)?);
             Ok(())
         }
@@ -70,7 +70,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
-    let cfg = Config::load(args.config.as_deref(), &args.sets)?;
+    let cfg = Config::load(args.config.as_deref(), &args.all_sets())?;
     init_logs(&cfg);
     Ok(cfg)
 }

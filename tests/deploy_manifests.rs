@@ -302,6 +302,73 @@ async fn pod_security_admits(client: &kube::Client, discovery: &Discovery, what:
     }
 }
 
+/// The chart's two Kafka roles against an existing cluster.
+const KAFKA_CHART: [&str; 4] = [
+    "kafka.enabled=true",
+    "kafka.brokers={kafka-0.kafka:9092,kafka-1.kafka:9092}",
+    "kafka.checkpointsClaim=tidewatch-checkpoints",
+    "serviceMonitor.enabled=true",
+];
+
+/// With `kafka.enabled` the chart runs an ingest and an analyze Deployment instead of the all-in-one one,
+/// both on a configuration this build accepts for its role, the analyzers sharing the checkpoint claim.
+#[test]
+fn kafka_chart_runs_the_two_roles_on_a_valid_config() {
+    let docs = documents(&helm_template(&KAFKA_CHART));
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    let names: Vec<&str> = deployments
+        .iter()
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["tidewatch-ingest", "tidewatch-analyze"], "{names:?}");
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("a ConfigMap");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, cm["data"]["config.yaml"].as_str().expect("config.yaml")).expect("write");
+    for d in deployments {
+        let pod = &d["spec"]["template"]["spec"];
+        let args: Vec<&str> = pod["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let role = args[args.iter().position(|a| *a == "--role").expect("--role") + 1];
+        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+            .args(["check-config", "--role", role, "--config"])
+            .arg(&file)
+            .env_remove("TIDEWATCH_CONFIG")
+            .output()
+            .expect("check-config");
+        assert!(
+            out.status.success(),
+            "{role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let resolved: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).expect("YAML");
+        assert_eq!(resolved["role"].as_str(), Some(role));
+        assert_eq!(
+            resolved["kafka"]["brokers"][1].as_str(),
+            Some("kafka-1.kafka:9092")
+        );
+        let claims: Vec<&str> = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .collect();
+        let want: &[&str] = if role == "analyze" {
+            &["tidewatch-checkpoints"]
+        } else {
+            &[]
+        };
+        assert_eq!(claims, want, "{role}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_manifests_are_accepted_and_rbac_is_least_privilege() {
     let cluster = KubeCluster::start().await;
@@ -349,6 +416,7 @@ async fn deploy_manifests_are_accepted_and_rbac_is_least_privilege() {
             "persistence.enabled=true",
             "operator.enabled=false",
         ][..],
+        &KAFKA_CHART[..],
     ] {
         let chart = documents(&helm_template(sets));
         let kinds: Vec<&str> = chart.iter().filter_map(|d| d["kind"].as_str()).collect();

@@ -555,21 +555,7 @@ impl Shard {
 
     fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
         let now = Instant::now();
-        self.scratch.clear();
-        for r in &batch.resources {
-            let service = self.service_id(batch.bytes(r.service));
-            let pod = if r.pod.is_empty() || service.is_none() {
-                None
-            } else {
-                let pod = batch.bytes(r.pod);
-                match self.names.get(pod) {
-                    Some(id) => Some(id),
-                    None if self.budget.take() => Some(self.names.id(pod)),
-                    None => None,
-                }
-            };
-            self.scratch.push((service, pod));
-        }
+        admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
         let mut record = |s: &crate::model::Span| {
             let (service, pod) = self.scratch[s.resource as usize];
             self.red.record(&mut self.names, batch, s, service, pod);
@@ -583,16 +569,6 @@ impl Shard {
         self.stats.spans.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// The interned id of a resource's service, or `None` when it is new and the budget admits no more
-    /// services (its spans then count in the global overflow series).
-    fn service_id(&mut self, name: &[u8]) -> Option<u32> {
-        match self.names.get(name) {
-            Some(id) => Some(id),
-            None if self.budget.admit_service(name) => Some(self.names.id(name)),
-            None => None,
-        }
-    }
-
     fn rows(&self) -> ShardRows {
         ShardRows {
             red: self.red.export(&self.names),
@@ -602,5 +578,36 @@ impl Shard {
             metrics: self.signals.metric_rows(),
             logs: self.signals.log_rows(),
         }
+    }
+}
+
+/// Interns each resource's service and pod of `batch` into `out` (reused: no allocation per batch), under
+/// the series budget: a new service the budget does not admit is `None` (its spans count in the global
+/// overflow series), and so is a new pod past the budget or of an overflowed service.
+pub(crate) fn admit_resources(
+    names: &mut Interner,
+    budget: &SeriesBudget,
+    batch: &SpanBatch,
+    out: &mut Vec<(Option<u32>, Option<u32>)>,
+) {
+    out.clear();
+    for r in &batch.resources {
+        let name = batch.bytes(r.service);
+        let service = match names.get(name) {
+            Some(id) => Some(id),
+            None if budget.admit_service(name) => Some(names.id(name)),
+            None => None,
+        };
+        let pod = if r.pod.is_empty() || service.is_none() {
+            None
+        } else {
+            let pod = batch.bytes(r.pod);
+            match names.get(pod) {
+                Some(id) => Some(id),
+                None if budget.take() => Some(names.id(pod)),
+                None => None,
+            }
+        };
+        out.push((service, pod));
     }
 }

@@ -22,6 +22,9 @@ pub enum Refused {
     MemoryLimit,
     #[error("shutting down")]
     ShuttingDown,
+    /// The store past the receiver (the Kafka cluster of `--role ingest`) did not acknowledge in time.
+    #[error("the downstream store did not acknowledge the batch in time")]
+    Downstream,
 }
 
 /// Bytes held by batches between a receiver and the engine, against a fixed limit.
@@ -115,6 +118,17 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// A handle with the memory cap and attribute keys of `cfg` but no engine behind it, for receivers that
+    /// forward what they accept elsewhere (`--role ingest`); its `try_send_*` refuse everything.
+    pub fn detached(cfg: &crate::config::AnalyzerConfig) -> Ingest {
+        Ingest {
+            shards: Arc::from(Vec::new()),
+            inflight: Inflight::new(cfg.max_inflight.as_usize()),
+            keys: Arc::new(crate::engine::wanted_keys(cfg).0),
+            stats: Arc::new(IngestStats::default()),
+        }
+    }
+
     /// The span attributes the analyzer wants kept; the collector skips every other one.
     pub fn attr_keys(&self) -> &Arc<AttrKeys> {
         &self.keys
@@ -133,6 +147,9 @@ impl Ingest {
         permit.resize(batch.heap_bytes());
         batch.set_permit(permit);
         let n = self.shards.len();
+        if n == 0 {
+            return Err(Refused::ShuttingDown);
+        }
         if n == 1 {
             return self.send_one(0, ShardMsg::Spans(Arc::new(batch), None));
         }
@@ -199,7 +216,10 @@ impl Ingest {
     }
 
     fn send_one(&self, shard: usize, msg: ShardMsg) -> Result<(), Refused> {
-        self.shards[shard].try_send(msg).map_err(|e| match e {
+        let Some(queue) = self.shards.get(shard) else {
+            return Err(Refused::ShuttingDown);
+        };
+        queue.try_send(msg).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => self.refusal(mpsc::error::TrySendError::Full(())),
             mpsc::error::TrySendError::Closed(_) => Refused::ShuttingDown,
         })

@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod intern;
 pub mod model;
 pub mod models;
+pub mod partition;
 pub mod red;
 pub mod rootcause;
 pub mod signals;

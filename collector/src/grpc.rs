@@ -207,16 +207,19 @@ struct Export<S> {
 
 impl<S: OtlpSpec> UnaryService<Bytes> for Export<S> {
     type Response = S::Response;
-    type Future = std::future::Ready<Result<Response<S::Response>, Status>>;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response<S::Response>, Status>> + Send>>;
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let body = req.into_inner();
         let len = body.len();
-        let result = self.rx.export(S::SIGNAL, Format::Protobuf, body);
-        self.rx.record(Protocol::Grpc, &result, len);
-        std::future::ready(match result {
-            Ok(rejected) => Ok(Response::new(S::respond(&rejected))),
-            Err(e) => Err(status_of(&e)),
+        let rx = self.rx.clone();
+        Box::pin(async move {
+            let result = rx.export(S::SIGNAL, Format::Protobuf, body).await;
+            rx.record(Protocol::Grpc, &result, len);
+            match result {
+                Ok(rejected) => Ok(Response::new(S::respond(&rejected))),
+                Err(e) => Err(status_of(&e)),
+            }
         })
     }
 }

@@ -50,7 +50,7 @@ async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Body, sign
         let raw = read_body(&rx, &headers, body).await?;
         wire_bytes = raw.len();
         let body = decompress(encoding, raw, rx.max_body())?;
-        rx.export(signal, format, body)
+        rx.export(signal, format, body).await
     }
     .await;
     rx.record(Protocol::Http, &result, wire_bytes);

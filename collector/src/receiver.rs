@@ -5,17 +5,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tidewatch_analyzer::ingest::Ingest;
+use tidewatch_analyzer::ingest::{Ingest, Refused};
 
 use crate::budget::Metered;
 use crate::decode::{Decoded, Format, Rejections, Signal, decode};
 use crate::stats::{Outcome, Protocol, Stats};
 use crate::{CollectorConfig, Error, Result};
 
+/// Where a receiver hands valid requests when they do not go to the in-process analyzer: the ingest role's
+/// Kafka producer. `forward` resolves once the items are durably accepted, or refuses them retryably.
+pub trait Forward: Send + Sync {
+    fn forward(
+        &self,
+        signal: Signal,
+        format: Format,
+        body: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Refused>> + Send + '_>>;
+}
+
 /// Shared by the gRPC and HTTP receivers; cheap to clone.
 #[derive(Clone)]
 pub struct Receiver {
     ingest: Ingest,
+    forward: Option<Arc<dyn Forward>>,
     stats: Arc<Stats>,
     max_body: usize,
     max_reading: usize,
@@ -33,6 +45,7 @@ impl Receiver {
         };
         Ok(Receiver {
             ingest,
+            forward: None,
             stats,
             max_body: cfg.max_body.as_usize(),
             max_reading: cfg.max_reading.as_usize(),
@@ -40,6 +53,12 @@ impl Receiver {
             token,
             retry_after_secs: cfg.retry_after.as_secs().max(1),
         })
+    }
+
+    /// Sends valid requests to `forward` instead of the analyzer (`ingest` then only caps memory).
+    pub fn forwarding(mut self, forward: Arc<dyn Forward>) -> Receiver {
+        self.forward = Some(forward);
+        self
     }
 
     pub fn max_body(&self) -> usize {
@@ -86,16 +105,22 @@ impl Receiver {
         }
     }
 
-    /// Decodes and enqueues one request; returns what was rejected item by item.
-    pub fn export(&self, signal: Signal, format: Format, body: Bytes) -> Result<Rejections> {
+    /// Decodes and enqueues (or forwards) one request; returns what was rejected item by item.
+    pub async fn export(&self, signal: Signal, format: Format, body: Bytes) -> Result<Rejections> {
         let permit = self.ingest.reserve(body.len())?;
-        let (decoded, rejected) = decode(signal, format, body, self.ingest.attr_keys())?;
+        let (decoded, rejected) = decode(signal, format, body.clone(), self.ingest.attr_keys())?;
         let n = decoded.len() as u64;
         if n > 0 {
-            let sent = match decoded {
-                Decoded::Spans(b) => self.ingest.try_send_spans(b, permit),
-                Decoded::Metrics(b) => self.ingest.try_send_metrics(b, permit),
-                Decoded::Logs(b) => self.ingest.try_send_logs(b, permit),
+            let sent = match (&self.forward, decoded) {
+                (Some(f), decoded) => {
+                    drop(decoded);
+                    let sent = f.forward(signal, format, body).await;
+                    drop(permit);
+                    sent
+                }
+                (None, Decoded::Spans(b)) => self.ingest.try_send_spans(b, permit),
+                (None, Decoded::Metrics(b)) => self.ingest.try_send_metrics(b, permit),
+                (None, Decoded::Logs(b)) => self.ingest.try_send_logs(b, permit),
             };
             if let Err(e) = sent {
                 self.stats.refused(signal, n);

@@ -1,6 +1,7 @@
 //! Test harness: the real `tidewatch` binary on free loopback ports, and readers for what it serves.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod kafka;
 pub mod kube;
 
 use std::collections::BTreeMap;

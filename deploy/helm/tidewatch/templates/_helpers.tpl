@@ -54,5 +54,11 @@ app.kubernetes.io/component: server
     "http" (dict "endpoint" (printf "0.0.0.0:%v" .Values.ports.otlpHttp)))
   "analyzer" (dict "store" (dict "data_dir" (include "tidewatch.dataDir" .)))
   "web" (dict "endpoint" (printf "0.0.0.0:%v" .Values.ports.http)) }}
+{{- if .Values.kafka.enabled }}
+{{- $_ := set $base "kafka" (dict
+  "brokers" (required "kafka.brokers: name at least one broker" .Values.kafka.brokers)
+  "group" .Values.kafka.group
+  "checkpoints" .Values.kafka.checkpoints) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.config)) }}
 {{- end }}

@@ -1,0 +1,253 @@
+//! One partition of a shared, replayable log as a single-owner shard on *record time*: the engine's RED
+//! table and service-graph store, driven by the partition's event clock (milliseconds the caller passes
+//! in) instead of wall-clock arrival. Replaying the same records from the same point therefore gives the
+//! same rows, which is what lets a new owner of a partition rebuild it exactly. The log itself (Kafka) is
+//! the caller's business; this module knows only spans and clocks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use std::sync::Arc;
+
+use crate::budget::SeriesBudget;
+use crate::config::AnalyzerConfig;
+use crate::engine::{admit_resources, wanted_keys};
+use crate::graph::{EdgeRow, GraphCounters, GraphStore};
+use crate::intern::Interner;
+use crate::model::{AttrKeys, SpanBatch};
+use crate::red::{Histogram, RedRow, RedTable};
+
+/// A shard whose clock is the partition's record time.
+pub struct RecordTimeShard {
+    names: Interner,
+    red: RedTable,
+    graph: GraphStore,
+    /// This partition's own series budget (`analyzer.max_series`), so a replay admits the same series.
+    budget: Arc<SeriesBudget>,
+    /// Record time 0 on the store's `Instant` scale: deadlines are `origin + wait` after the record time.
+    origin: Instant,
+    spans: u64,
+    scratch: Vec<(Option<u32>, Option<u32>)>,
+}
+
+impl RecordTimeShard {
+    pub fn new(cfg: &AnalyzerConfig) -> RecordTimeShard {
+        let (_, red_dims, graph_keys) = wanted_keys(cfg);
+        let budget = Arc::new(SeriesBudget::new(cfg.max_series));
+        RecordTimeShard {
+            names: Interner::default(),
+            red: RedTable::new(&cfg.span_metrics, red_dims, budget.clone()),
+            graph: GraphStore::new(&cfg.service_graph, graph_keys, 1, budget.clone()),
+            budget,
+            origin: Instant::now(),
+            spans: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The attribute keys batches for this shard must be decoded with.
+    pub fn attr_keys(cfg: &AnalyzerConfig) -> AttrKeys {
+        wanted_keys(cfg).0
+    }
+
+    fn at(&self, clock_ms: u64) -> Instant {
+        self.origin + Duration::from_millis(clock_ms)
+    }
+
+    /// Expires what is due at `clock_ms`, then applies every span of `batch` as seen at that time.
+    pub fn spans(&mut self, batch: &SpanBatch, clock_ms: u64) {
+        let now = self.at(clock_ms);
+        self.graph.expire(&mut self.names, now);
+        admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
+        for s in &batch.spans {
+            let (service, pod) = self.scratch[s.resource as usize];
+            self.red.record(&mut self.names, batch, s, service, pod);
+            self.graph.record(&mut self.names, batch, s, service, now);
+        }
+        self.spans += batch.spans.len() as u64;
+    }
+
+    /// Expires what is due at `clock_ms` (a window close).
+    pub fn advance(&mut self, clock_ms: u64) {
+        let now = self.at(clock_ms);
+        self.graph.expire(&mut self.names, now);
+    }
+
+    /// Everything counted since the shard was created.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            spans: self.spans,
+            red: self.red.export(&self.names),
+            edges: self.graph.export(&self.names),
+            graph: self.graph.counters(),
+        }
+    }
+}
+
+/// Cumulative counts of a shard or partition: span count, RED series, service-graph edges and counters
+/// (`graph.pending` is a level, not a count: arithmetic keeps the left side's).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub spans: u64,
+    pub red: Vec<RedRow>,
+    pub edges: Vec<EdgeRow>,
+    pub graph: GraphCounters,
+}
+
+impl Totals {
+    /// `self + o`, series by series.
+    pub fn plus(&self, o: &Totals) -> Totals {
+        self.combine(o, 1.0)
+    }
+
+    /// `self - o`, series by series, for `o` an earlier state of the same counters; series left at zero
+    /// are dropped.
+    pub fn minus(&self, o: &Totals) -> Totals {
+        self.combine(o, -1.0)
+    }
+
+    fn combine(&self, o: &Totals, sign: f64) -> Totals {
+        let mut red: BTreeMap<_, RedRow> = self.red.iter().map(|r| (r.key(), r.clone())).collect();
+        for r in &o.red {
+            let e = red.entry(r.key()).or_insert_with(|| RedRow {
+                calls: 0,
+                duration: Histogram::new(r.duration.counts.len().saturating_sub(1)),
+                ..r.clone()
+            });
+            e.calls = if sign > 0.0 {
+                e.calls + r.calls
+            } else {
+                e.calls.saturating_sub(r.calls)
+            };
+            add_histogram(&mut e.duration, &r.duration, sign);
+        }
+        let mut edges: BTreeMap<_, EdgeRow> = self.edges.iter().map(|e| (e.key(), e.clone())).collect();
+        for r in &o.edges {
+            let e = edges.entry(r.key()).or_insert_with(|| {
+                let zero = |h: &Histogram| Histogram::new(h.counts.len().saturating_sub(1));
+                EdgeRow {
+                    total: 0.0,
+                    failed: 0.0,
+                    client_latency: zero(&r.client_latency),
+                    server_latency: zero(&r.server_latency),
+                    messaging_latency: zero(&r.messaging_latency),
+                    ..r.clone()
+                }
+            });
+            e.total += sign * r.total;
+            e.failed += sign * r.failed;
+            add_histogram(&mut e.client_latency, &r.client_latency, sign);
+            add_histogram(&mut e.server_latency, &r.server_latency, sign);
+            add_histogram(&mut e.messaging_latency, &r.messaging_latency, sign);
+        }
+        let n = |a: u64, b: u64| if sign > 0.0 { a + b } else { a.saturating_sub(b) };
+        let (g, h) = (&self.graph, &o.graph);
+        Totals {
+            spans: n(self.spans, o.spans),
+            red: red.into_values().filter(|r| r.calls > 0).collect(),
+            edges: edges
+                .into_values()
+                .filter(|e| e.total != 0.0 || e.failed != 0.0)
+                .collect(),
+            graph: GraphCounters {
+                edges: n(g.edges, h.edges),
+                expired_server: n(g.expired_server, h.expired_server),
+                expired_client: n(g.expired_client, h.expired_client),
+                expired_producer: n(g.expired_producer, h.expired_producer),
+                expired_consumer: n(g.expired_consumer, h.expired_consumer),
+                dropped_spans: n(g.dropped_spans, h.dropped_spans),
+                pending: g.pending,
+            },
+        }
+    }
+}
+
+fn add_histogram(a: &mut Histogram, b: &Histogram, sign: f64) {
+    if a.counts.len() < b.counts.len() {
+        a.counts.resize(b.counts.len(), 0.0);
+    }
+    for (x, y) in a.counts.iter_mut().zip(&b.counts) {
+        *x += sign * y;
+    }
+    a.sum += sign * b.sum;
+    a.count += sign * b.count;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Resource, Span, SpanKind};
+
+    fn batch(service: &str, spans: &[(u8, SpanKind, u8)]) -> SpanBatch {
+        let mut b = SpanBatch::default();
+        let service = b.push_text(service);
+        let empty = b.push_text("");
+        b.resources.push(Resource {
+            service,
+            pod: empty,
+            namespace: empty,
+            attr_start: 0,
+            attr_len: 0,
+        });
+        for &(id, kind, parent) in spans {
+            let name = b.push_text("op");
+            let mut s = Span {
+                name,
+                kind,
+                start_ns: 1_000_000,
+                end_ns: 6_000_000,
+                ..Span::default()
+            };
+            s.trace_id = [7; 16];
+            s.span_id = [id; 8];
+            if parent != 0 {
+                s.parent_span_id = [parent; 8];
+            }
+            b.spans.push(s);
+        }
+        b
+    }
+
+    #[test]
+    fn pairs_on_record_time_and_replays_identically() {
+        let cfg = AnalyzerConfig::default();
+        let run = || {
+            let mut s = RecordTimeShard::new(&cfg);
+            s.spans(&batch("a", &[(1, SpanKind::Client, 0)]), 1_000);
+            // The server half arrives 2 s of record time later: still within `wait`, so the edge forms.
+            s.spans(&batch("b", &[(2, SpanKind::Server, 1)]), 3_000);
+            // A lone client half, expired (and counted) only once record time passes its deadline.
+            s.spans(&batch("a", &[(3, SpanKind::Client, 0)]), 4_000);
+            s.advance(4_000 + cfg.service_graph.wait.as_millis() as u64 + 1);
+            s.totals()
+        };
+        let t = run();
+        assert_eq!(t.spans, 3);
+        assert_eq!(t.edges.iter().map(|e| e.total).sum::<f64>(), 1.0);
+        assert_eq!(t.graph.expired_client, 1);
+        assert_eq!(
+            t,
+            run(),
+            "the same records at the same record times give the same rows"
+        );
+    }
+
+    #[test]
+    fn plus_and_minus_are_inverse() {
+        let cfg = AnalyzerConfig::default();
+        let mut s = RecordTimeShard::new(&cfg);
+        s.spans(&batch("a", &[(1, SpanKind::Client, 0)]), 1_000);
+        let early = s.totals();
+        s.spans(
+            &batch("b", &[(2, SpanKind::Server, 1), (4, SpanKind::Server, 0)]),
+            2_000,
+        );
+        let late = s.totals();
+        let delta = late.minus(&early);
+        assert_eq!(delta.spans, 2);
+        assert_eq!(early.plus(&delta).red, late.red);
+        assert_eq!(early.plus(&delta).edges, late.edges);
+    }
+}

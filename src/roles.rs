@@ -1,0 +1,255 @@
+//! The two roles of a deployment on Kafka (`--role ingest`, `--role analyze`); `app::run` starts them.
+//! Each serves the web port with probes and `/metrics` only: the UI, API and operator need the whole
+//! picture and run with `--role all`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tidewatch_collector::limit::ConnLimit;
+use tidewatch_collector::{Receiver, Stats, server};
+use tidewatch_stream::consumer::{self, ConsumerStats};
+use tidewatch_stream::producer::KafkaForward;
+use tokio::sync::watch;
+
+use crate::app::Listeners;
+use crate::config::Config;
+
+type Hook = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// `/healthz`, `/readyz` and `/metrics` (what `metrics` writes).
+fn web(ready: Arc<AtomicBool>, metrics: Hook) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                let mut out = String::with_capacity(16 * 1024);
+                metrics(&mut out);
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    out,
+                )
+                    .into_response()
+            }),
+        )
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+        v.load(Ordering::Relaxed)
+    );
+}
+
+/// Serves the web port until `stop` flips.
+fn serve_web(
+    cfg: &Config,
+    listener: tokio::net::TcpListener,
+    router: Router,
+) -> anyhow::Result<(
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<tidewatch_collector::Result<()>>,
+)> {
+    let mut router = router;
+    if let Some(auth) = &cfg.web.auth {
+        let token = auth.resolve().context("web.auth")?;
+        router = tidewatch_dashboards::auth::protect(router, token, auth.protect_metrics);
+    }
+    let tls = cfg
+        .web
+        .tls
+        .as_ref()
+        .map(server::rustls_config)
+        .transpose()
+        .context("web.tls")?;
+    let (tx, mut rx) = watch::channel(false);
+    let task = tokio::spawn(server::serve_http(listener, router, tls, None, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Ok((tx, task))
+}
+
+/// `--role ingest`: the OTLP receivers, forwarding to Kafka.
+pub async fn ingest(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let forward = KafkaForward::connect(&cfg.kafka).await?;
+    let stats = Arc::new(Stats::default());
+    let ingest = tidewatch_analyzer::ingest::Ingest::detached(&cfg.analyzer);
+    let rx = Receiver::new(&cfg.collector, ingest, stats.clone())
+        .context("collector.auth")?
+        .forwarding(forward.clone());
+    let tls = cfg
+        .collector
+        .tls
+        .as_ref()
+        .map(server::rustls_config)
+        .transpose()
+        .context("collector.tls")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut r = stop_rx.clone();
+        async move {
+            let _ = r.wait_for(|s| *s).await;
+        }
+    };
+    let limit = ConnLimit::new(cfg.collector.max_connections, stats.clone());
+    let mut otlp = tokio::task::JoinSet::new();
+    if let Some(l) = listeners.grpc {
+        let tls_cfg = cfg.collector.tls.clone();
+        let (rx, stop, limit) = (rx.clone(), stopped(), limit.clone());
+        otlp.spawn(async move {
+            server::serve_grpc(l, rx, tls_cfg.as_ref(), &limit, stop)
+                .await
+                .context("OTLP/gRPC server")
+        });
+    }
+    if let Some(l) = listeners.http {
+        let router = tidewatch_collector::http::router(rx.clone());
+        let (tls, stop, limit) = (tls.clone(), stopped(), limit.clone());
+        otlp.spawn(async move {
+            server::serve_http(l, router, tls, Some(limit), stop)
+                .await
+                .context("OTLP/HTTP server")
+        });
+    }
+    drop(rx);
+    let producer = forward.stats.clone();
+    let collector_stats = stats.clone();
+    let metrics: Hook = Arc::new(move |out: &mut String| {
+        collector_stats.render(out);
+        counter(
+            out,
+            "tidewatch_kafka_messages_acked_total",
+            "Messages the Kafka cluster acknowledged.",
+            &producer.messages_acked,
+        );
+        counter(
+            out,
+            "tidewatch_kafka_messages_failed_total",
+            "Messages the Kafka cluster did not acknowledge in time.",
+            &producer.messages_failed,
+        );
+    });
+    let (web_stop, web) = serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(brokers = %cfg.kafka.brokers.join(","), "tidewatch ingest is ready");
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        Some(res) = otlp.join_next() => res.context("OTLP server task")??,
+    }
+    ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    while let Some(res) = otlp.join_next().await {
+        res.context("OTLP server task")??;
+    }
+    // Every request still running has been answered; this only waits for stragglers' reports.
+    forward.flush(cfg.kafka.produce_timeout);
+    let _ = web_stop.send(true);
+    web.await.context("web server task")??;
+    Ok(())
+}
+
+/// `--role analyze`: a member of the consumer group, serving its partitions' series on `/metrics`.
+pub async fn analyze(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let published: consumer::Published = Arc::new(Mutex::new(BTreeMap::new()));
+    let stats = Arc::new(ConsumerStats::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics: Hook = {
+        let (published, stats, acfg) = (published.clone(), stats.clone(), cfg.analyzer.clone());
+        Arc::new(move |out: &mut String| {
+            let parts = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            tidewatch_dashboards::prom::render_snapshot(out, &consumer::snapshot(&acfg, &parts));
+            counter(
+                out,
+                "tidewatch_kafka_records_total",
+                "Records read from the traces topic.",
+                &stats.records,
+            );
+            counter(
+                out,
+                "tidewatch_kafka_records_replayed_total",
+                "Records read again after a partition changed owner.",
+                &stats.records_replayed,
+            );
+            counter(
+                out,
+                "tidewatch_kafka_records_undecodable_total",
+                "Records that were not OTLP traces requests.",
+                &stats.records_undecodable,
+            );
+            counter(
+                out,
+                "tidewatch_kafka_checkpoints_total",
+                "Partition checkpoints written.",
+                &stats.checkpoints,
+            );
+            counter(
+                out,
+                "tidewatch_kafka_checkpoint_failures_total",
+                "Partition checkpoints that could not be written.",
+                &stats.checkpoint_failures,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP tidewatch_kafka_partitions_owned Partitions this instance owns.\n# TYPE tidewatch_kafka_partitions_owned gauge\ntidewatch_kafka_partitions_owned {}",
+                stats.partitions_owned.load(Ordering::Relaxed)
+            );
+        })
+    };
+    let (web_stop, web) = serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let run = tokio::spawn(consumer::run(
+        cfg.kafka.clone(),
+        cfg.analyzer.clone(),
+        published,
+        stats,
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(group = %cfg.kafka.group, topic = %cfg.kafka.topics.traces, "tidewatch analyze is ready");
+    tokio::pin!(run);
+    let res = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            tokio::time::timeout(Duration::from_secs(30), &mut run).await.ok()
+        }
+        res = &mut run => Some(res),
+    };
+    ready.store(false, Ordering::Relaxed);
+    let _ = web_stop.send(true);
+    web.await.context("web server task")??;
+    match res {
+        Some(r) => r.context("consumer task")?.map_err(Into::into),
+        None => anyhow::bail!("the consumer did not stop within 30 s"),
+    }
+}

@@ -1,0 +1,329 @@
+//! Tidewatch on a real Apache Kafka (KRaft, from `tests/kafka/install.sh`): `--role ingest` producing,
+//! `--role analyze` instances in a consumer group, a reference analyzer in a group of its own reading the
+//! same topic. Real binary, real broker, real loadgen traffic over OTLP/gRPC.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::Kafka;
+use common::{Metrics, Tidewatch};
+
+/// Series whose totals must agree, summed over partitions and instances (histogram sums are floats added
+/// in different orders, so they are left out; counts and buckets are exact).
+const EXACT: [&str; 7] = [
+    "traces_span_metrics_calls_total",
+    "traces_span_metrics_duration_seconds_bucket",
+    "traces_span_metrics_duration_seconds_count",
+    "traces_service_graph_request_total",
+    "traces_service_graph_request_failed_total",
+    "traces_service_graph_request_server_seconds_count",
+    "traces_service_graph_request_client_seconds_count",
+];
+
+/// `name{labels without the partition}` → value, summed over every instance given.
+fn totals(instances: &[&Tidewatch]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for tw in instances {
+        let m: Metrics = tw.metrics();
+        for s in m.samples.iter().filter(|s| EXACT.contains(&s.name.as_str())) {
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .filter(|(k, _)| k.as_str() != "tidewatch_partition")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            *out.entry(format!("{}{{{}}}", s.name, labels.join(",")))
+                .or_insert(0.0) += s.value;
+        }
+    }
+    out
+}
+
+fn calls(t: &BTreeMap<String, f64>) -> f64 {
+    t.iter()
+        .filter(|(k, _)| k.starts_with("traces_span_metrics_calls_total{"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn edges(t: &BTreeMap<String, f64>) -> f64 {
+    t.iter()
+        .filter(|(k, _)| k.starts_with("traces_service_graph_request_total{"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("{what}: {why}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+fn counter(tw: &Tidewatch, name: &str) -> f64 {
+    tw.metrics().sum(name, &[])
+}
+
+struct Cluster {
+    kafka: Kafka,
+    checkpoints: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(partitions: i32) -> Cluster {
+        let kafka = Kafka::start();
+        kafka.create_topic("otlp_spans", partitions);
+        kafka.create_topic("otlp_metrics", 2);
+        kafka.create_topic("otlp_logs", 2);
+        Cluster {
+            kafka,
+            checkpoints: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn sets(&self, role: &str, group: &str) -> Vec<String> {
+        vec![
+            format!("role={role}"),
+            format!("kafka.brokers=[{}]", self.kafka.bootstrap()),
+            format!("kafka.group={group}"),
+            format!("kafka.checkpoints=file://{}", self.checkpoints.path().display()),
+            "kafka.session_timeout=6s".into(),
+            "kafka.produce_timeout=3s".into(),
+            "analyzer.window=1s".into(),
+            "analyzer.service_graph.wait=1s".into(),
+        ]
+    }
+
+    fn start_role(&self, role: &str, group: &str) -> Tidewatch {
+        let sets = self.sets(role, group);
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        Tidewatch::start(&sets)
+    }
+}
+
+/// `tidewatch loadgen` against the ingest role's gRPC port, at `rate` spans/s for `duration` (0: until
+/// SIGTERM), its JSON report on the last line.
+fn loadgen(ingest: &Tidewatch, rate: u32, duration: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["loadgen", "--endpoint", &format!("http://{}", ingest.grpc)])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            duration,
+            "--batch",
+            "200",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start loadgen")
+}
+
+fn report(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("loadgen");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("report line")).expect("JSON report")
+}
+
+fn n(r: &serde_json::Value, k: &str) -> f64 {
+    r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"))
+}
+
+/// Two analyzers in one group sum to a reference analyzer in its own group and to the accepted span
+/// count; then one is killed with SIGKILL mid-stream, a replacement joins, and the totals still agree
+/// exactly: the new owners resumed from the checkpoints and replayed, counting nothing twice.
+#[test]
+fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
+    let c = Cluster::start(6);
+    let ingest = c.start_role("ingest", "unused");
+    let mut a = c.start_role("analyze", "tw");
+    let b = c.start_role("analyze", "tw");
+    let reference = c.start_role("analyze", "reference");
+
+    let first = report(loadgen(&ingest, 3000, "4s"));
+    let accepted = n(&first, "spans_accepted");
+    assert!(accepted > 1000.0, "{first}");
+    assert_eq!(
+        n(&first, "spans_refused") + n(&first, "spans_failed"),
+        0.0,
+        "{first}"
+    );
+    let agree = |group: &[&Tidewatch], want: f64| {
+        let (g, r) = (totals(group), totals(&[&reference]));
+        if calls(&g) != want || calls(&r) != want {
+            return Err(format!(
+                "calls: group {} reference {} accepted {want}",
+                calls(&g),
+                calls(&r)
+            ));
+        }
+        if g != r {
+            let diff: Vec<_> = g.iter().filter(|(k, v)| r.get(*k) != Some(v)).take(5).collect();
+            return Err(format!("series differ, e.g. {diff:?}"));
+        }
+        Ok(())
+    };
+    wait_until("two analyzers vs the reference", 180, || {
+        agree(&[&a, &b], accepted)
+    });
+    let t = totals(&[&reference]);
+    assert!(edges(&t) > 0.0, "the service graph has edges");
+    assert!(
+        counter(&a, "tidewatch_kafka_partitions_owned") > 0.0,
+        "a owns partitions"
+    );
+    assert!(
+        counter(&b, "tidewatch_kafka_partitions_owned") > 0.0,
+        "b owns partitions"
+    );
+
+    // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
+    let load = loadgen(&ingest, 3000, "12s");
+    let checkpoints = counter(&a, "tidewatch_kafka_checkpoints_total");
+    wait_until("a checkpoints under the second load", 60, || {
+        let now = counter(&a, "tidewatch_kafka_checkpoints_total");
+        if now > checkpoints + 6.0 {
+            Ok(())
+        } else {
+            Err(format!("{now} checkpoints"))
+        }
+    });
+    a.kill9();
+    let a2 = c.start_role("analyze", "tw");
+    let second = report(load);
+    assert_eq!(
+        n(&second, "spans_refused") + n(&second, "spans_failed"),
+        0.0,
+        "{second}"
+    );
+    let accepted = accepted + n(&second, "spans_accepted");
+    wait_until("after kill -9, the group vs the reference", 240, || {
+        agree(&[&a2, &b], accepted)
+    });
+    let t = totals(&[&reference]);
+    let replayed = counter(&a2, "tidewatch_kafka_records_replayed_total")
+        + counter(&b, "tidewatch_kafka_records_replayed_total");
+    eprintln!(
+        "kill -9: accepted {accepted}; counted {} calls, {} service-graph requests; {replayed} records replayed",
+        calls(&t),
+        edges(&t)
+    );
+    assert!(
+        counter(&a2, "tidewatch_kafka_records_replayed_total")
+            + counter(&b, "tidewatch_kafka_records_replayed_total")
+            > 0.0,
+        "the new owners replayed from a checkpoint"
+    );
+}
+
+/// The broker is stopped for 10 s under load: the ingest role refuses retryably (503 / UNAVAILABLE), takes
+/// traffic again once the broker is back, every span sent is accounted for, and every accepted span reaches
+/// an analyzer.
+#[test]
+fn a_kafka_outage_is_refused_retryably_and_loses_nothing_accepted() {
+    let mut c = Cluster::start(3);
+    let ingest = c.start_role("ingest", "unused");
+    let reference = c.start_role("analyze", "reference");
+    let accepted_now = |tw: &Tidewatch| tw.metrics().items("spans", "accepted");
+    let load = loadgen(&ingest, 1000, "0s");
+    wait_until("spans accepted before the outage", 60, || {
+        let a = accepted_now(&ingest);
+        if a > 0.0 { Ok(()) } else { Err("none yet".into()) }
+    });
+    c.kafka.stop();
+    let down = Instant::now();
+    wait_until("refusals while Kafka is down", 60, || {
+        let r = ingest.metrics().items("spans", "refused");
+        if r > 0.0 {
+            Ok(())
+        } else {
+            Err("no refusal yet".into())
+        }
+    });
+    // The outage lasts 10 s (the scenario, not a wait for something to happen).
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
+    let before = accepted_now(&ingest);
+    c.kafka.resume();
+    wait_until("accepting again after Kafka is back", 120, || {
+        let a = accepted_now(&ingest);
+        if a > before + 2000.0 {
+            Ok(())
+        } else {
+            Err(format!("{a} accepted, {before} before"))
+        }
+    });
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(load.id().to_string())
+        .status();
+    let r = report(load);
+    let (sent, accepted, refused) = (
+        n(&r, "spans_sent"),
+        n(&r, "spans_accepted"),
+        n(&r, "spans_refused"),
+    );
+    assert!(refused > 0.0, "{r}");
+    assert_eq!(
+        sent,
+        accepted + refused + n(&r, "spans_rejected") + n(&r, "spans_failed"),
+        "{r}"
+    );
+    assert_eq!(
+        n(&r, "spans_failed"),
+        0.0,
+        "refusals are retryable answers, not failures: {r}"
+    );
+    // Every accepted span reaches the analyzer. A refused request whose messages were partly acknowledged
+    // before the broker went away can add spans beyond the accepted ones, never beyond those sent.
+    wait_until("the reference counts every accepted span", 180, || {
+        let got = calls(&totals(&[&reference]));
+        if got >= accepted && got <= sent {
+            Ok(())
+        } else {
+            Err(format!("{got} counted, {accepted} accepted, {sent} sent"))
+        }
+    });
+    eprintln!(
+        "outage: sent {sent}, accepted {accepted}, refused {refused}; the analyzer counted {}",
+        calls(&totals(&[&reference]))
+    );
+}
+
+/// A cluster that cannot be reached is a clear error at start, naming the setting.
+#[test]
+fn unreachable_brokers_are_a_named_error_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args([
+            "run",
+            "--role",
+            "ingest",
+            "--set",
+            &format!("kafka.brokers=[127.0.0.1:{port}]"),
+        ])
+        .args([
+            "--set",
+            "collector.grpc.endpoint=127.0.0.1:0",
+            "--set",
+            "collector.http.endpoint=127.0.0.1:0",
+        ])
+        .args(["--set", "web.endpoint=127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kafka.brokers: cannot reach 127.0.0.1:"), "{err}");
+}
