@@ -35,7 +35,7 @@ pub enum Command {
     Crdgen,
     /// Replay a request-rate trace against a simulated Deployment under the HPA, Tidewatch or an oracle,
     /// and score SLO-violation minutes, replica-hours, scaling actions and reversals.
-    Simulate(crate::simulate::SimulateArgs),
+    Simulate(Box<crate::simulate::SimulateArgs>),
 }
 
 #[derive(Args, Debug)]

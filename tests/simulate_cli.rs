@@ -5,6 +5,30 @@
 use std::io::Write;
 use std::process::Command;
 
+/// Two days at 5-minute rows: a quiet base and a sudden surge every afternoon.
+fn surge_trace(path: &std::path::Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(f, "timestamp,value").unwrap();
+    for i in 0..576 {
+        let secs = 1_700_006_400 + i * 300;
+        let hour = (i % 288) / 12;
+        let v = if (14..17).contains(&hour) {
+            1000
+        } else {
+            100 + i % 7
+        };
+        writeln!(f, "{secs},{v}").unwrap();
+    }
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .arg("simulate")
+        .args(args)
+        .output()
+        .expect("tidewatch runs")
+}
+
 fn simulate(trace: &std::path::Path, policy: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tidewatch"))
         .args(["simulate", "--trace"])
@@ -25,20 +49,7 @@ fn last_line(out: &std::process::Output) -> serde_json::Value {
 fn simulate_prints_a_json_score_and_the_oracle_beats_the_hpa() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("trace.csv");
-    let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "timestamp,value").unwrap();
-    // Two days at 5-minute rows: a quiet base and a sudden surge every afternoon.
-    for i in 0..576 {
-        let secs = 1_700_006_400 + i * 300;
-        let hour = (i % 288) / 12;
-        let v = if (14..17).contains(&hour) {
-            1000
-        } else {
-            100 + i % 7
-        };
-        writeln!(f, "{secs},{v}").unwrap();
-    }
-    drop(f);
+    surge_trace(&path);
     let mut scores = std::collections::BTreeMap::new();
     for policy in ["hpa", "tidewatch", "oracle"] {
         let v = last_line(&simulate(&path, policy));
@@ -68,4 +79,67 @@ fn simulate_prints_a_json_score_and_the_oracle_beats_the_hpa() {
     let out = simulate(&dir.path().join("missing.csv"), "hpa");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.csv"));
+}
+
+#[test]
+fn the_sweep_prints_both_curves_and_where_tidewatch_lies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.csv");
+    surge_trace(&path);
+    let trace = path.to_str().unwrap();
+    let out = run(&["--trace", trace, "--sweep", "--json"]);
+    let f = last_line(&out);
+    for policy in ["hpa", "tidewatch"] {
+        let curve = f[policy].as_array().expect("a curve");
+        let utils: Vec<f64> = curve
+            .iter()
+            .filter_map(|p| p["target_utilization"].as_f64())
+            .collect();
+        assert_eq!(utils, [0.5, 0.6, 0.7, 0.8, 0.9], "{f}");
+    }
+    assert_eq!(f["point"]["target_utilization"], 0.7, "{f}");
+    assert!(
+        f["on_or_below"].is_boolean() && f["hpa_violations_at_same_cost"].is_number(),
+        "{f}"
+    );
+    assert_eq!(f["oracle"]["slo_violation_minutes"], 0, "{f}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("the HPA at the same replica-hours"), "{text}");
+    // A plot draws one replay.
+    let bad = run(&["--trace", trace, "--sweep", "--plot", "x.svg"]);
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn plot_draws_the_replay_and_a_bad_pod_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trace.csv");
+    surge_trace(&path);
+    let svg = dir.path().join("replay.svg");
+    let out = run(&[
+        "--trace",
+        path.to_str().unwrap(),
+        "--policy",
+        "tidewatch",
+        "--incident",
+        "bad-pod",
+        "--incident-at",
+        "12h",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pods restarted         1"), "{text}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawn.starts_with("<svg") && drawn.contains("<polyline"),
+        "{}",
+        &drawn[..200.min(drawn.len())]
+    );
+    // The bad pod's minute before detection is drawn as a violation band.
+    assert!(
+        drawn.contains("SLO violated") && drawn.contains("<rect"),
+        "no violation drawn"
+    );
 }

@@ -397,6 +397,8 @@ fn write_decision_log(path: &Path) {
                 model: "holt_winters".into(),
                 mase: Some(0.6),
                 peak_upper: Some(load * 1.3),
+                peak_mean: None,
+                calibration: None,
             }),
             last_scale_ms: last_scale,
             history: history.clone(),

@@ -365,6 +365,8 @@ mod tests {
                 model: "holt_winters".into(),
                 mase: Some(0.5),
                 peak_upper: Some(rate * f64::from(replicas) * 1.5),
+                peak_mean: None,
+                calibration: None,
             }),
             last_scale_ms: None,
             history: ScaleHistory::default(),

@@ -22,13 +22,50 @@ pub struct ScaleHistory {
     pub scale_downs: Vec<(i64, u32)>,
 }
 
+/// The rule that shaped a decision: the HPA's `ScalingLimited` condition reasons, plus Tidewatch's
+/// cooldown. Serialised (and shown) as the reason's name, as the HPA writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Limit {
+    /// No rule changed the desired count.
+    #[default]
+    DesiredWithinRange,
+    ScaleUpStabilized,
+    ScaleDownStabilized,
+    ScaleUpLimit,
+    ScaleDownLimit,
+    TooManyReplicas,
+    TooFewReplicas,
+    /// Held by the policy's cooldown since the last scaling action.
+    Cooldown,
+}
+
+impl Limit {
+    /// The reason's name, as in the HPA's conditions and Kubernetes Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::DesiredWithinRange => "DesiredWithinRange",
+            Limit::ScaleUpStabilized => "ScaleUpStabilized",
+            Limit::ScaleDownStabilized => "ScaleDownStabilized",
+            Limit::ScaleUpLimit => "ScaleUpLimit",
+            Limit::ScaleDownLimit => "ScaleDownLimit",
+            Limit::TooManyReplicas => "TooManyReplicas",
+            Limit::TooFewReplicas => "TooFewReplicas",
+            Limit::Cooldown => "Cooldown",
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The outcome of normalisation, with the HPA's condition reason.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Normalized {
     pub replicas: u32,
-    /// `ScaleUpStabilized`, `ScaleDownStabilized`, `ScaleUpLimit`, `ScaleDownLimit`, `TooManyReplicas`,
-    /// `TooFewReplicas` or `DesiredWithinRange`.
-    pub reason: &'static str,
+    pub reason: Limit,
 }
 
 impl ScaleHistory {
@@ -146,12 +183,12 @@ pub fn normalize(
     h.recommendations.push((now_ms, desired));
     let stab_reason = if stabilized != desired {
         if desired >= current {
-            "ScaleUpStabilized"
+            Limit::ScaleUpStabilized
         } else {
-            "ScaleDownStabilized"
+            Limit::ScaleDownStabilized
         }
     } else {
-        "DesiredWithinRange"
+        Limit::DesiredWithinRange
     };
 
     // Rate limits and bounds.
@@ -159,9 +196,9 @@ pub fn normalize(
     if want > cur {
         let limit = policy_limit(Direction::Up, current, h, now_ms, &behavior.scale_up).max(cur);
         let (allowed, reason) = if i64::from(max) > limit {
-            (limit, "ScaleUpLimit")
+            (limit, Limit::ScaleUpLimit)
         } else {
-            (i64::from(max), "TooManyReplicas")
+            (i64::from(max), Limit::TooManyReplicas)
         };
         if want > allowed {
             return Normalized {
@@ -172,9 +209,9 @@ pub fn normalize(
     } else if want < cur {
         let limit = policy_limit(Direction::Down, current, h, now_ms, &behavior.scale_down).min(cur);
         let (allowed, reason) = if i64::from(min) < limit {
-            (limit, "ScaleDownLimit")
+            (limit, Limit::ScaleDownLimit)
         } else {
-            (i64::from(min), "TooFewReplicas")
+            (i64::from(min), Limit::TooFewReplicas)
         };
         if want < allowed {
             return Normalized {
@@ -205,9 +242,9 @@ mod tests {
         // A recommendation of 8 two minutes ago keeps a later 3 from taking effect for 5 minutes.
         assert_eq!(normalize(8, 8, 1, 20, &b, &mut h, 0).replicas, 8);
         let n = normalize(3, 8, 1, 20, &b, &mut h, 120_000);
-        assert_eq!((n.replicas, n.reason), (8, "ScaleDownStabilized"));
+        assert_eq!((n.replicas, n.reason), (8, Limit::ScaleDownStabilized));
         let n = normalize(3, 8, 1, 20, &b, &mut h, 301_000);
-        assert_eq!((n.replicas, n.reason), (3, "DesiredWithinRange"));
+        assert_eq!((n.replicas, n.reason), (3, Limit::DesiredWithinRange));
     }
 
     #[test]
@@ -216,7 +253,7 @@ mod tests {
         let mut h = ScaleHistory::default();
         // From 2: +100 % gives 4, +4 pods gives 6; Max picks 6.
         let n = normalize(30, 2, 1, 50, &b, &mut h, 0);
-        assert_eq!((n.replicas, n.reason), (6, "ScaleUpLimit"));
+        assert_eq!((n.replicas, n.reason), (6, Limit::ScaleUpLimit));
         h.record_scale(0, 2, 6);
         // Within the same 15 s period the budget is spent: start of period was 2, limit still 6.
         let n = normalize(30, 6, 1, 50, &b, &mut h, 10_000);
@@ -231,13 +268,13 @@ mod tests {
         let mut b = behavior();
         let mut h = ScaleHistory::default();
         let n = normalize(30, 10, 1, 12, &b, &mut h, 0);
-        assert_eq!((n.replicas, n.reason), (12, "TooManyReplicas"));
+        assert_eq!((n.replicas, n.reason), (12, Limit::TooManyReplicas));
         b.scale_down.stabilization_window_seconds = 0;
         let n = normalize(0, 5, 2, 12, &b, &mut ScaleHistory::default(), 0);
-        assert_eq!((n.replicas, n.reason), (2, "TooFewReplicas"));
+        assert_eq!((n.replicas, n.reason), (2, Limit::TooFewReplicas));
         b.scale_down.select_policy = SelectPolicy::Disabled;
         let n = normalize(2, 5, 1, 12, &b, &mut ScaleHistory::default(), 0);
-        assert_eq!((n.replicas, n.reason), (5, "ScaleDownLimit"));
+        assert_eq!((n.replicas, n.reason), (5, Limit::ScaleDownLimit));
     }
 
     #[test]

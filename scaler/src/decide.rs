@@ -1,21 +1,33 @@
 //! `decide()`: the pure heart of the operator. The same function drives a real Deployment (the
 //! reconciler), a simulated one (`tidewatch simulate`) and the replay of the decision log.
 //!
-//! - The reactive floor is the HPA: per-pod utilisation (requests per second over per-replica capacity)
+//! - The reactive answer is the HPA: per-pod utilisation (requests per second over per-replica capacity)
 //!   against the target utilisation, with the HPA's tolerance and missing/not-ready pod rules.
-//! - The predictive answer is the replicas needed to serve the forecast's 95 % upper bound over the next
-//!   `horizon` (cold start plus metric lag) at full per-replica capacity: the interval is the margin, so
-//!   the target utilisation's headroom is not paid a second time on top of it. It counts only when the model has
-//!   earned trust: its backtest beats seasonal naive by the policy's margin and the forecast covers the
-//!   horizon.
-//! - The larger of the two wins, then the HPA's behaviour rules (stabilisation, rate limits, min/max) and
-//!   the policy's cooldown apply.
+//! - A forecast counts only when it has earned trust: its backtest beats seasonal naive by the policy's
+//!   margin and it covers the horizon (cold start plus metric lag plus a sync). Then:
+//!   - **calibrated** (the forecast carries a [`Calibration`] learned from its realised errors): the
+//!     answer is the replicas that serve the calibrated peak over the horizon at full per-replica
+//!     capacity (the load at which a replica meets the SLO), even below the HPA's answer, and scale-downs
+//!     wait [`TRUSTED_SCALE_DOWN_WINDOW_S`] instead of the policy's window. The fallback is immediate: when
+//!     the observed load (the pods' rates summed) is above the calibrated peak, the forecast has left its
+//!     band and the answer is the HPA's, with the policy's behaviour.
+//!   - **band** (not calibrated yet): the larger of the HPA's answer and the replicas for the forecast's
+//!     95 % upper bound at full capacity.
+//! - Without a trusted forecast the answer is exactly the HPA's. Then the HPA's behaviour rules
+//!   (stabilisation, rate limits, min/max) and the policy's cooldown apply.
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::behavior::Limit;
 use crate::behavior::{ScaleHistory, normalize};
-use crate::crd::ServicePolicySpec;
+pub use crate::calibrate::Calibration;
+use crate::crd::{Behavior, ServicePolicySpec};
 use crate::hpa::{self, PodMetric};
+
+/// Scale-down stabilisation window, in seconds, while a calibrated forecast sizes the target (the
+/// policy's window applies otherwise): the calibrated peak already covers the horizon ahead, so the
+/// window only has to ride out a sync or two of noise.
+pub const TRUSTED_SCALE_DOWN_WINDOW_S: i32 = 60;
 
 /// One pod of the target as the operator sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +47,12 @@ pub struct ForecastInput {
     /// Highest upper bound of the 95 % interval over `(now, now + horizon]`; `None` when the forecast does
     /// not reach that far (stale or too short).
     pub peak_upper: Option<f64>,
+    /// Highest point forecast over the same horizon; `None` when the forecast does not reach that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_mean: Option<f64>,
+    /// The margin over `peak_mean` learned from the forecast's realised errors; `None` until learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
 }
 
 /// Everything a decision depends on: logged with it, so it can be replayed.
@@ -53,6 +71,20 @@ pub struct Inputs {
     pub history: ScaleHistory,
 }
 
+/// What the desired replica count rests on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Basis {
+    /// The HPA's answer.
+    #[default]
+    Reactive,
+    /// A trusted forecast's 95 % upper bound, above the HPA's answer.
+    ForecastBand,
+    /// A trusted forecast's calibrated peak, whether above or below the HPA's answer.
+    Calibrated,
+    /// The HPA's answer because the observed load left the calibrated forecast's band.
+    Fallback,
+}
+
 /// A decision and why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -61,10 +93,13 @@ pub struct Decision {
     pub reactive: u32,
     /// Replicas for the forecast peak, when the forecast is trusted.
     pub predictive: Option<u32>,
+    /// What the desired count rests on.
+    #[serde(default)]
+    pub basis: Basis,
     /// What to set `spec.replicas` to.
     pub replicas: u32,
     /// The behaviour rule that shaped the result (`DesiredWithinRange` when none did).
-    pub limit: String,
+    pub limit: Limit,
     /// In words, for Events, status and the decision log.
     pub reason: String,
 }
@@ -72,6 +107,78 @@ pub struct Decision {
 impl Decision {
     pub fn changes(&self) -> bool {
         self.replicas != self.current
+    }
+}
+
+/// Replicas that serve `load` at `per_replica` each (at least one).
+fn replicas_for(load: f64, per_replica: f64) -> u32 {
+    // 700 / 70 is 10.000000000000002 in floating point: that is 10 replicas, not 11.
+    (load / per_replica - 1e-9).ceil().clamp(1.0, f64::from(u32::MAX)) as u32
+}
+
+/// What a trusted forecast proposes.
+enum Forecasted {
+    /// Replicas for the 95 % upper bound: raises the HPA's answer only.
+    Band { n: u32, peak: f64 },
+    /// Replicas for the calibrated peak: the answer, whatever the HPA's.
+    Calibrated { n: u32, peak: f64, cal: Calibration },
+    /// The observed load is above the calibrated peak: the HPA's answer.
+    Outside { n: u32, peak: f64, observed: f64 },
+}
+
+/// The forecast's proposal, or why there is none (empty when prediction is off).
+fn forecasted<'a>(
+    spec: &ServicePolicySpec,
+    inp: &'a Inputs,
+    cap: f64,
+) -> Result<(Forecasted, &'a ForecastInput), String> {
+    let f = match &inp.forecast {
+        Some(f) => f,
+        None => return Err("no forecast yet: reactive only".into()),
+    };
+    if !f
+        .mase
+        .is_some_and(|m| m.is_finite() && m <= spec.prediction.max_mase)
+    {
+        return Err(format!(
+            "forecast ({}) not trusted: MASE {} above {}: reactive only",
+            f.model,
+            f.mase.map_or("unknown".into(), |m| format!("{m:.2}")),
+            spec.prediction.max_mase
+        ));
+    }
+    let usable = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
+    let calibrated = usable(f.peak_mean).zip(f.calibration.filter(|c| c.peak(0.0).is_finite()));
+    if let Some((mean, cal)) = calibrated {
+        let peak = cal.peak(mean);
+        let n = replicas_for(peak, cap);
+        let observed: f64 = inp
+            .pods
+            .iter()
+            .filter_map(|p| p.rate)
+            .filter(|r| r.is_finite())
+            .sum();
+        return Ok((
+            if observed > peak {
+                Forecasted::Outside { n, peak, observed }
+            } else {
+                Forecasted::Calibrated { n, peak, cal }
+            },
+            f,
+        ));
+    }
+    match usable(f.peak_upper) {
+        Some(peak) => Ok((
+            Forecasted::Band {
+                n: replicas_for(peak, cap),
+                peak,
+            },
+            f,
+        )),
+        None => Err(format!(
+            "forecast ({}) does not cover the {} s horizon: reactive only",
+            f.model, spec.prediction.horizon_seconds
+        )),
     }
 }
 
@@ -83,24 +190,19 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
     let mut history = inp.history.clone();
     history.prune(inp.now_ms, &spec.behavior);
     let util = spec.capacity.target_utilization.clamp(0.05, 1.0);
-    let hold = |reason: String, history: ScaleHistory| {
-        (
+
+    // The HPA leaves a target scaled to zero alone, and first brings one outside its bounds inside them.
+    if current == 0 {
+        return (
             Decision {
                 current,
                 reactive: current,
                 predictive: None,
+                basis: Basis::Reactive,
                 replicas: current,
-                limit: "DesiredWithinRange".into(),
-                reason,
+                limit: Limit::DesiredWithinRange,
+                reason: "scaled to zero: scaling is disabled until it runs again".into(),
             },
-            history,
-        )
-    };
-
-    // The HPA leaves a target scaled to zero alone, and first brings one outside its bounds inside them.
-    if current == 0 {
-        return hold(
-            "scaled to zero: scaling is disabled until it runs again".into(),
             history,
         );
     }
@@ -129,59 +231,70 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
         ),
     };
 
-    let predictive = match (&inp.forecast, capacity) {
-        (Some(f), Some(cap)) if spec.prediction.enabled => {
-            let trusted = f
-                .mase
-                .is_some_and(|m| m.is_finite() && m <= spec.prediction.max_mase);
-            match (trusted, f.peak_upper) {
-                (true, Some(peak)) if peak.is_finite() && peak >= 0.0 => {
-                    // Full capacity: the upper bound already carries the safety margin.
-                    let n = (peak / cap).ceil().max(1.0).min(f64::from(u32::MAX)) as u32;
-                    Ok((n, peak, f))
-                }
-                (true, _) => Err(format!(
-                    "forecast ({}) does not cover the {} s horizon: reactive only",
-                    f.model, spec.prediction.horizon_seconds
-                )),
-                (false, _) => Err(format!(
-                    "forecast ({}) not trusted: MASE {} above {}: reactive only",
-                    f.model,
-                    f.mase.map_or("unknown".into(), |m| format!("{m:.2}")),
-                    spec.prediction.max_mase
-                )),
-            }
-        }
-        (None, Some(_)) if spec.prediction.enabled => Err("no forecast yet: reactive only".into()),
+    let proposal = match capacity {
+        Some(cap) if spec.prediction.enabled => forecasted(spec, inp, cap),
         _ => Err(String::new()),
     };
-
-    let (desired, mut why) = match &predictive {
-        Ok((n, peak, f)) if *n > reactive => (
+    let horizon = spec.prediction.horizon_seconds;
+    let cap = capacity.unwrap_or(0.0);
+    let about = |f: &ForecastInput| format!("{}, MASE {:.2}", f.model, f.mase.unwrap_or(f64::NAN));
+    let (desired, basis, predictive, mut why) = match &proposal {
+        Ok((Forecasted::Calibrated { n, peak, cal }, f)) => (
             *n,
+            Basis::Calibrated,
+            Some(*n),
             format!(
-                "predictive: forecast peak {peak:.1} req/s within {} s ({}, MASE {:.2}) needs {n} at {:.0} req/s per replica; {reactive_why} → {reactive}",
-                spec.prediction.horizon_seconds,
-                f.model,
-                f.mase.unwrap_or(f64::NAN),
-                capacity.unwrap_or(0.0),
+                "calibrated: forecast peak {peak:.1} req/s within {horizon} s ({}; {:.0} % coverage from {} realised peaks) needs {n} at {cap:.0} req/s per replica; {reactive_why} → {reactive}",
+                about(f),
+                cal.level * 100.0,
+                cal.samples,
             ),
         ),
-        Ok((n, _, _)) => (
+        Ok((Forecasted::Outside { n, peak, observed }, f)) => (
             reactive,
+            Basis::Fallback,
+            Some(*n),
+            format!(
+                "{reactive_why} → {reactive}: observed {observed:.1} req/s above the calibrated peak {peak:.1} ({})",
+                about(f)
+            ),
+        ),
+        Ok((Forecasted::Band { n, peak }, f)) if *n > reactive => (
+            *n,
+            Basis::ForecastBand,
+            Some(*n),
+            format!(
+                "predictive: forecast upper bound {peak:.1} req/s within {horizon} s ({}) needs {n} at {cap:.0} req/s per replica; {reactive_why} → {reactive}",
+                about(f)
+            ),
+        ),
+        Ok((Forecasted::Band { n, .. }, _)) => (
+            reactive,
+            Basis::Reactive,
+            Some(*n),
             format!("{reactive_why} → {reactive} (forecast needs {n})"),
         ),
-        Err(e) if e.is_empty() => (reactive, format!("{reactive_why} → {reactive}")),
-        Err(e) => (reactive, format!("{reactive_why} → {reactive}; {e}")),
+        Err(e) if e.is_empty() => (
+            reactive,
+            Basis::Reactive,
+            None,
+            format!("{reactive_why} → {reactive}"),
+        ),
+        Err(e) => (
+            reactive,
+            Basis::Reactive,
+            None,
+            format!("{reactive_why} → {reactive}; {e}"),
+        ),
     };
 
     // Outside the bounds, the HPA moves straight inside them, whatever the metrics, windows and policies
     // say (`reconcileAutoscaler` skips normalisation in that case): a bound is never waited on.
     let n = if current > max || current < min {
         let (bound, reason) = if current > max {
-            (max, "TooManyReplicas")
+            (max, Limit::TooManyReplicas)
         } else {
-            (min, "TooFewReplicas")
+            (min, Limit::TooFewReplicas)
         };
         why = format!("current {current} outside {min}..={max}: moved to {bound}; {why}");
         crate::behavior::Normalized {
@@ -194,13 +307,13 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
             current,
             min,
             max,
-            &spec.behavior,
+            &behavior_for(&spec.behavior, basis),
             &mut history,
             inp.now_ms,
         )
     };
     let mut replicas = n.replicas;
-    let mut limit = n.reason.to_owned();
+    let mut limit = n.reason;
     let cooldown_ms = i64::from(spec.behavior.cooldown_seconds.max(0)) * 1000;
     if replicas != current
         && (min..=max).contains(&current)
@@ -212,22 +325,34 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
             spec.behavior.cooldown_seconds
         );
         replicas = current;
-        limit = "Cooldown".into();
+        limit = Limit::Cooldown;
     }
-    if replicas != desired && limit != "Cooldown" {
+    if replicas != desired && limit != Limit::Cooldown {
         why = format!("{why}; {limit} → {replicas}");
     }
     (
         Decision {
             current,
             reactive,
-            predictive: predictive.as_ref().ok().map(|(n, _, _)| *n),
+            predictive,
+            basis,
             replicas,
             limit,
             reason: why,
         },
         history,
     )
+}
+
+/// The behaviour rules for a decision on `basis`: a calibrated forecast scales down after
+/// [`TRUSTED_SCALE_DOWN_WINDOW_S`] at most.
+fn behavior_for(behavior: &Behavior, basis: Basis) -> Behavior {
+    let mut b = behavior.clone();
+    if basis == Basis::Calibrated {
+        let w = &mut b.scale_down.stabilization_window_seconds;
+        *w = (*w).min(TRUSTED_SCALE_DOWN_WINDOW_S);
+    }
+    b
 }
 
 #[cfg(test)]
@@ -270,6 +395,26 @@ mod tests {
             model: "holt-winters".into(),
             mase: Some(mase),
             peak_upper: Some(peak),
+            peak_mean: None,
+            calibration: None,
+        })
+    }
+
+    fn calibrated(mean: f64, excess: f64) -> Option<ForecastInput> {
+        Some(ForecastInput {
+            model: "holt-winters".into(),
+            mase: Some(0.6),
+            peak_upper: Some(mean * 3.0),
+            peak_mean: Some(mean),
+            // The trend is far above: the forecast's calibrated peak is the lower.
+            calibration: Some(Calibration {
+                level: 0.99,
+                samples: 5000,
+                floor: 100.0,
+                forecast_excess: excess,
+                trend: 1e6,
+                trend_excess: 0.0,
+            }),
         })
     }
 
@@ -377,6 +522,58 @@ mod tests {
                 7,
                 7,
                 Some(1),
+                "DesiredWithinRange",
+            ),
+            // Calibrated peak 250 × 1.2 = 300 req/s: 3 replicas at full capacity, below the HPA's 5
+            // (0.6 / 0.5 = 1.2 → ceil(4.8)); a calibrated scale-down waits 60 s, not 300.
+            (
+                "calibrated forecast answers below the HPA",
+                |_, i| {
+                    *i = inputs(4, &[60.0; 4]);
+                    i.forecast = calibrated(250.0, 0.2);
+                    i.history.recommendations.push((i.now_ms - 90_000, 4));
+                },
+                3,
+                5,
+                Some(3),
+                "DesiredWithinRange",
+            ),
+            (
+                "calibrated scale-down within 60 s is stabilised",
+                |_, i| {
+                    *i = inputs(4, &[60.0; 4]);
+                    i.forecast = calibrated(250.0, 0.2);
+                    i.history.recommendations.push((i.now_ms - 30_000, 4));
+                },
+                4,
+                5,
+                Some(3),
+                "ScaleDownStabilized",
+            ),
+            // Observed 4 × 80 = 320 req/s, above the calibrated 300: the HPA's answer, at once.
+            (
+                "observed load above the calibrated peak falls back to the HPA",
+                |_, i| {
+                    *i = inputs(4, &[80.0; 4]);
+                    i.forecast = calibrated(250.0, 0.2);
+                },
+                7,
+                7,
+                Some(3),
+                "DesiredWithinRange",
+            ),
+            (
+                "an untrusted calibrated forecast is ignored",
+                |_, i| {
+                    *i = inputs(4, &[60.0; 4]);
+                    i.forecast = calibrated(250.0, 0.2);
+                    if let Some(f) = i.forecast.as_mut() {
+                        f.mase = Some(1.5);
+                    }
+                },
+                5,
+                5,
+                None,
                 "DesiredWithinRange",
             ),
             (
@@ -527,6 +724,15 @@ mod tests {
                 peak_upper: Some(
                     [rng.random_range(0.0..1e6), f64::NAN, f64::INFINITY][rng.random_range(0..3)],
                 ),
+                peak_mean: Some(rng.random_range(0.0..1e4)),
+                calibration: rng.random_bool(0.5).then(|| Calibration {
+                    level: 0.99,
+                    samples: 100,
+                    floor: 100.0,
+                    forecast_excess: rng.random_range(-1.0..3.0),
+                    trend: rng.random_range(0.0..1e4),
+                    trend_excess: [rng.random_range(-1.0..3.0), f64::NAN][rng.random_range(0..2)],
+                }),
             });
             for k in 0..rng.random_range(0..5) {
                 i.history
@@ -545,11 +751,28 @@ mod tests {
     #[test]
     fn replaying_logged_inputs_gives_the_same_decision() {
         let s = spec();
-        let mut i = inputs(4, &[80.0; 4]);
-        i.forecast = forecast(900.0, 0.6);
-        let (d, _) = decide(&s, &i);
-        let logged = serde_json::to_string(&i).unwrap();
-        let replayed: Inputs = serde_json::from_str(&logged).unwrap();
-        assert_eq!(decide(&s, &replayed).0, d);
+        for f in [forecast(900.0, 0.6), calibrated(250.0, 0.2)] {
+            let mut i = inputs(4, &[60.0; 4]);
+            i.forecast = f;
+            let (d, _) = decide(&s, &i);
+            let logged = serde_json::to_string(&i).unwrap();
+            let replayed: Inputs = serde_json::from_str(&logged).unwrap();
+            assert_eq!(decide(&s, &replayed).0, d);
+        }
+    }
+
+    #[test]
+    fn the_limit_and_basis_read_as_words_and_old_logs_still_parse() {
+        let (d, _) = decide(&spec(), &inputs(8, &[10.0; 8]));
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["limit"], "DesiredWithinRange");
+        assert_eq!(json["basis"], "Reactive");
+        assert_eq!(Limit::ScaleDownStabilized.to_string(), "ScaleDownStabilized");
+        // A decision logged before `basis` existed, with a forecast without `peak_mean` or `calibration`.
+        let old = r#"{"current":4,"reactive":7,"predictive":null,"replicas":7,"limit":"ScaleUpLimit","reason":"r"}"#;
+        let d: Decision = serde_json::from_str(old).unwrap();
+        assert_eq!((d.limit, d.basis), (Limit::ScaleUpLimit, Basis::Reactive));
+        let f: ForecastInput = serde_json::from_str(r#"{"model":"m","mase":0.5,"peak_upper":10.0}"#).unwrap();
+        assert_eq!((f.peak_mean, f.calibration), (None, None));
     }
 }

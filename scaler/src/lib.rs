@@ -3,11 +3,14 @@
 //! - `crd`: the custom resource, generated into `deploy/crds/`.
 //! - `hpa` and `behavior`: the Kubernetes HPA v2 algorithm reproduced exactly, the reactive floor under
 //!   every predictive answer.
+//! - `calibrate`: the forecast's margin learned from its realised errors (conformal), logged with each
+//!   decision that uses it.
 //! - `decide` and `heal`: pure decisions from explicit inputs, so the reconciler, the simulator and the
 //!   replay of the decision log all run the same code.
 
 pub mod behavior;
 pub mod board;
+pub mod calibrate;
 pub mod capacity;
 pub mod cluster;
 pub mod config;

@@ -31,23 +31,28 @@ pub trait Telemetry: Send + Sync {
     fn observe(&self, service: &str, quantile: Quantile, now_ms: i64) -> Observation;
 }
 
-/// The forecast as a decision at `now_ms` sees it: the highest upper bound over `(now, now + horizon]`,
-/// or `None` when the forecast does not reach `now + horizon` (stale, or too short).
+/// The forecast as a decision at `now_ms` sees it: the highest upper bound and the highest point forecast
+/// over `(now, now + horizon]`, or `None` when the forecast does not reach `now + horizon` (stale, or too
+/// short). Not calibrated: the caller adds its [`Calibration`](crate::calibrate::Calibration) if it keeps one.
 pub fn forecast_input(f: &ServiceForecast, now_ms: i64, horizon_s: i32) -> ForecastInput {
     let end = now_ms.saturating_add(i64::from(horizon_s.max(0)) * 1000);
     let reaches = f.points.last().is_some_and(|(t, _)| *t >= end);
     // A horizon shorter than the step still looks at the first point past now.
     let first_after = f.points.iter().find(|(t, _)| *t > now_ms).map(|(t, _)| *t);
-    let peak = f
-        .points
-        .iter()
-        .filter(|(t, _)| *t > now_ms && (*t <= end || Some(*t) == first_after))
-        .map(|(_, p)| p.hi)
-        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let peak = |of: fn(&tidewatch_analyzer::forecast::Forecast) -> f64| {
+        f.points
+            .iter()
+            .filter(|(t, _)| *t > now_ms && (*t <= end || Some(*t) == first_after))
+            .map(|(_, p)| of(p))
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+            .filter(|_| reaches)
+    };
     ForecastInput {
         model: f.model.clone(),
         mase: f.mase,
-        peak_upper: if reaches { peak } else { None },
+        peak_upper: peak(|p| p.hi),
+        peak_mean: peak(|p| p.mean),
+        calibration: None,
     }
 }
 
@@ -82,6 +87,7 @@ mod tests {
             ],
         };
         assert_eq!(forecast_input(&f, 0, 180).peak_upper, Some(30.0));
+        assert_eq!(forecast_input(&f, 0, 180).peak_mean, Some(15.0));
         assert_eq!(forecast_input(&f, 0, 10).peak_upper, Some(10.0));
         assert_eq!(forecast_input(&f, 100_000, 60).peak_upper, Some(30.0));
         assert_eq!(forecast_input(&f, 200_000, 600).peak_upper, None);
