@@ -420,8 +420,7 @@ pub async fn forecast(
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
-                "not enough history to forecast `{name}`: {n} points of {} ms, need {}",
-                step,
+                "not enough history to forecast `{name}` yet (learning: {n} of {} points of {step} ms)",
                 3 * m.max(8)
             ),
         ));

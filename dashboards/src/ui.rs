@@ -364,11 +364,9 @@ async fn forecast(s: &WebState, service: &str, range: ChartRange) -> Result<Fore
     let v = match crate::api::forecast(State(s.clone()), Path(service.to_owned()), Query(q)).await {
         Ok(answer) => answer.0,
         Err(e) => {
+            // The API's own message, from its `{"error": …}` body: while a service's history is too
+            // short it says how far along it is ("learning: 14 of 24 points").
             let resp = e.into_response();
-            if resp.status() == StatusCode::UNPROCESSABLE_ENTITY {
-                return Err("not enough history yet".into());
-            }
-            // Any other refusal: the API's own message, from its `{"error": …}` body.
             let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
                 .await
                 .unwrap_or_default();
