@@ -19,6 +19,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::decide::ForecastInput;
+
 /// The trend is the observed rate's rise over this long (a pod's cold start, by default).
 pub const TREND_WINDOW_MS: i64 = 120_000;
 
@@ -76,6 +78,7 @@ impl CalibratorConfig {
 }
 
 /// Predictions waiting for their horizon to be observed.
+#[derive(Clone, Debug)]
 struct Pending {
     from_ms: i64,
     to_ms: i64,
@@ -84,7 +87,7 @@ struct Pending {
 }
 
 /// A sliding window of scores, kept sorted too.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 struct Scores {
     newest_last: VecDeque<f64>,
     sorted: Vec<f64>,
@@ -112,6 +115,7 @@ impl Scores {
 }
 
 /// Learns the calibration of one service's forecast from what it then observes.
+#[derive(Clone, Debug)]
 pub struct Calibrator {
     cfg: CalibratorConfig,
     pending: VecDeque<Pending>,
@@ -195,6 +199,15 @@ impl Calibrator {
             .min(window_end_ms - TREND_WINDOW_MS);
         while self.observed.front().is_some_and(|(t, _)| *t < oldest) && self.observed.len() > 1 {
             self.observed.pop_front();
+        }
+    }
+
+    /// Records `f`'s peak as a prediction at `now_ms` over `horizon_ms` and gives `f` the calibration
+    /// learned so far: what the operator and `simulate` both do before each decision.
+    pub fn calibrate(&mut self, now_ms: i64, horizon_ms: i64, f: &mut ForecastInput) {
+        if let Some(mean) = f.peak_mean {
+            self.predict(now_ms, horizon_ms, mean);
+            f.calibration = self.calibration(now_ms, horizon_ms);
         }
     }
 

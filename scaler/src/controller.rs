@@ -28,6 +28,7 @@ use crate::behavior::ScaleHistory;
 use crate::board::{
     BandPoint, Board, CapacitySource, CapacityView, ForecastView, LoadView, NoteView, PolicyView,
 };
+use crate::calibrate::{Calibrator, CalibratorConfig};
 use crate::capacity::CapacityLearner;
 use crate::cluster::{Cluster, KubeCluster, Note, NoteType, PodInfo, Restarted};
 use crate::config::ScalerConfig;
@@ -47,6 +48,8 @@ struct PolicyState {
     last_scale_ms: Option<i64>,
     restarts: Vec<(i64, String)>,
     capacity: Option<CapacityLearner>,
+    /// The forecast's calibration, learned from the service's observed rate (what `simulate` measures).
+    calibrator: Option<Calibrator>,
     last_window_ms: Option<i64>,
     /// Reason of the latest held-back heal, so the Event is not repeated every interval.
     last_held: Option<String>,
@@ -258,6 +261,7 @@ struct Plan {
     heal_inputs: HealInputs,
     heal: HealDecision,
     learner: CapacityLearner,
+    calibrator: Calibrator,
     last_window_ms: Option<i64>,
     ready: u32,
 }
@@ -285,23 +289,35 @@ fn plan(policy: &ServicePolicy, seen: &Observed, st: &PolicyState, now: i64) -> 
         .capacity
         .clone()
         .unwrap_or_else(|| learned_status.map(CapacityLearner::resume).unwrap_or_default());
+    let capacity = spec.capacity.requests_per_replica.or_else(|| learner.estimate());
+    let mut calibrator = st
+        .calibrator
+        .clone()
+        .unwrap_or_else(|| Calibrator::new(CalibratorConfig::for_capacity(capacity.unwrap_or(1.0))));
     let mut last_window_ms = st.last_window_ms;
     if let (Some(w), Some(rate)) = (obs.window_end_ms, obs.rate)
         && last_window_ms.is_none_or(|l| w > l)
-        && ready > 0
     {
         last_window_ms = Some(w);
-        learner.observe(rate / f64::from(ready), slo_met, own_fault);
+        calibrator.observe(w, rate);
+        if ready > 0 {
+            learner.observe(rate / f64::from(ready), slo_met, own_fault);
+        }
+    }
+    let horizon_ms = i64::from(spec.prediction.horizon_seconds.max(0)) * 1000;
+    let mut forecast = obs
+        .forecast
+        .as_ref()
+        .map(|f| forecast_input(f, now, spec.prediction.horizon_seconds));
+    if let Some(f) = forecast.as_mut() {
+        calibrator.calibrate(now, horizon_ms, f);
     }
     let inputs = Inputs {
         now_ms: now,
         current_replicas: seen.current,
         pods: loads,
         capacity: spec.capacity.requests_per_replica.or_else(|| learner.estimate()),
-        forecast: obs
-            .forecast
-            .as_ref()
-            .map(|f| forecast_input(f, now, spec.prediction.horizon_seconds)),
+        forecast,
         last_scale_ms: st.last_scale_ms,
         history: st.history.clone(),
     };
@@ -322,6 +338,7 @@ fn plan(policy: &ServicePolicy, seen: &Observed, st: &PolicyState, now: i64) -> 
         heal_inputs,
         heal,
         learner,
+        calibrator,
         last_window_ms,
         ready,
     }
@@ -445,6 +462,7 @@ async fn report(
     let held_repeat = ctx.state(&id.key, |st| {
         st.history = plan.history.clone();
         st.capacity = Some(plan.learner.clone());
+        st.calibrator = Some(plan.calibrator.clone());
         st.last_window_ms = plan.last_window_ms;
         st.restarts = plan.heal_inputs.restarts.clone();
         if scaled {

@@ -673,11 +673,8 @@ pub fn simulate_timeline(
                         if seen {
                             c.observe(to, (cum_load[kb] - cum_load[ka]) / (kb - ka) as f64);
                         }
-                        if let Some(f) = forecast_in.as_mut()
-                            && let Some(mean) = f.peak_mean
-                        {
-                            c.predict(t, horizon_ms, mean);
-                            f.calibration = c.calibration(t, horizon_ms);
+                        if let Some(f) = forecast_in.as_mut() {
+                            c.calibrate(t, horizon_ms, f);
                         }
                     }
                     let inputs = Inputs {
