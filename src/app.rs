@@ -96,13 +96,6 @@ pub async fn run_with(
     };
     let rx = Receiver::new(&cfg.collector, ingest.clone(), stats.clone()).context("collector.auth")?;
     let demo_rx = rx.clone();
-    let tls = cfg
-        .collector
-        .tls
-        .as_ref()
-        .map(server::rustls_config)
-        .transpose()
-        .context("collector.tls")?;
     let web_tls = cfg
         .web
         .tls
@@ -112,35 +105,14 @@ pub async fn run_with(
         .context("web.tls")?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut r = stop_rx.clone();
-        async move {
-            let _ = r.wait_for(|s| *s).await;
-        }
-    };
-
-    // One cap on connections for both OTLP endpoints (the web port has none).
-    let limit = ConnLimit::new(cfg.collector.max_connections, stats.clone());
-    let mut otlp = tokio::task::JoinSet::new();
-    if let Some(l) = listeners.grpc {
-        let tls_cfg = cfg.collector.tls.clone();
-        let (rx, stop, limit) = (rx.clone(), stopped(), limit.clone());
-        otlp.spawn(async move {
-            server::serve_grpc(l, rx, tls_cfg.as_ref(), &limit, stop)
-                .await
-                .context("OTLP/gRPC server")
-        });
-    }
-    if let Some(l) = listeners.http {
-        let router = tidewatch_collector::http::router(rx.clone());
-        let (tls, stop, limit) = (tls.clone(), stopped(), limit.clone());
-        otlp.spawn(async move {
-            server::serve_http(l, router, tls, Some(limit), stop)
-                .await
-                .context("OTLP/HTTP server")
-        });
-    }
-    drop(rx);
+    let mut otlp = serve_otlp(
+        &cfg.collector,
+        listeners.grpc,
+        listeners.http,
+        rx,
+        &stats,
+        &stop_rx,
+    )?;
 
     let collector_stats = stats.clone();
     let web_state = WebState {
@@ -269,4 +241,50 @@ fn operator_router(reports: &crate::operator::Reports) -> axum::Router {
             "/api/policies",
             axum::routing::get(move || async move { axum::Json(crate::operator::policies_json(&board)) }),
         )
+}
+
+/// The OTLP servers, gRPC and HTTP on their bound listeners, until `stop` turns true: TLS per
+/// `collector.tls`, one cap on connections for both endpoints (the web port has none), and one request
+/// path, `rx`, for both transports. `run` and `--role ingest` both serve OTLP through it.
+pub(crate) fn serve_otlp(
+    cfg: &tidewatch_collector::config::CollectorConfig,
+    grpc: Option<TcpListener>,
+    http: Option<TcpListener>,
+    rx: Receiver,
+    stats: &Arc<Stats>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinSet<anyhow::Result<()>>> {
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(server::rustls_config)
+        .transpose()
+        .context("collector.tls")?;
+    let stopped = || {
+        let mut r = stop.clone();
+        async move {
+            let _ = r.wait_for(|s| *s).await;
+        }
+    };
+    let limit = ConnLimit::new(cfg.max_connections, stats.clone());
+    let mut otlp = tokio::task::JoinSet::new();
+    if let Some(l) = grpc {
+        let tls_cfg = cfg.tls.clone();
+        let (rx, stop, limit) = (rx.clone(), stopped(), limit.clone());
+        otlp.spawn(async move {
+            server::serve_grpc(l, rx, tls_cfg.as_ref(), &limit, stop)
+                .await
+                .context("OTLP/gRPC server")
+        });
+    }
+    if let Some(l) = http {
+        let router = tidewatch_collector::http::router(rx);
+        let (stop, limit) = (stopped(), limit);
+        otlp.spawn(async move {
+            server::serve_http(l, router, tls, Some(limit), stop)
+                .await
+                .context("OTLP/HTTP server")
+        });
+    }
+    Ok(otlp)
 }

@@ -13,7 +13,6 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tidewatch_collector::limit::ConnLimit;
 use tidewatch_collector::{Receiver, Stats, server};
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::producer::KafkaForward;
@@ -100,42 +99,16 @@ pub async fn ingest(
     let rx = Receiver::new(&cfg.collector, ingest, stats.clone())
         .context("collector.auth")?
         .forwarding(forward.clone());
-    let tls = cfg
-        .collector
-        .tls
-        .as_ref()
-        .map(server::rustls_config)
-        .transpose()
-        .context("collector.tls")?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut r = stop_rx.clone();
-        async move {
-            let _ = r.wait_for(|s| *s).await;
-        }
-    };
-    let limit = ConnLimit::new(cfg.collector.max_connections, stats.clone());
-    let mut otlp = tokio::task::JoinSet::new();
-    if let Some(l) = listeners.grpc {
-        let tls_cfg = cfg.collector.tls.clone();
-        let (rx, stop, limit) = (rx.clone(), stopped(), limit.clone());
-        otlp.spawn(async move {
-            server::serve_grpc(l, rx, tls_cfg.as_ref(), &limit, stop)
-                .await
-                .context("OTLP/gRPC server")
-        });
-    }
-    if let Some(l) = listeners.http {
-        let router = tidewatch_collector::http::router(rx.clone());
-        let (tls, stop, limit) = (tls.clone(), stopped(), limit.clone());
-        otlp.spawn(async move {
-            server::serve_http(l, router, tls, Some(limit), stop)
-                .await
-                .context("OTLP/HTTP server")
-        });
-    }
-    drop(rx);
+    let mut otlp = crate::app::serve_otlp(
+        &cfg.collector,
+        listeners.grpc,
+        listeners.http,
+        rx,
+        &stats,
+        &stop_rx,
+    )?;
     let producer = forward.stats.clone();
     let collector_stats = stats.clone();
     let metrics: Hook = Arc::new(move |out: &mut String| {
