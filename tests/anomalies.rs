@@ -161,6 +161,13 @@ async fn a_slow_downstream_service_is_blamed_not_its_callers() {
             "{report:?}"
         );
     }
+    // The incident goes on, and so does the alarm: the detectors learn the new level, but payment stays
+    // the cause for as long as it is slow (what the operator's healing and the UI rely on).
+    for _ in 0..4 {
+        let later = r.window().await;
+        let cause = later.causes.first().map(|c| c.service.as_str());
+        assert_eq!(cause, Some("payment"), "{later:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,7 @@ struct Signal {
 const JOINT_RESOLUTION: f64 = 3.0;
 
 /// A signal's verdict on one window.
+#[derive(Clone, Copy)]
 struct Verdict {
     kind: Kind,
     score: f64,
@@ -140,11 +141,25 @@ impl Verdict {
     }
 }
 
+/// An alarm on latency or errors that is still going on: the detector flags the onset and then learns
+/// the new level, but an incident lasts until its signal comes back near the level it rose from.
+#[derive(Clone, Copy, Debug)]
+struct Ongoing {
+    kind: Kind,
+    /// The signal's level before the alarm (in its units).
+    baseline: f64,
+}
+
+/// An ongoing alarm holds while its signal stays at least this many units (25 % of p95, 2 points of
+/// errors: the resolution the signals are fed in) above its level before the alarm.
+const ONGOING_UNITS: f64 = 1.0;
+
 struct ServiceModels {
     rate: Signal,
     errors: Signal,
     latency: Signal,
     joint: Option<(GmmDetector, Signal)>,
+    ongoing: Option<Ongoing>,
     /// Windows since the service was last scored.
     idle: usize,
 }
@@ -156,6 +171,7 @@ impl ServiceModels {
             errors: Signal::new(Kind::Errors),
             latency: Signal::new(Kind::Latency),
             joint: joint.then(|| (GmmDetector::new(GmmConfig::default()), Signal::new(Kind::Joint))),
+            ongoing: None,
             idle: 0,
         }
     }
@@ -283,10 +299,32 @@ impl Monitor {
             .iter()
             .filter(|v| v.kind != Kind::Rate)
             .max_by(|a, b| rank(a).cmp(&rank(b)).then(a.score.total_cmp(&b.score)));
-        let (score, anomalous, reason) = match worst {
+        let (mut score, mut anomalous, mut reason) = match worst {
             Some(v) => (v.score, v.alarms(threshold, worse), describe(v, s)),
             None => (0.0, false, String::new()),
         };
+        if let Some(v) = worst
+            && anomalous
+            && matches!(v.kind, Kind::Errors | Kind::Latency)
+            && m.ongoing.is_none()
+        {
+            m.ongoing = v.level.map(|baseline| Ongoing {
+                kind: v.kind,
+                baseline,
+            });
+        }
+        if !anomalous && let Some(o) = m.ongoing {
+            match verdicts.iter().find(|v| v.kind == o.kind) {
+                Some(v) if v.value >= o.baseline + ONGOING_UNITS => {
+                    let held = Verdict {
+                        level: Some(o.baseline),
+                        ..*v
+                    };
+                    (score, anomalous, reason) = (v.score.max(threshold), true, describe(&held, s));
+                }
+                _ => m.ongoing = None,
+            }
+        }
         Some(ServiceState {
             service: name.to_owned(),
             score,
