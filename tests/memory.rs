@@ -59,7 +59,22 @@ fn send_flood(tw: &Tidewatch, from: u32, to: u32) {
 /// has (a window closed after the last one formed); returns the scrape and the `/api/graph` body size.
 fn settled(tw: &Tidewatch) -> (common::Metrics, usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    // The map's nodes carry each service's latest window and health: wait for two window closes after
+    // what was sent (the window it landed in, and one more for the health report that scores it).
+    let sent_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let window_ms = 10_000; // analyzer.window's default
     loop {
+        let health: serde_json::Value = tw.get_web("/api/anomalies").json().expect("anomalies JSON");
+        if health["ts"].as_i64().unwrap_or(0) < sent_ms + window_ms {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no window closed after the flood: {health}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            continue;
+        }
         let m = tw.metrics();
         let edges = m
             .samples
