@@ -149,6 +149,16 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     let b = c.start_role("analyze", "tw");
     let reference = c.start_role("analyze", "reference");
 
+    // The group has settled with both members before traffic: each owns some partitions (joining takes
+    // a rebalance, longer on a busy machine).
+    wait_until("both analyzers own partitions", 180, || {
+        let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
+        if owned(&a) > 0.0 && owned(&b) > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
+        }
+    });
     let first = report(loadgen(&ingest, 3000, "4s"));
     let accepted = n(&first, "spans_accepted");
     assert!(accepted > 1000.0, "{first}");
@@ -177,14 +187,10 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     });
     let t = totals(&[&reference]);
     assert!(edges(&t) > 0.0, "the service graph has edges");
-    assert!(
-        counter(&a, "tidewatch_kafka_partitions_owned") > 0.0,
-        "a owns partitions"
-    );
-    assert!(
-        counter(&b, "tidewatch_kafka_partitions_owned") > 0.0,
-        "b owns partitions"
-    );
+    for (tw, who) in [(&a, "a"), (&b, "b")] {
+        let owned = counter(tw, "tidewatch_kafka_partitions_owned");
+        assert!(owned > 0.0, "{who} owns partitions");
+    }
 
     // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
     let load = loadgen(&ingest, 3000, "12s");
