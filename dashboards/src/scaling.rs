@@ -18,7 +18,9 @@ use tidewatch_scaler::heal::HealDecision;
 use crate::WebState;
 use plotters::coord::types::RangedCoordf64;
 
-use crate::ui::{ChartQuery, ChartRange, chart_range, draw_time_axis, now_ms, segments, text_error};
+use crate::ui::{
+    ChartQuery, ChartRange, chart_range, draw_legend, draw_time_axis, now_ms, segments, text_error,
+};
 
 /// One scaling decision as drawn.
 #[derive(Clone, Debug, PartialEq)]
@@ -290,14 +292,7 @@ pub fn render(series: &PolicySeries, band: &[(i64, f64, f64)], range: ChartRange
         if d.is_empty() {
             draw_note(&root, range, "no scaling decision in this range")?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(226, 232, 240))
-            .label_font(("sans-serif", 13).into_font().color(&RGBColor(51, 65, 85)))
-            .draw()
-            .map_err(e)?;
+        draw_legend(chart.configure_series_labels())?;
         root.present().map_err(e)?;
     }
     Ok(svg)

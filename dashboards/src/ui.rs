@@ -701,18 +701,24 @@ pub fn render_chart(
             }
         }
         if legend {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(226, 232, 240))
-                .label_font(("sans-serif", 13).into_font().color(&RGBColor(51, 65, 85)))
-                .draw()
-                .map_err(e)?;
+            draw_legend(chart.configure_series_labels())?;
         }
         root.present().map_err(e)?;
     }
     Ok(svg)
+}
+
+/// Draws a chart's legend as every chart here has it: upper left, on a translucent white box.
+pub(crate) fn draw_legend<'a, 'b, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    mut labels: plotters::chart::SeriesLabelStyle<'a, 'b, DB, CT>,
+) -> Result<(), String> {
+    labels
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(226, 232, 240))
+        .label_font(("sans-serif", 13).into_font().color(&RGBColor(51, 65, 85)))
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// Runs of consecutive points with values, split where a value is missing or where the gap to the next
