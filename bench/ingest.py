@@ -184,6 +184,29 @@ def spread(values):
     return fmt(med) if len(v) == 1 else f"{fmt(med)} ({fmt(v[0])}–{fmt(v[-1])})"
 
 
+def print_ratios(rows, cells, runs):
+    """Tidewatch's spans per CPU-second over the OTel Collector's and its peak RSS against both peers', per
+    cell and per run (each run's cells are consecutive in `rows`), so that "in every run" can be checked."""
+    targets = {c[0] for c in cells}
+    if "tidewatch" not in targets or len(targets) < 2:
+        return
+    print()
+    print("| protocol | rate | batch | tidewatch / otelcol spans per CPU-s, per run | tidewatch peak RSS MiB vs rotel, otelcol, per run |")
+    print("|---|---|---|---|---|")
+    for key in sorted({c[1:] for c in cells}, key=lambda k: (k[0], k[1] == 0, k[1])):
+        protocol, rate, batch = key
+        ratios, rss = [], []
+        for run in range(runs):
+            mine = {r["target"]: r for r in rows[run * len(cells):(run + 1) * len(cells)]
+                    if (r["protocol"], r["rate"], r["batch"]) == (protocol, rate or "max", batch)}
+            tw, oc, ro = mine.get("tidewatch"), mine.get("otelcol"), mine.get("rotel")
+            if tw and oc and tw["spans_per_cpu_s"] and oc["spans_per_cpu_s"]:
+                ratios.append(f"{tw['spans_per_cpu_s'] / oc['spans_per_cpu_s']:.1f}x")
+            peers = ", ".join(f"{p['peak_rss_mib']}" if p else "–" for p in (ro, oc))
+            rss.append(f"{tw['peak_rss_mib']} vs {peers}" if tw else "–")
+        print(f"| {protocol} | {rate or 'max'} | {batch} | {' / '.join(ratios) or '–'} | {' / '.join(rss)} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=20)
@@ -210,7 +233,7 @@ def main():
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     cols = ["target", "protocol", "rate", "batch", "accepted_per_s", "refused", "failed", "cpu_cores",
-            "spans_per_cpu_s", "peak_rss_mib", "end_file_rss_mib", "p99_ms", "derived_series"]
+            "spans_per_cpu_s", "idle_rss_mib", "peak_rss_mib", "end_file_rss_mib", "p99_ms", "derived_series"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for name, protocol, rate, batch in cells:
@@ -220,6 +243,7 @@ def main():
             vals = [r[c] for r in mine]
             out.append(spread(vals) if all(isinstance(v, (int, float)) or v is None for v in vals) else str(vals[0]))
         print("| " + " | ".join(out) + " |")
+    print_ratios(rows, cells, a.runs)
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
