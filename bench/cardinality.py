@@ -5,7 +5,8 @@ For each shape (services x operations per service) a fresh Tidewatch gets spans 
 operation of service i is called by service i-1 (so each service but the first has an incoming edge per
 operation name), each call being a client span and a server span, repeated a few times so every series
 sees several observations. After the load it reads the process's resident memory (VmRSS) and the number
-of RED series and edges on /metrics, and reports bytes per series above an idle baseline.
+of RED series and edges on /metrics, and reports bytes per series above an idle baseline and, from one row
+to the next, the marginal bytes per added series.
 
     bench/cardinality.py [--shapes 10x10,100x10,100x100,1000x10]
 
@@ -106,6 +107,12 @@ def main():
     if not os.access(TIDEWATCH, os.X_OK):
         sys.exit(f"no release build at {TIDEWATCH}: cargo build --release")
     rows = [run(*map(int, s.split("x"))) for s in args.shapes.split(",")]
+    # What each series costs once the first data has brought in the pools it needs once: RSS growth over
+    # series growth from the previous row.
+    for prev, r in zip(rows, rows[1:]):
+        grown = (r["red_series"] + r["edges"]) - (prev["red_series"] + prev["edges"])
+        r["marginal_bytes_per_series"] = round((r["rss_mib"] - prev["rss_mib"]) * 1048576 / grown) if grown > 0 else "–"
+    rows[0]["marginal_bytes_per_series"] = "–"
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

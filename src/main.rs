@@ -11,6 +11,7 @@ use tidewatch::{app, loadgen};
 
 /// mimalloc: built for many threads allocating and freeing concurrently, which is this server's pattern
 /// (request buffers are often freed by a shard task on another thread than the one that allocated them).
+/// Built with `no_thp` (Cargo.toml): without transparent huge pages its resident memory follows the load.
 #[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,36 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: dhat::Alloc = dhat::Alloc;
 
-/// mimalloc's options that are not its defaults (`MIMALLOC_<NAME>` in the environment still wins), as
-/// (environment name, option id in mimalloc.h's `mi_option_e`, value). mimalloc keeps freed pages resident
-/// for `purge_delay` (1 s by default) so it can reuse them without a system call; request buffers come and go
-/// in bursts, so at a steady load most of the process's anonymous memory was such pages (BENCHMARKS.md,
-/// "Memory: where it goes"). Purging at once costs no measurable speed flat out. The arena's eager commit
-/// only applies to arenas reserved after this runs (the first one is reserved before `main`).
-const ALLOCATOR_OPTIONS: [(&str, std::ffi::c_int, std::ffi::c_long); 2] = [
-    ("MIMALLOC_PURGE_DELAY", 15, 0),
-    ("MIMALLOC_ARENA_EAGER_COMMIT", 4, 0),
-];
-
-#[cfg(not(feature = "dhat-heap"))]
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    for (env, option, value) in ALLOCATOR_OPTIONS {
-        if std::env::var_os(env).is_none() {
-            // SAFETY: `mi_option_set` takes two integers and stores the value in mimalloc's option table
-            // with an atomic write; it reads and writes no memory of ours. `option` is an id that exists
-            // in the mimalloc version libmimalloc-sys builds (v3's `mi_option_e`: arena_eager_commit = 4,
-            // purge_delay = 15), and both options accept any value at any time.
-            unsafe { libmimalloc_sys::mi_option_set(option, value) };
-        }
-    }
-}
-
 fn main() -> ExitCode {
     #[cfg(feature = "dhat-heap")]
     let _profiler = dhat::Profiler::new_heap();
-    #[cfg(not(feature = "dhat-heap"))]
-    tune_allocator();
     match real_main(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
