@@ -61,9 +61,6 @@ fn restarts(all: &[Value]) -> Vec<(i64, String, String)> {
 }
 
 #[test]
-#[ignore = "flaky on a loaded machine since the monitor runs the NAB detector: payment's own reconcile \
-            sometimes never sees payment named the cause during its latency incident (1 of 2 runs under load \
-            failed); run with `cargo test --test demo -- --ignored` until that is fixed"]
 fn the_demo_flags_each_incident_and_answers_it() {
     let surge = format!("surge@{SURGE_AT_S}s+30s");
     let bad_pod = format!("bad-pod:inventory@{BAD_POD_AT_S}s+40s");
