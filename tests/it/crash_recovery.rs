@@ -133,7 +133,14 @@ fn sigkill_during_ingestion_loses_at_most_the_snapshot_interval() {
                 std::thread::sleep(Duration::from_millis(25));
             }
         });
-        std::thread::sleep(Duration::from_millis(SNAPSHOT_MS * 3));
+        // At least three snapshot intervals and 60 accepted requests, however slow the machine is.
+        let started = Instant::now();
+        wait_for("phase B's requests", Duration::from_secs(180), || {
+            let n = accepted_at.lock().unwrap().len();
+            (n >= 60 && started.elapsed() >= Duration::from_millis(SNAPSHOT_MS * 3))
+                .then_some(())
+                .ok_or(format!("{n} accepted"))
+        });
         stop.store(true, Relaxed);
         // The sender may be inside a request: kill now, whatever it is doing.
         let at = Instant::now();

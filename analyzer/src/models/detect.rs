@@ -205,8 +205,8 @@ pub struct Params {
     /// How far (as a share) a score must beat the recent maximum to count as a new alarm.
     pub margin: f64,
     /// Rows in a row with an ordinary score (likelihood z under 1, nothing novel) that end an incident:
-    /// the next rise is a new one, not damped against the last (0: repeats are damped for `refractory`
-    /// rows whatever happens in between).
+    /// the next rise is a new one, neither damped against the last nor taken for part of its run of
+    /// records (0: `refractory` and `novelty_refractory` hold whatever happens in between).
     pub quiet_reset: usize,
     /// Rows before the first non-zero score.
     pub warmup: usize,
@@ -678,23 +678,27 @@ impl AnomalyDetector for Tidewatch {
             return 0.0;
         }
 
+        // An ordinary stretch of `quiet_reset` rows just ended the last incident: whatever rises now is
+        // a new one, neither a repeat of the last record run nor a repeat to damp.
+        let fresh = self.p.quiet_reset > 0 && self.quiet >= self.p.quiet_reset;
+        if fresh {
+            self.last_novel = None;
+            self.recent.clear();
+        }
         let mut z = z.max(0.0);
         if novelty > self.p.novelty_tolerance && self.p.novelty_z > 0.0 {
             // A run of records is one incident: only its first is ranked as novel.
-            let quiet = self
+            let first = self
                 .last_novel
                 .is_none_or(|r| r + self.p.novelty_refractory < self.rows);
-            if quiet {
+            if first {
                 z = z.max(self.p.novelty_z + self.p.novelty_slope * novelty);
             }
             self.last_novel = Some(self.rows);
         }
-
-        // Step 4: damp repeats, within one incident: a quiet stretch ends it.
         self.quiet = if z < 1.0 { self.quiet + 1 } else { 0 };
-        if self.p.quiet_reset > 0 && self.quiet >= self.p.quiet_reset {
-            self.recent.clear();
-        }
+
+        // Step 4: damp repeats.
         while self
             .recent
             .front()
