@@ -110,11 +110,10 @@ impl Snapshot {
     }
 }
 
-/// The running engine: ask it for snapshots, subscribe to window snapshots, stop it.
+/// The running engine: ask it for snapshots, history, health and forecasts; stop it.
 pub struct Engine {
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    windows: watch::Receiver<Arc<Snapshot>>,
     history: watch::Receiver<HistoryView>,
     health: watch::Receiver<Arc<Health>>,
     forecasts: watch::Receiver<Arc<Forecasts>>,
@@ -166,7 +165,6 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     }
     let shards: Arc<[_]> = senders.into();
     let template = Arc::new(Snapshot::empty(cfg));
-    let (win_tx, windows) = watch::channel(template.clone());
     let history = History::open(&cfg.store, cfg.window);
     let (hist_tx, history_rx) = watch::channel(history.view());
     let (health_tx, health_rx) = watch::channel(Arc::new(Health::default()));
@@ -178,7 +176,6 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         template: template.clone(),
         window: cfg.window,
         snapshot_every: cfg.store.snapshot_interval,
-        snapshots: win_tx,
         views: hist_tx,
         health: health_tx,
         monitor: Monitor::for_analyzer(cfg),
@@ -203,7 +200,6 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         Engine {
             shards,
             tasks: tasks.into(),
-            windows,
             history: history_rx,
             health: health_rx,
             forecasts,
@@ -229,11 +225,6 @@ impl Engine {
         collect(&self.shards, &self.template).await
     }
 
-    /// Snapshots published at each window close.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.windows.clone()
-    }
-
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
@@ -257,11 +248,6 @@ impl Engine {
     /// is enough history for a first training).
     pub fn forecasts(&self) -> Arc<Forecasts> {
         self.forecasts.borrow().clone()
-    }
-
-    /// Forecasts as each scheduled training publishes them.
-    pub fn subscribe_forecasts(&self) -> watch::Receiver<Arc<Forecasts>> {
-        self.forecasts.clone()
     }
 
     /// Closes a window of backfilled history (`tidewatch demo`) stamped `ts_ms`, which must be later than
@@ -401,7 +387,6 @@ struct Windows {
     template: Arc<Snapshot>,
     window: Duration,
     snapshot_every: Duration,
-    snapshots: watch::Sender<Arc<Snapshot>>,
     views: watch::Sender<HistoryView>,
     health: watch::Sender<Arc<Health>>,
     monitor: Monitor,
@@ -497,7 +482,6 @@ impl Windows {
             } else {
                 let _ = self.views.send(view);
             }
-            let _ = self.snapshots.send(snap);
             if stopping || last_save.elapsed() >= self.snapshot_every {
                 last_save = Instant::now();
                 let save = history.saver();
