@@ -130,7 +130,7 @@ pub async fn run_with(
     };
     let mut web_router = tidewatch_dashboards::router(web_state).merge(operator_router(&reports));
     if let Some(auth) = &cfg.web.auth {
-        let token = auth.resolve().context("web.auth")?;
+        let token = auth.token.resolve().context("web.auth")?;
         web_router = tidewatch_dashboards::auth::protect(web_router, token, auth.protect_metrics);
     }
     let (web_stop_tx, mut web_stop_rx) = watch::channel(false);

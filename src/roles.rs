@@ -3,7 +3,7 @@
 //! picture and run with `--role all`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tidewatch_analyzer::exposition::{self, Kind};
 use tidewatch_collector::{Receiver, Stats, server};
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::producer::KafkaForward;
@@ -42,21 +43,13 @@ fn web(ready: Arc<AtomicBool>, metrics: Hook) -> Router {
             get(move || async move {
                 let mut out = String::with_capacity(16 * 1024);
                 metrics(&mut out);
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    out,
-                )
-                    .into_response()
+                ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], out).into_response()
             }),
         )
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-        v.load(Ordering::Relaxed)
-    );
+    exposition::single(out, name, Kind::Counter, help, v.load(Ordering::Relaxed));
 }
 
 /// Serves the web port until `stop` flips.
@@ -70,7 +63,7 @@ fn serve_web(
 )> {
     let mut router = router;
     if let Some(auth) = &cfg.web.auth {
-        let token = auth.resolve().context("web.auth")?;
+        let token = auth.token.resolve().context("web.auth")?;
         router = tidewatch_dashboards::auth::protect(router, token, auth.protect_metrics);
     }
     let tls = cfg
@@ -189,10 +182,12 @@ pub async fn analyze(
                 "Partition checkpoints that could not be written.",
                 &stats.checkpoint_failures,
             );
-            let _ = writeln!(
+            exposition::single(
                 out,
-                "# HELP tidewatch_kafka_partitions_owned Partitions this instance owns.\n# TYPE tidewatch_kafka_partitions_owned gauge\ntidewatch_kafka_partitions_owned {}",
-                stats.partitions_owned.load(Ordering::Relaxed)
+                "tidewatch_kafka_partitions_owned",
+                Kind::Gauge,
+                "Partitions this instance owns.",
+                stats.partitions_owned.load(Ordering::Relaxed),
             );
         })
     };

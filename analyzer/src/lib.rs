@@ -7,7 +7,7 @@
 //!                                      ├─ RedTable   calls/errors/duration per series   red.rs
 //!                                      ├─ GraphStore client/server pairing → edges     graph.rs
 //!                                      └─ Signals    metric points, log severities     signals.rs
-//! readers ◀── Engine::snapshot() / subscribe(): immutable merged Snapshot
+//! readers ◀── Engine::snapshot(): immutable merged Snapshot
 //! every window: snapshot deltas → History (polars frames, rollups, Parquet)       store.rs
 //! readers ◀── Engine::history(): immutable HistoryView (services, RED over time, edges, series)
 //! ```
@@ -18,6 +18,7 @@
 pub mod budget;
 pub mod config;
 pub mod engine;
+pub mod exposition;
 pub mod forecast;
 pub mod graph;
 pub mod health;
