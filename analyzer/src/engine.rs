@@ -16,15 +16,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::budget::{BudgetStatus, SeriesBudget};
-use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
+use crate::config::AnalyzerConfig;
 use crate::forecast::Forecasts;
 use crate::graph::{EdgeRow, GraphCounters, GraphKeys, GraphStore};
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
 use crate::intern::Interner;
-use crate::model::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
 use crate::red::{PodRow, RedRow, RedTable};
 use crate::signals::{LogRow, MetricRow, Signals};
+use crate::snapshot::Snapshot;
 use crate::store::{History, HistoryView};
 use crate::{Error, Result};
 
@@ -66,48 +67,6 @@ pub struct EngineStats {
     pub spans: AtomicU64,
     pub metric_points: AtomicU64,
     pub log_records: AtomicU64,
-}
-
-/// An immutable picture of everything the analyzer knows, cheap to share (`Arc`).
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub taken_at: SystemTime,
-    pub red: Vec<RedRow>,
-    /// RED histogram bounds, in `red_unit`.
-    pub red_bounds: Arc<[f64]>,
-    pub red_unit: LatencyUnit,
-    pub red_dimensions: Arc<[String]>,
-    /// Per-pod RED of entry spans.
-    pub pods: Vec<PodRow>,
-    pub edges: Vec<EdgeRow>,
-    /// Service-graph histogram bounds, in seconds.
-    pub graph_bounds: Arc<[f64]>,
-    pub graph_dimensions: Arc<[String]>,
-    /// Which service-graph series to expose, and the rest of its settings.
-    pub graph_config: Arc<GraphConfig>,
-    pub graph: GraphCounters,
-    pub metrics: Vec<MetricRow>,
-    pub logs: Vec<LogRow>,
-}
-
-impl Snapshot {
-    pub(crate) fn empty(cfg: &AnalyzerConfig) -> Snapshot {
-        Snapshot {
-            taken_at: SystemTime::now(),
-            red: Vec::new(),
-            red_bounds: cfg.span_metrics.bounds().into(),
-            red_unit: cfg.span_metrics.unit,
-            red_dimensions: cfg.span_metrics.dimensions.clone().into(),
-            pods: Vec::new(),
-            edges: Vec::new(),
-            graph_bounds: cfg.service_graph.bounds().into(),
-            graph_dimensions: GraphStore::dimension_labels(&cfg.service_graph).into(),
-            graph_config: Arc::new(cfg.service_graph.clone()),
-            graph: GraphCounters::default(),
-            metrics: Vec::new(),
-            logs: Vec::new(),
-        }
-    }
 }
 
 /// The running engine: ask it for snapshots, history, health and forecasts; stop it.
@@ -540,7 +499,7 @@ impl Shard {
     fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
         let now = Instant::now();
         admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
-        let mut record = |s: &crate::model::Span| {
+        let mut record = |s: &crate::records::Span| {
             let (service, pod) = self.scratch[s.resource as usize];
             self.red.record(&mut self.names, batch, s, service, pod);
             self.graph.record(&mut self.names, batch, s, service, now);

@@ -12,7 +12,7 @@
 //! readers ◀── Engine::history(): immutable HistoryView (services, RED over time, edges, series)
 //! ```
 //!
-//! `model` holds the records (a zero-copy `SpanBatch` for spans), `config` the settings, `intern` the
+//! `records` holds the records (a zero-copy `SpanBatch` for spans), `config` the settings, `intern` the
 //! string interning that keeps the per-span path free of allocation.
 
 pub mod budget;
@@ -22,17 +22,20 @@ pub mod exposition;
 pub mod forecast;
 pub mod graph;
 pub mod health;
+pub mod inflight;
 pub mod ingest;
 pub mod intern;
-pub mod model;
 pub mod models;
 pub mod partition;
+pub mod records;
 pub mod red;
 pub mod rootcause;
 pub mod signals;
+pub mod snapshot;
 pub mod store;
 
-pub use engine::{Engine, Snapshot, start};
+pub use engine::{Engine, start};
+pub use snapshot::Snapshot;
 
 /// The analyzer's errors.
 #[derive(Debug, thiserror::Error)]
