@@ -8,7 +8,7 @@
 //!                                      ├─ GraphStore client/server pairing → edges     graph.rs
 //!                                      └─ Signals    metric points, log severities     signals.rs
 //! readers ◀── Engine::snapshot(): immutable merged Snapshot
-//! every window: snapshot deltas → History (polars frames, rollups, Parquet)       store.rs
+//! every window: snapshot deltas → History (polars frames, rollups, Parquet)       store/
 //! readers ◀── Engine::history(): immutable HistoryView (services, RED over time, edges, series)
 //! ```
 //!
@@ -44,22 +44,6 @@ pub enum Error {
     Stopped,
     #[error("history store: {0}")]
     Store(String),
-    /// A file that cannot be read (NAB corpus, results): says which.
-    #[error("{}: {source}", path.display())]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    /// A malformed input file: names the file and the line.
-    #[error("{}:{line}: {msg}", path.display())]
-    Parse {
-        path: std::path::PathBuf,
-        line: usize,
-        msg: String,
-    },
-    /// Inputs that parse but do not fit together (scores vs corpus, windows vs rows).
-    #[error("NAB: {0}")]
-    Nab(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use tidewatch_analyzer::models::detect::{AnomalyDetector, WindowedGaussian};
-use tidewatch_analyzer::models::nab::{Corpus, Scorer, normalise, read_result_scores, results_path};
+use tidewatch_eval::nab::{Corpus, Scorer, normalise, read_result_scores, results_path};
 
 /// How far (in normalised points) a re-scored detector may land from the scoreboard.
 const TOLERANCE: f64 = 0.5;
