@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tidewatch_analyzer::exposition::{self, Kind};
-use tidewatch_collector::{Receiver, Stats, server};
+use tidewatch_collector::{Receiver, Stats};
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::producer::KafkaForward;
 use tokio::sync::watch;
@@ -50,34 +50,6 @@ fn web(ready: Arc<AtomicBool>, metrics: Hook) -> Router {
 
 fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
     exposition::single(out, name, Kind::Counter, help, v.load(Ordering::Relaxed));
-}
-
-/// Serves the web port until `stop` flips.
-fn serve_web(
-    cfg: &Config,
-    listener: tokio::net::TcpListener,
-    router: Router,
-) -> anyhow::Result<(
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<tidewatch_collector::Result<()>>,
-)> {
-    let mut router = router;
-    if let Some(auth) = &cfg.web.auth {
-        let token = auth.token.resolve().context("web.auth")?;
-        router = tidewatch_dashboards::auth::protect(router, token, auth.protect_metrics);
-    }
-    let tls = cfg
-        .web
-        .tls
-        .as_ref()
-        .map(server::rustls_config)
-        .transpose()
-        .context("web.tls")?;
-    let (tx, mut rx) = watch::channel(false);
-    let task = tokio::spawn(server::serve_http(listener, router, tls, None, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    Ok((tx, task))
 }
 
 /// `--role ingest`: the OTLP receivers, forwarding to Kafka.
@@ -119,7 +91,7 @@ pub async fn ingest(
             &producer.messages_failed,
         );
     });
-    let (web_stop, web) = serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
+    let (web_stop, web) = crate::app::serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
     ready.store(true, Ordering::Relaxed);
     tracing::info!(brokers = %cfg.kafka.brokers.join(","), "tidewatch ingest is ready");
     tokio::select! {
@@ -191,7 +163,7 @@ pub async fn analyze(
             );
         })
     };
-    let (web_stop, web) = serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
+    let (web_stop, web) = crate::app::serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let run = tokio::spawn(consumer::run(
         cfg.kafka.clone(),

@@ -304,12 +304,15 @@ pub async fn service_red(
     }))
 }
 
+/// A per-service breakdown of the history (`HistoryView::operations` or `pods`): service, from, to.
+type Breakdown<K> = fn(&HistoryView, &str, i64, i64) -> tidewatch_analyzer::Result<Vec<RedSummary<K>>>;
+
 /// A known service's window (`window`, default 5 minutes) of `rows` from the history.
 fn breakdown<K>(
     s: &WebState,
     name: &str,
     q: &WindowQuery,
-    rows: fn(&HistoryView, &str, i64, i64) -> tidewatch_analyzer::Result<Vec<RedSummary<K>>>,
+    rows: Breakdown<K>,
 ) -> Result<(i64, Vec<RedSummary<K>>), ApiError> {
     let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
     let h = s.engine.history();

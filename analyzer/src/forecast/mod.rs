@@ -14,10 +14,14 @@ mod periods;
 mod select;
 mod trainer;
 
-pub use models::*;
-pub use periods::*;
-pub use select::*;
-pub use trainer::*;
+pub use models::{
+    DEFAULT_HORIZON, Ensemble, FourierRegression, HoltWinters, SeasonalNaive, SmoothedSeasonal, models,
+    models_for,
+};
+pub use periods::{acf, detect_periods};
+pub use select::{Backtest, Selection, TRAIN_ORIGINS, backtest, select, select_and_forecast};
+pub(crate) use trainer::run_trainer;
+pub use trainer::{ForecastConfig, Forecasts, ServiceForecast, train};
 
 /// A point forecast with its 95 % interval.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]

@@ -6,7 +6,7 @@ use linfa::prelude::*;
 use linfa_linear::LinearRegression;
 use ndarray::{Array1, Array2};
 
-use super::*;
+use super::{Forecast, Forecaster, Z95, std_dev};
 
 /// y[t] = y[t - m]: repeats the last season (m = 1: the last value).
 pub struct SeasonalNaive {
@@ -73,7 +73,7 @@ pub struct HoltWinters {
     sigma: f64,
 }
 
-pub(super) const PHI: f64 = 0.98;
+const PHI: f64 = 0.98;
 
 impl HoltWinters {
     pub fn new(period: usize) -> HoltWinters {
@@ -184,7 +184,7 @@ pub struct FourierRegression {
 }
 
 /// Sine/cosine pairs for a period: more for the shortest (usually daily) cycle, whose shape is sharpest.
-pub(super) fn harmonics(period: usize, shortest: usize) -> usize {
+fn harmonics(period: usize, shortest: usize) -> usize {
     if period == shortest { 8 } else { 4 }
 }
 

@@ -1,7 +1,7 @@
 //! The model choice: rolling-origin backtests score every model (MASE, sMAPE, interval coverage), and
 //! the lowest MASE on the earlier origins is chosen.
 
-use super::*;
+use super::{Forecast, Forecaster, detect_periods, models_for};
 
 /// Rolling origins every model choice backtests on (see [`select`]).
 pub const TRAIN_ORIGINS: usize = 12;

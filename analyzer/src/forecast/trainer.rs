@@ -1,7 +1,7 @@
 //! The scheduled trainer: every service's request-rate forecast, refitted every `analyzer.forecast.interval`
 //! off the async workers, published for the scaler and the API.
 
-use super::*;
+use super::{Forecast, select_and_forecast};
 
 /// One service's request-rate forecast as the scheduled trainer last fitted it: what the scaler reads.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -149,7 +149,7 @@ pub fn train(view: &crate::store::HistoryView, now_ms: i64, cfg: &ForecastConfig
     out
 }
 
-pub(super) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -1,6 +1,11 @@
 //! Parquet files of the history: written to a temporary file, then renamed into place.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use super::tables::{Frames, TABLES, Table, columns, empty_frame, polars_err};
+use crate::{Error, Result};
 
 /// Writes every table to a temporary file and flushes it to disk, then renames them all into place and
 /// flushes the directory. A crash (or power loss) during the writes leaves the previous files whole; the

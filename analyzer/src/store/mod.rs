@@ -11,27 +11,27 @@
 //! `rollup_retention`. Every `snapshot_interval` the frames are written to `data_dir` as Parquet (write to
 //! a temporary file, then rename, so a crash leaves the previous file whole) and read back at start.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use polars::prelude::*;
 
+use crate::Result;
 use crate::config::StoreConfig;
-use crate::red::{Histogram, is_entry};
-use crate::signals::MetricKind;
 use crate::snapshot::Snapshot;
-use crate::{Error, Result};
 
 mod files;
 mod tables;
 mod view;
 mod window;
 
-use files::*;
-use tables::*;
-pub use view::*;
-use window::*;
+use files::{read_parquet, save_tables};
+use tables::{Frames, TABLES, columns, empty_frame, polars_err};
+use view::aggregate;
+use window::window_frames;
+
+pub use view::{
+    EdgeKey, HistoryView, OperationKey, PodKey, RedPoint, RedSummary, SeriesKey, SeriesPoint, ServiceKey,
+};
 
 /// The history the engine writes. One owner (the engine's window task); readers get a [`HistoryView`].
 pub struct History {
@@ -210,7 +210,8 @@ mod tests {
     use super::*;
     use crate::config::AnalyzerConfig;
     use crate::records::{SpanKind, StatusCode};
-    use crate::red::RedRow;
+    use crate::red::{Histogram, RedRow};
+    use std::path::PathBuf;
     use std::time::{Duration, SystemTime};
 
     fn snap(calls_ok: u64, calls_err: u64, at: SystemTime) -> Arc<Snapshot> {

@@ -1,6 +1,8 @@
 //! The six tables of the history: their names, key columns and schemas, and the column readers.
 
-use super::*;
+use polars::prelude::*;
+
+use crate::{Error, Result};
 
 /// How a table's rows combine when rolled up or queried over a longer step.
 pub(super) struct Table {

@@ -1,6 +1,15 @@
 //! What readers ask of the history: RED summaries by typed key, RED over time, metric series.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use polars::prelude::*;
+
+use super::tables::{
+    EDGES, Frames, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, TABLES, Table, empty_frame, f64_col,
+    i64_col, polars_err, str_col,
+};
+use crate::Result;
 
 /// Aggregates `lf` by `keys` (and by `step`-long time buckets when `step_ms` is given).
 pub(super) fn aggregate(lf: LazyFrame, t: &Table, step_ms: Option<i64>) -> LazyFrame {

@@ -1,7 +1,15 @@
 //! One window of history from two consecutive snapshots: the deltas of the cumulative counters, one row
 //! per series and table.
 
-use super::*;
+use std::collections::HashMap;
+
+use polars::prelude::*;
+
+use super::tables::{EDGES, LOGS, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, Table, polars_err};
+use crate::Result;
+use crate::red::{Histogram, is_entry};
+use crate::signals::MetricKind;
+use crate::snapshot::Snapshot;
 
 /// Rows of one window for one table, built column by column.
 #[derive(Default)]
@@ -71,12 +79,47 @@ pub(super) fn window_frames(
     ts_ms: i64,
     seconds: f64,
 ) -> Result<Vec<DataFrame>> {
-    let unit_ms = cur.red_unit.nanos() / 1e6;
-    let bounds = &cur.red_bounds;
-    let q = |h: &Histogram, q| quantile_ms(h, bounds, q, unit_ms);
-    let mean = |h: &Histogram| (h.count > 0.0).then(|| h.sum / h.count * unit_ms);
+    let (service_rows, op_rows) = red_rows(prev, cur);
+    [
+        service_rows,
+        op_rows,
+        pod_rows(prev, cur),
+        edge_rows(prev, cur),
+        metric_rows(prev, cur, seconds),
+        log_rows(prev, cur),
+    ]
+    .into_iter()
+    .map(|r| r.frame(ts_ms, seconds))
+    .collect()
+}
 
-    // RED: per operation, and per service over its entry spans (all spans if it has none).
+/// Latency figures of the RED histograms of one snapshot, in milliseconds.
+struct Ms<'a> {
+    bounds: &'a [f64],
+    unit_ms: f64,
+}
+
+impl Ms<'_> {
+    fn of(cur: &Snapshot) -> Ms<'_> {
+        Ms {
+            bounds: &cur.red_bounds,
+            unit_ms: cur.red_unit.nanos() / 1e6,
+        }
+    }
+
+    fn q(&self, h: &Histogram, q: f64) -> Option<f64> {
+        quantile_ms(h, self.bounds, q, self.unit_ms)
+    }
+
+    fn mean(&self, h: &Histogram) -> Option<f64> {
+        (h.count > 0.0).then(|| h.sum / h.count * self.unit_ms)
+    }
+}
+
+/// RED per service (over its entry spans; all spans if it has none) and per operation.
+fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
+    let ms = Ms::of(cur);
+    let bounds = &cur.red_bounds;
     let prev_red: HashMap<_, _> = prev
         .map(|p| p.red.iter().map(|r| (r.key(), r)).collect())
         .unwrap_or_default();
@@ -123,16 +166,31 @@ pub(super) fn window_frames(
         };
         service_rows.push(
             &[service],
-            &[Some(*n), Some(*e), q(h, 0.5), q(h, 0.95), q(h, 0.99), mean(h)],
+            &[
+                Some(*n),
+                Some(*e),
+                ms.q(h, 0.5),
+                ms.q(h, 0.95),
+                ms.q(h, 0.99),
+                ms.mean(h),
+            ],
         );
     }
     let mut op_rows = Rows::new(&OPERATION_RED);
     // Operations and pods are the many series: a row only for a window they had requests in, so the history
     // grows with activity rather than with every series ever seen.
     for ((service, name, kind), (n, e, h)) in ops.iter().filter(|(_, (n, _, _))| *n > 0.0) {
-        op_rows.push(&[service, name, kind], &[Some(*n), Some(*e), q(h, 0.95), mean(h)]);
+        op_rows.push(
+            &[service, name, kind],
+            &[Some(*n), Some(*e), ms.q(h, 0.95), ms.mean(h)],
+        );
     }
+    (service_rows, op_rows)
+}
 
+/// RED per pod, for the pods that had requests in the window.
+fn pod_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
+    let ms = Ms::of(cur);
     let prev_pods: HashMap<_, _> = prev
         .map(|p| {
             p.pods
@@ -150,9 +208,16 @@ pub(super) fn window_frames(
             continue;
         }
         let h = delta(&r.duration, p.map(|p| &p.duration));
-        pod_rows.push(&[&r.service, &r.pod], &[Some(n), Some(e), q(&h, 0.95), mean(&h)]);
+        pod_rows.push(
+            &[&r.service, &r.pod],
+            &[Some(n), Some(e), ms.q(&h, 0.95), ms.mean(&h)],
+        );
     }
+    pod_rows
+}
 
+/// Requests, failures and server p95 per edge (client, server, connection type).
+fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
     let prev_edges: HashMap<_, _> = prev
         .map(|p| p.edges.iter().map(|e| (e.key(), e)).collect())
         .unwrap_or_default();
@@ -181,7 +246,11 @@ pub(super) fn window_frames(
             &[Some(*n), Some(*f), quantile_ms(h, &cur.graph_bounds, 0.95, 1e3)],
         );
     }
+    edge_rows
+}
 
+/// A level per gauge, a per-second rate per counter.
+fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, seconds: f64) -> Rows {
     let prev_metrics: HashMap<_, _> = prev
         .map(|p| {
             p.metrics
@@ -203,7 +272,11 @@ pub(super) fn window_frames(
         };
         metric_rows.push(&[&m.service, &m.pod, &m.name], &[Some(value)]);
     }
+    metric_rows
+}
 
+/// Log records per service and severity.
+fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
     let prev_logs: HashMap<_, _> = prev
         .map(|p| {
             p.logs
@@ -223,9 +296,5 @@ pub(super) fn window_frames(
             &[Some(l.records.saturating_sub(before) as f64)],
         );
     }
-
-    [service_rows, op_rows, pod_rows, edge_rows, metric_rows, log_rows]
-        .into_iter()
-        .map(|r| r.frame(ts_ms, seconds))
-        .collect()
+    log_rows
 }
