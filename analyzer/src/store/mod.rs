@@ -11,6 +11,7 @@
 //! `rollup_retention`. Every `snapshot_interval` the frames are written to `data_dir` as Parquet (write to
 //! a temporary file, then rename, so a crash leaves the previous file whole) and read back at start.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use polars::prelude::*;
@@ -26,7 +27,7 @@ mod window;
 
 use files::{read_parquet, save_tables};
 use tables::{Frames, TABLES, columns, empty_frame, polars_err};
-use view::aggregate;
+use view::{aggregate, index_services};
 use window::window_frames;
 
 pub use view::{
@@ -40,6 +41,8 @@ pub struct History {
     window: std::time::Duration,
     tables: Vec<Frames>,
     prev: Option<Arc<Snapshot>>,
+    /// The services `tables` hold, kept with them so a view's lookups need no scan.
+    services: Arc<BTreeSet<String>>,
 }
 
 impl History {
@@ -71,11 +74,13 @@ impl History {
                 }
             }
         }
+        let services = index_services(&tables).unwrap_or_default();
         History {
             cfg: cfg.clone(),
             window,
             tables,
             prev: None,
+            services,
         }
     }
 
@@ -94,7 +99,9 @@ impl History {
         }
         self.prev = Some(cur);
         self.compact(ts_ms)?;
-        self.cap_rows()
+        self.cap_rows()?;
+        self.services = index_services(&self.tables)?;
+        Ok(())
     }
 
     /// Past `max_rows`, drops the oldest rows (rollups before raw rows, being older) down to 90 % of it,
@@ -193,7 +200,7 @@ impl History {
 impl History {
     /// An immutable view for readers (cheap: polars columns are shared, not copied).
     pub fn view(&self) -> HistoryView {
-        HistoryView::new(self.tables.clone())
+        HistoryView::new(self.tables.clone(), self.services.clone())
     }
 
     /// Rows held in memory, raw and rolled up.

@@ -172,6 +172,26 @@ pub struct HistoryView {
     services: Arc<BTreeSet<String>>,
 }
 
+/// Every service with a row in `tables` (raw or rolled up): the distinct values of the service table's
+/// `service` column, found by polars (only the distinct names are copied).
+pub(super) fn index_services(tables: &[Frames]) -> Result<Arc<BTreeSet<String>>> {
+    let services = &tables[TABLES
+        .iter()
+        .position(|t| t.name == SERVICE_RED.name)
+        .expect("known table")];
+    let mut names = BTreeSet::new();
+    for df in [&services.raw, &services.rollup] {
+        let unique = df
+            .column("service")
+            .map_err(polars_err)?
+            .unique()
+            .map_err(polars_err)?;
+        let column = unique.str().map_err(polars_err)?;
+        names.extend(column.iter().flatten().map(str::to_owned));
+    }
+    Ok(Arc::new(names))
+}
+
 impl Default for HistoryView {
     fn default() -> Self {
         HistoryView {
@@ -190,20 +210,11 @@ impl Default for HistoryView {
 }
 
 impl HistoryView {
-    /// A view of `tables`, with its index of services (built once per view, i.e. once per window).
-    pub(super) fn new(tables: Vec<Frames>) -> HistoryView {
-        let services = &tables[TABLES
-            .iter()
-            .position(|t| t.name == SERVICE_RED.name)
-            .expect("known table")];
-        let names = [&services.raw, &services.rollup]
-            .into_iter()
-            .filter_map(|df| str_col(df, "service").ok())
-            .flatten()
-            .collect();
+    /// A view of `tables`, with `services`, the index of the services they hold.
+    pub(super) fn new(tables: Vec<Frames>, services: Arc<BTreeSet<String>>) -> HistoryView {
         HistoryView {
             tables: Arc::new(tables),
-            services: Arc::new(names),
+            services,
         }
     }
 
