@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tidewatch_analyzer::Snapshot;
 use tidewatch_analyzer::engine::EngineStats;
 use tidewatch_analyzer::exposition::{Kind, family, histogram, sample, single};
-use tidewatch_analyzer::graph::ConnectionType;
+use tidewatch_analyzer::graph::{ConnectionType, GraphCounters};
 use tidewatch_analyzer::ingest::Ingest;
 
 /// RED and service-graph series of a snapshot.
@@ -85,6 +85,8 @@ fn render_red(out: &mut String, s: &Snapshot) {
 /// Writes one edge's samples, given its label pairs.
 type EdgeSamples<'a> = dyn Fn(&mut String, &[(&str, &str)], &tidewatch_analyzer::graph::EdgeRow) + 'a;
 
+/// The service-graph series of the edges (as Tempo and the servicegraph connector name them), then the
+/// processor's own counters.
 fn render_graph(out: &mut String, s: &Snapshot) {
     let cfg = &s.graph_config;
     let edge_labels = |e: &tidewatch_analyzer::graph::EdgeRow| -> Vec<(String, String)> {
@@ -185,7 +187,11 @@ fn render_graph(out: &mut String, s: &Snapshot) {
             sample(o, "traces_service_graph_connection_info", p, 1.0)
         });
     }
-    let g = &s.graph;
+    render_graph_counters(out, &s.graph);
+}
+
+/// The service-graph processor's own counters: half edges created, expired, dropped and waiting.
+fn render_graph_counters(out: &mut String, g: &GraphCounters) {
     single(
         out,
         "tidewatch_service_graph_edges_total",
