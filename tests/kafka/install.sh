@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the Kafka tests need (tests/kafka.rs, tests/common/kafka.rs), idempotently: an Apache Kafka
+# Installs what the Kafka tests need (tests/it/kafka.rs, tests/it/common/kafka.rs), idempotently: an Apache Kafka
 # broker (KRaft mode, no ZooKeeper) as the jars of org.apache.kafka:kafka_2.13 and their dependencies, fetched
 # from Maven Central with `mvn dependency:copy-dependencies` into
 # ${TIDEWATCH_TOOLS:-$HOME/.cache/tidewatch-tools}/kafka-<version>/libs; a second run does nothing.

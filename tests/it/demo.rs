@@ -5,11 +5,9 @@
 //! and no pod of payment's stands out). Every wait is on a
 //! condition with a generous deadline; the "within a minute" checks use the decisions' own timestamps.
 
-mod common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use common::Tidewatch;
+use crate::common::Tidewatch;
 use serde_json::Value;
 
 const SURGE_AT_S: i64 = 5;
@@ -29,21 +27,15 @@ fn decisions(tw: &Tidewatch) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Polls `f` every 250 ms until it returns `Some`, for at most `within`.
+/// Polls `f` until it returns `Some`, for at most `within`; a timeout shows the latest decisions.
 fn wait_for<T>(tw: &Tidewatch, what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; decisions: {:#?}\nlogs: {}",
-            decisions(tw),
-            tw.logs()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    crate::common::wait_for(what, within, || {
+        f().ok_or_else(|| {
+            let all = decisions(tw);
+            let latest = &all[all.len().saturating_sub(20)..];
+            format!("{} decisions, the latest: {latest:#?}", all.len())
+        })
+    })
 }
 
 /// The restarts the operator made: (ts_ms, pod, policy).
@@ -61,9 +53,6 @@ fn restarts(all: &[Value]) -> Vec<(i64, String, String)> {
 }
 
 #[test]
-#[ignore = "flaky on a loaded machine since the monitor runs the NAB detector: payment's own reconcile \
-            sometimes never sees payment named the cause during its latency incident (1 of 2 runs under load \
-            failed); run with `cargo test --test demo -- --ignored` until that is fixed"]
 fn the_demo_flags_each_incident_and_answers_it() {
     let surge = format!("surge@{SURGE_AT_S}s+30s");
     let bad_pod = format!("bad-pod:inventory@{BAD_POD_AT_S}s+40s");

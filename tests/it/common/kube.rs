@@ -12,8 +12,8 @@
 //! // run the operator with KUBECONFIG=sa.kubeconfig, or sa.client().await
 //! ```
 
+use super::free_port;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,13 +59,6 @@ pub fn tool(name: &str) -> PathBuf {
         "{name} not found in {} nor on PATH: run tests/k8s/install.sh (tests/run.sh does) to install it",
         tools_dir().display()
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
 }
 
 /// A process killed (and reaped) on drop; its output goes to a log file for failure messages.

@@ -15,6 +15,104 @@ pub fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
 }
 
+/// The binary under test, as a command to add arguments to.
+pub fn tidewatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+}
+
+/// `tidewatch loadgen` aimed at `tw`'s OTLP/gRPC port: `rate` spans per second in requests of `batch`
+/// spans. Add the duration and anything else; its report on stdout is discarded unless asked for.
+pub fn loadgen(tw: &Tidewatch, rate: u32, batch: u32) -> Command {
+    let mut cmd = tidewatch();
+    cmd.args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
+        .args(["--rate", &rate.to_string(), "--batch", &batch.to_string()])
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// A child process (loadgen, Prometheus, …) killed and reaped when dropped.
+pub struct Guard(Child);
+
+impl Guard {
+    pub fn spawn(cmd: &mut Command) -> Guard {
+        Guard(cmd.spawn().expect("start a test process"))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on loopback (bound, then released for the process that will listen on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Polls `check` every 100 ms until it returns `Ok`, for at most `within` (generous: a busy machine is
+/// slow, and the wait ends as soon as the condition holds). A timeout panics with `what` and the last
+/// `Err`: what was seen instead.
+pub fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; instead: {seen}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A real Prometheus (Debian's package, `bench/peers/install.sh prometheus`) scraping `tw`'s web port
+/// every second, on a free port; stopped when dropped.
+pub struct Prometheus {
+    pub port: u16,
+    _child: Guard,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn scraping(tw: &Tidewatch) -> Prometheus {
+        let bin = Path::new("/usr/bin/prometheus");
+        assert!(
+            bin.exists(),
+            "{} missing: run `bench/peers/install.sh prometheus` (tests/run.sh does)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: tidewatch\n    static_configs: [{{targets: ['{}']}}]\n", tw.web),
+        )
+        .expect("write prometheus.yml");
+        let port = free_port();
+        let child = Guard::spawn(
+            Command::new(bin)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("tsdb").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        Prometheus {
+            port,
+            _child: child,
+            _dir: dir,
+        }
+    }
+}
+
 /// A running `tidewatch run`, stopped (SIGTERM, then killed) when dropped.
 pub struct Tidewatch {
     child: Child,
@@ -45,7 +143,7 @@ impl Tidewatch {
     fn spawn(command: &[&str], sets: &[&str], env: &[(&str, &str)], ready_within: Duration) -> Tidewatch {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr = dir.path().join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        let mut cmd = tidewatch();
         cmd.args(command);
         // History goes to the test's own directory unless the test names one (later --set flags win).
         let data_dir = format!("analyzer.store.data_dir={}", dir.path().join("data").display());
@@ -141,6 +239,26 @@ impl Tidewatch {
 
     pub fn get_web(&self, path: &str) -> reqwest::blocking::Response {
         reqwest::blocking::get(format!("http://{}{path}", self.web)).expect("GET from tidewatch")
+    }
+
+    /// GETs `path` from the web port as JSON: the status, and the body (`Null` if it is not JSON).
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.get_web(path);
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls `path` until it answers 200 with a body `ok` accepts, for at most `within`.
+    pub fn wait_json(
+        &self,
+        path: &str,
+        within: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(path, within, || match self.get_json(path) {
+            (200, v) if ok(&v) => Ok(v),
+            (status, v) => Err(format!("{status} {v}")),
+        })
     }
 
     pub fn metrics(&self) -> Metrics {

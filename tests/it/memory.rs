@@ -10,11 +10,9 @@
 //! and the bound holds whatever part of it the machine gets through. Run with `--nocapture` to see the
 //! figures BENCHMARKS.md quotes.
 
-mod common;
-
 use std::process::Command;
 
-use common::Tidewatch;
+use crate::common::Tidewatch;
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
 fn proc_kib(pid: u32, field: &str) -> u64 {
@@ -57,7 +55,7 @@ fn send_flood(tw: &Tidewatch, from: u32, to: u32) {
 
 /// Waits until every half edge has expired into an edge and the history's map has every edge `/metrics`
 /// has (a window closed after the last one formed); returns the scrape and the `/api/graph` body size.
-fn settled(tw: &Tidewatch) -> (common::Metrics, usize) {
+fn settled(tw: &Tidewatch) -> (crate::common::Metrics, usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     // The map's nodes carry each service's latest window and health: wait for two window closes after
     // what was sent (the window it landed in, and one more for the health report that scores it).
@@ -96,7 +94,7 @@ fn settled(tw: &Tidewatch) -> (common::Metrics, usize) {
     }
 }
 
-fn calls(m: &common::Metrics, service: &str) -> f64 {
+fn calls(m: &crate::common::Metrics, service: &str) -> f64 {
     m.sum("traces_span_metrics_calls_total", &[("service_name", service)])
 }
 
@@ -109,7 +107,7 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
         let r = tw.post(
             "/v1/traces",
             "application/json",
-            common::numbered_json_traces(svc, "POST /pay", 1, 10),
+            crate::common::numbered_json_traces(svc, "POST /pay", 1, 10),
             &[],
         );
         assert_eq!(r.status().as_u16(), 200);
@@ -173,7 +171,7 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
     let r = tw.post(
         "/v1/traces",
         "application/json",
-        common::numbered_json_traces("payment", "POST /pay", 100, 5),
+        crate::common::numbered_json_traces("payment", "POST /pay", 100, 5),
         &[],
     );
     assert_eq!(r.status().as_u16(), 200);

@@ -2,9 +2,7 @@
 //! password), the probes open, and no token ever in the logs or in `check-config`'s output. OTLP token
 //! auth and TLS/mTLS through the SDK are tested in `otlp_ingest.rs` and `tls.rs`.
 
-mod common;
-
-use common::Tidewatch;
+use crate::common::Tidewatch;
 
 const WEB_TOKEN: &str = "web-Zq8v1X3kP0s9";
 const OTLP_TOKEN: &str = "otlp-Hn4mB7cV2wL5";
@@ -136,7 +134,7 @@ fn metrics_can_stay_open_for_scrapers() {
 
 #[test]
 fn tokens_are_redacted_in_check_config_and_a_bad_auth_config_is_named() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args(["check-config", "--set", &format!("web.auth.token={WEB_TOKEN}")])
         .args(["--set", &format!("collector.auth.token={OTLP_TOKEN}")])
         .output()
@@ -149,14 +147,14 @@ fn tokens_are_redacted_in_check_config_and_a_bad_auth_config_is_named() {
         "{printed}"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args(["check-config", "--set", "web.auth.protect_metrics=false"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("web.auth: set token or token_file"));
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args([
             "run",
             "--set",

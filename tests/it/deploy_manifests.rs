@@ -1,17 +1,15 @@
-//! `deploy/` against a real kube-apiserver (tests/common/kube.rs): every manifest, the example
+//! `deploy/` against a real kube-apiserver (tests/it/common/kube.rs): every manifest, the example
 //! ServicePolicies and the rendered Helm chart are accepted by server-side apply with strict field
 //! validation; the RBAC grants the operator exactly its verbs (asked as the service account itself); the
 //! configuration in the ConfigMaps passes `tidewatch check-config`; the chart renders as the golden file.
 //!
 //! Needs etcd, kube-apiserver and helm: `tests/k8s/install.sh` (tests/run.sh runs it).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::kube::{KubeCluster, tool};
+use crate::common::kube::{KubeCluster, tool};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -157,7 +155,7 @@ fn configmap_configs_pass_check_config() {
             .iter()
             .find(|d| d["kind"] == "Deployment")
             .expect("a Deployment");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        let mut cmd = crate::common::tidewatch();
         cmd.arg("check-config")
             .arg("--config")
             .arg(&file)
@@ -337,7 +335,7 @@ fn kafka_chart_runs_the_two_roles_on_a_valid_config() {
             .filter_map(Value::as_str)
             .collect();
         let role = args[args.iter().position(|a| *a == "--role").expect("--role") + 1];
-        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        let out = crate::common::tidewatch()
             .args(["check-config", "--role", role, "--config"])
             .arg(&file)
             .env_remove("TIDEWATCH_CONFIG")

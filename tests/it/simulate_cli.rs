@@ -3,7 +3,6 @@
 //! bad CSV is a clear error, not a panic.
 
 use std::io::Write;
-use std::process::Command;
 
 /// Two days at 5-minute rows: a quiet base and a sudden surge every afternoon.
 fn surge_trace(path: &std::path::Path) {
@@ -22,7 +21,7 @@ fn surge_trace(path: &std::path::Path) {
 }
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    crate::common::tidewatch()
         .arg("simulate")
         .args(args)
         .output()
@@ -30,7 +29,7 @@ fn run(args: &[&str]) -> std::process::Output {
 }
 
 fn simulate(trace: &std::path::Path, policy: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    crate::common::tidewatch()
         .args(["simulate", "--trace"])
         .arg(trace)
         .args(["--policy", policy, "--json"])

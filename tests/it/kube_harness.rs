@@ -1,13 +1,11 @@
-//! The Kubernetes test harness itself (tests/common/kube.rs): a real etcd + kube-apiserver that serves
+//! The Kubernetes test harness itself (tests/it/common/kube.rs): a real etcd + kube-apiserver that serves
 //! the API, enforces RBAC on service-account tokens from the TokenRequest API, and is gone when dropped.
 //!
 //! Needs etcd and kube-apiserver: `tests/k8s/install.sh` (tests/run.sh runs it).
 
-mod common;
-
 use std::time::Duration;
 
-use common::kube::KubeCluster;
+use crate::common::kube::KubeCluster;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};

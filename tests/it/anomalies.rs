@@ -7,11 +7,8 @@
 //! verdict. One end-to-end test then shows an incident flagged with its cause through the real binary,
 //! waiting on conditions with generous deadlines.
 
-mod common;
-
-use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use prost::Message;
@@ -19,6 +16,8 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde_json::Value;
 use tidewatch::topology::{Incident, Shop};
+
+use crate::common::{Guard, loadgen};
 use tidewatch_analyzer::config::AnalyzerConfig;
 use tidewatch_analyzer::engine::Engine;
 use tidewatch_analyzer::health::{HealthReport, Monitor};
@@ -197,50 +196,30 @@ async fn an_error_burst_is_flagged_on_the_service_that_fails() {
 
 // End to end: the real binary, its real window task (250 ms windows), the load generator over OTLP/gRPC.
 
-struct Load(Child);
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn load(tw: &common::Tidewatch, extra: &[&str]) -> Load {
-    Load(
-        Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-            .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
-            .args(["--rate", "4000", "--batch", "200", "--duration", "10m"])
-            .args(["--metrics-and-logs", "false"])
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+fn load(tw: &crate::common::Tidewatch, extra: &[&str]) -> Guard {
+    Guard::spawn(
+        loadgen(tw, 4000, 200)
+            .args(["--duration", "10m", "--metrics-and-logs", "false"])
+            .args(extra),
     )
 }
 
-fn anomalies(tw: &common::Tidewatch) -> Value {
-    let r = tw.get_web("/api/anomalies");
-    assert_eq!(r.status(), 200);
-    r.json().unwrap()
-}
-
 /// Polls `/api/anomalies` until `ok` holds, for at most `within`.
-fn wait_for(tw: &common::Tidewatch, within: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let a = anomalies(tw);
-        if ok(&a) {
-            return a;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}: {a}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(
+    tw: &crate::common::Tidewatch,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    crate::common::wait_for(what, within, || match tw.get_json("/api/anomalies") {
+        (200, a) if ok(&a) => Ok(a),
+        (status, a) => Err(format!("{status} {a}")),
+    })
 }
 
 #[test]
 fn the_binary_flags_a_slow_service_with_its_cause() {
-    let tw = common::Tidewatch::start(&common::FAST_WINDOWS);
+    let tw = crate::common::Tidewatch::start(&crate::common::FAST_WINDOWS);
     let normal = load(&tw, &[]);
     // Warm-up is over once every service is scored and none is still learning, however long the
     // machine takes to get there.

@@ -2,10 +2,8 @@
 //! commands report their progress as plain lines (no bar redrawn with carriage returns) on stderr, with
 //! their results alone on stdout.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ const ESC: char = '\x1b';
 #[test]
 fn the_text_log_has_no_escapes_in_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let mut child = crate::common::tidewatch()
         .arg("run")
         .args(["--set", "collector.grpc.endpoint=127.0.0.1:0"])
         .args(["--set", "collector.http.endpoint=127.0.0.1:0"])
@@ -61,7 +59,7 @@ fn the_text_log_has_no_escapes_in_a_pipe() {
 #[test]
 fn forecast_eval_reports_progress_as_plain_lines() {
     // The seven series of NAB's realTraffic, read as a directory of CSV files.
-    let data = common::shared().join("data/nab/data/realTraffic");
+    let data = crate::common::shared().join("data/nab/data/realTraffic");
     let files = std::fs::read_dir(&data)
         .unwrap_or_else(|e| panic!("{}: {e}", data.display()))
         .filter(|e| {
@@ -69,7 +67,7 @@ fn forecast_eval_reports_progress_as_plain_lines() {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "csv"))
         })
         .count();
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args(["forecast-eval", "--origins", "4", "--data"])
         .arg(&data)
         .output()
@@ -103,7 +101,7 @@ fn simulate_says_what_it_runs_in_plain_lines() {
         .map(|i| format!("{},{}\n", 1_700_000_000 + i * 60, 50 + (i % 30) * 10))
         .collect();
     std::fs::write(&trace, format!("timestamp,value\n{rows}")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args(["simulate", "--policy", "hpa", "--trace"])
         .arg(&trace)
         .output()

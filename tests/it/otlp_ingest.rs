@@ -2,12 +2,10 @@
 //! exporters, tonic, reqwest), every bad input the receivers must refuse, and proof that nothing already
 //! accepted is lost beside a bad request.
 
-mod common;
-
 use std::io::Write;
 use std::process::Output;
 
-use common::{Metrics, Tidewatch, python, shared};
+use crate::common::{Metrics, Tidewatch, python, shared};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
@@ -116,7 +114,7 @@ fn upstream_json_examples_are_accepted_over_http() {
 
 /// A traces request in OTLP/JSON: `ids` are (trace id, span id) pairs in hex.
 fn json_traces(service: &str, ids: &[(&str, &str)]) -> Vec<u8> {
-    common::json_traces(service, "GET /", ids)
+    crate::common::json_traces(service, "GET /", ids)
 }
 
 const T: &str = "0102030405060708090a0b0c0d0e0f10";
@@ -470,7 +468,7 @@ fn graceful_shutdown_drains_and_exits_cleanly() {
 
 #[test]
 fn invalid_config_exits_nonzero_naming_every_field() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args([
             "check-config",
             "--set",
@@ -486,7 +484,7 @@ fn invalid_config_exits_nonzero_naming_every_field() {
         err.contains("analyzer.queue_batches") && err.contains("collector.max_body"),
         "{err}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args(["check-config"])
         .output()
         .unwrap();

@@ -2,12 +2,9 @@
 //! SDK, short windows so history forms within seconds, every endpoint and its errors, and a restart that
 //! must bring the history back from the data directory.
 
-mod common;
-
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Tidewatch;
+use crate::common::Tidewatch;
 use serde_json::Value;
 
 /// Short windows so a test sees history after a second or two.
@@ -29,16 +26,7 @@ fn start(data_dir: &str) -> Tidewatch {
 }
 
 fn loadgen(tw: &Tidewatch, seconds: u32, extra: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-        .args([
-            "loadgen",
-            "--endpoint",
-            &format!("http://{}", tw.grpc),
-            "--rate",
-            "3000",
-            "--batch",
-            "300",
-        ])
+    let out = crate::common::loadgen(tw, 3000, 300)
         .args(["--duration", &format!("{seconds}s"), "--day", "1000h"])
         .args(extra)
         .output()
@@ -47,22 +35,12 @@ fn loadgen(tw: &Tidewatch, seconds: u32, extra: &[&str]) {
 }
 
 fn get(tw: &Tidewatch, path: &str) -> (u16, Value) {
-    let r = tw.get_web(path);
-    let status = r.status().as_u16();
-    (status, r.json().unwrap_or(Value::Null))
+    tw.get_json(path)
 }
 
 /// Polls `path` until `ok` holds, for up to 60 s (generous: a busy machine closes windows late).
 fn wait_for(tw: &Tidewatch, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, v) = get(tw, path);
-        if status == 200 && ok(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{path} never got there: {status} {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tw.wait_json(path, Duration::from_secs(60), ok)
 }
 
 #[test]

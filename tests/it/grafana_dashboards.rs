@@ -4,14 +4,12 @@
 //! scrapes that Tidewatch and runs every expression, with Grafana's variables filled in: each must parse
 //! and return data, so a typo in a label or a function shows here rather than as an empty panel.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Tidewatch;
+use crate::common::{Prometheus, Tidewatch};
 use serde_json::Value;
 
 /// PromQL words that look like identifiers but are not metric names.
@@ -287,7 +285,7 @@ fn dashboards_are_well_formed() {
 /// Starts Tidewatch and sends the shop's traffic, metrics and logs included, for `seconds`.
 fn with_traffic(seconds: u32) -> (Tidewatch, Child) {
     let tw = Tidewatch::start(&["analyzer.service_graph.wait=1s"]);
-    let load = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let load = crate::common::tidewatch()
         .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
         .args(["--rate", "2000", "--batch", "200", "--day", "1000h"])
         .args([
@@ -305,7 +303,7 @@ fn with_traffic(seconds: u32) -> (Tidewatch, Child) {
 
 /// Every family a live /metrics serves, waiting until the traffic has filled in the ones that need it.
 fn live_names(tw: &Tidewatch, wanted: &BTreeSet<String>) -> BTreeSet<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let names: BTreeSet<String> = tw.metrics().samples.into_iter().map(|s| s.name).collect();
         if wanted.is_subset(&names) || Instant::now() > deadline {
@@ -354,15 +352,6 @@ fn every_query_names_metrics_tidewatch_exports() {
     }
 }
 
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Grafana's variables as a dashboard would send them: every value of a multi-value variable, short
 /// intervals because this Prometheus scrapes every second.
 fn substitute(expr: &str) -> String {
@@ -380,37 +369,9 @@ fn substitute(expr: &str) -> String {
 
 #[test]
 fn every_query_runs_on_a_real_prometheus() {
-    let prometheus = "/usr/bin/prometheus";
-    assert!(
-        Path::new(prometheus).exists(),
-        "{prometheus} missing: run `bench/peers/install.sh prometheus` (tests/run.sh does)"
-    );
     let (tw, mut load) = with_traffic(16);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: tidewatch\n    static_configs: [{{targets: ['{}']}}]\n", tw.web),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _prom = Prometheus(
-        Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let prom = Prometheus::scraping(&tw);
+    let port = prom.port;
     let client = reqwest::blocking::Client::new();
     let query = |q: &str| -> Result<Value, String> {
         let r = client
@@ -426,7 +387,7 @@ fn every_query_runs_on_a_real_prometheus() {
         }
     };
     // Let Prometheus take a dozen scrapes of the traffic (and the service graph pair its edges).
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let ok = query("count(rate(traces_service_graph_request_total[5s]) > 0)")
             .ok()

@@ -4,15 +4,13 @@
 //! a save takes) before the kill is in the history after the restart. A torn or corrupt history file is
 //! reported, moved aside, and does not keep Tidewatch from starting and serving the other tables.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::Tidewatch;
+use crate::common::{Tidewatch, wait_for};
 use serde_json::Value;
 
 const WINDOW_MS: u64 = 500;
@@ -35,7 +33,7 @@ fn start(data: &Path) -> Tidewatch {
 
 /// An OTLP/JSON traces request of `n` server spans for `service`.
 fn json_traces(service: &str, n: u32, seed: u32) -> Vec<u8> {
-    common::numbered_json_traces(service, "GET /", seed * 1000 + 1, n)
+    crate::common::numbered_json_traces(service, "GET /", seed * 1000 + 1, n)
 }
 
 /// Requests per service over the last hour of history.
@@ -62,7 +60,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 /// The shop's traffic, as background ingestion to kill Tidewatch in the middle of.
 fn shop_load(tw: &Tidewatch) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    crate::common::tidewatch()
         .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
         .args([
             "--rate",
@@ -96,17 +94,20 @@ fn sigkill_during_ingestion_loses_at_most_the_snapshot_interval() {
         );
         assert_eq!(r.status(), 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while requests(&tw).get("before") != Some(&1000.0) {
-        assert!(Instant::now() < deadline, "phase A never reached the history");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("phase A in the history", Duration::from_secs(60), || {
+        let r = requests(&tw);
+        (r.get("before") == Some(&1000.0))
+            .then_some(())
+            .ok_or(format!("{r:?}"))
+    });
     let seen = SystemTime::now();
     let service_red = data.join("service_red.parquet");
-    while modified(&service_red).is_none_or(|m| m <= seen) {
-        assert!(Instant::now() < deadline, "no save after phase A");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("a save after phase A", Duration::from_secs(60), || {
+        let m = modified(&service_red);
+        m.is_some_and(|m| m > seen)
+            .then_some(())
+            .ok_or(format!("modified {m:?}"))
+    });
 
     // Phase B: the shop's load plus a paced sender whose every accepted request is timed; SIGKILL in the
     // middle of it.
@@ -132,7 +133,14 @@ fn sigkill_during_ingestion_loses_at_most_the_snapshot_interval() {
                 std::thread::sleep(Duration::from_millis(25));
             }
         });
-        std::thread::sleep(Duration::from_millis(SNAPSHOT_MS * 3));
+        // At least three snapshot intervals and 60 accepted requests, however slow the machine is.
+        let started = Instant::now();
+        wait_for("phase B's requests", Duration::from_secs(180), || {
+            let n = accepted_at.lock().unwrap().len();
+            (n >= 60 && started.elapsed() >= Duration::from_millis(SNAPSHOT_MS * 3))
+                .then_some(())
+                .ok_or(format!("{n} accepted"))
+        });
         stop.store(true, Relaxed);
         // The sender may be inside a request: kill now, whatever it is doing.
         let at = Instant::now();
@@ -239,9 +247,10 @@ fn repeated_kills_never_tear_the_store_and_a_corrupt_file_is_set_aside() {
     // And it keeps working: new data lands and is saved over the bad file.
     let r = tw.post("/v1/traces", "application/json", json_traces("fresh", 5, 1), &[]);
     assert_eq!(r.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while requests(&tw).get("fresh") != Some(&5.0) {
-        assert!(Instant::now() < deadline, "no history after the corrupt file");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("history after the corrupt file", Duration::from_secs(60), || {
+        let r = requests(&tw);
+        (r.get("fresh") == Some(&5.0))
+            .then_some(())
+            .ok_or(format!("{r:?}"))
+    });
 }

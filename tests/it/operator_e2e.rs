@@ -6,13 +6,10 @@
 //!
 //! There is no controller-manager or kubelet: the test creates the pods itself and marks them ready.
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Tidewatch;
-use common::kube::KubeCluster;
+use crate::common::Tidewatch;
+use crate::common::kube::KubeCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -25,15 +22,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 const NS: &str = "shop";
-
-struct Load(Child);
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn documents(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).expect(path);
@@ -88,7 +76,7 @@ struct Env {
     cluster: KubeCluster,
     admin: kube::Client,
     tw: Tidewatch,
-    _load: Load,
+    _load: crate::common::Guard,
     names: Vec<String>,
     deployments: Api<Deployment>,
     pods: Api<Pod>,
@@ -145,18 +133,17 @@ async fn setup(loadgen_extra: &[&str]) -> Env {
             "scaler.leader_election.enabled=true",
             "scaler.leader_election.namespace=tidewatch",
         ];
-        let sets: Vec<&str> = common::FAST_WINDOWS.iter().chain(&operator).copied().collect();
+        let sets: Vec<&str> = crate::common::FAST_WINDOWS
+            .iter()
+            .chain(&operator)
+            .copied()
+            .collect();
         Tidewatch::start(&sets)
     });
-    let _load = Load(
-        Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-            .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
-            .args(["--rate", "4000", "--batch", "200", "--duration", "40s"])
-            .args(["--metrics-and-logs", "false"])
-            .args(loadgen_extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("loadgen"),
+    let _load = crate::common::Guard::spawn(
+        crate::common::loadgen(&tw, 4000, 200)
+            .args(["--duration", "40s", "--metrics-and-logs", "false"])
+            .args(loadgen_extra),
     );
 
     // The pods the shop reports, created for real and marked ready.

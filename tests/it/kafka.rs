@@ -2,14 +2,12 @@
 //! `--role analyze` instances in a consumer group, a reference analyzer in a group of its own reading the
 //! same topic. Real binary, real broker, real loadgen traffic over OTLP/gRPC.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::Kafka;
-use common::{Metrics, Tidewatch};
+use crate::common::kafka::Kafka;
+use crate::common::{Metrics, Tidewatch};
 
 /// Series whose totals must agree, summed over partitions and instances (histogram sums are floats added
 /// in different orders, so they are left out; counts and buckets are exact).

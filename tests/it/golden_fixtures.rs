@@ -12,8 +12,6 @@
 //! Where Tidewatch deliberately differs, the difference is handled in the open, in the tables below.
 //! Every mismatch of every case is collected and reported at the end, not only the first.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,7 +96,7 @@ struct Outcome {
 }
 
 fn load_cases() -> Vec<Case> {
-    let root = common::shared().join("data/otlp");
+    let root = crate::common::shared().join("data/otlp");
     let mut cases = Vec::new();
     for (dir, processor) in [
         ("servicegraph", Processor::ServiceGraph),
@@ -332,7 +330,7 @@ fn fmt_labels(labels: &[(String, String)]) -> String {
 }
 
 /// Checks one expectation on a scrape; returns a mismatch description.
-fn check(case: &str, m: &common::Metrics, exp: &Value) -> Result<(), String> {
+fn check(case: &str, m: &crate::common::Metrics, exp: &Value) -> Result<(), String> {
     match exp["source"].as_str() {
         Some("test_registry" | "process_self_metric") => {}
         Some("return_value") => {
@@ -421,7 +419,7 @@ fn mutate(body: &mut Value, m: &Value) -> Result<(), String> {
 }
 
 /// Posts a body; returns the HTTP status and `partialSuccess.rejectedSpans` (0 when absent).
-fn post(tw: &common::Tidewatch, body: Vec<u8>) -> (u16, i64, String) {
+fn post(tw: &crate::common::Tidewatch, body: Vec<u8>) -> (u16, i64, String) {
     let r = tw.post("/v1/traces", "application/json", body, &[]);
     let status = r.status().as_u16();
     let text = r.text().unwrap_or_default();
@@ -496,7 +494,7 @@ fn run_case(case: &Case) -> Outcome {
     }
 
     let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let tw = common::Tidewatch::start(&refs);
+    let tw = crate::common::Tidewatch::start(&refs);
 
     if fill_ids {
         // As sent by the Go test: the receiver must refuse exactly the spans without ids, with 200 and a

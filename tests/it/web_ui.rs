@@ -5,14 +5,12 @@
 //!
 //! Screenshots go to `target/ui-artifacts/` (the test artefacts): look at them.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Tidewatch;
+use crate::common::{Guard, Tidewatch};
 use serde_json::{Value, json};
 
 /// Short windows so history forms in a second; a short pairing wait so `user` and peer edges show soon.
@@ -76,28 +74,12 @@ fn drive(mode: &str, tw: &Tidewatch, out: &Path, args: &[&str]) -> Value {
 }
 
 /// The shop's traffic, for up to `seconds`, with errors in payment so the map has a failing node.
-fn loadgen(tw: &Tidewatch, seconds: u32) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-        .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
-        .args(["--rate", "1500", "--batch", "150", "--day", "1000h"])
-        .args([
-            "--duration",
-            &format!("{seconds}s"),
-            "--incident",
-            "errors:payment",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-struct Stop(Child);
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn shop_traffic(tw: &Tidewatch, seconds: u32) -> Command {
+    let mut cmd = crate::common::loadgen(tw, 1500, 150);
+    cmd.args(["--day", "1000h", "--duration", &format!("{seconds}s")])
+        .args(["--incident", "errors:payment"])
+        .stderr(Stdio::null());
+    cmd
 }
 
 fn get(tw: &Tidewatch, path: &str) -> (u16, String, String) {
@@ -112,21 +94,9 @@ fn get(tw: &Tidewatch, path: &str) -> (u16, String, String) {
     (status, ctype, r.text().unwrap_or_default())
 }
 
-/// Polls the JSON API until `ok` holds, for up to 20 s.
+/// Polls the JSON API until `ok` holds, for up to 60 s.
 fn wait_for(tw: &Tidewatch, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, _, body) = get(tw, path);
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        if status == 200 && ok(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never got there: {status} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    tw.wait_json(path, Duration::from_secs(60), ok)
 }
 
 fn strs(v: &Value) -> Vec<String> {
@@ -141,7 +111,7 @@ fn strs(v: &Value) -> Vec<String> {
 fn browser_draws_the_map_and_the_service_pages() {
     browser_ready();
     let tw = Tidewatch::start(FAST);
-    let _load = Stop(loadgen(&tw, 120));
+    let _load = Guard::spawn(&mut shop_traffic(&tw, 120));
     // Wait until the graph has its edges, the virtual ones included, before opening the browser.
     wait_for(&tw, "/api/graph?window=1m", |g| {
         g["edges"].as_array().is_some_and(|e| {
@@ -479,22 +449,17 @@ fn browser_draws_the_scaling_page_and_the_incident() {
     let log = dir.path().join("decisions.jsonl");
     write_decision_log(&log);
     let log_set = format!("scaler.decision_log={}", log.display());
-    let mut sets: Vec<&str> = common::FAST_WINDOWS.to_vec();
+    let mut sets: Vec<&str> = crate::common::FAST_WINDOWS.to_vec();
     // The incident stays listed among the recent ones (the monitor keeps the last 50 window closes with a
     // cause) after its onset is flagged.
     sets.extend(["analyzer.service_graph.wait=1s", log_set.as_str()]);
     let tw = Tidewatch::start(&sets);
     // A latency incident in payment after 45 s of normal traffic: it stays anomalous about as long as the
     // baseline it is judged against (180 windows), long enough for the browser to see it.
-    let _load = Stop(
-        Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-            .args(["loadgen", "--endpoint", &format!("http://{}", tw.grpc)])
-            .args(["--rate", "3000", "--batch", "200", "--duration", "300s"])
-            .args(["--incident", "latency:payment@45s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _load = Guard::spawn(
+        crate::common::loadgen(&tw, 3000, 200)
+            .args(["--duration", "300s", "--incident", "latency:payment@45s"])
+            .stderr(Stdio::null()),
     );
     // The decisions written before the start are served back.
     let d = wait_for(&tw, "/api/decisions", |d| {
@@ -599,7 +564,7 @@ fn browser_draws_the_scaling_page_and_the_incident() {
 /// `tidewatch demo` in the browser: its simulated cluster's policies on the Scaling page with their charts,
 /// a scaling decision in the log, and the latency incident flagged with its root cause on the map, in the
 /// recent incidents and on the cause's page. The demo runs fast (2 s windows and reconciles, 2-minute
-/// simulated days), as tests/demo.rs runs it.
+/// simulated days), as tests/it/demo.rs runs it.
 #[test]
 fn browser_follows_the_demo_on_the_scaling_page() {
     browser_ready();
@@ -941,7 +906,7 @@ fn ui_routes_answer_errors_cleanly() {
         &tw,
         &json!({"resourceSpans": [resource_spans("<b>odd</b> \"svc\"", vec![s])]}),
     );
-    let _ = loadgen(&tw, 2).wait();
+    let _ = shop_traffic(&tw, 2).status();
     wait_for(&tw, "/api/services?window=1m", |v| {
         v["services"].as_array().is_some_and(|s| s.len() == 6)
     });
@@ -1031,7 +996,7 @@ fn ui_routes_answer_errors_cleanly() {
 }
 
 /// The map with 200 generated services: payload of /api/graph and time to render in Chromium.
-/// `cargo test --release --test web_ui -- --ignored --nocapture web_ui_at_200_services`
+/// `cargo test --release --test it web_ui_at_200_services -- --ignored --nocapture`
 #[test]
 #[ignore = "a measurement: run by hand, results in BENCHMARKS.md"]
 fn web_ui_at_200_services() {

@@ -10,14 +10,11 @@
 //!
 //! Run with `--nocapture` to see the figures RELIABILITY.md quotes.
 
-mod common;
-
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::Tidewatch;
+use crate::common::Tidewatch;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
@@ -40,7 +37,7 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
 
 /// An OTLP/JSON traces request of `n` server spans for `service`.
 fn json_traces(service: &str, n: u32, seed: u32) -> Vec<u8> {
-    common::numbered_json_traces(service, "GET /probe", seed * 10_000 + 1, n)
+    crate::common::numbered_json_traces(service, "GET /probe", seed * 10_000 + 1, n)
 }
 
 /// What one client saw, in spans.
@@ -64,7 +61,7 @@ impl std::ops::AddAssign for Tally {
 
 /// One `tidewatch loadgen` run, flat out, against `endpoint`; its JSON report as a tally.
 fn loadgen(endpoint: String, protocol: &'static str, encoding: &'static str, concurrency: u32) -> Tally {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args(["loadgen", "--endpoint", &endpoint, "--protocol", protocol])
         .args(["--encoding", encoding, "--rate", "0", "--batch", "1000"])
         .args(["--concurrency", &concurrency.to_string()])
@@ -293,7 +290,7 @@ fn slow_clients_with_large_bodies_are_read_within_the_budget() {
     let baseline_kib = proc_kib(pid, "VmRSS");
 
     // The same request from every client (the span counts are what is checked), all starting at once.
-    let json = common::numbered_json_traces("slow-http", "POST /upload", 1, SPANS);
+    let json = crate::common::numbered_json_traces("slow-http", "POST /upload", 1, SPANS);
     let proto = serde_json::from_slice::<ExportTraceServiceRequest>(&json)
         .unwrap()
         .encode_to_vec();
@@ -417,13 +414,12 @@ fn connections_past_the_cap_are_closed_and_counted() {
         .map(|a| std::net::TcpStream::connect(a.as_str()).unwrap())
         .collect();
     let gauge = |name: &str| tw.metrics().get(name, &[]).unwrap_or(-1.0);
-    // Connections are counted as the server gets to them: wait up to 5 s for the gauge to read `n`.
+    // Connections are counted as the server gets to them: wait for the gauge to read `n`.
     let open_connections_reach = |n: f64| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while gauge("tidewatch_collector_connections") != n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(gauge("tidewatch_collector_connections"), n);
+        crate::common::wait_for("the connections gauge", Duration::from_secs(60), || {
+            let g = gauge("tidewatch_collector_connections");
+            (g == n).then_some(()).ok_or(format!("{g}, not {n}"))
+        })
     };
     open_connections_reach(4.0);
     // A fifth, on either endpoint, is closed without a byte.

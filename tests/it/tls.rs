@@ -2,11 +2,9 @@
 //! with bearer-token auth on top. Certificates are made here with rcgen: a CA, a server certificate for
 //! 127.0.0.1, and a client certificate the CA signed.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{Tidewatch, python};
+use crate::common::{Tidewatch, python};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
@@ -231,7 +229,7 @@ fn web_port_over_tls_keeps_its_token_out_of_clear_text() {
 /// A missing web certificate is a configuration error naming the field.
 #[test]
 fn a_missing_web_certificate_is_named() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args(["check-config", "--set", "web.tls.cert=/nonexistent/cert.pem"])
         .args(["--set", "web.tls.key=/nonexistent/key.pem"])
         .output()

@@ -1,12 +1,10 @@
 //! A real Prometheus (Debian's package) scrapes Tidewatch: the exposition passes `promtool check metrics`,
 //! and a PromQL rate over the scraped RED metrics matches the rate Tidewatch's own counters show.
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Metrics, Tidewatch};
+use crate::common::{Metrics, Prometheus, Tidewatch};
 
 fn bin(name: &str) -> String {
     let path = format!("/usr/bin/{name}");
@@ -17,27 +15,10 @@ fn bin(name: &str) -> String {
     path
 }
 
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn promtool_accepts_the_exposition() {
     let tw = Tidewatch::start(&[]);
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args([
             "loadgen",
             "--endpoint",
@@ -72,39 +53,11 @@ fn promtool_accepts_the_exposition() {
 #[test]
 fn promql_rate_over_scraped_red_metrics() {
     let tw = Tidewatch::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: tidewatch\n    static_configs: [{{targets: ['{}']}}]\n", tw.web),
-    )
-    .unwrap();
-    let port = free_port();
-    let prom = Prometheus(
-        Command::new(bin("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let prom = Prometheus::scraping(&tw);
+    let port = prom.port;
 
     // Steady traffic (a flat daily cycle) for 12 s while Prometheus scrapes every second.
-    let load = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-        .args([
-            "loadgen",
-            "--endpoint",
-            &format!("http://{}", tw.grpc),
-            "--rate",
-            "4000",
-            "--batch",
-            "200",
-        ])
+    let load = crate::common::loadgen(&tw, 4000, 200)
         .args([
             "--duration",
             "14s",
