@@ -90,6 +90,12 @@ pub async fn ingest(
             "Messages the Kafka cluster did not acknowledge in time.",
             &producer.messages_failed,
         );
+        counter(
+            out,
+            "tidewatch_kafka_spans_acked_in_refused_total",
+            "Spans of refused requests that Kafka acknowledged all the same: a retry counts them twice.",
+            &producer.spans_acked_in_refused,
+        );
     });
     let (web_stop, web) = crate::app::serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
     ready.store(true, Ordering::Relaxed);

@@ -197,3 +197,79 @@ impl Drop for Kafka {
         }
     }
 }
+
+/// The OpenTelemetry Collector that `bench/peers/install.sh otelcol` builds with the Collector builder (OCB),
+/// with the contrib kafkaexporter and kafkareceiver (`tests/kafka/install.sh` runs that step).
+pub struct Otelcol {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// OTLP/gRPC and OTLP/HTTP, `127.0.0.1:port`.
+    pub grpc: String,
+    pub http: String,
+}
+
+impl Otelcol {
+    /// The collector's executable; a clear failure when it was not built.
+    pub fn binary() -> PathBuf {
+        let peers = std::env::var_os("TIDEWATCH_PEERS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/tidewatch-peers")
+            });
+        let bin = peers.join("bin/otelcol-tidewatch-bench");
+        assert!(
+            bin.is_file(),
+            "no {}: run tests/kafka/install.sh (tests/run.sh does)",
+            bin.display()
+        );
+        bin
+    }
+
+    /// Starts the collector with the configuration `config(grpc, http)` returns for its two OTLP
+    /// endpoints, and waits until it says it is ready.
+    pub fn start(config: impl FnOnce(&str, &str) -> String) -> Otelcol {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let path = dir.path().join("otelcol.yaml");
+        std::fs::write(&path, config(&grpc, &http)).expect("otelcol.yaml");
+        let log = std::fs::File::create(dir.path().join("otelcol.log")).expect("log");
+        let child = Command::new(Otelcol::binary())
+            .arg("--config")
+            .arg(&path)
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("start the OTel Collector");
+        let mut c = Otelcol {
+            child,
+            dir,
+            grpc,
+            http,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !c.log().contains("Everything is ready") {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                panic!("the OTel Collector exited with {status}:\n{}", c.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the OTel Collector did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("otelcol.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Otelcol {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
