@@ -30,8 +30,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::detect::AnomalyDetector;
 use crate::{Error, Result};
+use tidewatch_analyzer::models::detect::AnomalyDetector;
 
 /// NAB's probationary share of each file.
 pub const PROBATION_PERCENT: f64 = 0.15;
@@ -758,8 +758,10 @@ pub fn read_series(path: &Path) -> Result<(Vec<i64>, Vec<f64>)> {
     Ok((timestamps, values))
 }
 
-/// Parses `YYYY-MM-DD HH:MM:SS[.ffffff]` (or with a `T`), read as UTC, into Unix milliseconds.
+/// Parses `YYYY-MM-DD HH:MM:SS[.ffffff]` (or with a `T`, and an optional `Z`), read as UTC, into Unix
+/// milliseconds.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z').unwrap_or(s);
     let (date, time) = s.split_once([' ', 'T'])?;
     let mut d = date.split('-');
     let (y, m, day): (i64, i64, i64) = (

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use tidewatch_analyzer::models::detect::{AnomalyDetector, WindowedGaussian};
-use tidewatch_analyzer::models::nab::{Corpus, Scorer, normalise, read_result_scores, results_path};
+use tidewatch_eval::nab::{Corpus, Scorer, normalise, read_result_scores, results_path};
 
 /// How far (in normalised points) a re-scored detector may land from the scoreboard.
 const TOLERANCE: f64 = 0.5;
@@ -357,48 +357,4 @@ fn published_result_files_rescore_to_the_scoreboard() {
         );
     }
     assert!(problems.is_empty(), "{problems:#?}");
-}
-
-/// Our detector over the corpus, for tuning studies (slow in debug: run with `--release -- --ignored`).
-/// `TIDEWATCH_NAB_PARAMS="short=3,refractory=200"` overrides parameters.
-#[test]
-#[ignore = "a benchmark: run in release with --ignored"]
-fn tidewatch_detector_on_nab() {
-    use tidewatch_analyzer::models::detect::{Params, factory};
-    let (corpus, scorer) = corpus();
-    let mut params = Params::default();
-    for kv in std::env::var("TIDEWATCH_NAB_PARAMS")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-    {
-        let (k, v) = kv.split_once('=').unwrap();
-        params.set(k, v).unwrap();
-    }
-    let make = factory("tidewatch", &params).unwrap();
-    let scores = corpus.run(&make);
-    if let Some(dir) = std::env::var_os("TIDEWATCH_NAB_DUMP") {
-        for (f, s) in corpus.files.iter().zip(&scores) {
-            let path = Path::new(&dir).join(f.name.replace('/', "__"));
-            let rows: Vec<String> = f.values.iter().zip(s).map(|(v, s)| format!("{v},{s}")).collect();
-            std::fs::write(path, rows.join("\n")).unwrap();
-        }
-    }
-    let report = scorer.score(&scores).unwrap();
-    if std::env::var_os("TIDEWATCH_NAB_FILES").is_some() {
-        for f in &report.profiles[0].files {
-            println!(
-                "  {:<62} {:8.3}  windows {}/{}  fp {:4}",
-                f.file, f.score, f.windows_hit, f.windows, f.fp
-            );
-        }
-    }
-    for p in &report.profiles {
-        let hit: usize = p.files.iter().map(|f| f.windows_hit).sum();
-        let fp: usize = p.files.iter().map(|f| f.fp).sum();
-        println!(
-            "{:<20} {:6.2}  threshold {:.6}  hit {hit} fp {fp}",
-            p.profile, p.normalised, p.threshold
-        );
-    }
 }

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use crate::ingest::InflightPermit;
+use crate::inflight::InflightPermit;
 
 /// A string inside a [`SpanBatch`]: `len` bytes at `start` of the wire buffer, or of the owned arena when the
 /// top bit of `start` is set. Always valid UTF-8: the collector checks before it makes one.
