@@ -96,13 +96,6 @@ pub async fn run_with(
     };
     let rx = Receiver::new(&cfg.collector, ingest.clone(), stats.clone()).context("collector.auth")?;
     let demo_rx = rx.clone();
-    let web_tls = cfg
-        .web
-        .tls
-        .as_ref()
-        .map(server::rustls_config)
-        .transpose()
-        .context("web.tls")?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut otlp = serve_otlp(
@@ -128,21 +121,8 @@ pub async fn run_with(
         ready: ready.clone(),
         decisions: reports.log.clone(),
     };
-    let mut web_router = tidewatch_dashboards::router(web_state).merge(operator_router(&reports));
-    if let Some(auth) = &cfg.web.auth {
-        let token = auth.resolve().context("web.auth")?;
-        web_router = tidewatch_dashboards::auth::protect(web_router, token, auth.protect_metrics);
-    }
-    let (web_stop_tx, mut web_stop_rx) = watch::channel(false);
-    let web = tokio::spawn(server::serve_http(
-        listeners.web,
-        web_router,
-        web_tls,
-        None,
-        async move {
-            let _ = web_stop_rx.wait_for(|s| *s).await;
-        },
-    ));
+    let web_router = tidewatch_dashboards::router(web_state).merge(operator_router(&reports));
+    let (web_stop_tx, web) = serve_web(&cfg, listeners.web, web_router)?;
 
     // The demo writes its history before it is ready (the web side answers meanwhile).
     let demo = match demo {
@@ -208,6 +188,35 @@ pub async fn run_with(
 struct DecisionsQuery {
     limit: Option<usize>,
     policy: Option<String>,
+}
+
+/// Serves the web port (behind `web.auth`'s token and `web.tls` when set) until the returned sender flips;
+/// every role's web port starts here.
+pub(crate) fn serve_web(
+    cfg: &Config,
+    listener: TcpListener,
+    router: axum::Router,
+) -> anyhow::Result<(
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<tidewatch_collector::Result<()>>,
+)> {
+    let mut router = router;
+    if let Some(auth) = &cfg.web.auth {
+        let token = auth.token.resolve().context("web.auth")?;
+        router = tidewatch_dashboards::auth::protect(router, token, auth.protect_metrics);
+    }
+    let tls = cfg
+        .web
+        .tls
+        .as_ref()
+        .map(server::rustls_config)
+        .transpose()
+        .context("web.tls")?;
+    let (tx, mut rx) = watch::channel(false);
+    let task = tokio::spawn(server::serve_http(listener, router, tls, None, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Ok((tx, task))
 }
 
 /// The operator's side of the API, the same for a real cluster and the demo's:

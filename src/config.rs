@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use tidewatch_analyzer::config::AnalyzerConfig;
 use tidewatch_collector::CollectorConfig;
-use tidewatch_collector::config::TlsConfig;
-use tidewatch_dashboards::auth::WebAuthConfig;
+use tidewatch_collector::config::{TlsConfig, TokenConfig};
 use tidewatch_scaler::config::ScalerConfig;
 use tidewatch_stream::KafkaConfig;
 
@@ -57,6 +56,26 @@ pub struct WebConfig {
     /// Serve the web port over TLS (and require client certificates when `client_ca` is set), so the
     /// token above does not travel in clear text. Probes and scrapers must then use HTTPS.
     pub tls: Option<TlsConfig>,
+}
+
+/// `web.auth`: the token (the same [`TokenConfig`], with the same rule, as `collector.auth`) and what it
+/// covers.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebAuthConfig {
+    #[serde(flatten)]
+    pub token: TokenConfig,
+    /// Require the token on `/metrics` too (the probes are always open).
+    pub protect_metrics: bool,
+}
+
+impl Default for WebAuthConfig {
+    fn default() -> WebAuthConfig {
+        WebAuthConfig {
+            token: TokenConfig::default(),
+            protect_metrics: true,
+        }
+    }
 }
 
 impl Default for WebConfig {
@@ -171,7 +190,7 @@ impl Config {
             ));
         }
         if let Some(auth) = &self.web.auth {
-            auth.validate(&mut errors);
+            auth.token.validate("web.auth", &mut errors);
         }
         if let Some(tls) = &self.web.tls {
             tls.validate("web.tls", &mut errors);
@@ -302,6 +321,42 @@ mod tests {
         .to_string();
         assert!(err.contains("analyzer.service_graph.wait"), "{err}");
         assert!(err.contains("kafka.group"), "{err}");
+    }
+
+    #[test]
+    fn both_ports_take_the_same_token_rule_and_hide_the_token() {
+        let c = Config::resolve(
+            None,
+            &env(&[("TIDEWATCH_WEB__AUTH__TOKEN", " web-s3cret-token\n")]),
+            &[
+                "collector.auth.token=otlp-s3cret".into(),
+                "web.auth.protect_metrics=false".into(),
+            ],
+        )
+        .unwrap();
+        let web = c.web.auth.as_ref().unwrap();
+        assert_eq!(web.token.resolve().unwrap(), "web-s3cret-token");
+        assert!(!web.protect_metrics);
+        let printed = format!("{c:?}{}", serde_yaml::to_string(&c).unwrap());
+        assert!(
+            !printed.contains("s3cret") && printed.contains("<redacted>"),
+            "{printed}"
+        );
+        for (set, problem) in [
+            (
+                "collector.auth.token=' short '",
+                "collector.auth.token: must be at least 8",
+            ),
+            ("web.auth.token=short", "web.auth.token: must be at least 8"),
+            (
+                "web.auth.protect_metrics=true",
+                "web.auth: set token or token_file",
+            ),
+            ("web.auth.tokn=long-enough", "unknown field `tokn`"),
+        ] {
+            let err = Config::resolve(None, &[], &[set.into()]).unwrap_err();
+            assert!(format!("{err:#}").contains(problem), "{set}: {err:#}");
+        }
     }
 
     #[test]

@@ -139,7 +139,15 @@ impl Demo {
         };
         let fleet = Arc::new(ClusterFleet(cluster.clone()));
         // No incidents during the backfill: they are set when the live traffic starts.
-        let shop = Shop::with_queueing(Vec::new(), args.day, Queueing { fleet, models });
+        let shop = Shop::with_queueing(
+            Vec::new(),
+            args.day,
+            Queueing {
+                fleet,
+                models,
+                traces_per_s,
+            },
+        );
         Ok(Demo {
             incidents,
             grpc,

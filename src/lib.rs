@@ -1,8 +1,11 @@
 //! The `tidewatch` binary's library half: CLI, configuration, wiring (`app`), and the load generator with
 //! its microservice model. The member crates hold the real work: `tidewatch-collector` (OTLP in),
-//! `tidewatch-analyzer` (the domain), `tidewatch-dashboards` (web), `tidewatch-scaler` (Kubernetes).
+//! `tidewatch-analyzer` (the domain), `tidewatch-dashboards` (web), `tidewatch-scaler` (Kubernetes),
+//! `tidewatch-stream` (Kafka), `tidewatch-eval` (NAB and forecast backtests).
 
 pub mod app;
+#[cfg(test)]
+mod architecture;
 pub mod cli;
 pub mod config;
 pub mod demo;

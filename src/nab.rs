@@ -1,12 +1,12 @@
 //! `tidewatch nab`: runs a detector over the NAB corpus the way NAB does (each series on its own, rows in
-//! order, a fresh detector per series) and scores it with NAB's rules (`tidewatch_analyzer::models::nab`).
+//! order, a fresh detector per series) and scores it with NAB's rules (`tidewatch_eval::nab`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tidewatch_analyzer::models::detect::{DETECTORS, Params, factory};
-use tidewatch_analyzer::models::nab::{Corpus, Scorer, read_split};
+use tidewatch_eval::nab::{Corpus, Scorer, read_split};
 
 use crate::cli::NabArgs;
 

@@ -70,10 +70,8 @@ impl Telemetry for EngineTelemetry {
         match h.pods(service, from, to) {
             Ok(pods) => {
                 for p in pods {
-                    if let Some((_, pod)) = p.key.iter().find(|(k, _)| k == "pod")
-                        && !pod.is_empty()
-                    {
-                        obs.pod_rates.insert(pod.clone(), p.rate);
+                    if !p.key.pod.is_empty() {
+                        obs.pod_rates.insert(p.key.pod, p.rate);
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //! picture and run with `--role all`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +13,8 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tidewatch_collector::{Receiver, Stats, server};
+use tidewatch_analyzer::exposition::{self, Kind};
+use tidewatch_collector::{Receiver, Stats};
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::producer::KafkaForward;
 use tokio::sync::watch;
@@ -42,49 +43,13 @@ fn web(ready: Arc<AtomicBool>, metrics: Hook) -> Router {
             get(move || async move {
                 let mut out = String::with_capacity(16 * 1024);
                 metrics(&mut out);
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    out,
-                )
-                    .into_response()
+                ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], out).into_response()
             }),
         )
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-        v.load(Ordering::Relaxed)
-    );
-}
-
-/// Serves the web port until `stop` flips.
-fn serve_web(
-    cfg: &Config,
-    listener: tokio::net::TcpListener,
-    router: Router,
-) -> anyhow::Result<(
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<tidewatch_collector::Result<()>>,
-)> {
-    let mut router = router;
-    if let Some(auth) = &cfg.web.auth {
-        let token = auth.resolve().context("web.auth")?;
-        router = tidewatch_dashboards::auth::protect(router, token, auth.protect_metrics);
-    }
-    let tls = cfg
-        .web
-        .tls
-        .as_ref()
-        .map(server::rustls_config)
-        .transpose()
-        .context("web.tls")?;
-    let (tx, mut rx) = watch::channel(false);
-    let task = tokio::spawn(server::serve_http(listener, router, tls, None, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    Ok((tx, task))
+    exposition::single(out, name, Kind::Counter, help, v.load(Ordering::Relaxed));
 }
 
 /// `--role ingest`: the OTLP receivers, forwarding to Kafka.
@@ -125,8 +90,14 @@ pub async fn ingest(
             "Messages the Kafka cluster did not acknowledge in time.",
             &producer.messages_failed,
         );
+        counter(
+            out,
+            "tidewatch_kafka_spans_acked_in_refused_total",
+            "Spans of refused requests that Kafka acknowledged all the same: a retry counts them twice.",
+            &producer.spans_acked_in_refused,
+        );
     });
-    let (web_stop, web) = serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
+    let (web_stop, web) = crate::app::serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
     ready.store(true, Ordering::Relaxed);
     tracing::info!(brokers = %cfg.kafka.brokers.join(","), "tidewatch ingest is ready");
     tokio::select! {
@@ -189,14 +160,16 @@ pub async fn analyze(
                 "Partition checkpoints that could not be written.",
                 &stats.checkpoint_failures,
             );
-            let _ = writeln!(
+            exposition::single(
                 out,
-                "# HELP tidewatch_kafka_partitions_owned Partitions this instance owns.\n# TYPE tidewatch_kafka_partitions_owned gauge\ntidewatch_kafka_partitions_owned {}",
-                stats.partitions_owned.load(Ordering::Relaxed)
+                "tidewatch_kafka_partitions_owned",
+                Kind::Gauge,
+                "Partitions this instance owns.",
+                stats.partitions_owned.load(Ordering::Relaxed),
             );
         })
     };
-    let (web_stop, web) = serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
+    let (web_stop, web) = crate::app::serve_web(&cfg, listeners.web, web(ready.clone(), metrics))?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let run = tokio::spawn(consumer::run(
         cfg.kafka.clone(),

@@ -59,6 +59,11 @@ pub const SPANS_PER_TRACE: f64 = 0.6 * 11.0 + 0.4 * 4.0;
 /// How much the traffic is multiplied by during a surge.
 pub const SURGE_FACTOR: f64 = 2.5;
 
+/// How many times longer a service's own work takes during a latency incident: its callers' p95 rises
+/// well past what a surge does to them (a surge slows pods at most 5x their idle work before the
+/// scale-up), so the incident reads as new, not as a repeat of the surge.
+pub const LATENCY_FACTOR: f64 = 16.0;
+
 /// The services, in the order incidents and fleets index them.
 pub fn services() -> impl Iterator<Item = (&'static str, usize, f64)> {
     SERVICES.iter().copied()
@@ -75,12 +80,17 @@ pub struct Queueing {
     /// Per service (in [`services`] order): its per-pod queueing model; `base_latency_ms` is the
     /// service's own work.
     pub models: Vec<SimConfig>,
+    /// Traces per second at the daily mean. Each service's load is the shop's offered load at the
+    /// moment (this times the traffic factor and its requests per trace), as in `tidewatch simulate`:
+    /// not what the sender managed to send, so a sender that stalls and catches up on a busy machine
+    /// does not look like a burst of load to the queues.
+    pub traces_per_s: f64,
 }
 
 /// What goes wrong during an incident.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IncidentKind {
-    /// The service's own work takes 8x longer.
+    /// The service's own work takes [`LATENCY_FACTOR`] times longer.
     Latency,
     /// 30% of the service's requests fail.
     Errors,
@@ -182,39 +192,12 @@ pub struct Shop {
     /// Serving pods per service, by name.
     pods: Vec<Vec<String>>,
     queueing: Option<Queueing>,
-    /// Per service: requests in the current second and the rate of the last complete one.
-    meters: Vec<RateMeter>,
     /// The pod each bad-pod incident hit (by incident index), once it has started.
     bad: BTreeMap<usize, String>,
     /// Requests served and failed per pod since the start (for the cumulative request counter and the
     /// error logs).
     served: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
-}
-
-/// A service's request rate, measured over whole seconds of the shop's own (possibly simulated) clock.
-#[derive(Clone, Copy, Default)]
-struct RateMeter {
-    second: u64,
-    count: u64,
-    rate: f64,
-}
-
-impl RateMeter {
-    fn count(&mut self, now_ns: u64) {
-        let second = now_ns / 1_000_000_000;
-        if second != self.second {
-            // A gap of more than a second means nothing came in between.
-            self.rate = if second == self.second + 1 {
-                self.count as f64
-            } else {
-                0.0
-            };
-            self.second = second;
-            self.count = 0;
-        }
-        self.count += 1;
-    }
 }
 
 /// One span placed in the model: which service and pod emitted it.
@@ -253,7 +236,6 @@ impl Shop {
             offset: Duration::ZERO,
             pods,
             queueing: None,
-            meters: vec![RateMeter::default(); SERVICES.len()],
             bad: BTreeMap::new(),
             served: BTreeMap::new(),
             errors: BTreeMap::new(),
@@ -335,13 +317,17 @@ impl Shop {
         })
     }
 
-    /// How many times its idle work `service`'s own work takes at its measured rate (1 without
-    /// queueing).
-    fn queue(&self, service: usize) -> f64 {
-        let Some(model) = self.queueing.as_ref().and_then(|q| q.models.get(service)) else {
+    /// How many times its idle work `service`'s own work takes under the offered load at `elapsed` (1
+    /// without queueing).
+    fn queue(&self, service: usize, elapsed: Duration) -> f64 {
+        let Some(q) = &self.queueing else {
             return 1.0;
         };
-        let (latency, _) = model.serve(self.meters[service].rate, self.pods[service].len());
+        let Some(model) = q.models.get(service) else {
+            return 1.0;
+        };
+        let load = q.traces_per_s * self.traffic_factor(elapsed) * REQUESTS_PER_TRACE[service];
+        let (latency, _) = model.serve(load, self.pods[service].len());
         latency / model.base_latency_ms
     }
 
@@ -546,15 +532,14 @@ impl Ctx<'_> {
 
     /// Own work of `svc` on `pod` in nanoseconds, with the incidents and the queueing applied; and
     /// whether it failed.
-    fn work(&mut self, svc: usize, pod: usize, now_ns: u64) -> (u64, bool) {
+    fn work(&mut self, svc: usize, pod: usize) -> (u64, bool) {
         let base = SERVICES[svc].2;
         // Log-normal noise around the base (median = base).
         let z: f64 = (0..4).map(|_| self.rng.random_range(-1.0..1.0)).sum::<f64>() * 0.35;
-        self.shop.meters[svc].count(now_ns);
-        let mut ms = base * z.exp() * self.shop.queue(svc);
+        let mut ms = base * z.exp() * self.shop.queue(svc, self.elapsed);
         let mut fail = self.rng.random_bool(0.002);
         if self.shop.active(self.elapsed, svc, IncidentKind::Latency) {
-            ms *= 8.0;
+            ms *= LATENCY_FACTOR;
         }
         if self.shop.active(self.elapsed, svc, IncidentKind::Errors) && self.rng.random_bool(0.3) {
             fail = true;
@@ -627,7 +612,7 @@ impl Ctx<'_> {
     fn call(&mut self, parent: Option<[u8; 8]>, svc: usize, name: &str, start: u64, body: &Body<'_>) -> u64 {
         let pod = self.rng.random_range(0..self.shop.pods[svc].len());
         let id = self.span_id();
-        let (work, fail) = self.work(svc, pod, start);
+        let (work, fail) = self.work(svc, pod);
         let before = start + work / 2;
         let after_calls = body(self, id, before);
         let end = after_calls + work / 2;
@@ -767,7 +752,7 @@ impl Ctx<'_> {
         );
         let cpod = self.rng.random_range(0..self.shop.pods[to].len());
         let cid = self.span_id();
-        let (work, fail) = self.work(to, cpod, end);
+        let (work, fail) = self.work(to, cpod);
         let cstart = end + 2_000_000;
         self.push(
             to,

@@ -4,12 +4,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bench/peers/install.sh python prometheus
-# The Kubernetes tests (tests/common/kube.rs): etcd, and kube-apiserver and helm built from Go modules.
+# The Kubernetes tests (tests/it/common/kube.rs): etcd, and kube-apiserver and helm built from Go modules.
 tests/k8s/install.sh
-# The Kafka tests (tests/kafka.rs): an Apache Kafka 4 broker from Maven Central jars (needs a JDK and Maven),
+# The Kafka tests (tests/it/kafka.rs): an Apache Kafka 4 broker from Maven Central jars (needs a JDK and Maven),
 # and the compiler and make that build the rdkafka crate's bundled librdkafka.
 tests/kafka/install.sh
-# The browser test (tests/web_ui.rs): Debian's chromium driven by playwright-core; no browser download.
+# The browser test (tests/it/web_ui.rs): Debian's chromium driven by playwright-core; no browser download.
 if [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
 fi

@@ -16,15 +16,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::budget::{BudgetStatus, SeriesBudget};
-use crate::config::{AnalyzerConfig, GraphConfig, LatencyUnit};
+use crate::config::AnalyzerConfig;
 use crate::forecast::Forecasts;
 use crate::graph::{EdgeRow, GraphCounters, GraphKeys, GraphStore};
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
 use crate::intern::Interner;
-use crate::model::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
 use crate::red::{PodRow, RedRow, RedTable};
 use crate::signals::{LogRow, MetricRow, Signals};
+use crate::snapshot::Snapshot;
 use crate::store::{History, HistoryView};
 use crate::{Error, Result};
 
@@ -68,53 +69,10 @@ pub struct EngineStats {
     pub log_records: AtomicU64,
 }
 
-/// An immutable picture of everything the analyzer knows, cheap to share (`Arc`).
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub taken_at: SystemTime,
-    pub red: Vec<RedRow>,
-    /// RED histogram bounds, in `red_unit`.
-    pub red_bounds: Arc<[f64]>,
-    pub red_unit: LatencyUnit,
-    pub red_dimensions: Arc<[String]>,
-    /// Per-pod RED of entry spans.
-    pub pods: Vec<PodRow>,
-    pub edges: Vec<EdgeRow>,
-    /// Service-graph histogram bounds, in seconds.
-    pub graph_bounds: Arc<[f64]>,
-    pub graph_dimensions: Arc<[String]>,
-    /// Which service-graph series to expose, and the rest of its settings.
-    pub graph_config: Arc<GraphConfig>,
-    pub graph: GraphCounters,
-    pub metrics: Vec<MetricRow>,
-    pub logs: Vec<LogRow>,
-}
-
-impl Snapshot {
-    pub(crate) fn empty(cfg: &AnalyzerConfig) -> Snapshot {
-        Snapshot {
-            taken_at: SystemTime::now(),
-            red: Vec::new(),
-            red_bounds: cfg.span_metrics.bounds().into(),
-            red_unit: cfg.span_metrics.unit,
-            red_dimensions: cfg.span_metrics.dimensions.clone().into(),
-            pods: Vec::new(),
-            edges: Vec::new(),
-            graph_bounds: cfg.service_graph.bounds().into(),
-            graph_dimensions: GraphStore::dimension_labels(&cfg.service_graph).into(),
-            graph_config: Arc::new(cfg.service_graph.clone()),
-            graph: GraphCounters::default(),
-            metrics: Vec::new(),
-            logs: Vec::new(),
-        }
-    }
-}
-
-/// The running engine: ask it for snapshots, subscribe to window snapshots, stop it.
+/// The running engine: ask it for snapshots, history, health and forecasts; stop it.
 pub struct Engine {
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    windows: watch::Receiver<Arc<Snapshot>>,
     history: watch::Receiver<HistoryView>,
     health: watch::Receiver<Arc<Health>>,
     forecasts: watch::Receiver<Arc<Forecasts>>,
@@ -166,7 +124,6 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     }
     let shards: Arc<[_]> = senders.into();
     let template = Arc::new(Snapshot::empty(cfg));
-    let (win_tx, windows) = watch::channel(template.clone());
     let history = History::open(&cfg.store, cfg.window);
     let (hist_tx, history_rx) = watch::channel(history.view());
     let (health_tx, health_rx) = watch::channel(Arc::new(Health::default()));
@@ -178,7 +135,6 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         template: template.clone(),
         window: cfg.window,
         snapshot_every: cfg.store.snapshot_interval,
-        snapshots: win_tx,
         views: hist_tx,
         health: health_tx,
         monitor: Monitor::for_analyzer(cfg),
@@ -203,7 +159,6 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         Engine {
             shards,
             tasks: tasks.into(),
-            windows,
             history: history_rx,
             health: health_rx,
             forecasts,
@@ -229,11 +184,6 @@ impl Engine {
         collect(&self.shards, &self.template).await
     }
 
-    /// Snapshots published at each window close.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.windows.clone()
-    }
-
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
@@ -257,11 +207,6 @@ impl Engine {
     /// is enough history for a first training).
     pub fn forecasts(&self) -> Arc<Forecasts> {
         self.forecasts.borrow().clone()
-    }
-
-    /// Forecasts as each scheduled training publishes them.
-    pub fn subscribe_forecasts(&self) -> watch::Receiver<Arc<Forecasts>> {
-        self.forecasts.clone()
     }
 
     /// Closes a window of backfilled history (`tidewatch demo`) stamped `ts_ms`, which must be later than
@@ -401,7 +346,6 @@ struct Windows {
     template: Arc<Snapshot>,
     window: Duration,
     snapshot_every: Duration,
-    snapshots: watch::Sender<Arc<Snapshot>>,
     views: watch::Sender<HistoryView>,
     health: watch::Sender<Arc<Health>>,
     monitor: Monitor,
@@ -497,7 +441,6 @@ impl Windows {
             } else {
                 let _ = self.views.send(view);
             }
-            let _ = self.snapshots.send(snap);
             if stopping || last_save.elapsed() >= self.snapshot_every {
                 last_save = Instant::now();
                 let save = history.saver();
@@ -556,7 +499,7 @@ impl Shard {
     fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
         let now = Instant::now();
         admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
-        let mut record = |s: &crate::model::Span| {
+        let mut record = |s: &crate::records::Span| {
             let (service, pod) = self.scratch[s.resource as usize];
             self.red.record(&mut self.names, batch, s, service, pod);
             self.graph.record(&mut self.names, batch, s, service, now);

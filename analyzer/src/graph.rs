@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::budget::SeriesBudget;
 use crate::config::GraphConfig;
 use crate::intern::Interner;
-use crate::model::{AttrKeys, Span, SpanBatch, SpanKind, StatusCode, Text};
+use crate::records::{AttrKeys, Span, SpanBatch, SpanKind, StatusCode, Text};
 use crate::red::Histogram;
 
 /// `connection_type` of an edge.
@@ -632,7 +632,7 @@ impl GraphStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Attr, Resource};
+    use crate::records::{Attr, Resource};
     use std::time::Duration;
 
     /// Builds a batch: one resource per span, as the Tempo fixtures have it.

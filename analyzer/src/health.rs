@@ -24,7 +24,7 @@ use crate::config::AnalyzerConfig;
 use crate::models::detect::{AnomalyDetector, Params, Tidewatch};
 use crate::models::multivariate::{GmmConfig, GmmDetector, VectorDetector, red_features};
 use crate::rootcause::{Cause, Learning, PodState, ServiceState, localise};
-use crate::store::{HistoryView, RedSummary};
+use crate::store::{HistoryView, RedSummary, ServiceKey};
 
 /// Settings of the online monitor.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -232,7 +232,7 @@ impl Monitor {
         let edges: Vec<(String, String)> = view
             .edges(from - 60 * window_ms, ts_ms)?
             .iter()
-            .map(|e| (key(e, "client"), key(e, "server")))
+            .map(|e| (e.key.client.clone(), e.key.server.clone()))
             .collect();
         for m in self.services.values_mut() {
             m.idle += 1;
@@ -240,13 +240,13 @@ impl Monitor {
         let mut states = Vec::new();
         let mut pods = Vec::new();
         for s in &services {
-            let name = key(s, "service");
-            if let Some(state) = self.score(&name, ts_ms, s) {
+            let name = &s.key.service;
+            if let Some(state) = self.score(name, ts_ms, s) {
                 if state.anomalous {
-                    for p in view.pods(&name, from, ts_ms)? {
+                    for p in view.pods(name, from, ts_ms)? {
                         pods.push(PodState {
                             service: name.clone(),
-                            pod: key(&p, "pod"),
+                            pod: p.key.pod,
                             requests: p.requests,
                             error_ratio: p.error_ratio,
                             p95_ms: p.p95_ms,
@@ -267,7 +267,7 @@ impl Monitor {
     }
 
     /// Scores one service's window; `None` when it had too few requests to be scored.
-    fn score(&mut self, name: &str, ts_ms: i64, s: &RedSummary) -> Option<ServiceState> {
+    fn score(&mut self, name: &str, ts_ms: i64, s: &RedSummary<ServiceKey>) -> Option<ServiceState> {
         if s.requests < self.cfg.min_requests {
             return None;
         }
@@ -337,7 +337,7 @@ impl Monitor {
 
 /// The error ratio the detectors see: errors less two standard deviations of a Poisson count, over the
 /// requests. On a quiet service one or two failures are chance, not news; 30 of 100 still reads 19 %.
-fn error_ratio_floor(s: &RedSummary) -> f64 {
+fn error_ratio_floor(s: &RedSummary<ServiceKey>) -> f64 {
     if s.requests <= 0.0 {
         return 0.0;
     }
@@ -345,7 +345,7 @@ fn error_ratio_floor(s: &RedSummary) -> f64 {
 }
 
 /// The verdict in words, for people: "p95 latency 4.1x its usual 12 ms".
-fn describe(v: &Verdict, s: &RedSummary) -> String {
+fn describe(v: &Verdict, s: &RedSummary<ServiceKey>) -> String {
     let step = 1.25f64.ln();
     let unlog = |f: f64| (f * step).exp() - 1.0;
     match v.kind {
@@ -373,21 +373,15 @@ fn describe(v: &Verdict, s: &RedSummary) -> String {
     }
 }
 
-fn key(s: &RedSummary, name: &str) -> String {
-    s.key
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn summary(service: &str, p95: f64, err: f64) -> RedSummary {
+    fn summary(service: &str, p95: f64, err: f64) -> RedSummary<ServiceKey> {
         RedSummary {
-            key: vec![("service".into(), service.into())],
+            key: ServiceKey {
+                service: service.into(),
+            },
             requests: 100.0,
             rate: 10.0,
             errors: err * 100.0,

@@ -7,31 +7,35 @@
 //!                                      ├─ RedTable   calls/errors/duration per series   red.rs
 //!                                      ├─ GraphStore client/server pairing → edges     graph.rs
 //!                                      └─ Signals    metric points, log severities     signals.rs
-//! readers ◀── Engine::snapshot() / subscribe(): immutable merged Snapshot
-//! every window: snapshot deltas → History (polars frames, rollups, Parquet)       store.rs
+//! readers ◀── Engine::snapshot(): immutable merged Snapshot
+//! every window: snapshot deltas → History (polars frames, rollups, Parquet)       store/
 //! readers ◀── Engine::history(): immutable HistoryView (services, RED over time, edges, series)
 //! ```
 //!
-//! `model` holds the records (a zero-copy `SpanBatch` for spans), `config` the settings, `intern` the
+//! `records` holds the records (a zero-copy `SpanBatch` for spans), `config` the settings, `intern` the
 //! string interning that keeps the per-span path free of allocation.
 
 pub mod budget;
 pub mod config;
 pub mod engine;
+pub mod exposition;
 pub mod forecast;
 pub mod graph;
 pub mod health;
+pub mod inflight;
 pub mod ingest;
 pub mod intern;
-pub mod model;
 pub mod models;
 pub mod partition;
+pub mod records;
 pub mod red;
 pub mod rootcause;
 pub mod signals;
+pub mod snapshot;
 pub mod store;
 
-pub use engine::{Engine, Snapshot, start};
+pub use engine::{Engine, start};
+pub use snapshot::Snapshot;
 
 /// The analyzer's errors.
 #[derive(Debug, thiserror::Error)]
@@ -40,22 +44,6 @@ pub enum Error {
     Stopped,
     #[error("history store: {0}")]
     Store(String),
-    /// A file that cannot be read (NAB corpus, results): says which.
-    #[error("{}: {source}", path.display())]
-    Read {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    /// A malformed input file: names the file and the line.
-    #[error("{}:{line}: {msg}", path.display())]
-    Parse {
-        path: std::path::PathBuf,
-        line: usize,
-        msg: String,
-    },
-    /// Inputs that parse but do not fit together (scores vs corpus, windows vs rows).
-    #[error("NAB: {0}")]
-    Nab(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,7 +16,7 @@ use crate::config::AnalyzerConfig;
 use crate::engine::{admit_resources, wanted_keys};
 use crate::graph::{EdgeRow, GraphCounters, GraphStore};
 use crate::intern::Interner;
-use crate::model::{AttrKeys, SpanBatch};
+use crate::records::{AttrKeys, SpanBatch};
 use crate::red::{Histogram, RedRow, RedTable};
 
 /// A shard whose clock is the partition's record time.
@@ -178,7 +178,7 @@ fn add_histogram(a: &mut Histogram, b: &Histogram, sign: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Resource, Span, SpanKind};
+    use crate::records::{Resource, Span, SpanKind};
 
     fn batch(service: &str, spans: &[(u8, SpanKind, u8)]) -> SpanBatch {
         let mut b = SpanBatch::default();

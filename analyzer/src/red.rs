@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 use crate::budget::SeriesBudget;
 use crate::config::RedConfig;
 use crate::intern::Interner;
-use crate::model::{Span, SpanBatch, SpanKind, StatusCode};
+use crate::records::{Span, SpanBatch, SpanKind, StatusCode};
 
 /// Series key: interned ids plus the enums. `dims` is the interned id of the joined dimension values.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,7 +156,7 @@ pub struct RedTable {
 }
 
 impl RedTable {
-    /// `dim_keys` are the attribute indexes of the configured dimensions (see [`crate::model::AttrKeys`]).
+    /// `dim_keys` are the attribute indexes of the configured dimensions (see [`crate::records::AttrKeys`]).
     pub fn new(cfg: &RedConfig, dim_keys: Vec<u16>, budget: Arc<SeriesBudget>) -> RedTable {
         let mut dim_values = Interner::default();
         // Id 0: no dimension values (what `dims_id` answers when none are configured).
@@ -381,7 +381,7 @@ impl RedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Attr, AttrKeys, Resource, Text};
+    use crate::records::{Attr, AttrKeys, Resource, Text};
     use std::time::Duration;
 
     fn batch(spans: &[(&str, u64, StatusCode, Option<&str>)]) -> SpanBatch {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::budget::SeriesBudget;
-use crate::model::{LogBatch, MetricBatch, PointValue};
+use crate::records::{LogBatch, MetricBatch, PointValue};
 
 /// OTLP severity ranges, named as the spec names them (1–4 TRACE … 21–24 FATAL).
 pub fn severity_text(severity: u8) -> &'static str {
@@ -179,7 +179,7 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{LogRecord, MetricPoint};
+    use crate::records::{LogRecord, MetricPoint};
 
     #[test]
     fn latest_value_wins_and_late_points_count() {

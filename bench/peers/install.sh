@@ -23,8 +23,8 @@ set -euo pipefail
 export PIP_ROOT_USER_ACTION=ignore  # quiet pip when run as root
 
 # ---- pinned versions (see README.md; bump together) ----------------------
-OTELCOL_VERSION=0.157.0        # OCB builder == core components == contrib components
-TELEMETRYGEN_VERSION=0.157.0   # contrib cmd/telemetrygen, same release as the collector
+OTELCOL_VERSION=0.158.0        # OCB builder == core components == contrib components
+TELEMETRYGEN_VERSION=0.157.0   # contrib cmd/telemetrygen: a separate load generator; 0.158.0+ not served
 OTEL_PY_VERSION=1.45.2         # opentelemetry-sdk and the OTLP exporters
 ROTEL_VERSION=0.0.1a15         # PyPI "rotel" (its binary reports 0.0.1-alpha10)
 

@@ -31,7 +31,7 @@ pub struct CollectorConfig {
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
     /// Require `Authorization: Bearer <token>` on both endpoints.
-    pub auth: Option<AuthConfig>,
+    pub auth: Option<TokenConfig>,
     /// Serve both endpoints over TLS (and require client certificates when `client_ca` is set).
     pub tls: Option<TlsConfig>,
 }
@@ -71,19 +71,26 @@ fn yes() -> bool {
     true
 }
 
-/// Bearer-token authentication. The token comes from the config, a file, or `TIDEWATCH_AUTH_TOKEN`.
+/// A shared secret both ports can require (`collector.auth` on OTLP, `web.auth` on the web port): given
+/// inline (`token`, or through `TIDEWATCH_COLLECTOR__AUTH__TOKEN` / `TIDEWATCH_WEB__AUTH__TOKEN`) or read
+/// from `token_file` (e.g. a mounted Kubernetes Secret). One rule for both: surrounding whitespace is not
+/// part of the token (HTTP strips it from header values, and files end in a newline), and what remains
+/// is at least [`MIN_TOKEN_LEN`] characters.
 #[derive(Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
+pub struct TokenConfig {
     /// Printed as `<redacted>` by `check-config`.
     #[serde(serialize_with = "redact")]
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for AuthConfig {
+/// The shortest token either port accepts.
+pub const MIN_TOKEN_LEN: usize = 8;
+
+impl std::fmt::Debug for TokenConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
+        f.debug_struct("TokenConfig")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
             .finish()
@@ -98,14 +105,39 @@ fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
-impl AuthConfig {
-    /// The token to require, read from the file when one is named.
-    pub fn resolve(&self) -> std::io::Result<String> {
+impl TokenConfig {
+    /// Appends every problem to `errors`, under `path` (where this section sits in the configuration).
+    pub fn validate(&self, path: &str, errors: &mut Vec<String>) {
         match (&self.token, &self.token_file) {
-            (Some(t), _) => Ok(t.clone()),
-            (None, Some(f)) => Ok(std::fs::read_to_string(f)?.trim().to_owned()),
-            (None, None) => Err(std::io::Error::other("no token configured")),
+            (None, None) => errors.push(format!("{path}: set token or token_file")),
+            (Some(_), Some(_)) => errors.push(format!("{path}: set token or token_file, not both")),
+            (Some(t), None) if t.trim().chars().count() < MIN_TOKEN_LEN => errors.push(format!(
+                "{path}.token: must be at least {MIN_TOKEN_LEN} characters (surrounding whitespace not counted)"
+            )),
+            (None, Some(f)) if !f.is_file() => {
+                errors.push(format!("{path}.token_file: {} is not a readable file", f.display()))
+            }
+            _ => {}
         }
+    }
+
+    /// The token to require (read from the file when one is named), trimmed, and checked against the
+    /// same rule as [`TokenConfig::validate`] (a file's content is only known now).
+    pub fn resolve(&self) -> std::io::Result<String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.trim().to_owned(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Err(std::io::Error::other("no token configured")),
+        };
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(std::io::Error::other(format!(
+                "the token is shorter than {MIN_TOKEN_LEN} characters"
+            )));
+        }
+        Ok(token)
     }
 }
 
@@ -156,18 +188,7 @@ impl CollectorConfig {
             ));
         }
         if let Some(a) = &self.auth {
-            match (&a.token, &a.token_file) {
-                (None, None) => errors.push("collector.auth: set token or token_file".into()),
-                (Some(_), Some(_)) => errors.push("collector.auth: set token or token_file, not both".into()),
-                (Some(t), None) if t.len() < 8 => {
-                    errors.push("collector.auth.token: must be at least 8 characters".into())
-                }
-                (None, Some(f)) if !f.is_file() => errors.push(format!(
-                    "collector.auth.token_file: {} is not a readable file",
-                    f.display()
-                )),
-                _ => {}
-            }
+            a.validate("collector.auth", errors);
         }
         if let Some(t) = &self.tls {
             t.validate("collector.tls", errors);

@@ -1,7 +1,8 @@
 //! The collector's own counters, exposed on `/metrics` as `tidewatch_collector_*`.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use tidewatch_analyzer::exposition::{Kind, family, sample, single};
 
 use crate::decode::Signal;
 
@@ -40,6 +41,8 @@ pub enum Protocol {
     Http,
 }
 
+const PROTOCOLS: [(Protocol, &str); 2] = [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")];
+
 const SIGNALS: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
 
 fn signal_idx(s: Signal) -> usize {
@@ -48,12 +51,6 @@ fn signal_idx(s: Signal) -> usize {
 
 fn outcome_idx(outcome: Outcome) -> usize {
     OUTCOMES.iter().position(|(x, _)| *x == outcome).unwrap_or(0)
-}
-
-/// The `# HELP` and `# TYPE` lines of a metric family (as `dashboards/src/prom.rs` writes them).
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Lock-free counters, shared by all receivers.
@@ -128,10 +125,11 @@ impl Stats {
 
     /// Appends the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
+        let items = "tidewatch_collector_items_total";
         family(
             out,
-            "tidewatch_collector_items_total",
-            "counter",
+            items,
+            Kind::Counter,
             "Items received, by signal and outcome.",
         );
         for s in SIGNALS {
@@ -141,63 +139,58 @@ impl Stats {
                 ("rejected", &self.rejected[i]),
                 ("refused", &self.refused[i]),
             ] {
-                let _ = writeln!(
-                    out,
-                    "tidewatch_collector_items_total{{signal=\"{}\",outcome=\"{outcome}\"}} {}",
-                    s.items(),
-                    c.load(Relaxed)
-                );
+                let labels = [("signal", s.items()), ("outcome", outcome)];
+                sample(out, items, &labels, c.load(Relaxed));
             }
         }
+        let requests = "tidewatch_collector_requests_total";
         family(
             out,
-            "tidewatch_collector_requests_total",
-            "counter",
+            requests,
+            Kind::Counter,
             "Export requests, by protocol and outcome.",
         );
-        for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
+        for (p, name) in PROTOCOLS {
             for (o, (_, oname)) in OUTCOMES.iter().enumerate() {
                 let v = self.requests[p as usize][o].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "tidewatch_collector_requests_total{{protocol=\"{name}\",outcome=\"{oname}\"}} {v}"
-                );
+                sample(out, requests, &[("protocol", name), ("outcome", oname)], v);
             }
         }
         for (name, kind, help, value) in [
             (
                 "tidewatch_collector_connections",
-                "gauge",
+                Kind::Gauge,
                 "Open OTLP connections (capped by collector.max_connections).",
                 self.connections.load(Relaxed) as u64,
             ),
             (
                 "tidewatch_collector_connections_refused_total",
-                "counter",
+                Kind::Counter,
                 "OTLP connections closed at once for being over collector.max_connections.",
                 self.connections_refused.load(Relaxed),
             ),
             (
                 "tidewatch_collector_reading_bytes",
-                "gauge",
+                Kind::Gauge,
                 "Bytes of request bodies being read now (capped by collector.max_reading).",
                 self.reading() as u64,
             ),
         ] {
-            family(out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
+            single(out, name, kind, help, value);
         }
+        let received = "tidewatch_collector_received_bytes_total";
         family(
             out,
-            "tidewatch_collector_received_bytes_total",
-            "counter",
+            received,
+            Kind::Counter,
             "Request bytes as received (before decompression).",
         );
-        for (p, name) in [(Protocol::Grpc, "grpc"), (Protocol::Http, "http")] {
-            let _ = writeln!(
+        for (p, name) in PROTOCOLS {
+            sample(
                 out,
-                "tidewatch_collector_received_bytes_total{{protocol=\"{name}\"}} {}",
-                self.bytes[p as usize].load(Relaxed)
+                received,
+                &[("protocol", name)],
+                self.bytes[p as usize].load(Relaxed),
             );
         }
     }

@@ -16,9 +16,13 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use tidewatch_analyzer::store::{HistoryView, RedSummary};
+use serde::{Deserialize, Serialize};
+use tidewatch_analyzer::budget::BudgetStatus;
+use tidewatch_analyzer::engine::Health;
+use tidewatch_analyzer::forecast::Forecast;
+use tidewatch_analyzer::health::HealthReport;
+use tidewatch_analyzer::rootcause::{Cause, ServiceState};
+use tidewatch_analyzer::store::{HistoryView, OperationKey, PodKey, RedPoint, RedSummary, SeriesPoint};
 
 use crate::WebState;
 
@@ -27,7 +31,14 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorAnswer { error: self.1 })).into_response()
+    }
+}
+
+impl ApiError {
+    /// What the answer's `error` says.
+    pub fn message(self) -> String {
+        self.1
     }
 }
 
@@ -39,7 +50,120 @@ fn store_err(e: tidewatch_analyzer::Error) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// `{"error": "…"}`.
+#[derive(Serialize)]
+struct ErrorAnswer {
+    error: String,
+}
+
+/// `/api/services`: every service (as `name`) with its RED over the window.
+#[derive(Serialize)]
+pub struct ServicesAnswer {
+    window_ms: i64,
+    services: Vec<RedSummary<Named>>,
+}
+
+/// A service named `name` in a list of services.
+#[derive(Serialize)]
+pub struct Named {
+    name: String,
+}
+
+/// `/api/services/{name}/red`.
+#[derive(Serialize)]
+pub struct RedAnswer {
+    service: String,
+    from: i64,
+    to: i64,
+    step_ms: i64,
+    points: Vec<RedPoint>,
+}
+
+/// `/api/services/{name}/operations`.
+#[derive(Serialize)]
+pub struct OperationsAnswer {
+    service: String,
+    window_ms: i64,
+    operations: Vec<RedSummary<OperationKey>>,
+}
+
+/// `/api/services/{name}/pods`.
+#[derive(Serialize)]
+pub struct PodsAnswer {
+    service: String,
+    window_ms: i64,
+    pods: Vec<RedSummary<PodKey>>,
+}
+
+/// `/api/graph`: the dependency map.
+#[derive(Serialize)]
+pub struct GraphAnswer {
+    window_ms: i64,
+    nodes: Vec<RedSummary<Node>>,
+    edges: Vec<RedSummary<Link>>,
+    series_budget: BudgetStatus,
+}
+
+/// A node of the map: a service, or a virtual node (a database, `user`, an uninstrumented peer).
+#[derive(Serialize)]
+pub struct Node {
+    id: String,
+    #[serde(rename = "virtual")]
+    is_virtual: bool,
+}
+
+/// An edge of the map, from client (`source`) to server (`target`).
+#[derive(Serialize)]
+pub struct Link {
+    source: String,
+    target: String,
+    connection_type: String,
+}
+
+/// `/api/series`.
+#[derive(Serialize)]
+pub struct SeriesAnswer {
+    service: String,
+    name: String,
+    pod: Option<String>,
+    from: i64,
+    to: i64,
+    step_ms: i64,
+    points: Vec<SeriesPoint>,
+}
+
+/// `/api/anomalies`.
+#[derive(Serialize)]
+pub struct AnomaliesAnswer {
+    ts: i64,
+    anomalies: Vec<ServiceState>,
+    causes: Vec<Cause>,
+    services: Vec<ServiceState>,
+    recent: Vec<HealthReport>,
+}
+
+/// `/api/services/{name}/forecast`.
+#[derive(Serialize)]
+pub struct ForecastAnswer {
+    service: String,
+    pub(crate) model: &'static str,
+    mase: Option<f64>,
+    periods: Vec<usize>,
+    step_ms: i64,
+    history_points: usize,
+    pub(crate) forecast: Vec<ForecastPoint>,
+}
+
+/// One step of a forecast: the rate and its 95 % interval, never below zero.
+#[derive(Serialize)]
+pub struct ForecastPoint {
+    pub(crate) ts: i64,
+    pub(crate) rate: f64,
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -129,23 +253,8 @@ fn range(q: &RangeQuery) -> Result<(i64, i64, i64), ApiError> {
     Ok((from, to, step))
 }
 
-fn summary_json(s: &RedSummary) -> Value {
-    let mut v = json!({
-        "requests": s.requests,
-        "rate": s.rate,
-        "errors": s.errors,
-        "error_ratio": s.error_ratio,
-        "p95_ms": s.p95_ms,
-    });
-    for (k, val) in &s.key {
-        v[k] = json!(val);
-    }
-    v
-}
-
 fn known_service(h: &HistoryView, name: &str) -> Result<(), ApiError> {
-    let all = h.services(i64::MIN, i64::MAX).map_err(store_err)?;
-    if all.iter().any(|s| s.key[0].1 == name) {
+    if h.has_service(name) {
         Ok(())
     } else {
         Err(ApiError(
@@ -155,7 +264,7 @@ fn known_service(h: &HistoryView, name: &str) -> Result<(), ApiError> {
     }
 }
 
-pub async fn services(State(s): State<WebState>, Query(q): Query<WindowQuery>) -> ApiResult {
+pub async fn services(State(s): State<WebState>, Query(q): Query<WindowQuery>) -> ApiResult<ServicesAnswer> {
     let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
     let now = now_ms();
     let list = s
@@ -163,127 +272,144 @@ pub async fn services(State(s): State<WebState>, Query(q): Query<WindowQuery>) -
         .history()
         .services(now.saturating_sub(window), now)
         .map_err(store_err)?;
-    let services: Vec<Value> = list
+    let services = list
         .iter()
         .map(|r| {
-            let mut v = summary_json(r);
-            v["name"] = v["service"].take();
-            v.as_object_mut().map(|o| o.remove("service"));
-            v
+            r.with_key(Named {
+                name: r.key.service.clone(),
+            })
         })
         .collect();
-    Ok(Json(json!({ "window_ms": window, "services": services })))
+    Ok(Json(ServicesAnswer {
+        window_ms: window,
+        services,
+    }))
 }
 
 pub async fn service_red(
     State(s): State<WebState>,
     Path(name): Path<String>,
     Query(q): Query<RangeQuery>,
-) -> ApiResult {
+) -> ApiResult<RedAnswer> {
     let (from, to, step) = range(&q)?;
     let h = s.engine.history();
     known_service(&h, &name)?;
     let points = h.service_red(&name, from, to, step).map_err(store_err)?;
-    Ok(Json(
-        json!({ "service": name, "from": from, "to": to, "step_ms": step, "points": points }),
-    ))
+    Ok(Json(RedAnswer {
+        service: name,
+        from,
+        to,
+        step_ms: step,
+        points,
+    }))
 }
 
-/// A per-service breakdown over a window (`operations` or `pods`), read by `rows` from the history.
-fn breakdown(
+/// A per-service breakdown of the history (`HistoryView::operations` or `pods`): service, from, to.
+type Breakdown<K> = fn(&HistoryView, &str, i64, i64) -> tidewatch_analyzer::Result<Vec<RedSummary<K>>>;
+
+/// A known service's window (`window`, default 5 minutes) of `rows` from the history.
+fn breakdown<K>(
     s: &WebState,
     name: &str,
     q: &WindowQuery,
-    field: &str,
-    rows: fn(&HistoryView, &str, i64, i64) -> tidewatch_analyzer::Result<Vec<RedSummary>>,
-) -> ApiResult {
+    rows: Breakdown<K>,
+) -> Result<(i64, Vec<RedSummary<K>>), ApiError> {
     let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
     let h = s.engine.history();
     known_service(&h, name)?;
     let now = now_ms();
-    let list: Vec<Value> = rows(&h, name, now.saturating_sub(window), now)
-        .map_err(store_err)?
-        .iter()
-        .map(summary_json)
-        .collect();
-    Ok(Json(json!({ "service": name, "window_ms": window, field: list })))
+    let list = rows(&h, name, now.saturating_sub(window), now).map_err(store_err)?;
+    Ok((window, list))
 }
 
 pub async fn operations(
     State(s): State<WebState>,
     Path(name): Path<String>,
     Query(q): Query<WindowQuery>,
-) -> ApiResult {
-    breakdown(&s, &name, &q, "operations", HistoryView::operations)
+) -> ApiResult<OperationsAnswer> {
+    let (window_ms, operations) = breakdown(&s, &name, &q, HistoryView::operations)?;
+    Ok(Json(OperationsAnswer {
+        service: name,
+        window_ms,
+        operations,
+    }))
 }
 
 pub async fn pods(
     State(s): State<WebState>,
     Path(name): Path<String>,
     Query(q): Query<WindowQuery>,
-) -> ApiResult {
-    breakdown(&s, &name, &q, "pods", HistoryView::pods)
+) -> ApiResult<PodsAnswer> {
+    let (window_ms, pods) = breakdown(&s, &name, &q, HistoryView::pods)?;
+    Ok(Json(PodsAnswer {
+        service: name,
+        window_ms,
+        pods,
+    }))
 }
 
 /// The map: every service and virtual node as a node with its RED, every edge with the RED of its calls.
 /// A node's RED is that of its own entry spans; a virtual node (a database, `user`, an uninstrumented
 /// peer) has none, so it shows what its callers saw.
-pub async fn graph(State(s): State<WebState>, Query(q): Query<WindowQuery>) -> ApiResult {
+pub async fn graph(State(s): State<WebState>, Query(q): Query<WindowQuery>) -> ApiResult<GraphAnswer> {
     let window = parse_window(q.window.as_deref(), Duration::from_secs(300))?;
     let now = now_ms();
     let h = s.engine.history();
     let services = h.services(now.saturating_sub(window), now).map_err(store_err)?;
     let edges = h.edges(now.saturating_sub(window), now).map_err(store_err)?;
-    let mut nodes: BTreeMap<String, Value> = BTreeMap::new();
+    let mut nodes: BTreeMap<&str, RedSummary<Node>> = BTreeMap::new();
     for svc in &services {
-        let mut v = summary_json(svc);
-        v.as_object_mut().map(|o| o.remove("service"));
-        v["id"] = json!(svc.key[0].1);
-        v["virtual"] = json!(false);
-        nodes.insert(svc.key[0].1.clone(), v);
+        let node = Node {
+            id: svc.key.service.clone(),
+            is_virtual: false,
+        };
+        nodes.insert(&svc.key.service, svc.with_key(node));
     }
-    let mut incoming: BTreeMap<String, Vec<&RedSummary>> = BTreeMap::new();
+    let mut incoming: BTreeMap<&str, Vec<&RedSummary<_>>> = BTreeMap::new();
     let mut ids = BTreeSet::new();
-    let edge_json: Vec<Value> = edges
+    for e in &edges {
+        incoming.entry(&e.key.server).or_default().push(e);
+        ids.insert(e.key.client.as_str());
+        ids.insert(e.key.server.as_str());
+    }
+    for id in ids {
+        nodes
+            .entry(id)
+            .or_insert_with(|| virtual_node(id, incoming.get(id).map(Vec::as_slice).unwrap_or_default()));
+    }
+    let links = edges
         .iter()
         .map(|e| {
-            let get = |k: &str| {
-                e.key
-                    .iter()
-                    .find(|(n, _)| n == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
-            let (client, server) = (get("client"), get("server"));
-            incoming.entry(server.clone()).or_default().push(e);
-            ids.insert(client.clone());
-            ids.insert(server.clone());
-            let mut v = summary_json(e);
-            let o = v.as_object_mut().expect("object");
-            o.remove("client");
-            o.remove("server");
-            v["source"] = json!(client);
-            v["target"] = json!(server);
-            v
+            e.with_key(Link {
+                source: e.key.client.clone(),
+                target: e.key.server.clone(),
+                connection_type: e.key.connection_type.clone(),
+            })
         })
         .collect();
-    for id in ids {
-        nodes.entry(id.clone()).or_insert_with(|| {
-            let calls = incoming.get(&id).map(Vec::as_slice).unwrap_or_default();
-            let requests: f64 = calls.iter().map(|c| c.requests).sum();
-            let errors: f64 = calls.iter().map(|c| c.errors).sum();
-            let rate: f64 = calls.iter().map(|c| c.rate).sum();
-            json!({
-                "id": id, "virtual": true, "requests": requests, "rate": rate, "errors": errors,
-                "error_ratio": if requests > 0.0 { errors / requests } else { 0.0 },
-                "p95_ms": calls.iter().filter_map(|c| c.p95_ms).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
-            })
-        });
+    Ok(Json(GraphAnswer {
+        window_ms: window,
+        nodes: nodes.into_values().collect(),
+        edges: links,
+        series_budget: s.engine.series_budget(),
+    }))
+}
+
+/// A node without spans of its own: what its callers saw (rates and counts summed, the worst p95).
+fn virtual_node<K>(id: &str, calls: &[&RedSummary<K>]) -> RedSummary<Node> {
+    let requests: f64 = calls.iter().map(|c| c.requests).sum();
+    let errors: f64 = calls.iter().map(|c| c.errors).sum();
+    RedSummary {
+        key: Node {
+            id: id.to_owned(),
+            is_virtual: true,
+        },
+        requests,
+        rate: calls.iter().map(|c| c.rate).sum(),
+        errors,
+        error_ratio: if requests > 0.0 { errors / requests } else { 0.0 },
+        p95_ms: calls.iter().filter_map(|c| c.p95_ms).reduce(f64::max),
     }
-    let nodes: Vec<Value> = nodes.into_values().collect();
-    Ok(Json(
-        json!({ "window_ms": window, "nodes": nodes, "edges": edge_json, "series_budget": s.engine.series_budget() }),
-    ))
 }
 
 #[derive(Deserialize)]
@@ -296,7 +422,7 @@ pub struct SeriesQuery {
     step: Option<String>,
 }
 
-pub async fn series(State(s): State<WebState>, Query(q): Query<SeriesQuery>) -> ApiResult {
+pub async fn series(State(s): State<WebState>, Query(q): Query<SeriesQuery>) -> ApiResult<SeriesAnswer> {
     let (Some(service), Some(name)) = (q.service.as_deref(), q.name.as_deref()) else {
         return Err(bad("service and name are required"));
     };
@@ -320,9 +446,15 @@ pub async fn series(State(s): State<WebState>, Query(q): Query<SeriesQuery>) -> 
     let points = h
         .series(service, q.pod.as_deref(), name, from, to, step)
         .map_err(store_err)?;
-    Ok(Json(
-        json!({ "service": service, "name": name, "pod": q.pod, "from": from, "to": to, "step_ms": step, "points": points }),
-    ))
+    Ok(Json(SeriesAnswer {
+        service: service.to_owned(),
+        name: name.to_owned(),
+        pod: q.pod.clone(),
+        from,
+        to,
+        step_ms: step,
+        points,
+    }))
 }
 
 #[cfg(test)]
@@ -359,16 +491,21 @@ mod tests {
 
 /// `GET /api/anomalies`: every scored service with its score now, the likely causes with their
 /// explanations, and the recent window closes that had causes.
-pub async fn anomalies(State(s): State<WebState>) -> ApiResult {
-    let h = s.engine.health();
-    let anomalous: Vec<_> = h.current.services.iter().filter(|s| s.anomalous).collect();
-    Ok(Json(json!({
-        "ts": h.current.ts,
-        "anomalies": anomalous,
-        "causes": h.current.causes,
-        "services": h.current.services,
-        "recent": h.recent,
-    })))
+pub async fn anomalies(State(s): State<WebState>) -> ApiResult<AnomaliesAnswer> {
+    let h: std::sync::Arc<Health> = s.engine.health();
+    Ok(Json(AnomaliesAnswer {
+        ts: h.current.ts,
+        anomalies: h
+            .current
+            .services
+            .iter()
+            .filter(|s| s.anomalous)
+            .cloned()
+            .collect(),
+        causes: h.current.causes.clone(),
+        services: h.current.services.clone(),
+        recent: h.recent.clone(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -385,7 +522,7 @@ pub async fn forecast(
     State(s): State<WebState>,
     Path(name): Path<String>,
     Query(q): Query<ForecastQuery>,
-) -> ApiResult {
+) -> ApiResult<ForecastAnswer> {
     use tidewatch_analyzer::forecast::{detect_periods, select_and_forecast};
     let dur = |v: Option<&str>, d: u64, what: &str| -> Result<i64, ApiError> {
         let d = match v {
@@ -431,13 +568,23 @@ pub async fn forecast(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (model, mase, forecasts) = fitted;
     let start = last_ts.unwrap_or(now);
-    let forecast: Vec<Value> = forecasts
+    let forecast = forecasts
         .iter()
         .enumerate()
-        .map(|(i, f)| json!({"ts": start + (i as i64 + 1) * step, "rate": f.mean.max(0.0), "lo": f.lo.max(0.0), "hi": f.hi.max(0.0)}))
+        .map(|(i, f): (usize, &Forecast)| ForecastPoint {
+            ts: start + (i as i64 + 1) * step,
+            rate: f.mean.max(0.0),
+            lo: f.lo.max(0.0),
+            hi: f.hi.max(0.0),
+        })
         .collect();
-    Ok(Json(json!({
-        "service": name, "model": model, "mase": mase, "periods": periods, "step_ms": step, "history_points": n,
-        "forecast": forecast,
-    })))
+    Ok(Json(ForecastAnswer {
+        service: name,
+        model,
+        mase,
+        periods,
+        step_ms: step,
+        history_points: n,
+        forecast,
+    }))
 }

@@ -2,9 +2,9 @@
 //! (API clients, Prometheus' `authorization` setting) or as the password of HTTP Basic authentication, any
 //! user name (browsers: the UI's pages and its `fetch` calls then carry it without any script). The probes
 //! (`/healthz`, `/readyz`) stay open so the kubelet needs no secret; `/metrics` is protected unless
-//! `protect_metrics` is off. The token is never logged, printed or compared in variable time.
+//! `protect_metrics` is off. The token's configuration is `web.auth` (the root package's `WebAuthConfig`,
+//! the same `TokenConfig` as the OTLP port's). The token is never logged, printed or compared in variable time.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,77 +12,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize, Serializer};
-
-/// `web.auth`: where the token comes from, and what it covers.
-#[derive(Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebAuthConfig {
-    /// The token itself (prefer `token_file`, or `TIDEWATCH_WEB__AUTH__TOKEN`, over writing it in a file
-    /// that is shared). Printed as `<redacted>` by `check-config`.
-    #[serde(serialize_with = "redact")]
-    pub token: Option<String>,
-    /// A file holding the token (surrounding whitespace ignored), e.g. a mounted Kubernetes Secret.
-    pub token_file: Option<PathBuf>,
-    /// Require the token on `/metrics` too (the probes are always open).
-    pub protect_metrics: bool,
-}
-
-impl Default for WebAuthConfig {
-    fn default() -> WebAuthConfig {
-        WebAuthConfig {
-            token: None,
-            token_file: None,
-            protect_metrics: true,
-        }
-    }
-}
-
-impl std::fmt::Debug for WebAuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebAuthConfig")
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("token_file", &self.token_file)
-            .field("protect_metrics", &self.protect_metrics)
-            .finish()
-    }
-}
-
-/// Serialises a secret as `<redacted>` (or nothing when unset).
-pub fn redact<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_some("<redacted>"),
-        None => s.serialize_none(),
-    }
-}
-
-impl WebAuthConfig {
-    /// Appends every problem to `errors`.
-    pub fn validate(&self, errors: &mut Vec<String>) {
-        match (&self.token, &self.token_file) {
-            (None, None) => errors.push("web.auth: set token or token_file".into()),
-            (Some(_), Some(_)) => errors.push("web.auth: set token or token_file, not both".into()),
-            (Some(t), None) if t.trim().is_empty() => errors.push("web.auth.token: must not be empty".into()),
-            _ => {}
-        }
-    }
-
-    /// The token to require, read from the file when one is named.
-    pub fn resolve(&self) -> std::io::Result<String> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => t.trim().to_owned(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", f.display())))?
-                .trim()
-                .to_owned(),
-            (None, None) => return Err(std::io::Error::other("no token configured")),
-        };
-        if token.is_empty() {
-            return Err(std::io::Error::other("the token is empty"));
-        }
-        Ok(token)
-    }
-}
 
 #[derive(Clone)]
 struct Guard {
@@ -209,19 +138,5 @@ mod tests {
         assert!(!authorized(t, Some(&h("Basic !!!"))));
         assert!(!authorized(t, Some(&h("Digest s3cret"))));
         assert!(!authorized(t, None));
-    }
-
-    #[test]
-    fn config_hides_the_token() {
-        let c = WebAuthConfig {
-            token: Some("s3cret".into()),
-            ..WebAuthConfig::default()
-        };
-        assert!(!format!("{c:?}").contains("s3cret"));
-        let json = serde_json::to_string(&c).unwrap();
-        assert!(!json.contains("s3cret") && json.contains("<redacted>"), "{json}");
-        let mut errors = Vec::new();
-        WebAuthConfig::default().validate(&mut errors);
-        assert_eq!(errors, ["web.auth: set token or token_file"]);
     }
 }

@@ -84,7 +84,7 @@ async fn metrics(State(s): State<WebState>) -> Response {
         hook(&mut out);
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(header::CONTENT_TYPE, tidewatch_analyzer::exposition::CONTENT_TYPE)],
         out,
     )
         .into_response()

@@ -4,70 +4,13 @@
 //! Prometheus exporter writes them; service-graph series those of the servicegraph connector and Tempo. So
 //! Grafana's service-graph view, Jaeger's Monitor tab and existing dashboards read them unchanged.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tidewatch_analyzer::Snapshot;
 use tidewatch_analyzer::engine::EngineStats;
-use tidewatch_analyzer::graph::ConnectionType;
+use tidewatch_analyzer::exposition::{Kind, family, histogram, sample, single};
+use tidewatch_analyzer::graph::{ConnectionType, GraphCounters};
 use tidewatch_analyzer::ingest::Ingest;
-use tidewatch_analyzer::red::Histogram;
-
-/// Writes one label set; labels with an empty value are left out (Prometheus treats them as absent).
-fn labels(out: &mut String, pairs: &[(&str, &str)], le: Option<&str>) {
-    let mut first = true;
-    for (k, v) in pairs.iter().copied().chain(le.map(|l| ("le", l))) {
-        if v.is_empty() {
-            continue;
-        }
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    if !first {
-        out.push('}');
-    }
-}
-
-fn sample(out: &mut String, name: &str, pairs: &[(&str, &str)], le: Option<&str>, value: f64) {
-    out.push_str(name);
-    labels(out, pairs, le);
-    let _ = writeln!(out, " {value}");
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// A classic histogram: cumulative `_bucket` series with `le`, then `_sum` and `_count`.
-fn histogram(out: &mut String, name: &str, pairs: &[(&str, &str)], bounds: &[f64], h: &Histogram) {
-    let mut cum = 0.0;
-    let mut le = String::new();
-    for (i, c) in h.counts.iter().enumerate() {
-        cum += c;
-        le.clear();
-        match bounds.get(i) {
-            Some(b) => {
-                let _ = write!(le, "{b}");
-            }
-            None => le.push_str("+Inf"),
-        }
-        sample(out, &format!("{name}_bucket"), pairs, Some(&le), cum);
-    }
-    sample(out, &format!("{name}_sum"), pairs, None, h.sum);
-    sample(out, &format!("{name}_count"), pairs, None, h.count);
-}
 
 /// RED and service-graph series of a snapshot.
 pub fn render_snapshot(out: &mut String, s: &Snapshot) {
@@ -77,7 +20,7 @@ pub fn render_snapshot(out: &mut String, s: &Snapshot) {
         family(
             out,
             "tidewatch_log_records_total",
-            "counter",
+            Kind::Counter,
             "Log records received, by service and severity.",
         );
         for r in &s.logs {
@@ -85,7 +28,6 @@ pub fn render_snapshot(out: &mut String, s: &Snapshot) {
                 out,
                 "tidewatch_log_records_total",
                 &[("service_name", &r.service), ("severity", r.severity)],
-                None,
                 r.records as f64,
             );
         }
@@ -124,15 +66,15 @@ fn render_red(out: &mut String, s: &Snapshot) {
     family(
         out,
         calls,
-        "counter",
+        Kind::Counter,
         "Spans counted, by service, span name, kind and status (spanmetrics).",
     );
     for r in &s.red {
         let l = row_labels(r);
         let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        sample(out, calls, &pairs, None, r.calls as f64);
+        sample(out, calls, &pairs, r.calls as f64);
     }
-    family(out, &duration, "histogram", "Span durations (spanmetrics).");
+    family(out, &duration, Kind::Histogram, "Span durations (spanmetrics).");
     for r in &s.red {
         let l = row_labels(r);
         let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -143,6 +85,8 @@ fn render_red(out: &mut String, s: &Snapshot) {
 /// Writes one edge's samples, given its label pairs.
 type EdgeSamples<'a> = dyn Fn(&mut String, &[(&str, &str)], &tidewatch_analyzer::graph::EdgeRow) + 'a;
 
+/// The service-graph series of the edges (as Tempo and the servicegraph connector name them), then the
+/// processor's own counters.
 fn render_graph(out: &mut String, s: &Snapshot) {
     let cfg = &s.graph_config;
     let edge_labels = |e: &tidewatch_analyzer::graph::EdgeRow| -> Vec<(String, String)> {
@@ -174,20 +118,20 @@ fn render_graph(out: &mut String, s: &Snapshot) {
         family(
             out,
             "traces_service_graph_request_total",
-            "counter",
+            Kind::Counter,
             "Requests between two nodes of the service graph.",
         );
         each(out, &|o, p, e| {
-            sample(o, "traces_service_graph_request_total", p, None, e.total)
+            sample(o, "traces_service_graph_request_total", p, e.total)
         });
         family(
             out,
             "traces_service_graph_request_failed_total",
-            "counter",
+            Kind::Counter,
             "Failed requests between two nodes.",
         );
         each(out, &|o, p, e| {
-            sample(o, "traces_service_graph_request_failed_total", p, None, e.failed)
+            sample(o, "traces_service_graph_request_failed_total", p, e.failed)
         });
     }
     if cfg.latency_metrics {
@@ -201,7 +145,7 @@ fn render_graph(out: &mut String, s: &Snapshot) {
                 "Request duration as seen by the client.",
             ),
         ] {
-            family(out, name, "histogram", help);
+            family(out, name, Kind::Histogram, help);
             let server = name.contains("server");
             each(out, &|o, p, e| {
                 histogram(
@@ -222,7 +166,7 @@ fn render_graph(out: &mut String, s: &Snapshot) {
             family(
                 out,
                 name,
-                "histogram",
+                Kind::Histogram,
                 "Time between a producer's end and its consumer's start.",
             );
             each(out, &|o, p, e| {
@@ -236,31 +180,29 @@ fn render_graph(out: &mut String, s: &Snapshot) {
         family(
             out,
             "traces_service_graph_connection_info",
-            "gauge",
+            Kind::Gauge,
             "1 for every pair of connected nodes.",
         );
         each(out, &|o, p, _| {
-            sample(o, "traces_service_graph_connection_info", p, None, 1.0)
+            sample(o, "traces_service_graph_connection_info", p, 1.0)
         });
     }
-    let g = &s.graph;
-    family(
+    render_graph_counters(out, &s.graph);
+}
+
+/// The service-graph processor's own counters: half edges created, expired, dropped and waiting.
+fn render_graph_counters(out: &mut String, g: &GraphCounters) {
+    single(
         out,
         "tidewatch_service_graph_edges_total",
-        "counter",
+        Kind::Counter,
         "Half edges created (including database edges).",
-    );
-    sample(
-        out,
-        "tidewatch_service_graph_edges_total",
-        &[],
-        None,
         g.edges as f64,
     );
     family(
         out,
         "tidewatch_service_graph_expired_edges_total",
-        "counter",
+        Kind::Counter,
         "Half edges that expired unpaired, by the kind of the span last applied.",
     );
     for (kind, v) in [
@@ -273,34 +215,21 @@ fn render_graph(out: &mut String, s: &Snapshot) {
             out,
             "tidewatch_service_graph_expired_edges_total",
             &[("unmatched_span_kind", kind)],
-            None,
             v as f64,
         );
     }
-    family(
+    single(
         out,
         "tidewatch_service_graph_dropped_spans_total",
-        "counter",
+        Kind::Counter,
         "Spans dropped because max_items halves were waiting.",
-    );
-    sample(
-        out,
-        "tidewatch_service_graph_dropped_spans_total",
-        &[],
-        None,
         g.dropped_spans as f64,
     );
-    family(
+    single(
         out,
         "tidewatch_service_graph_pending_edges",
-        "gauge",
+        Kind::Gauge,
         "Half edges waiting for their other half.",
-    );
-    sample(
-        out,
-        "tidewatch_service_graph_pending_edges",
-        &[],
-        None,
         g.pending as f64,
     );
 }
@@ -310,7 +239,7 @@ pub fn render_health(out: &mut String, h: &tidewatch_analyzer::engine::Health) {
     family(
         out,
         "tidewatch_anomaly_score",
-        "gauge",
+        Kind::Gauge,
         "Anomaly score of each service at the last window close (0.5 = threshold).",
     );
     for s in &h.current.services {
@@ -318,21 +247,14 @@ pub fn render_health(out: &mut String, h: &tidewatch_analyzer::engine::Health) {
             out,
             "tidewatch_anomaly_score",
             &[("service_name", &s.service)],
-            None,
             s.score,
         );
     }
-    family(
+    single(
         out,
         "tidewatch_anomalous_services",
-        "gauge",
+        Kind::Gauge,
         "Services anomalous at the last window close.",
-    );
-    sample(
-        out,
-        "tidewatch_anomalous_services",
-        &[],
-        None,
         h.current.services.iter().filter(|s| s.anomalous).count() as f64,
     );
 }
@@ -342,7 +264,7 @@ pub fn render_engine(out: &mut String, ingest: &Ingest, stats: &EngineStats) {
     family(
         out,
         "tidewatch_analyzer_items_total",
-        "counter",
+        Kind::Counter,
         "Items processed by the engine, by signal.",
     );
     for (signal, v) in [
@@ -354,66 +276,41 @@ pub fn render_engine(out: &mut String, ingest: &Ingest, stats: &EngineStats) {
             out,
             "tidewatch_analyzer_items_total",
             &[("signal", signal)],
-            None,
             v.load(Relaxed) as f64,
         );
     }
-    family(
+    single(
         out,
         "tidewatch_analyzer_queue_depth_batches",
-        "gauge",
+        Kind::Gauge,
         "Batches waiting in the shard queues.",
-    );
-    sample(
-        out,
-        "tidewatch_analyzer_queue_depth_batches",
-        &[],
-        None,
         ingest.queue_depth() as f64,
     );
-    family(
+    single(
         out,
         "tidewatch_analyzer_queue_capacity_batches",
-        "gauge",
+        Kind::Gauge,
         "Batches the shard queues hold at most.",
-    );
-    sample(
-        out,
-        "tidewatch_analyzer_queue_capacity_batches",
-        &[],
-        None,
         ingest.queue_capacity() as f64,
     );
-    family(
+    single(
         out,
         "tidewatch_analyzer_inflight_bytes",
-        "gauge",
+        Kind::Gauge,
         "Bytes held by batches queued or in work.",
-    );
-    sample(
-        out,
-        "tidewatch_analyzer_inflight_bytes",
-        &[],
-        None,
         ingest.inflight().used() as f64,
     );
-    family(
+    single(
         out,
         "tidewatch_analyzer_inflight_limit_bytes",
-        "gauge",
+        Kind::Gauge,
         "Limit on in-flight bytes; past it requests are refused.",
-    );
-    sample(
-        out,
-        "tidewatch_analyzer_inflight_limit_bytes",
-        &[],
-        None,
         ingest.inflight().limit() as f64,
     );
     family(
         out,
         "tidewatch_analyzer_refused_batches_total",
-        "counter",
+        Kind::Counter,
         "Batches refused, by reason.",
     );
     let st = ingest.stats();
@@ -425,7 +322,6 @@ pub fn render_engine(out: &mut String, ingest: &Ingest, stats: &EngineStats) {
             out,
             "tidewatch_analyzer_refused_batches_total",
             &[("reason", reason)],
-            None,
             v.load(Relaxed) as f64,
         );
     }
@@ -436,51 +332,23 @@ pub fn render_budget(out: &mut String, b: &tidewatch_analyzer::budget::BudgetSta
     for (name, kind, help, value) in [
         (
             "tidewatch_series_budget_limit",
-            "gauge",
+            Kind::Gauge,
             "Active series allowed (analyzer.max_series), every kind together.",
             b.limit as f64,
         ),
         (
             "tidewatch_series_active",
-            "gauge",
+            Kind::Gauge,
             "Active series: services, RED series, pods, edges and the names they refer to, metric and log series.",
             b.active as f64,
         ),
         (
             "tidewatch_series_overflow_total",
-            "counter",
+            Kind::Counter,
             "Spans, points and records counted in overflow series (otel_metric_overflow=\"true\") or dropped, the budget being spent.",
             b.overflow_items as f64,
         ),
     ] {
-        family(out, name, kind, help);
-        sample(out, name, &[], None, value);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_escape_and_skip_empty() {
-        let mut s = String::new();
-        sample(&mut s, "m", &[("a", "x\"y\\z\n"), ("b", "")], Some("0.5"), 2.0);
-        assert_eq!(s, "m{a=\"x\\\"y\\\\z\\n\",le=\"0.5\"} 2\n");
-    }
-
-    #[test]
-    fn histogram_is_cumulative() {
-        let mut h = Histogram::new(2);
-        for v in [0.1, 0.6, 2.0] {
-            h.observe(&[0.5, 1.0], v);
-        }
-        let mut s = String::new();
-        histogram(&mut s, "h", &[("x", "1")], &[0.5, 1.0], &h);
-        let lines: Vec<_> = s.lines().collect();
-        assert_eq!(lines[0], "h_bucket{x=\"1\",le=\"0.5\"} 1");
-        assert_eq!(lines[1], "h_bucket{x=\"1\",le=\"1\"} 2");
-        assert_eq!(lines[2], "h_bucket{x=\"1\",le=\"+Inf\"} 3");
-        assert_eq!(lines[4], "h_count{x=\"1\"} 3");
+        single(out, name, kind, help, value);
     }
 }

@@ -26,7 +26,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Deserialize;
-use tidewatch_analyzer::store::{HistoryView, RedPoint};
+use tidewatch_analyzer::store::RedPoint;
 
 use crate::WebState;
 use crate::api::parse_time;
@@ -124,23 +124,17 @@ fn not_found(what: &str) -> Response {
         .into_response()
 }
 
-/// Whether the history has ever seen `name` as a service. Virtual nodes (databases, `user`, uninstrumented
-/// peers) are not services: they have no spans of their own, so no page.
-fn is_service(h: &HistoryView, name: &str) -> Result<bool, String> {
-    h.services(i64::MIN, i64::MAX)
-        .map(|all| all.iter().any(|s| s.key[0].1 == name))
-        .map_err(|e| e.to_string())
-}
-
+/// A page for every service the history has seen (`HistoryView::has_service`). Virtual nodes (databases,
+/// `user`, uninstrumented peers) are not services: they have no spans of their own, so no page.
 pub async fn service(State(s): State<WebState>, Path(name): Path<String>) -> Response {
-    match is_service(&s.engine.history(), &name) {
-        Ok(true) => (
+    if s.engine.history().has_service(&name) {
+        (
             [CACHE],
             Html(SERVICE_HTML.replace("{{SERVICE}}", &escape_html(&name))),
         )
-            .into_response(),
-        Ok(false) => not_found(&format!("no service named “{name}” in the history")),
-        Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            .into_response()
+    } else {
+        not_found(&format!("no service named “{name}” in the history"))
     }
 }
 
@@ -298,15 +292,11 @@ pub async fn chart(
         Err(e) => return text_error(StatusCode::BAD_REQUEST, e),
     };
     let h = s.engine.history();
-    match is_service(&h, &name) {
-        Ok(true) => {}
-        Ok(false) => {
-            return text_error(
-                StatusCode::NOT_FOUND,
-                format!("no service named `{name}` in the history"),
-            );
-        }
-        Err(e) => return text_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    if !h.has_service(&name) {
+        return text_error(
+            StatusCode::NOT_FOUND,
+            format!("no service named `{name}` in the history"),
+        );
     }
     let mut extras = Extras {
         anomalies: anomaly_times(&s, &name),
@@ -363,34 +353,13 @@ async fn forecast(s: &WebState, service: &str, range: ChartRange) -> Result<Fore
     let q = serde_json::from_value(query).map_err(|e| e.to_string())?;
     let v = match crate::api::forecast(State(s.clone()), Path(service.to_owned()), Query(q)).await {
         Ok(answer) => answer.0,
-        Err(e) => {
-            // The API's own message, from its `{"error": …}` body: while a service's history is too
-            // short it says how far along it is ("learning: 14 of 24 points").
-            let resp = e.into_response();
-            let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
-                .await
-                .unwrap_or_default();
-            let msg = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned));
-            return Err(msg.unwrap_or_else(|| "unavailable".into()));
-        }
+        // The API's own message: while a service's history is too short it says how far along it is
+        // ("learning: 14 of 24 points").
+        Err(e) => return Err(e.message()),
     };
-    let points = v["forecast"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p["ts"].as_i64()?,
-                p["rate"].as_f64()?,
-                p["lo"].as_f64()?,
-                p["hi"].as_f64()?,
-            ))
-        })
-        .collect();
+    let points = v.forecast.iter().map(|p| (p.ts, p.rate, p.lo, p.hi)).collect();
     Ok(Forecast {
-        model: v["model"].as_str().unwrap_or("model").to_owned(),
+        model: v.model.to_owned(),
         points,
     })
 }

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use tidewatch_analyzer::config::AnalyzerConfig;
 use tidewatch_analyzer::engine::wanted_keys;
-use tidewatch_analyzer::model::AttrKeys;
+use tidewatch_analyzer::records::AttrKeys;
 use tidewatch_collector::decode::Signal;
 
 pub static KEYS: LazyLock<AttrKeys> = LazyLock::new(|| wanted_keys(&AnalyzerConfig::default()).0);

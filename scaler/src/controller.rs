@@ -71,27 +71,39 @@ pub struct Metrics {
 impl Metrics {
     /// Appends the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
+        use tidewatch_analyzer::exposition::{Kind, family, sample, single};
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(
+        let reconciles = "tidewatch_operator_reconciles_total";
+        family(
             out,
-            "# HELP tidewatch_operator_reconciles_total ServicePolicy reconciles, by result.\n# TYPE tidewatch_operator_reconciles_total counter\ntidewatch_operator_reconciles_total{{result=\"ok\"}} {}\ntidewatch_operator_reconciles_total{{result=\"error\"}} {}",
-            g(&self.reconciles),
-            g(&self.failures)
+            reconciles,
+            Kind::Counter,
+            "ServicePolicy reconciles, by result.",
         );
-        let _ = writeln!(
+        sample(out, reconciles, &[("result", "ok")], g(&self.reconciles));
+        sample(out, reconciles, &[("result", "error")], g(&self.failures));
+        single(
             out,
-            "# HELP tidewatch_operator_reconcile_seconds_total Time spent reconciling.\n# TYPE tidewatch_operator_reconcile_seconds_total counter\ntidewatch_operator_reconcile_seconds_total {}",
-            g(&self.duration_us) as f64 / 1e6
+            "tidewatch_operator_reconcile_seconds_total",
+            Kind::Counter,
+            "Time spent reconciling.",
+            g(&self.duration_us) as f64 / 1e6,
         );
-        let _ = writeln!(
+        let actions = "tidewatch_operator_actions_total";
+        family(
             out,
-            "# HELP tidewatch_operator_actions_total Actions taken (or held back) on workloads.\n# TYPE tidewatch_operator_actions_total counter\ntidewatch_operator_actions_total{{action=\"scale_up\"}} {}\ntidewatch_operator_actions_total{{action=\"scale_down\"}} {}\ntidewatch_operator_actions_total{{action=\"restart\"}} {}\ntidewatch_operator_actions_total{{action=\"held_back\"}} {}",
-            g(&self.scale_ups),
-            g(&self.scale_downs),
-            g(&self.restarts),
-            g(&self.held_back)
+            actions,
+            Kind::Counter,
+            "Actions taken (or held back) on workloads.",
         );
+        for (action, c) in [
+            ("scale_up", &self.scale_ups),
+            ("scale_down", &self.scale_downs),
+            ("restart", &self.restarts),
+            ("held_back", &self.held_back),
+        ] {
+            sample(out, actions, &[("action", action)], g(c));
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters};
-use tidewatch_analyzer::model::{SpanKind, StatusCode};
 use tidewatch_analyzer::partition::Totals;
+use tidewatch_analyzer::records::{SpanKind, StatusCode};
 use tidewatch_analyzer::red::{Histogram, RedRow};
 
 use crate::{Error, Result};

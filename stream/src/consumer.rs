@@ -23,8 +23,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tidewatch_analyzer::config::AnalyzerConfig;
-use tidewatch_analyzer::model::{AttrKeys, SpanBatch};
 use tidewatch_analyzer::partition::{RecordTimeShard, Totals};
+use tidewatch_analyzer::records::{AttrKeys, SpanBatch};
 use tidewatch_collector::decode::wire::decode_traces;
 
 use crate::checkpoint::{Checkpoint, Checkpoints, WindowStart};
@@ -365,7 +365,7 @@ pub const PARTITION_LABEL: &str = "tidewatch_partition";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidewatch_analyzer::model::{Resource, Span, SpanKind};
+    use tidewatch_analyzer::records::{Resource, Span, SpanKind};
 
     fn batch(spans: &[(u8, SpanKind, u8)]) -> SpanBatch {
         let mut b = SpanBatch::default();

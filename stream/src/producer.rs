@@ -31,10 +31,11 @@ use crate::config::KafkaConfig;
 use crate::partitioner::{partition, trace_key};
 use crate::{Error, Result};
 
-/// One message to produce: key and encoded request.
+/// One message to produce: key, encoded request, and the spans in it (0 for metrics and logs).
 struct Outgoing {
     key: String,
     payload: Vec<u8>,
+    spans: u64,
 }
 
 /// Counts of the producer, for `/metrics`.
@@ -43,6 +44,9 @@ pub struct ProducerStats {
     pub messages_acked: AtomicU64,
     pub messages_failed: AtomicU64,
     pub requests_refused: AtomicU64,
+    /// Spans of refused requests that Kafka acknowledged anyway: a client that sends such a request
+    /// again has them counted twice, so this is the bound on spans counted twice.
+    pub spans_acked_in_refused: AtomicU64,
 }
 
 /// The ingest role's Kafka producer; a [`Forward`] for the receivers.
@@ -110,7 +114,8 @@ impl KafkaForward {
         (t, n.load(Ordering::Relaxed))
     }
 
-    /// Produces every message and waits for all acknowledgements (or the first failure).
+    /// Produces every message and waits for all acknowledgements. Refused when any message is not
+    /// acknowledged, counting the spans of those that were (a client's retry counts them twice).
     async fn produce(&self, signal: Signal, messages: Vec<Outgoing>) -> std::result::Result<(), Refused> {
         let (topic, partitions) = self.topic(signal);
         let mut pending = Vec::with_capacity(messages.len());
@@ -122,36 +127,46 @@ impl KafkaForward {
             match self.producer.send_result(record) {
                 Ok(delivery) => pending.push(delivery),
                 Err((e, _)) => {
+                    // The queue is full: the rest is not sent, what was handed over is still reported.
                     tracing::warn!(error = %e, topic, "kafka: produce refused");
-                    self.stats.messages_failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(Refused::Downstream);
+                    break;
                 }
             }
         }
+        let sent = &messages[..pending.len()];
+        let mut failed = (messages.len() - sent.len()) as u64;
+        let mut acked_spans = 0u64;
         // librdkafka reports every message by `message.timeout.ms`; the extra second only covers the report.
         let all = futures::future::join_all(pending);
-        let Ok(results) = tokio::time::timeout(self.timeout + Duration::from_secs(1), all).await else {
-            return Err(Refused::Downstream);
-        };
-        let mut failed = 0u64;
-        for r in results {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    failed += 1;
-                    tracing::debug!(error = %e, topic, "kafka: message not acknowledged");
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), all).await {
+            Ok(results) => {
+                for (r, m) in results.into_iter().zip(sent) {
+                    match r {
+                        Ok(Ok(_)) => acked_spans += m.spans,
+                        Ok(Err((e, _))) => {
+                            failed += 1;
+                            tracing::debug!(error = %e, topic, "kafka: message not acknowledged");
+                        }
+                        Err(_) => failed += 1,
+                    }
                 }
-                Err(_) => failed += 1,
+            }
+            Err(_) => {
+                // No report in time: any message handed over may yet be acknowledged.
+                failed = messages.len() as u64;
+                acked_spans = sent.iter().map(|m| m.spans).sum();
             }
         }
         let acked = messages.len() as u64 - failed;
         self.stats.messages_acked.fetch_add(acked, Ordering::Relaxed);
         self.stats.messages_failed.fetch_add(failed, Ordering::Relaxed);
-        if failed > 0 {
-            Err(Refused::Downstream)
-        } else {
-            Ok(())
+        if failed == 0 {
+            return Ok(());
         }
+        self.stats
+            .spans_acked_in_refused
+            .fetch_add(acked_spans, Ordering::Relaxed);
+        Err(Refused::Downstream)
     }
 
     /// Waits for every message already handed to librdkafka (at shutdown).
@@ -216,6 +231,7 @@ fn split(signal: Signal, format: Format, body: &[u8]) -> Result<Vec<Outgoing>> {
                         resource_metrics: vec![rm],
                     }
                     .encode_to_vec(),
+                    spans: 0,
                 })
                 .collect()
         }
@@ -229,6 +245,7 @@ fn split(signal: Signal, format: Format, body: &[u8]) -> Result<Vec<Outgoing>> {
                         resource_logs: vec![rl],
                     }
                     .encode_to_vec(),
+                    spans: 0,
                 })
                 .collect()
         }
@@ -293,9 +310,16 @@ fn split_traces(req: ExportTraceServiceRequest) -> Vec<Outgoing> {
         .into_iter()
         .filter_map(|id| {
             let (req, _, _) = traces.remove(&id)?;
+            let spans = req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len() as u64)
+                .sum();
             Some(Outgoing {
                 key: trace_key(&id),
                 payload: req.encode_to_vec(),
+                spans,
             })
         })
         .collect()
@@ -359,6 +383,7 @@ mod tests {
         };
         let out = split_traces(req);
         assert_eq!(out.len(), 2);
+        assert_eq!((out[0].spans, out[1].spans), (2, 1));
         assert_eq!(out[0].key, "01".repeat(16));
         let first = ExportTraceServiceRequest::decode(&out[0].payload[..]).unwrap();
         assert_eq!(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the Kubernetes tests need (tests/common/kube.rs, tests/deploy_manifests.rs), idempotently:
+# Installs what the Kubernetes tests need (tests/it/common/kube.rs, tests/it/deploy_manifests.rs), idempotently:
 #   - etcd (Debian's etcd-server package),
 #   - kube-apiserver, built from the k8s.io/kubernetes Go module (no prebuilt download exists here),
 #   - helm, built from the helm.sh/helm/v3 Go module.

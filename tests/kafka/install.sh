@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the Kafka tests need (tests/kafka.rs, tests/common/kafka.rs), idempotently: an Apache Kafka
+# Installs what the Kafka tests need (tests/it/kafka.rs, tests/it/common/kafka.rs), idempotently: an Apache Kafka
 # broker (KRaft mode, no ZooKeeper) as the jars of org.apache.kafka:kafka_2.13 and their dependencies, fetched
 # from Maven Central with `mvn dependency:copy-dependencies` into
 # ${TIDEWATCH_TOOLS:-$HOME/.cache/tidewatch-tools}/kafka-<version>/libs; a second run does nothing.
 # Also the Debian packages the rdkafka crate needs to build its bundled librdkafka (a C compiler, make, perl
 # for OpenSSL's configuration probe, pkg-config and the OpenSSL headers for `security.protocol: ssl`), and the
-# JRE (17+) and Maven the broker needs.
+# JRE (17+) and Maven the broker needs. And the OpenTelemetry Collector with the contrib kafkaexporter (built
+# by bench/peers/install.sh otelcol, with Go) that tests/it/kafka.rs has write a topic the analyzers read.
 set -euo pipefail
 
 KAFKA_VERSION=4.3.1
@@ -55,3 +56,4 @@ POM
 fi
 ln -sfn "kafka-$KAFKA_VERSION" "$TOOLS/kafka"
 log "kafka: $DIR/libs ($(ls "$DIR/libs" | wc -l) jars)"
+"$(dirname "${BASH_SOURCE[0]}")/../../bench/peers/install.sh" otelcol

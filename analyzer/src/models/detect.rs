@@ -204,6 +204,10 @@ pub struct Params {
     pub damp: f64,
     /// How far (as a share) a score must beat the recent maximum to count as a new alarm.
     pub margin: f64,
+    /// Rows in a row with an ordinary score (likelihood z under 1, nothing novel) that end an incident:
+    /// the next rise is a new one, not damped against the last (0: repeats are damped for `refractory`
+    /// rows whatever happens in between).
+    pub quiet_reset: usize,
     /// Rows before the first non-zero score.
     pub warmup: usize,
     /// A value beyond the range seen so far by more than this share of the range is novel.
@@ -240,6 +244,7 @@ impl Default for Params {
             refractory: 100,
             damp: 0.5,
             margin: 0.0,
+            quiet_reset: 5,
             warmup: 30,
             novelty_tolerance: 0.02,
             novelty_z: 9.0,
@@ -271,6 +276,7 @@ impl Params {
             "sigma_floor" => self.sigma_floor = num(key, value)?,
             "refractory" => self.refractory = num(key, value)?,
             "damp" => self.damp = num(key, value)?,
+            "quiet_reset" => self.quiet_reset = num(key, value)?,
             "margin" => self.margin = num(key, value)?,
             "warmup" => self.warmup = num(key, value)?,
             "novelty_tolerance" => self.novelty_tolerance = num(key, value)?,
@@ -461,7 +467,9 @@ impl StepEstimate {
 ///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
 ///    being new once seen), so it is ranked first and residual alarms fill in below it.
 /// 5. **Repeats.** A score that does not beat the highest of the previous `refractory` rows is damped
-///    (NAB, like an on-call engineer, wants one early alarm per incident, not a stream of them).
+///    (NAB, like an on-call engineer, wants one early alarm per incident, not a stream of them), unless
+///    `quiet_reset` ordinary rows in a row came between: then the incident is over, and the next rise
+///    is a new one (a regression an hour after a recovered spike must page again).
 /// 6. `z / (z + squash)`, so scores stay in [0, 1) without ties at the top.
 #[derive(Clone, Debug)]
 pub struct Tidewatch {
@@ -485,6 +493,8 @@ pub struct Tidewatch {
     last_value: Option<f64>,
     /// Row of the latest novel value.
     last_novel: Option<usize>,
+    /// Rows in a row with an ordinary score (`Params::quiet_reset`).
+    quiet: usize,
     /// Range of the values seen in each hour of the day, with the rows seen there.
     phase_ranges: Vec<(RangeNovelty, usize)>,
     /// The value of the level baseline (rolling median) before the latest row joined it.
@@ -527,6 +537,7 @@ impl Tidewatch {
             diff_range: RangeNovelty::new(p.range_decay, res),
             last_value: None,
             last_novel: None,
+            quiet: 0,
             phase_ranges: vec![(RangeNovelty::new(p.range_decay, res), 0); PHASES],
             last_level: None,
             p,
@@ -667,17 +678,24 @@ impl AnomalyDetector for Tidewatch {
             return 0.0;
         }
 
+        // An ordinary stretch of `quiet_reset` rows just ended the last incident: whatever rises now is
+        // a new one, not a repeat to damp. (A run of records still spans `novelty_refractory` rows:
+        // ending it at a quiet stretch too cost 4 points on the held-out half of NAB.)
+        if self.p.quiet_reset > 0 && self.quiet >= self.p.quiet_reset {
+            self.recent.clear();
+        }
         let mut z = z.max(0.0);
         if novelty > self.p.novelty_tolerance && self.p.novelty_z > 0.0 {
             // A run of records is one incident: only its first is ranked as novel.
-            let quiet = self
+            let first = self
                 .last_novel
                 .is_none_or(|r| r + self.p.novelty_refractory < self.rows);
-            if quiet {
+            if first {
                 z = z.max(self.p.novelty_z + self.p.novelty_slope * novelty);
             }
             self.last_novel = Some(self.rows);
         }
+        self.quiet = if z < 1.0 { self.quiet + 1 } else { 0 };
 
         // Step 4: damp repeats.
         while self
@@ -784,6 +802,42 @@ mod tests {
         // The jump to 5000 is a new extreme: it outranks everything before it.
         let before = b[..600].iter().copied().fold(0.0, f64::max);
         assert!(b[600] > before, "{} vs {before}", b[600]);
+    }
+
+    #[test]
+    fn a_new_incident_after_a_quiet_stretch_is_not_damped_as_a_repeat() {
+        // Noise around 50; an incident at 200 for 3 rows; quiet; a second, smaller one 40 rows later
+        // (well within `refractory`). A repeat in the middle of the first incident stays damped.
+        let series = |gap: usize| -> Vec<f64> {
+            let mut v: Vec<f64> = (0..400).map(|i: i32| 50.0 + f64::from(i * 7 % 11)).collect();
+            v.extend([200.0, 200.0, 200.0]);
+            v.extend((0..gap).map(|i| 50.0 + f64::from((i * 7 % 11) as u8)));
+            v.extend([150.0; 3]);
+            v
+        };
+        let scores = |p: Params, v: &[f64]| -> Vec<f64> {
+            let mut d = Tidewatch::new(p);
+            v.iter()
+                .enumerate()
+                .map(|(i, &x)| d.score(i as i64 * 60_000, x))
+                .collect()
+        };
+        let never = Params {
+            quiet_reset: 0,
+            ..Params::default()
+        };
+        let v = series(40);
+        let (with, without) = (scores(Params::default(), &v), scores(never.clone(), &v));
+        let second = 403 + 40;
+        let (a, b) = (
+            with[second..].iter().copied().fold(0.0, f64::max),
+            without[second..].iter().copied().fold(0.0, f64::max),
+        );
+        assert!(a > b + 0.05, "after a quiet stretch {a:.3}, damped {b:.3}");
+        // No quiet stretch in between (2 rows): the second rise is part of the first incident.
+        let v = series(2);
+        let (with, without) = (scores(Params::default(), &v), scores(never, &v));
+        assert_eq!(with[405..], without[405..]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, NumberDataPoint, metric::Data, number_data_point::Value as Num,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource as PbResource;
-use tidewatch_analyzer::model::{
+use tidewatch_analyzer::records::{
     Attr, AttrKeys, LogBatch, LogRecord, MetricBatch, MetricPoint, PointValue, Resource, Span, SpanBatch,
     SpanKind, StatusCode, Text,
 };
@@ -277,7 +277,7 @@ pub fn logs(req: &ExportLogsServiceRequest) -> (LogBatch, Rejections) {
 mod tests {
     use super::super::{Decoded, Format, Signal, decode};
     use bytes::Bytes;
-    use tidewatch_analyzer::model::AttrKeys;
+    use tidewatch_analyzer::records::AttrKeys;
 
     /// The upstream OTLP/JSON examples (`../shared/data/otlp/examples`) decode, with every item accepted.
     #[test]

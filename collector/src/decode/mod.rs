@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tidewatch_analyzer::model::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+use tidewatch_analyzer::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
 
 use crate::{Error, Result};
 

@@ -13,7 +13,7 @@
 //! 15: status} status{3: code}
 
 use bytes::Bytes;
-use tidewatch_analyzer::model::{Attr, AttrKeys, Resource, Span, SpanBatch, SpanKind, StatusCode, Text};
+use tidewatch_analyzer::records::{Attr, AttrKeys, Resource, Span, SpanBatch, SpanKind, StatusCode, Text};
 
 use super::{Rejections, check_span_ids};
 use crate::{Error, Result};

@@ -1,0 +1,479 @@
+//! Tidewatch on a real Apache Kafka (KRaft, from `tests/kafka/install.sh`): `--role ingest` producing,
+//! `--role analyze` instances in a consumer group, a reference analyzer in a group of its own reading the
+//! same topic. Real binary, real broker, real loadgen traffic over OTLP/gRPC.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::kafka::{Kafka, Otelcol};
+use crate::common::{Metrics, Tidewatch};
+
+/// Series whose totals must agree, summed over partitions and instances (histogram sums are floats added
+/// in different orders, so they are left out; counts and buckets are exact).
+const EXACT: [&str; 7] = [
+    "traces_span_metrics_calls_total",
+    "traces_span_metrics_duration_seconds_bucket",
+    "traces_span_metrics_duration_seconds_count",
+    "traces_service_graph_request_total",
+    "traces_service_graph_request_failed_total",
+    "traces_service_graph_request_server_seconds_count",
+    "traces_service_graph_request_client_seconds_count",
+];
+
+/// `name{labels without the partition}` → value, summed over every instance given.
+fn totals(instances: &[&Tidewatch]) -> BTreeMap<String, f64> {
+    series(instances, false)
+}
+
+/// `name{labels}` → value, summed over every instance given; `by_partition` keeps the partition label.
+fn series(instances: &[&Tidewatch], by_partition: bool) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for tw in instances {
+        let m: Metrics = tw.metrics();
+        for s in m.samples.iter().filter(|s| EXACT.contains(&s.name.as_str())) {
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .filter(|(k, _)| by_partition || k.as_str() != "tidewatch_partition")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            *out.entry(format!("{}{{{}}}", s.name, labels.join(",")))
+                .or_insert(0.0) += s.value;
+        }
+    }
+    out
+}
+
+fn calls(t: &BTreeMap<String, f64>) -> f64 {
+    t.iter()
+        .filter(|(k, _)| k.starts_with("traces_span_metrics_calls_total{"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn edges(t: &BTreeMap<String, f64>) -> f64 {
+    t.iter()
+        .filter(|(k, _)| k.starts_with("traces_service_graph_request_total{"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("{what}: {why}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+fn counter(tw: &Tidewatch, name: &str) -> f64 {
+    tw.metrics().sum(name, &[])
+}
+
+struct Cluster {
+    kafka: Kafka,
+    checkpoints: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(partitions: i32) -> Cluster {
+        let kafka = Kafka::start();
+        kafka.create_topic("otlp_spans", partitions);
+        kafka.create_topic("otlp_metrics", 2);
+        kafka.create_topic("otlp_logs", 2);
+        Cluster {
+            kafka,
+            checkpoints: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn sets(&self, role: &str, group: &str) -> Vec<String> {
+        vec![
+            format!("role={role}"),
+            format!("kafka.brokers=[{}]", self.kafka.bootstrap()),
+            format!("kafka.group={group}"),
+            format!("kafka.checkpoints=file://{}", self.checkpoints.path().display()),
+            "kafka.session_timeout=6s".into(),
+            "kafka.produce_timeout=3s".into(),
+            "analyzer.window=1s".into(),
+            "analyzer.service_graph.wait=1s".into(),
+        ]
+    }
+
+    fn start_role(&self, role: &str, group: &str) -> Tidewatch {
+        self.start_on("otlp_spans", role, group)
+    }
+
+    /// A role with `kafka.topics.traces` set to `topic`.
+    fn start_on(&self, topic: &str, role: &str, group: &str) -> Tidewatch {
+        let mut sets = self.sets(role, group);
+        sets.push(format!("kafka.topics.traces={topic}"));
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        Tidewatch::start(&sets)
+    }
+}
+
+/// `tidewatch loadgen` against the ingest role's gRPC port, at `rate` spans/s for `duration` (0: until
+/// SIGTERM), its JSON report on the last line.
+fn loadgen(ingest: &Tidewatch, rate: u32, duration: &str) -> Child {
+    loadgen_to(&ingest.grpc, rate, duration, true)
+}
+
+/// `tidewatch loadgen` against any OTLP/gRPC endpoint `host:port`, with or without metrics and logs.
+fn loadgen_to(grpc: &str, rate: u32, duration: &str, metrics_and_logs: bool) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["loadgen", "--endpoint", &format!("http://{grpc}")])
+        .args(["--metrics-and-logs", &metrics_and_logs.to_string()])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            duration,
+            "--batch",
+            "200",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start loadgen")
+}
+
+fn report(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("loadgen");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("report line")).expect("JSON report")
+}
+
+fn n(r: &serde_json::Value, k: &str) -> f64 {
+    r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"))
+}
+
+/// Two analyzers in one group sum to a reference analyzer in its own group and to the accepted span
+/// count; then one is killed with SIGKILL mid-stream, a replacement joins, and the totals still agree
+/// exactly: the new owners resumed from the checkpoints and replayed, counting nothing twice.
+#[test]
+fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
+    let c = Cluster::start(6);
+    let ingest = c.start_role("ingest", "unused");
+    let mut a = c.start_role("analyze", "tw");
+    let b = c.start_role("analyze", "tw");
+    let reference = c.start_role("analyze", "reference");
+
+    // The group has settled with both members before traffic: each owns some partitions (joining takes
+    // a rebalance, longer on a busy machine).
+    wait_until("both analyzers own partitions", 180, || {
+        let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
+        if owned(&a) > 0.0 && owned(&b) > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
+        }
+    });
+    let first = report(loadgen(&ingest, 3000, "4s"));
+    let accepted = n(&first, "spans_accepted");
+    assert!(accepted > 1000.0, "{first}");
+    assert_eq!(
+        n(&first, "spans_refused") + n(&first, "spans_failed"),
+        0.0,
+        "{first}"
+    );
+    let agree = |group: &[&Tidewatch], want: f64| {
+        let (g, r) = (totals(group), totals(&[&reference]));
+        if calls(&g) != want || calls(&r) != want {
+            return Err(format!(
+                "calls: group {} reference {} accepted {want}",
+                calls(&g),
+                calls(&r)
+            ));
+        }
+        if g != r {
+            let diff: Vec<_> = g.iter().filter(|(k, v)| r.get(*k) != Some(v)).take(5).collect();
+            return Err(format!("series differ, e.g. {diff:?}"));
+        }
+        Ok(())
+    };
+    wait_until("two analyzers vs the reference", 180, || {
+        agree(&[&a, &b], accepted)
+    });
+    let t = totals(&[&reference]);
+    assert!(edges(&t) > 0.0, "the service graph has edges");
+    for (tw, who) in [(&a, "a"), (&b, "b")] {
+        let owned = counter(tw, "tidewatch_kafka_partitions_owned");
+        assert!(owned > 0.0, "{who} owns partitions");
+    }
+
+    // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
+    let load = loadgen(&ingest, 3000, "12s");
+    let checkpoints = counter(&a, "tidewatch_kafka_checkpoints_total");
+    wait_until("a checkpoints under the second load", 60, || {
+        let now = counter(&a, "tidewatch_kafka_checkpoints_total");
+        if now > checkpoints + 6.0 {
+            Ok(())
+        } else {
+            Err(format!("{now} checkpoints"))
+        }
+    });
+    a.kill9();
+    let a2 = c.start_role("analyze", "tw");
+    let second = report(load);
+    assert_eq!(
+        n(&second, "spans_refused") + n(&second, "spans_failed"),
+        0.0,
+        "{second}"
+    );
+    let accepted = accepted + n(&second, "spans_accepted");
+    wait_until("after kill -9, the group vs the reference", 240, || {
+        agree(&[&a2, &b], accepted)
+    });
+    let t = totals(&[&reference]);
+    let replayed = counter(&a2, "tidewatch_kafka_records_replayed_total")
+        + counter(&b, "tidewatch_kafka_records_replayed_total");
+    eprintln!(
+        "kill -9: accepted {accepted}; counted {} calls, {} service-graph requests; {replayed} records replayed",
+        calls(&t),
+        edges(&t)
+    );
+    assert!(
+        counter(&a2, "tidewatch_kafka_records_replayed_total")
+            + counter(&b, "tidewatch_kafka_records_replayed_total")
+            > 0.0,
+        "the new owners replayed from a checkpoint"
+    );
+}
+
+/// The topic the OpenTelemetry Collector's kafkaexporter writes in the test below.
+const OTELCOL_TOPIC: &str = "otlp_spans_otelcol";
+
+/// The collector's configuration: OTLP in; out to Kafka with the kafkaexporter (`partition_traces_by_id`,
+/// `otlp_proto`) and, the same requests, to Tidewatch's ingest role over OTLP/gRPC.
+fn otelcol_config(kafka: &str, ingest_grpc: &str) -> impl FnOnce(&str, &str) -> String {
+    let (kafka, ingest_grpc) = (kafka.to_owned(), ingest_grpc.to_owned());
+    move |grpc, http| {
+        format!(
+            r#"receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: {grpc}
+      http:
+        endpoint: {http}
+exporters:
+  kafka:
+    brokers: [{kafka}]
+    partition_traces_by_id: true
+    traces:
+      topic: {OTELCOL_TOPIC}
+      encoding: otlp_proto
+  otlp_grpc/tidewatch:
+    endpoint: {ingest_grpc}
+    tls:
+      insecure: true
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [kafka, otlp_grpc/tidewatch]
+"#
+        )
+    }
+}
+
+/// `n` traces of one INTERNAL span each (nothing for the service graph to wait for), ids from `first`.
+fn internal_spans(first: u32, n: u32) -> Vec<u8> {
+    let spans: Vec<serde_json::Value> = (first..first + n)
+        .map(|id| {
+            serde_json::json!({"traceId": format!("{id:032x}"), "spanId": format!("{id:016x}"), "name": "tick",
+                "kind": 1, "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000001000000"})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "tick"}}]},
+        "scopeSpans": [{"spans": spans}]}]}))
+    .expect("JSON")
+}
+
+/// The OpenTelemetry Collector (built with the Collector builder, contrib kafkaexporter) writes one topic
+/// and fans the same requests out to Tidewatch's ingest role, which writes `otlp_spans`. Two analyzers in a
+/// group on the collector's topic count exactly what a reference analyzer counts on Tidewatch's own topic,
+/// partition by partition (so both placed every trace alike), and every span the collector accepted.
+#[test]
+fn analyzers_read_what_the_otel_collector_kafkaexporter_writes() {
+    let c = Cluster::start(6);
+    c.kafka.create_topic(OTELCOL_TOPIC, 6);
+    let ingest = c.start_role("ingest", "unused");
+    let collector = Otelcol::start(otelcol_config(&c.kafka.bootstrap(), &ingest.grpc));
+    let a = c.start_on(OTELCOL_TOPIC, "analyze", "tw");
+    let b = c.start_on(OTELCOL_TOPIC, "analyze", "tw");
+    let reference = c.start_role("analyze", "reference");
+    wait_until("both analyzers own partitions", 180, || {
+        let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
+        if owned(&a) > 0.0 && owned(&b) > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
+        }
+    });
+    let r = report(loadgen_to(&collector.grpc, 3000, "4s", false));
+    assert_eq!(n(&r, "spans_refused") + n(&r, "spans_failed"), 0.0, "{r}");
+    let mut accepted = n(&r, "spans_accepted");
+    assert!(accepted > 1000.0, "{r}");
+    let counted = |want: f64| {
+        let (g, t) = (calls(&totals(&[&a, &b])), calls(&totals(&[&reference])));
+        if g == want && t == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "collector's topic {g}, Tidewatch's topic {t}, accepted {want}"
+            ))
+        }
+    };
+    wait_until("both topics hold every accepted span", 180, || counted(accepted));
+    // Record time must pass `service_graph.wait` beyond the last record on every partition before the
+    // halves still waiting there expire. Every record read so far was stamped before now; the spans sent
+    // after this pause move every partition's clock past that, and leave nothing waiting themselves.
+    std::thread::sleep(Duration::from_secs(2));
+    let tick = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/traces", collector.http))
+        .header("content-type", "application/json")
+        .body(internal_spans(1, 300))
+        .send()
+        .expect("POST /v1/traces to the collector");
+    assert!(tick.status().is_success(), "{}", tick.status());
+    accepted += 300.0;
+    wait_until(
+        "the collector's topic, partition by partition, vs Tidewatch's",
+        180,
+        || {
+            counted(accepted)?;
+            let (g, t) = (series(&[&a, &b], true), series(&[&reference], true));
+            if g != t {
+                let diff: Vec<_> = g.iter().filter(|(k, v)| t.get(*k) != Some(v)).take(5).collect();
+                return Err(format!("series differ, e.g. {diff:?}"));
+            }
+            Ok(())
+        },
+    );
+    let t = totals(&[&reference]);
+    assert!(edges(&t) > 0.0, "the service graph has edges");
+    eprintln!(
+        "otelcol kafkaexporter: accepted {accepted}; {} calls, {} service-graph requests on both topics",
+        calls(&t),
+        edges(&t)
+    );
+}
+
+/// The broker is stopped for 10 s under load: the ingest role refuses retryably (503 / UNAVAILABLE), takes
+/// traffic again once the broker is back, every span sent is accounted for, and every accepted span reaches
+/// an analyzer.
+#[test]
+fn a_kafka_outage_is_refused_retryably_and_loses_nothing_accepted() {
+    let mut c = Cluster::start(3);
+    let ingest = c.start_role("ingest", "unused");
+    let reference = c.start_role("analyze", "reference");
+    let accepted_now = |tw: &Tidewatch| tw.metrics().items("spans", "accepted");
+    let load = loadgen(&ingest, 1000, "0s");
+    wait_until("spans accepted before the outage", 60, || {
+        let a = accepted_now(&ingest);
+        if a > 0.0 { Ok(()) } else { Err("none yet".into()) }
+    });
+    c.kafka.stop();
+    let down = Instant::now();
+    wait_until("refusals while Kafka is down", 60, || {
+        let r = ingest.metrics().items("spans", "refused");
+        if r > 0.0 {
+            Ok(())
+        } else {
+            Err("no refusal yet".into())
+        }
+    });
+    // The outage lasts 10 s (the scenario, not a wait for something to happen).
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
+    let before = accepted_now(&ingest);
+    c.kafka.resume();
+    wait_until("accepting again after Kafka is back", 120, || {
+        let a = accepted_now(&ingest);
+        if a > before + 2000.0 {
+            Ok(())
+        } else {
+            Err(format!("{a} accepted, {before} before"))
+        }
+    });
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(load.id().to_string())
+        .status();
+    let r = report(load);
+    let (sent, accepted, refused) = (
+        n(&r, "spans_sent"),
+        n(&r, "spans_accepted"),
+        n(&r, "spans_refused"),
+    );
+    assert!(refused > 0.0, "{r}");
+    assert_eq!(
+        sent,
+        accepted + refused + n(&r, "spans_rejected") + n(&r, "spans_failed"),
+        "{r}"
+    );
+    assert_eq!(
+        n(&r, "spans_failed"),
+        0.0,
+        "refusals are retryable answers, not failures: {r}"
+    );
+    // Every accepted span reaches the analyzer. A refused request whose messages were partly acknowledged
+    // before the broker went away adds those spans too: the ingest role counts them, and that count bounds
+    // what can be counted beyond the accepted spans (a client retrying such a request counts them twice).
+    let bound = counter(&ingest, "tidewatch_kafka_spans_acked_in_refused_total");
+    assert!(bound <= refused, "{bound} acknowledged of {refused} refused");
+    wait_until("the reference counts every accepted span", 180, || {
+        let got = calls(&totals(&[&reference]));
+        if got >= accepted && got <= accepted + bound {
+            Ok(())
+        } else {
+            Err(format!(
+                "{got} counted, {accepted} accepted, {bound} acknowledged in refused requests"
+            ))
+        }
+    });
+    eprintln!(
+        "outage: sent {sent}, accepted {accepted}, refused {refused} ({bound} of them acknowledged); the analyzer counted {}",
+        calls(&totals(&[&reference]))
+    );
+}
+
+/// A cluster that cannot be reached is a clear error at start, naming the setting.
+#[test]
+fn unreachable_brokers_are_a_named_error_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args([
+            "run",
+            "--role",
+            "ingest",
+            "--set",
+            &format!("kafka.brokers=[127.0.0.1:{port}]"),
+        ])
+        .args([
+            "--set",
+            "collector.grpc.endpoint=127.0.0.1:0",
+            "--set",
+            "collector.http.endpoint=127.0.0.1:0",
+        ])
+        .args(["--set", "web.endpoint=127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kafka.brokers: cannot reach 127.0.0.1:"), "{err}");
+}
