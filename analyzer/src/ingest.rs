@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::engine::ShardMsg;
 pub use crate::inflight::{Inflight, InflightPermit, Refused};
 use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+use crate::shard::ShardMsg;
 
 /// Counters of what went through [`Ingest`], read by the self-metrics.
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ impl Ingest {
         Ingest {
             shards: Arc::from(Vec::new()),
             inflight: Inflight::new(cfg.max_inflight.as_usize()),
-            keys: Arc::new(crate::engine::wanted_keys(cfg).0),
+            keys: Arc::new(crate::shard::wanted_keys(cfg).0),
             stats: Arc::new(IngestStats::default()),
         }
     }

@@ -30,6 +30,7 @@ pub mod partition;
 pub mod records;
 pub mod red;
 pub mod rootcause;
+pub mod shard;
 pub mod signals;
 pub mod snapshot;
 pub mod store;

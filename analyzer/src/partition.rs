@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use crate::budget::SeriesBudget;
 use crate::config::AnalyzerConfig;
-use crate::engine::{admit_resources, wanted_keys};
 use crate::graph::{EdgeRow, GraphCounters, GraphStore};
 use crate::intern::Interner;
 use crate::records::{AttrKeys, SpanBatch};
 use crate::red::{Histogram, RedRow, RedTable};
+use crate::shard::{admit_resources, wanted_keys};
 
 /// A shard whose clock is the partition's record time.
 pub struct RecordTimeShard {

@@ -1,0 +1,180 @@
+//! A shard of the engine: a task that alone owns its part of the state (RED table, service-graph store,
+//! signal counts) and serves the messages of its bounded queue in order. The receivers' [`crate::ingest`]
+//! sends into the queues, the [`crate::engine`] starts the shards and merges their rows; both depend on
+//! this module, and it on neither.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::budget::SeriesBudget;
+use crate::config::AnalyzerConfig;
+use crate::graph::{EdgeRow, GraphCounters, GraphKeys, GraphStore};
+use crate::intern::Interner;
+use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+use crate::red::{PodRow, RedRow, RedTable};
+use crate::signals::{LogRow, MetricRow, Signals};
+
+/// What travels down a shard's queue.
+pub(crate) enum ShardMsg {
+    /// A batch and the indexes of the spans this shard owns (`None`: all of them).
+    Spans(Arc<SpanBatch>, Option<Vec<u32>>),
+    Metrics(MetricBatch),
+    Logs(LogBatch),
+    Snapshot(oneshot::Sender<ShardRows>),
+    /// Finish: everything queued before this is processed first.
+    Stop,
+}
+
+/// One shard's rows, merged by [`Engine::snapshot`].
+pub(crate) struct ShardRows {
+    pub(crate) red: Vec<RedRow>,
+    pub(crate) pods: Vec<PodRow>,
+    pub(crate) edges: Vec<EdgeRow>,
+    pub(crate) graph: GraphCounters,
+    pub(crate) metrics: Vec<MetricRow>,
+    pub(crate) logs: Vec<LogRow>,
+}
+
+/// Counts kept by the engine itself.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub spans: AtomicU64,
+    pub metric_points: AtomicU64,
+    pub log_records: AtomicU64,
+}
+
+/// The span attributes `cfg` makes the engine read (the RED dimensions, then the service graph's), with
+/// the indices of each part. The receivers skip every other attribute on the wire.
+pub fn wanted_keys(cfg: &AnalyzerConfig) -> (AttrKeys, Vec<u16>, GraphKeys) {
+    let mut keys = AttrKeys::default();
+    let red_dims: Vec<u16> = cfg
+        .span_metrics
+        .dimensions
+        .iter()
+        .map(|d| keys.intern(d))
+        .collect();
+    let graph_keys = GraphStore::attr_keys(&cfg.service_graph, &mut keys);
+    (keys, red_dims, graph_keys)
+}
+
+pub(crate) struct Shard {
+    names: Interner,
+    red: RedTable,
+    graph: GraphStore,
+    signals: Signals,
+    budget: Arc<SeriesBudget>,
+    stats: Arc<EngineStats>,
+    /// Interned service (`None`: past the series budget) and pod name per resource of the batch at hand
+    /// (reused: no allocation per batch).
+    scratch: Vec<(Option<u32>, Option<u32>)>,
+}
+
+impl Shard {
+    /// One of `n` shards of the engine `cfg` describes.
+    pub(crate) fn new(
+        cfg: &AnalyzerConfig,
+        red_dims: &[u16],
+        graph_keys: &GraphKeys,
+        n: usize,
+        budget: &Arc<SeriesBudget>,
+        stats: &Arc<EngineStats>,
+    ) -> Shard {
+        Shard {
+            names: Interner::default(),
+            red: RedTable::new(&cfg.span_metrics, red_dims.to_vec(), budget.clone()),
+            graph: GraphStore::new(&cfg.service_graph, graph_keys.clone(), n, budget.clone()),
+            signals: Signals::new(budget.clone()),
+            budget: budget.clone(),
+            stats: stats.clone(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>, sweep: Duration) {
+        let mut tick = tokio::time::interval(sweep);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(ShardMsg::Spans(batch, idx)) => self.spans(&batch, idx.as_deref()),
+                    Some(ShardMsg::Metrics(m)) => {
+                        self.stats.metric_points.fetch_add(m.points.len() as u64, Ordering::Relaxed);
+                        self.signals.metrics(&m);
+                    }
+                    Some(ShardMsg::Logs(l)) => {
+                        self.stats.log_records.fetch_add(l.records.len() as u64, Ordering::Relaxed);
+                        self.signals.logs(&l);
+                    }
+                    Some(ShardMsg::Snapshot(reply)) => {
+                        self.graph.expire(&mut self.names, Instant::now());
+                        let _ = reply.send(self.rows());
+                    }
+                    Some(ShardMsg::Stop) | None => return,
+                },
+                _ = tick.tick() => self.graph.expire(&mut self.names, Instant::now()),
+            }
+        }
+    }
+
+    fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
+        let now = Instant::now();
+        admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
+        let mut record = |s: &crate::records::Span| {
+            let (service, pod) = self.scratch[s.resource as usize];
+            self.red.record(&mut self.names, batch, s, service, pod);
+            self.graph.record(&mut self.names, batch, s, service, now);
+        };
+        match idx {
+            None => batch.spans.iter().for_each(&mut record),
+            Some(idx) => idx.iter().for_each(|&i| record(&batch.spans[i as usize])),
+        }
+        let n = idx.map_or(batch.spans.len(), <[u32]>::len);
+        self.stats.spans.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn rows(&self) -> ShardRows {
+        ShardRows {
+            red: self.red.export(&self.names),
+            pods: self.red.export_pods(&self.names),
+            edges: self.graph.export(&self.names),
+            graph: self.graph.counters(),
+            metrics: self.signals.metric_rows(),
+            logs: self.signals.log_rows(),
+        }
+    }
+}
+
+/// Interns each resource's service and pod of `batch` into `out` (reused: no allocation per batch), under
+/// the series budget: a new service the budget does not admit is `None` (its spans count in the global
+/// overflow series), and so is a new pod past the budget or of an overflowed service.
+pub(crate) fn admit_resources(
+    names: &mut Interner,
+    budget: &SeriesBudget,
+    batch: &SpanBatch,
+    out: &mut Vec<(Option<u32>, Option<u32>)>,
+) {
+    out.clear();
+    for r in &batch.resources {
+        let name = batch.bytes(r.service);
+        let service = match names.get(name) {
+            Some(id) => Some(id),
+            None if budget.admit_service(name) => Some(names.id(name)),
+            None => None,
+        };
+        let pod = if r.pod.is_empty() || service.is_none() {
+            None
+        } else {
+            let pod = batch.bytes(r.pod);
+            match names.get(pod) {
+                Some(id) => Some(id),
+                None if budget.take() => Some(names.id(pod)),
+                None => None,
+            }
+        };
+        out.push((service, pod));
+    }
+}
