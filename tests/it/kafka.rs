@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::kafka::{Kafka, Otelcol};
-use crate::common::{Metrics, Tidewatch};
+use crate::common::{Metrics, Tidewatch, wait_for};
 
 /// Series whose totals must agree, summed over partitions and instances (histogram sums are floats added
 /// in different orders, so they are left out; counts and buckets are exact).
@@ -57,17 +57,6 @@ fn edges(t: &BTreeMap<String, f64>) -> f64 {
         .filter(|(k, _)| k.starts_with("traces_service_graph_request_total{"))
         .map(|(_, v)| v)
         .sum()
-}
-
-fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match ok() {
-            Ok(()) => return,
-            Err(why) if Instant::now() > deadline => panic!("{what}: {why}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
 }
 
 fn counter(tw: &Tidewatch, name: &str) -> f64 {
@@ -125,7 +114,7 @@ fn loadgen(ingest: &Tidewatch, rate: u32, duration: &str) -> Child {
 
 /// `tidewatch loadgen` against any OTLP/gRPC endpoint `host:port`, with or without metrics and logs.
 fn loadgen_to(grpc: &str, rate: u32, duration: &str, metrics_and_logs: bool) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    crate::common::tidewatch()
         .args(["loadgen", "--endpoint", &format!("http://{grpc}")])
         .args(["--metrics-and-logs", &metrics_and_logs.to_string()])
         .args([
@@ -144,9 +133,7 @@ fn loadgen_to(grpc: &str, rate: u32, duration: &str, metrics_and_logs: bool) -> 
 }
 
 fn report(child: Child) -> serde_json::Value {
-    let out = child.wait_with_output().expect("loadgen");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().expect("report line")).expect("JSON report")
+    crate::common::loadgen_report(child.wait_with_output().expect("loadgen"))
 }
 
 fn n(r: &serde_json::Value, k: &str) -> f64 {
@@ -166,7 +153,7 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
 
     // The group has settled with both members before traffic: each owns some partitions (joining takes
     // a rebalance, longer on a busy machine).
-    wait_until("both analyzers own partitions", 180, || {
+    wait_for("both analyzers own partitions", Duration::from_secs(180), || {
         let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
         if owned(&a) > 0.0 && owned(&b) > 0.0 {
             Ok(())
@@ -197,7 +184,7 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         }
         Ok(())
     };
-    wait_until("two analyzers vs the reference", 180, || {
+    wait_for("two analyzers vs the reference", Duration::from_secs(180), || {
         agree(&[&a, &b], accepted)
     });
     let t = totals(&[&reference]);
@@ -210,14 +197,18 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
     let load = loadgen(&ingest, 3000, "12s");
     let checkpoints = counter(&a, "tidewatch_kafka_checkpoints_total");
-    wait_until("a checkpoints under the second load", 60, || {
-        let now = counter(&a, "tidewatch_kafka_checkpoints_total");
-        if now > checkpoints + 6.0 {
-            Ok(())
-        } else {
-            Err(format!("{now} checkpoints"))
-        }
-    });
+    wait_for(
+        "a checkpoints under the second load",
+        Duration::from_secs(60),
+        || {
+            let now = counter(&a, "tidewatch_kafka_checkpoints_total");
+            if now > checkpoints + 6.0 {
+                Ok(())
+            } else {
+                Err(format!("{now} checkpoints"))
+            }
+        },
+    );
     a.kill9();
     let a2 = c.start_role("analyze", "tw");
     let second = report(load);
@@ -227,9 +218,11 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         "{second}"
     );
     let accepted = accepted + n(&second, "spans_accepted");
-    wait_until("after kill -9, the group vs the reference", 240, || {
-        agree(&[&a2, &b], accepted)
-    });
+    wait_for(
+        "after kill -9, the group vs the reference",
+        Duration::from_secs(240),
+        || agree(&[&a2, &b], accepted),
+    );
     let t = totals(&[&reference]);
     let replayed = counter(&a2, "tidewatch_kafka_records_replayed_total")
         + counter(&b, "tidewatch_kafka_records_replayed_total");
@@ -313,7 +306,7 @@ fn analyzers_read_what_the_otel_collector_kafkaexporter_writes() {
     let a = c.start_on(OTELCOL_TOPIC, "analyze", "tw");
     let b = c.start_on(OTELCOL_TOPIC, "analyze", "tw");
     let reference = c.start_role("analyze", "reference");
-    wait_until("both analyzers own partitions", 180, || {
+    wait_for("both analyzers own partitions", Duration::from_secs(180), || {
         let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
         if owned(&a) > 0.0 && owned(&b) > 0.0 {
             Ok(())
@@ -335,7 +328,11 @@ fn analyzers_read_what_the_otel_collector_kafkaexporter_writes() {
             ))
         }
     };
-    wait_until("both topics hold every accepted span", 180, || counted(accepted));
+    wait_for(
+        "both topics hold every accepted span",
+        Duration::from_secs(180),
+        || counted(accepted),
+    );
     // Record time must pass `service_graph.wait` beyond the last record on every partition before the
     // halves still waiting there expire. Every record read so far was stamped before now; the spans sent
     // after this pause move every partition's clock past that, and leave nothing waiting themselves.
@@ -348,9 +345,9 @@ fn analyzers_read_what_the_otel_collector_kafkaexporter_writes() {
         .expect("POST /v1/traces to the collector");
     assert!(tick.status().is_success(), "{}", tick.status());
     accepted += 300.0;
-    wait_until(
+    wait_for(
         "the collector's topic, partition by partition, vs Tidewatch's",
-        180,
+        Duration::from_secs(180),
         || {
             counted(accepted)?;
             let (g, t) = (series(&[&a, &b], true), series(&[&reference], true));
@@ -380,13 +377,17 @@ fn a_kafka_outage_is_refused_retryably_and_loses_nothing_accepted() {
     let reference = c.start_role("analyze", "reference");
     let accepted_now = |tw: &Tidewatch| tw.metrics().items("spans", "accepted");
     let load = loadgen(&ingest, 1000, "0s");
-    wait_until("spans accepted before the outage", 60, || {
-        let a = accepted_now(&ingest);
-        if a > 0.0 { Ok(()) } else { Err("none yet".into()) }
-    });
+    wait_for(
+        "spans accepted before the outage",
+        Duration::from_secs(60),
+        || {
+            let a = accepted_now(&ingest);
+            if a > 0.0 { Ok(()) } else { Err("none yet".into()) }
+        },
+    );
     c.kafka.stop();
     let down = Instant::now();
-    wait_until("refusals while Kafka is down", 60, || {
+    wait_for("refusals while Kafka is down", Duration::from_secs(60), || {
         let r = ingest.metrics().items("spans", "refused");
         if r > 0.0 {
             Ok(())
@@ -398,14 +399,18 @@ fn a_kafka_outage_is_refused_retryably_and_loses_nothing_accepted() {
     std::thread::sleep(Duration::from_secs(10).saturating_sub(down.elapsed()));
     let before = accepted_now(&ingest);
     c.kafka.resume();
-    wait_until("accepting again after Kafka is back", 120, || {
-        let a = accepted_now(&ingest);
-        if a > before + 2000.0 {
-            Ok(())
-        } else {
-            Err(format!("{a} accepted, {before} before"))
-        }
-    });
+    wait_for(
+        "accepting again after Kafka is back",
+        Duration::from_secs(120),
+        || {
+            let a = accepted_now(&ingest);
+            if a > before + 2000.0 {
+                Ok(())
+            } else {
+                Err(format!("{a} accepted, {before} before"))
+            }
+        },
+    );
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(load.id().to_string())
@@ -432,16 +437,20 @@ fn a_kafka_outage_is_refused_retryably_and_loses_nothing_accepted() {
     // what can be counted beyond the accepted spans (a client retrying such a request counts them twice).
     let bound = counter(&ingest, "tidewatch_kafka_spans_acked_in_refused_total");
     assert!(bound <= refused, "{bound} acknowledged of {refused} refused");
-    wait_until("the reference counts every accepted span", 180, || {
-        let got = calls(&totals(&[&reference]));
-        if got >= accepted && got <= accepted + bound {
-            Ok(())
-        } else {
-            Err(format!(
-                "{got} counted, {accepted} accepted, {bound} acknowledged in refused requests"
-            ))
-        }
-    });
+    wait_for(
+        "the reference counts every accepted span",
+        Duration::from_secs(180),
+        || {
+            let got = calls(&totals(&[&reference]));
+            if got >= accepted && got <= accepted + bound {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{got} counted, {accepted} accepted, {bound} acknowledged in refused requests"
+                ))
+            }
+        },
+    );
     eprintln!(
         "outage: sent {sent}, accepted {accepted}, refused {refused} ({bound} of them acknowledged); the analyzer counted {}",
         calls(&totals(&[&reference]))
@@ -456,7 +465,7 @@ fn unreachable_brokers_are_a_named_error_at_start() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+    let out = crate::common::tidewatch()
         .args([
             "run",
             "--role",

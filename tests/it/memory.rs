@@ -10,8 +10,6 @@
 //! and the bound holds whatever part of it the machine gets through. Run with `--nocapture` to see the
 //! figures BENCHMARKS.md quotes.
 
-use std::process::Command;
-
 use crate::common::Tidewatch;
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
@@ -227,20 +225,14 @@ fn steady_10k_spans_per_second_stays_under_the_peak_memory_bound() {
 /// 10k spans/s in 512-span requests, half the time over gRPC, half over HTTP, with pod metrics and logs.
 fn steady_load(tw: &Tidewatch) {
     for (protocol, endpoint) in [("grpc", &tw.grpc), ("http", &tw.http)] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        let out = crate::common::tidewatch()
             .args(["loadgen", "--endpoint", &format!("http://{endpoint}")])
             .args(["--protocol", protocol, "--rate", "10000", "--batch", "512"])
             .args(["--duration", &format!("{}s", STEADY_SECONDS / 2)])
             .args(["--metrics-and-logs", "true", "--json"])
             .output()
             .expect("run loadgen");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "loadgen: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("report");
+        let r = crate::common::loadgen_report(out);
         assert!(r["spans_accepted"].as_u64() > Some(0), "{r}");
         assert_eq!(r["spans_failed"].as_u64(), Some(0), "{r}");
     }

@@ -69,17 +69,8 @@ fn loadgen(endpoint: String, protocol: &'static str, encoding: &'static str, con
         .args(["--metrics-and-logs", "false", "--json"])
         .output()
         .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen {protocol}/{encoding}: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!(
-        "loadgen {protocol}/{encoding}: {}",
-        stdout.lines().next().unwrap_or("")
-    );
-    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("report");
+    let r = crate::common::loadgen_report(out);
+    eprintln!("loadgen {protocol}/{encoding}: {r}");
     let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
     assert_eq!(n("spans_rejected"), 0, "{r}");
     Tally {
@@ -235,12 +226,17 @@ fn overload_is_refused_retryably_within_bounded_memory_and_nothing_accepted_is_l
         "non-retryable failures: {tallies:?} {http_tally:?} {grpc_probe:?}"
     );
     assert_eq!(without_retry_after, 0, "503 without Retry-After");
+    // Every sender was refused, and each protocol got work through (which sender of a protocol gets its
+    // requests in is up to the race for the queues: on a busy machine the JSON sender may lose every one).
     for (i, t) in tallies.iter().enumerate() {
-        assert!(
-            t.refused > 0 && t.accepted > 0,
-            "loadgen {i} not overloaded: {t:?}"
-        );
+        assert!(t.refused > 0, "loadgen {i} not overloaded: {t:?}");
     }
+    let (grpc, http) = (&tallies[0], [&tallies[1], &tallies[2]]);
+    assert!(grpc.accepted > 0, "nothing accepted over gRPC: {grpc:?}");
+    assert!(
+        http.iter().any(|t| t.accepted > 0),
+        "nothing accepted over HTTP: {http:?}"
+    );
     assert!(
         refused_share > 0.1,
         "only {refused_share:.3} refused: not overloaded"

@@ -30,6 +30,18 @@ pub fn loadgen(tw: &Tidewatch, rate: u32, batch: u32) -> Command {
     cmd
 }
 
+/// The report a finished `tidewatch loadgen --json` printed last, once it exited successfully.
+pub fn loadgen_report(out: std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("loadgen's report {last:?}: {e}"))
+}
+
 /// A child process (loadgen, Prometheus, …) killed and reaped when dropped.
 pub struct Guard(Child);
 
