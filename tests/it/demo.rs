@@ -57,32 +57,7 @@ fn the_demo_flags_each_incident_and_answers_it() {
     let surge = format!("surge@{SURGE_AT_S}s+30s");
     let bad_pod = format!("bad-pod:inventory@{BAD_POD_AT_S}s+40s");
     let latency = format!("latency:payment@{LATENCY_AT_S}s+40s");
-    let tw = Tidewatch::start_demo(
-        &[
-            "--rate",
-            "1000",
-            "--day",
-            "2m",
-            "--backfill",
-            "3",
-            "--cold-start",
-            "2s",
-            "--incident",
-            &surge,
-            "--incident",
-            &bad_pod,
-            "--incident",
-            &latency,
-        ],
-        &[
-            "analyzer.window=2s",
-            "scaler.interval=2s",
-            "analyzer.forecast.step=10s",
-            "analyzer.forecast.horizon=2m",
-        ],
-        // The backfill comes before readiness: 3 days of 2 minutes at 2 s windows.
-        Duration::from_secs(600),
-    );
+    let tw = Tidewatch::start_fast_demo(&[&surge, &bad_pod, &latency]);
 
     // The history is there from the start: the shop's services over the backfilled minutes, and a
     // forecast per service from the trainer's first fit.

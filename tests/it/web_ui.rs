@@ -99,6 +99,20 @@ fn wait_for(tw: &Tidewatch, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
     tw.wait_json(path, Duration::from_secs(60), ok)
 }
 
+/// The browser saw no script error and no failed HTTP request.
+fn assert_no_browser_errors(v: &Value) {
+    assert!(
+        v["problems"].as_array().unwrap().is_empty(),
+        "browser errors: {}",
+        v["problems"]
+    );
+    assert!(
+        v["failed"].as_array().unwrap().is_empty(),
+        "HTTP errors: {}",
+        v["failed"]
+    );
+}
+
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .into_iter()
@@ -129,20 +143,11 @@ fn browser_draws_the_map_and_the_service_pages() {
         &out,
         &["--service", "checkout", "--nodes", nodes, "--edges", edges],
     );
-    assert!(
-        v["problems"].as_array().unwrap().is_empty(),
-        "browser errors: {}",
-        v["problems"]
-    );
+    assert_no_browser_errors(&v);
     assert!(
         v["external"].as_array().unwrap().is_empty(),
         "the UI loaded something from elsewhere: {}",
         v["external"]
-    );
-    assert!(
-        v["failed"].as_array().unwrap().is_empty(),
-        "HTTP errors: {}",
-        v["failed"]
     );
 
     // The overview's map: every node with its kind, every edge with rate, errors and p95.
@@ -481,16 +486,7 @@ fn browser_draws_the_scaling_page_and_the_incident() {
         &out,
         &["--cause", "payment", "--policies", "shop/checkout,shop/inventory"],
     );
-    assert!(
-        v["problems"].as_array().unwrap().is_empty(),
-        "browser errors: {}",
-        v["problems"]
-    );
-    assert!(
-        v["failed"].as_array().unwrap().is_empty(),
-        "HTTP errors: {}",
-        v["failed"]
-    );
+    assert_no_browser_errors(&v);
     assert!(v["external"].as_array().unwrap().is_empty(), "{}", v["external"]);
     let s = &v["scaling"];
     let policies = s["policies"].as_array().unwrap();
@@ -568,29 +564,7 @@ fn browser_draws_the_scaling_page_and_the_incident() {
 #[test]
 fn browser_follows_the_demo_on_the_scaling_page() {
     browser_ready();
-    let tw = Tidewatch::start_demo(
-        &[
-            "--rate",
-            "1000",
-            "--day",
-            "2m",
-            "--backfill",
-            "3",
-            "--cold-start",
-            "2s",
-            "--incident",
-            "surge@5s+30s",
-            "--incident",
-            "latency:payment@50s+150s",
-        ],
-        &[
-            "analyzer.window=2s",
-            "scaler.interval=2s",
-            "analyzer.forecast.step=10s",
-            "analyzer.forecast.horizon=2m",
-        ],
-        Duration::from_secs(600),
-    );
+    let tw = Tidewatch::start_fast_demo(&["surge@5s+30s", "latency:payment@50s+150s"]);
     let policies = [
         "shop/checkout",
         "shop/frontend",
@@ -605,16 +579,7 @@ fn browser_follows_the_demo_on_the_scaling_page() {
         &out,
         &["--cause", "payment", "--policies", &policies.join(",")],
     );
-    assert!(
-        v["problems"].as_array().unwrap().is_empty(),
-        "browser errors: {}",
-        v["problems"]
-    );
-    assert!(
-        v["failed"].as_array().unwrap().is_empty(),
-        "HTTP errors: {}",
-        v["failed"]
-    );
+    assert_no_browser_errors(&v);
     let s = &v["scaling"];
     let ids: Vec<&str> = s["policies"]
         .as_array()

@@ -147,6 +147,32 @@ impl Tidewatch {
 
     /// Starts `tidewatch demo` with `args` and these `--set` overrides; waits up to `ready_within` for
     /// it to be ready (its backfill comes first).
+    /// `tidewatch demo` run fast (2 s windows and reconciles, 2-minute simulated days, 3 days of backfill,
+    /// 2 s cold starts) with `incidents`, as the demo and browser tests run it.
+    pub fn start_fast_demo(incidents: &[&str]) -> Tidewatch {
+        let mut args = vec![
+            "--rate",
+            "1000",
+            "--day",
+            "2m",
+            "--backfill",
+            "3",
+            "--cold-start",
+            "2s",
+        ];
+        for i in incidents {
+            args.extend(["--incident", i]);
+        }
+        let sets = [
+            "analyzer.window=2s",
+            "scaler.interval=2s",
+            "analyzer.forecast.step=10s",
+            "analyzer.forecast.horizon=2m",
+        ];
+        // The backfill comes before readiness: 3 days of 2 minutes at 2 s windows.
+        Tidewatch::start_demo(&args, &sets, Duration::from_secs(600))
+    }
+
     pub fn start_demo(args: &[&str], sets: &[&str], ready_within: Duration) -> Tidewatch {
         let command: Vec<&str> = std::iter::once("demo").chain(args.iter().copied()).collect();
         Tidewatch::spawn(&command, sets, &[], ready_within)
