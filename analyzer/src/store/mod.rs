@@ -1,4 +1,4 @@
-//! History: what happened in each window, kept as polars frames, rolled up, bounded, persisted as Parquet.
+//! History: what happened in each window, kept in native columns, rolled up, bounded, persisted as Parquet.
 //!
 //! The engine's snapshots hold cumulative counters. At every window close [`History::append`] turns the
 //! difference between two consecutive snapshots into one row per series: requests, errors and latency
@@ -8,13 +8,11 @@
 //!
 //! Raw rows are kept for `raw_retention`; older ones are rolled up into `rollup_step` buckets (sums summed,
 //! latency quantiles averaged weighted by requests, metric values averaged) and kept for
-//! `rollup_retention`. Every `snapshot_interval` the frames are written to `data_dir` as Parquet (write to
+//! `rollup_retention`. Every `snapshot_interval` the tables are written to `data_dir` as Parquet (write to
 //! a temporary file, then rename, so a crash leaves the previous file whole) and read back at start.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-
-use polars::prelude::*;
 
 use crate::Result;
 use crate::config::StoreConfig;
@@ -26,45 +24,56 @@ mod view;
 mod window;
 
 use files::{read_parquet, save_tables};
-use tables::{Frames, TABLES, columns, empty_frame, polars_err};
-use view::{aggregate, index_services};
-use window::window_frames;
+use tables::{Chunk, Key, SERVICE_RED, TABLES, TableRows};
+use view::{aggregate, bucket, rows};
+use window::window_chunks;
 
 pub use view::{
     EdgeKey, HistoryView, OperationKey, PodKey, RedPoint, RedSummary, SeriesKey, SeriesPoint, ServiceKey,
 };
+
+/// Where a chunk sits in a table: the recent raw rows or the rollups.
+#[derive(Clone, Copy)]
+enum Tier {
+    Raw,
+    Rollup,
+}
 
 /// The history the engine writes. One owner (the engine's window task); readers get a [`HistoryView`].
 pub struct History {
     cfg: StoreConfig,
     /// The engine's window length: the length of the first window after a start.
     window: std::time::Duration,
-    tables: Vec<Frames>,
+    tables: Vec<TableRows>,
+    /// Per table, every series it holds rows of and how many: each series' key is allocated once and
+    /// shared by all its rows, and a series whose last row goes is forgotten.
+    series: Vec<HashMap<Key, usize>>,
     prev: Option<Arc<Snapshot>>,
     /// The services `tables` hold, kept with them so a view's lookups need no scan.
-    services: Arc<BTreeSet<String>>,
+    services: Arc<BTreeSet<Arc<str>>>,
 }
 
 impl History {
     /// An empty history, or the one saved in `data_dir`. A file that cannot be read is moved aside
     /// (`*.corrupt`) and reported, rather than keeping Tidewatch from starting.
     pub fn open(cfg: &StoreConfig, window: std::time::Duration) -> History {
-        let mut tables: Vec<Frames> = TABLES
-            .iter()
-            .map(|t| Frames {
-                raw: empty_frame(t),
-                rollup: empty_frame(t),
-            })
-            .collect();
-        if let Some(dir) = &cfg.data_dir {
-            for (t, frames) in TABLES.iter().zip(tables.iter_mut()) {
-                for (suffix, slot) in [("", &mut frames.raw), (".rollup", &mut frames.rollup)] {
+        let mut h = History {
+            cfg: cfg.clone(),
+            window,
+            tables: vec![TableRows::default(); TABLES.len()],
+            series: vec![HashMap::new(); TABLES.len()],
+            prev: None,
+            services: Arc::default(),
+        };
+        if let Some(dir) = cfg.data_dir.clone() {
+            for (i, t) in TABLES.iter().enumerate() {
+                for (suffix, tier) in [("", Tier::Raw), (".rollup", Tier::Rollup)] {
                     let path = dir.join(format!("{}{suffix}.parquet", t.name));
                     if !path.exists() {
                         continue;
                     }
                     match read_parquet(&path, t) {
-                        Ok(df) => *slot = df,
+                        Ok(chunks) => chunks.into_iter().for_each(|c| h.add(i, tier, c)),
                         Err(e) => {
                             let aside = path.with_extension("parquet.corrupt");
                             tracing::error!(path = %path.display(), error = %e, moved_to = %aside.display(), "history file unreadable");
@@ -74,14 +83,8 @@ impl History {
                 }
             }
         }
-        let services = index_services(&tables).unwrap_or_default();
-        History {
-            cfg: cfg.clone(),
-            window,
-            tables,
-            prev: None,
-            services,
-        }
+        h.index_services();
+        h
     }
 
     /// Adds the window that ends with `cur` (taken at `ts_ms`), then applies rollup and retention.
@@ -93,95 +96,131 @@ impl History {
                 .map_or(0.0, |d| d.as_secs_f64()),
             None => self.window.as_secs_f64(),
         };
-        let frames = window_frames(self.prev.as_deref(), &cur, ts_ms, seconds.max(1e-3))?;
-        for (t, df) in self.tables.iter_mut().zip(frames) {
-            t.raw.vstack_mut_owned(df).map_err(polars_err)?;
+        let chunks = window_chunks(self.prev.as_deref(), &cur, ts_ms, seconds.max(1e-3));
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            self.add(i, Tier::Raw, chunk);
         }
         self.prev = Some(cur);
-        self.compact(ts_ms)?;
-        self.cap_rows()?;
-        self.services = index_services(&self.tables)?;
+        self.compact(ts_ms);
+        self.cap_rows();
+        self.index_services();
         Ok(())
+    }
+
+    /// Files `chunk` under table `i`, its keys replaced by the series' shared ones.
+    fn add(&mut self, i: usize, tier: Tier, mut chunk: Chunk) {
+        if chunk.len() == 0 {
+            return;
+        }
+        let series = &mut self.series[i];
+        for key in &mut chunk.keys {
+            if let Some((shared, _)) = series.get_key_value(&**key) {
+                *key = shared.clone();
+            }
+            *series.entry(key.clone()).or_default() += 1;
+        }
+        let rows = &mut self.tables[i];
+        match tier {
+            Tier::Raw => rows.raw.push(Arc::new(chunk)),
+            Tier::Rollup => rows.rollup.push(Arc::new(chunk)),
+        }
+    }
+
+    /// Takes the chunks of table `i` and tier that `gone` selects out of the history, oldest first.
+    fn remove(&mut self, i: usize, tier: Tier, gone: impl Fn(&Chunk) -> bool) -> Vec<Arc<Chunk>> {
+        let rows = &mut self.tables[i];
+        let chunks = match tier {
+            Tier::Raw => &mut rows.raw,
+            Tier::Rollup => &mut rows.rollup,
+        };
+        let (removed, kept): (Vec<_>, Vec<_>) = std::mem::take(chunks).into_iter().partition(|c| gone(c));
+        *chunks = kept;
+        let series = &mut self.series[i];
+        for key in removed.iter().flat_map(|c| &c.keys) {
+            if let Some(n) = series.get_mut(&**key) {
+                *n -= 1;
+                if *n == 0 {
+                    series.remove(&**key);
+                }
+            }
+        }
+        removed
     }
 
     /// Past `max_rows`, drops the oldest rows (rollups before raw rows, being older) down to 90 % of it,
     /// so a high-cardinality deployment shortens its history instead of growing without bound.
-    fn cap_rows(&mut self) -> Result<()> {
+    fn cap_rows(&mut self) {
         let max = self.cfg.max_rows;
-        if self.rows() <= max {
-            return Ok(());
+        let total = self.rows();
+        if total <= max {
+            return;
         }
-        let mut ts: Vec<i64> = Vec::with_capacity(self.rows());
-        for f in &self.tables {
-            for df in [&f.raw, &f.rollup] {
-                let col = df.column("ts").map_err(polars_err)?.i64().map_err(polars_err)?;
-                ts.extend(col.into_no_null_iter());
-            }
-        }
+        // Rows per timestamp, oldest first: the cutoff is the timestamp of the oldest row kept.
+        let mut by_ts: Vec<(i64, usize)> = self
+            .tables
+            .iter()
+            .flat_map(|t| t.raw.iter().chain(&t.rollup))
+            .map(|c| (c.ts, c.len()))
+            .collect();
+        by_ts.sort_unstable();
         let keep = max - max / 10;
-        let nth = ts.len() - keep;
-        let (_, &mut cutoff, _) = ts.select_nth_unstable(nth);
+        let mut dropped = 0;
+        let mut cutoff = i64::MIN;
+        for (ts, n) in by_ts {
+            if total - dropped <= keep {
+                break;
+            }
+            dropped += n;
+            cutoff = ts;
+        }
         // Rows at `cutoff` itself go too, so the cap holds even when many rows share one timestamp.
-        let cutoff = cutoff + 1;
-        for f in &mut self.tables {
-            for df in [&mut f.raw, &mut f.rollup] {
-                *df = df
-                    .clone()
-                    .lazy()
-                    .filter(col("ts").gt_eq(lit(cutoff)))
-                    .collect()
-                    .map_err(polars_err)?;
+        for i in 0..TABLES.len() {
+            for tier in [Tier::Raw, Tier::Rollup] {
+                self.remove(i, tier, |c| c.ts <= cutoff);
             }
         }
         tracing::warn!(
             max_rows = max,
             "history: over analyzer.store.max_rows, oldest rows dropped"
         );
-        Ok(())
     }
 
     /// Rolls raw rows older than the raw retention into whole rollup buckets; drops expired rollups.
-    fn compact(&mut self, now_ms: i64) -> Result<()> {
-        let step = self.cfg.rollup_step.as_millis() as i64;
+    fn compact(&mut self, now_ms: i64) {
+        let step = (self.cfg.rollup_step.as_millis() as i64).max(1);
         let raw_keep = self.cfg.raw_retention.as_millis() as i64;
         let cutoff = (now_ms - raw_keep).div_euclid(step) * step;
         let rollup_cutoff = now_ms - self.cfg.rollup_retention.as_millis() as i64;
-        for (t, frames) in TABLES.iter().zip(self.tables.iter_mut()) {
-            let old = frames
-                .raw
-                .clone()
-                .lazy()
-                .filter(col("ts").lt(lit(cutoff)))
-                .collect()
-                .map_err(polars_err)?;
-            if old.height() > 0 {
-                let rolled = aggregate(old.lazy(), t, Some(step))
-                    .with_column((col("bucket") + lit(step)).alias("ts"))
-                    .select(columns(t))
-                    .collect()
-                    .map_err(polars_err)?;
-                frames.rollup.vstack_mut_owned(rolled).map_err(polars_err)?;
-                frames.raw = frames
-                    .raw
-                    .clone()
-                    .lazy()
-                    .filter(col("ts").gt_eq(lit(cutoff)))
-                    .collect()
-                    .map_err(polars_err)?;
+        for (i, t) in TABLES.iter().enumerate() {
+            let old = self.remove(i, Tier::Raw, |c| c.ts < cutoff);
+            if !old.is_empty() {
+                let groups = aggregate(t, rows(t, &old, i64::MIN, i64::MAX), |r| {
+                    (bucket(r.ts, step), r.key.clone())
+                });
+                let mut rolled: Vec<Chunk> = Vec::new();
+                for ((b, key), combined) in groups {
+                    if rolled.last().is_none_or(|c| c.ts != b + step) {
+                        rolled.push(Chunk::new(b + step));
+                    }
+                    let chunk = rolled.last_mut().expect("pushed above");
+                    chunk.push(key, combined.seconds, &combined.values(t));
+                }
+                for chunk in rolled {
+                    self.add(i, Tier::Rollup, chunk);
+                }
             }
-            if frames.rollup.height() > 0 {
-                frames.rollup = frames
-                    .rollup
-                    .clone()
-                    .lazy()
-                    .filter(col("ts").gt_eq(lit(rollup_cutoff)))
-                    .collect()
-                    .map_err(polars_err)?;
-                frames.rollup.rechunk_mut();
-            }
-            frames.raw.rechunk_mut();
+            self.remove(i, Tier::Rollup, |c| c.ts < rollup_cutoff);
         }
-        Ok(())
+    }
+
+    /// Rebuilds the index of services when the service table's series changed.
+    fn index_services(&mut self) {
+        let series = &self.series[SERVICE_RED.index()];
+        if series.len() != self.services.len()
+            || series.keys().any(|k| !self.services.contains(&k[0]))
+        {
+            self.services = Arc::new(series.keys().map(|k| k[0].clone()).collect());
+        }
     }
 
     /// Writes every table to the data directory (no-op without one).
@@ -189,8 +228,8 @@ impl History {
         self.saver()()
     }
 
-    /// The save as a closure over a copy of the frames (cheap: columns are shared), to run off the async
-    /// threads while the history moves on.
+    /// The save as a closure over the chunks (shared, not copied), to run off the async threads while the
+    /// history moves on.
     pub fn saver(&self) -> impl FnOnce() -> Result<()> + Send + 'static {
         let (dir, tables) = (self.cfg.data_dir.clone(), self.tables.clone());
         move || save_tables(dir.as_deref(), &tables)
@@ -198,17 +237,14 @@ impl History {
 }
 
 impl History {
-    /// An immutable view for readers (cheap: polars columns are shared, not copied).
+    /// An immutable view for readers (cheap: the chunks are shared, not copied).
     pub fn view(&self) -> HistoryView {
         HistoryView::new(self.tables.clone(), self.services.clone())
     }
 
     /// Rows held in memory, raw and rolled up.
     pub fn rows(&self) -> usize {
-        self.tables
-            .iter()
-            .map(|f| f.raw.height() + f.rollup.height())
-            .sum()
+        self.tables.iter().map(TableRows::rows).sum()
     }
 }
 
@@ -247,6 +283,10 @@ mod tests {
             row(StatusCode::Error, calls_err, 0.05),
         ];
         Arc::new(s)
+    }
+
+    fn rows_of(chunks: &[Arc<Chunk>]) -> usize {
+        chunks.iter().map(|c| c.len()).sum()
     }
 
     fn store(dir: Option<PathBuf>) -> StoreConfig {
@@ -304,8 +344,8 @@ mod tests {
         let total: f64 = v.services(0, i64::MAX).unwrap()[0].requests;
         assert_eq!(total, 1800.0, "rolled up or raw, every request is still counted");
         // Raw rows only for the last ~minute; the rest is in 1-minute rollups.
-        let raw = h.tables[0].raw.height();
-        let rolled = h.tables[0].rollup.height();
+        let raw = rows_of(&h.tables[0].raw);
+        let rolled = rows_of(&h.tables[0].rollup);
         assert!(raw <= 12 && rolled >= 28, "raw {raw} rollup {rolled}");
         // Past the rollup retention, data goes.
         h.append(snap(2000, 0, t0 + Duration::from_secs(7200)), base + 7_200_000)
@@ -332,15 +372,15 @@ mod tests {
             })
             .collect();
         h.append(Arc::new(wide.clone()), base).unwrap();
-        assert_eq!(h.tables[1].raw.height(), 300);
+        assert_eq!(rows_of(&h.tables[1].raw), 300);
         for i in 1..6u64 {
             wide.taken_at = t0 + Duration::from_secs(10 * i);
             h.append(Arc::new(wide.clone()), base + 10_000 * i as i64)
                 .unwrap();
         }
         // Idle operations: no new rows; the service keeps one row per window.
-        assert_eq!(h.tables[1].raw.height(), 300);
-        assert_eq!(h.tables[0].raw.height(), 6);
+        assert_eq!(rows_of(&h.tables[1].raw), 300);
+        assert_eq!(rows_of(&h.tables[0].raw), 6);
         // Busy operations fill the history past max_rows: the oldest windows go, the newest stay.
         for i in 6..20u64 {
             for r in wide.red.iter_mut() {
@@ -352,14 +392,7 @@ mod tests {
             assert!(h.rows() <= 1000, "{} rows after window {i}", h.rows());
         }
         assert_eq!(h.view().latest_ts(), Some(base + 190_000));
-        let ops = h.tables[1]
-            .raw
-            .column("ts")
-            .unwrap()
-            .i64()
-            .unwrap()
-            .min()
-            .unwrap();
+        let ops = h.tables[1].raw.iter().map(|c| c.ts).min().unwrap();
         assert!(ops > base + 60_000, "oldest operation row at {ops}");
     }
 
@@ -377,5 +410,43 @@ mod tests {
         let fresh = History::open(&cfg, Duration::from_secs(10));
         assert!(fresh.view().services(0, i64::MAX).unwrap().is_empty());
         assert!(dir.path().join("service_red.parquet.corrupt").exists());
+    }
+
+    #[test]
+    fn raw_rows_and_rollups_read_back_the_same_from_parquet() {
+        use polars::prelude::{ParquetReader, SerReader};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            raw_retention: Duration::from_secs(60),
+            rollup_step: Duration::from_secs(60),
+            ..store(Some(dir.path().to_owned()))
+        };
+        let mut h = History::open(&cfg, Duration::from_secs(10));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let base = 1_700_000_000_000i64 - 1_700_000_000_000 % 60_000;
+        for i in 0..30u64 {
+            h.append(
+                snap(10 * (i + 1), i, t0 + Duration::from_secs(10 * i)),
+                base + 10_000 * i as i64,
+            )
+            .unwrap();
+        }
+        assert!(rows_of(&h.tables[0].rollup) > 0 && rows_of(&h.tables[0].raw) > 0);
+        h.save().unwrap();
+        let again = History::open(&cfg, Duration::from_secs(10));
+        assert_eq!(again.tables, h.tables, "every chunk, raw and rolled up, as it was");
+        let (a, b) = (h.view(), again.view());
+        assert_eq!(
+            a.service_red("checkout", 0, i64::MAX, 60_000).unwrap(),
+            b.service_red("checkout", 0, i64::MAX, 60_000).unwrap()
+        );
+        // The file keeps its columns and types: ts, seconds, the keys, nullable values.
+        let file = std::fs::File::open(dir.path().join("service_red.rollup.parquet")).unwrap();
+        let df = ParquetReader::new(file).finish().unwrap();
+        let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ts", "seconds", "service", "requests", "errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms"]
+        );
     }
 }

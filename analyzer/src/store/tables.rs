@@ -1,8 +1,12 @@
-//! The six tables of the history: their names, key columns and schemas, and the column readers.
+//! The six tables of the history: their names, key columns and value columns, and the rows they hold.
+//!
+//! Rows live in native columns, one [`Chunk`] per window (or rollup bucket), shared between the writer and
+//! every view: a window's append, its rollup and the queries never touch polars. polars only reads and
+//! writes the Parquet files (files.rs).
 
-use polars::prelude::*;
+use std::sync::Arc;
 
-use crate::{Error, Result};
+use crate::Error;
 
 /// How a table's rows combine when rolled up or queried over a longer step.
 pub(super) struct Table {
@@ -14,6 +18,33 @@ pub(super) struct Table {
     pub(super) weighted: &'static [&'static str],
     /// Levels: averaged.
     pub(super) means: &'static [&'static str],
+}
+
+impl Table {
+    /// The value columns, in order: sums, weighted, means.
+    pub(super) fn values(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.sums.iter().chain(self.weighted).chain(self.means).copied()
+    }
+
+    /// How many value columns a row has.
+    pub(super) fn width(&self) -> usize {
+        self.sums.len() + self.weighted.len() + self.means.len()
+    }
+
+    /// The position of value column `name` in a row's values.
+    pub(super) fn col(&self, name: &str) -> usize {
+        self.values()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("{}: no column {name}", self.name))
+    }
+
+    /// Which table this is in [`TABLES`].
+    pub(super) fn index(&self) -> usize {
+        TABLES
+            .iter()
+            .position(|t| t.name == self.name)
+            .expect("known table")
+    }
 }
 
 pub(super) const SERVICE_RED: Table = Table {
@@ -66,78 +97,60 @@ pub(super) const LOGS: Table = Table {
 
 pub(super) const TABLES: [&Table; 6] = [&SERVICE_RED, &OPERATION_RED, &POD_RED, &EDGES, &METRICS, &LOGS];
 
-pub(super) fn polars_err(e: PolarsError) -> Error {
+pub(super) fn polars_err(e: polars::prelude::PolarsError) -> Error {
     Error::Store(e.to_string())
 }
 
-pub(super) fn empty_frame(t: &Table) -> DataFrame {
-    let mut cols = vec![
-        Column::new("ts".into(), Vec::<i64>::new()),
-        Column::new("seconds".into(), Vec::<f64>::new()),
-    ];
-    cols.extend(
-        t.keys
-            .iter()
-            .map(|k| Column::new((*k).into(), Vec::<String>::new())),
-    );
-    cols.extend(
-        t.sums
-            .iter()
-            .chain(t.weighted)
-            .chain(t.means)
-            .map(|k| Column::new((*k).into(), Vec::<f64>::new())),
-    );
-    DataFrame::new_infer_height(cols).expect("empty frame")
+/// A series' key columns, in the table's key order; one allocation per series, shared by all its rows.
+pub(super) type Key = Arc<[Arc<str>]>;
+
+/// Rows of one table that share one timestamp: one window, or one rollup bucket. Immutable once in the
+/// history, so views share it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Chunk {
+    /// End of the window (or bucket), milliseconds since the Unix epoch.
+    pub(super) ts: i64,
+    pub(super) keys: Vec<Key>,
+    /// The seconds each row covers.
+    pub(super) seconds: Vec<f64>,
+    /// The value columns, row after row ([`Table::width`] per row); NaN where a value is missing (a
+    /// latency of a window without requests).
+    pub(super) values: Vec<f64>,
 }
 
-/// The frames of one table: recent raw rows and older rollups.
-#[derive(Clone)]
-pub(super) struct Frames {
-    pub(super) raw: DataFrame,
-    pub(super) rollup: DataFrame,
+impl Chunk {
+    pub(super) fn new(ts: i64) -> Chunk {
+        Chunk {
+            ts,
+            ..Chunk::default()
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub(super) fn push(&mut self, key: Key, seconds: f64, values: &[f64]) {
+        self.keys.push(key);
+        self.seconds.push(seconds);
+        self.values.extend_from_slice(values);
+    }
+
+    /// Row `i`'s values.
+    pub(super) fn row(&self, i: usize, width: usize) -> &[f64] {
+        &self.values[i * width..(i + 1) * width]
+    }
 }
 
-pub(super) fn columns(t: &Table) -> Vec<Expr> {
-    let mut c = vec![col("ts"), col("seconds")];
-    c.extend(
-        t.keys
-            .iter()
-            .chain(t.sums)
-            .chain(t.weighted)
-            .chain(t.means)
-            .map(|k| col(*k)),
-    );
-    c
+/// The rows of one table: recent raw rows and older rollups, oldest chunk first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct TableRows {
+    pub(super) raw: Vec<Arc<Chunk>>,
+    pub(super) rollup: Vec<Arc<Chunk>>,
 }
 
-pub(super) fn str_col(df: &DataFrame, name: &str) -> Result<Vec<String>> {
-    Ok(df
-        .column(name)
-        .map_err(polars_err)?
-        .str()
-        .map_err(polars_err)?
-        .iter()
-        .map(|v| v.unwrap_or("").to_owned())
-        .collect())
-}
-
-pub(super) fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
-    Ok(df
-        .column(name)
-        .map_err(polars_err)?
-        .f64()
-        .map_err(polars_err)?
-        .iter()
-        .collect())
-}
-
-pub(super) fn i64_col(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
-    Ok(df
-        .column(name)
-        .map_err(polars_err)?
-        .i64()
-        .map_err(polars_err)?
-        .iter()
-        .map(Option::unwrap_or_default)
-        .collect())
+impl TableRows {
+    pub(super) fn rows(&self) -> usize {
+        self.raw.iter().chain(&self.rollup).map(|c| c.len()).sum()
+    }
 }

@@ -1,44 +1,128 @@
-//! What readers ask of the history: RED summaries by typed key, RED over time, metric series.
+//! What readers ask of the history: RED summaries by typed key, RED over time, metric series. Queries run
+//! over the shared chunks directly: filter by time (whole chunks) and key, group, combine.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use polars::prelude::*;
-
-use super::tables::{
-    EDGES, Frames, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, TABLES, Table, empty_frame, f64_col,
-    i64_col, polars_err, str_col,
-};
+use super::tables::{Chunk, EDGES, Key, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, TABLES, Table, TableRows};
 use crate::Result;
 
-/// Aggregates `lf` by `keys` (and by `step`-long time buckets when `step_ms` is given).
-pub(super) fn aggregate(lf: LazyFrame, t: &Table, step_ms: Option<i64>) -> LazyFrame {
-    let mut by: Vec<Expr> = t.keys.iter().map(|k| col(*k)).collect();
-    let lf = match step_ms {
-        Some(step) => {
-            by.insert(0, col("bucket"));
-            lf.with_column((col("ts") - col("ts") % lit(step)).alias("bucket"))
+/// One row of a table, as queries and rollups read it.
+pub(super) struct Row<'a> {
+    pub(super) ts: i64,
+    pub(super) key: &'a Key,
+    pub(super) seconds: f64,
+    pub(super) values: &'a [f64],
+}
+
+/// The rows of `chunks` with `from_ms < ts <= to_ms`.
+pub(super) fn rows<'a>(
+    t: &Table,
+    chunks: impl IntoIterator<Item = &'a Arc<Chunk>>,
+    from_ms: i64,
+    to_ms: i64,
+) -> impl Iterator<Item = Row<'a>> {
+    let width = t.width();
+    chunks
+        .into_iter()
+        .filter(move |c| c.ts > from_ms && c.ts <= to_ms)
+        .flat_map(move |c| {
+            (0..c.len()).map(move |i| Row {
+                ts: c.ts,
+                key: &c.keys[i],
+                seconds: c.seconds[i],
+                values: c.row(i, width),
+            })
+        })
+}
+
+/// The start of the `step_ms`-long bucket `ts` falls in.
+pub(super) fn bucket(ts: i64, step_ms: i64) -> i64 {
+    ts - ts.rem_euclid(step_ms.max(1))
+}
+
+/// Rows of a group combined: counts summed, latencies averaged weighted by requests (over the rows that
+/// have one), levels averaged. What a rollup keeps and what a query over a longer step answers.
+#[derive(Clone, Debug)]
+pub(super) struct Combined {
+    pub(super) seconds: f64,
+    /// Per value column: the sum (counts), or the numerator of the mean.
+    num: Vec<f64>,
+    /// Per value column: the weight (latencies) or number of rows (levels) behind the mean.
+    den: Vec<f64>,
+}
+
+impl Combined {
+    fn new(width: usize) -> Combined {
+        Combined {
+            seconds: 0.0,
+            num: vec![0.0; width],
+            den: vec![0.0; width],
         }
-        None => lf,
-    };
-    let mut aggs = vec![col("seconds").sum(), col("ts").max()];
-    aggs.extend(t.sums.iter().map(|c| col(*c).sum()));
-    for w in t.weighted {
-        // The mean weighted by requests, over the rows that have a value.
-        let weight = when(col(*w).is_not_null())
-            .then(col("requests"))
-            .otherwise(lit(0.0));
-        let num = (col(*w).fill_null(lit(0.0)) * weight.clone()).sum();
-        let den = weight.sum();
-        aggs.push(
-            when(den.clone().gt(lit(0.0)))
-                .then(num / den)
-                .otherwise(lit(NULL).cast(DataType::Float64))
-                .alias(*w),
-        );
     }
-    aggs.extend(t.means.iter().map(|c| col(*c).mean()));
-    lf.group_by(by).agg(aggs)
+
+    fn add(&mut self, t: &Table, row: &Row<'_>) {
+        self.seconds += row.seconds;
+        let (n_sums, n_weighted) = (t.sums.len(), t.weighted.len());
+        // Latencies are weighted by the row's requests.
+        let weight = if n_weighted > 0 {
+            row.values[t.col("requests")]
+        } else {
+            0.0
+        };
+        for (c, &v) in row.values.iter().enumerate() {
+            if v.is_nan() {
+                continue;
+            }
+            if c < n_sums {
+                self.num[c] += v;
+            } else if c < n_sums + n_weighted {
+                self.num[c] += v * weight;
+                self.den[c] += weight;
+            } else {
+                self.num[c] += v;
+                self.den[c] += 1.0;
+            }
+        }
+    }
+
+    /// The combined value of every column (NaN: no row had one).
+    pub(super) fn values(&self, t: &Table) -> Vec<f64> {
+        (0..self.num.len())
+            .map(|c| self.value_at(t, c))
+            .collect()
+    }
+
+    fn value_at(&self, t: &Table, c: usize) -> f64 {
+        if c < t.sums.len() {
+            self.num[c]
+        } else if self.den[c] > 0.0 {
+            self.num[c] / self.den[c]
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// The combined value of column `name`, `None` if no row had one.
+    fn get(&self, t: &Table, name: &str) -> Option<f64> {
+        Some(self.value_at(t, t.col(name))).filter(|v| !v.is_nan())
+    }
+}
+
+/// Combines `rows` by the group each falls in, in the groups' order.
+pub(super) fn aggregate<'a, G: Ord>(
+    t: &Table,
+    rows: impl Iterator<Item = Row<'a>>,
+    group: impl Fn(&Row<'a>) -> G,
+) -> BTreeMap<G, Combined> {
+    let mut groups: BTreeMap<G, Combined> = BTreeMap::new();
+    for row in rows {
+        groups
+            .entry(group(&row))
+            .or_insert_with(|| Combined::new(t.width()))
+            .add(t, &row);
+    }
+    groups
 }
 
 /// RED of a service (or pod, operation) over one time bucket.
@@ -167,78 +251,40 @@ pub struct SeriesPoint {
 /// The history as readers see it: immutable, shared.
 #[derive(Clone)]
 pub struct HistoryView {
-    tables: Arc<Vec<Frames>>,
+    tables: Arc<Vec<TableRows>>,
     /// Every service with a row in the history (raw or rolled up), so checking a name is a lookup.
-    services: Arc<BTreeSet<String>>,
-}
-
-/// Every service with a row in `tables` (raw or rolled up): the distinct values of the service table's
-/// `service` column, found by polars (only the distinct names are copied).
-pub(super) fn index_services(tables: &[Frames]) -> Result<Arc<BTreeSet<String>>> {
-    let services = &tables[TABLES
-        .iter()
-        .position(|t| t.name == SERVICE_RED.name)
-        .expect("known table")];
-    let mut names = BTreeSet::new();
-    for df in [&services.raw, &services.rollup] {
-        let unique = df
-            .column("service")
-            .map_err(polars_err)?
-            .unique()
-            .map_err(polars_err)?;
-        let column = unique.str().map_err(polars_err)?;
-        names.extend(column.iter().flatten().map(str::to_owned));
-    }
-    Ok(Arc::new(names))
+    services: Arc<BTreeSet<Arc<str>>>,
 }
 
 impl Default for HistoryView {
     fn default() -> Self {
-        HistoryView {
-            tables: Arc::new(
-                TABLES
-                    .iter()
-                    .map(|t| Frames {
-                        raw: empty_frame(t),
-                        rollup: empty_frame(t),
-                    })
-                    .collect(),
-            ),
-            services: Arc::default(),
-        }
+        HistoryView::new(vec![TableRows::default(); TABLES.len()], Arc::default())
     }
+}
+
+/// Whether a row's first key column (the service, or the client of an edge) is `service`.
+fn of_service<'a>(service: &'a str) -> impl Fn(&Row<'_>) -> bool + 'a {
+    move |r| &*r.key[0] == service
 }
 
 impl HistoryView {
     /// A view of `tables`, with `services`, the index of the services they hold.
-    pub(super) fn new(tables: Vec<Frames>, services: Arc<BTreeSet<String>>) -> HistoryView {
+    pub(super) fn new(tables: Vec<TableRows>, services: Arc<BTreeSet<Arc<str>>>) -> HistoryView {
         HistoryView {
             tables: Arc::new(tables),
             services,
         }
     }
 
-    fn frame(&self, table: &Table, from_ms: i64, to_ms: i64, filter: Option<Expr>) -> Result<LazyFrame> {
-        let i = TABLES
-            .iter()
-            .position(|t| t.name == table.name)
-            .expect("known table");
-        let f = &self.tables[i];
-        let both = concat(
-            [f.rollup.clone().lazy(), f.raw.clone().lazy()],
-            UnionArgs::default(),
-        )
-        .map_err(polars_err)?;
-        let mut range = col("ts").gt(lit(from_ms)).and(col("ts").lt_eq(lit(to_ms)));
-        if let Some(extra) = filter {
-            range = range.and(extra);
-        }
-        Ok(both.filter(range))
+    /// The rows of `table` in the range, rolled up and raw.
+    fn rows<'a>(&'a self, table: &Table, from_ms: i64, to_ms: i64) -> impl Iterator<Item = Row<'a>> {
+        let f = &self.tables[table.index()];
+        rows(table, f.rollup.iter().chain(&f.raw), from_ms, to_ms)
     }
 
     /// Services seen in the range.
     pub fn services(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RedSummary<ServiceKey>>> {
-        self.summaries(&SERVICE_RED, from_ms, to_ms, None)
+        Ok(self.summaries(&SERVICE_RED, from_ms, to_ms, |_| true))
     }
 
     /// Whether `name` has any row in the history (a lookup in the view's index of services).
@@ -252,35 +298,26 @@ impl HistoryView {
         t: &Table,
         from_ms: i64,
         to_ms: i64,
-        filter: Option<Expr>,
-    ) -> Result<Vec<RedSummary<K>>> {
-        let df = aggregate(self.frame(t, from_ms, to_ms, filter)?, t, None)
-            .sort(t.keys.to_vec(), SortMultipleOptions::default())
-            .collect()
-            .map_err(polars_err)?;
-        let keys: Vec<Vec<String>> = t.keys.iter().map(|k| str_col(&df, k)).collect::<Result<_>>()?;
-        let (requests, errors, seconds) = (
-            f64_col(&df, "requests")?,
-            f64_col(&df, "errors")?,
-            f64_col(&df, "seconds")?,
-        );
-        let p95 = f64_col(&df, "p95_ms")?;
-        Ok((0..df.height())
-            .map(|i| {
-                let n = requests[i].unwrap_or(0.0);
-                let e = errors[i].unwrap_or(0.0);
+        keep: impl Fn(&Row<'_>) -> bool,
+    ) -> Vec<RedSummary<K>> {
+        let groups = aggregate(t, self.rows(t, from_ms, to_ms).filter(keep), |r| r.key.clone());
+        groups
+            .into_iter()
+            .map(|(key, c)| {
+                let n = c.get(t, "requests").unwrap_or(0.0);
+                let e = c.get(t, "errors").unwrap_or(0.0);
                 // Every known series has a row in every window, so its summed seconds is the time covered.
-                let secs = seconds[i].unwrap_or(0.0);
+                let secs = c.seconds;
                 RedSummary {
-                    key: K::from_row(&mut keys.iter().map(|column| column[i].clone())),
+                    key: K::from_row(&mut key.iter().map(|k| k.to_string())),
                     requests: n,
                     rate: if secs > 0.0 { n / secs } else { 0.0 },
                     errors: e,
                     error_ratio: if n > 0.0 { e / n } else { 0.0 },
-                    p95_ms: p95[i],
+                    p95_ms: c.get(t, "p95_ms"),
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// Per-operation RED of one service over the range.
@@ -290,22 +327,17 @@ impl HistoryView {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<RedSummary<OperationKey>>> {
-        self.summaries(
-            &OPERATION_RED,
-            from_ms,
-            to_ms,
-            Some(col("service").eq(lit(service))),
-        )
+        Ok(self.summaries(&OPERATION_RED, from_ms, to_ms, of_service(service)))
     }
 
     /// Per-pod RED of one service over the range.
     pub fn pods(&self, service: &str, from_ms: i64, to_ms: i64) -> Result<Vec<RedSummary<PodKey>>> {
-        self.summaries(&POD_RED, from_ms, to_ms, Some(col("service").eq(lit(service))))
+        Ok(self.summaries(&POD_RED, from_ms, to_ms, of_service(service)))
     }
 
     /// Edges with traffic in the range.
     pub fn edges(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RedSummary<EdgeKey>>> {
-        self.summaries(&EDGES, from_ms, to_ms, None)
+        Ok(self.summaries(&EDGES, from_ms, to_ms, |_| true))
     }
 
     /// A service's RED in `step_ms` buckets over the range.
@@ -316,40 +348,22 @@ impl HistoryView {
         to_ms: i64,
         step_ms: i64,
     ) -> Result<Vec<RedPoint>> {
-        let lf = self.frame(
-            &SERVICE_RED,
-            from_ms,
-            to_ms,
-            Some(col("service").eq(lit(service))),
-        )?;
-        let df = aggregate(lf, &SERVICE_RED, Some(step_ms))
-            .sort(["bucket"], SortMultipleOptions::default())
-            .collect()
-            .map_err(polars_err)?;
-        let bucket = i64_col(&df, "bucket")?;
-        let (n, e, s) = (
-            f64_col(&df, "requests")?,
-            f64_col(&df, "errors")?,
-            f64_col(&df, "seconds")?,
-        );
-        let (p50, p95, p99) = (
-            f64_col(&df, "p50_ms")?,
-            f64_col(&df, "p95_ms")?,
-            f64_col(&df, "p99_ms")?,
-        );
-        Ok((0..df.height())
-            .map(|i| {
-                let (requests, errors, secs) =
-                    (n[i].unwrap_or(0.0), e[i].unwrap_or(0.0), s[i].unwrap_or(0.0));
+        let t = &SERVICE_RED;
+        let rows = self.rows(t, from_ms, to_ms).filter(of_service(service));
+        Ok(aggregate(t, rows, |r| bucket(r.ts, step_ms))
+            .into_iter()
+            .map(|(b, c)| {
+                let requests = c.get(t, "requests").unwrap_or(0.0);
+                let errors = c.get(t, "errors").unwrap_or(0.0);
                 RedPoint {
-                    ts: bucket[i] + step_ms,
+                    ts: b + step_ms,
                     requests,
-                    rate: if secs > 0.0 { requests / secs } else { 0.0 },
+                    rate: if c.seconds > 0.0 { requests / c.seconds } else { 0.0 },
                     errors,
                     error_ratio: if requests > 0.0 { errors / requests } else { 0.0 },
-                    p50_ms: p50[i],
-                    p95_ms: p95[i],
-                    p99_ms: p99[i],
+                    p50_ms: c.get(t, "p50_ms"),
+                    p95_ms: c.get(t, "p95_ms"),
+                    p99_ms: c.get(t, "p99_ms"),
                 }
             })
             .collect())
@@ -366,26 +380,17 @@ impl HistoryView {
         to_ms: i64,
         step_ms: i64,
     ) -> Result<Vec<SeriesPoint>> {
-        let mut filter = col("service").eq(lit(service)).and(col("name").eq(lit(name)));
-        if let Some(p) = pod {
-            filter = filter.and(col("pod").eq(lit(p)));
-        }
-        let lf = self.frame(&METRICS, from_ms, to_ms, Some(filter))?;
-        let df = lf
-            .with_column((col("ts") - col("ts") % lit(step_ms)).alias("bucket"))
-            .group_by([col("bucket")])
-            .agg([col("value").mean()])
-            .sort(["bucket"], SortMultipleOptions::default())
-            .collect()
-            .map_err(polars_err)?;
-        let (bucket, value) = (i64_col(&df, "bucket")?, f64_col(&df, "value")?);
-        Ok(bucket
+        let t = &METRICS;
+        // Key columns: service, pod, name.
+        let rows = self.rows(t, from_ms, to_ms).filter(|r| {
+            &*r.key[0] == service && &*r.key[2] == name && pod.is_none_or(|p| &*r.key[1] == p)
+        });
+        Ok(aggregate(t, rows, |r| bucket(r.ts, step_ms))
             .into_iter()
-            .zip(value)
-            .filter_map(|(b, v)| {
+            .filter_map(|(b, c)| {
                 Some(SeriesPoint {
                     ts: b + step_ms,
-                    value: v?,
+                    value: c.get(t, "value")?,
                 })
             })
             .collect())
@@ -393,26 +398,19 @@ impl HistoryView {
 
     /// Metric names known for a service.
     pub fn metric_names(&self, service: &str) -> Result<Vec<String>> {
-        let df = self
-            .frame(
-                &METRICS,
-                i64::MIN,
-                i64::MAX,
-                Some(col("service").eq(lit(service))),
-            )?
-            .select([col("name")])
-            .unique(None, UniqueKeepStrategy::Any)
-            .sort(["name"], SortMultipleOptions::default())
-            .collect()
-            .map_err(polars_err)?;
-        str_col(&df, "name")
+        let names: BTreeSet<&str> = self
+            .rows(&METRICS, i64::MIN, i64::MAX)
+            .filter(of_service(service))
+            .map(|r| &*r.key[2])
+            .collect();
+        Ok(names.into_iter().map(str::to_owned).collect())
     }
 
     /// Newest row time of any table, if any.
     pub fn latest_ts(&self) -> Option<i64> {
         self.tables
             .iter()
-            .filter_map(|f| f.raw.column("ts").ok()?.i64().ok()?.max())
+            .filter_map(|f| f.raw.iter().map(|c| c.ts).max())
             .max()
     }
 }

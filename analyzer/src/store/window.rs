@@ -3,55 +3,41 @@
 
 use std::collections::HashMap;
 
-use polars::prelude::*;
+use std::sync::Arc;
 
-use super::tables::{EDGES, LOGS, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, Table, polars_err};
-use crate::Result;
+use super::tables::{Chunk, EDGES, Key, LOGS, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, Table};
 use crate::red::{Histogram, is_entry};
 use crate::signals::MetricKind;
 use crate::snapshot::Snapshot;
 
-/// Rows of one window for one table, built column by column.
-#[derive(Default)]
-pub(super) struct Rows {
-    pub(super) strings: Vec<(&'static str, Vec<String>)>,
-    pub(super) floats: Vec<(&'static str, Vec<Option<f64>>)>,
-    pub(super) len: usize,
+/// Rows of one window for one table.
+struct Rows {
+    width: usize,
+    chunk: Chunk,
 }
 
 impl Rows {
     fn new(table: &Table) -> Rows {
         Rows {
-            strings: table.keys.iter().map(|k| (*k, Vec::new())).collect(),
-            floats: table
-                .sums
-                .iter()
-                .chain(table.weighted)
-                .chain(table.means)
-                .map(|k| (*k, Vec::new()))
-                .collect(),
-            len: 0,
+            width: table.width(),
+            chunk: Chunk::default(),
         }
     }
 
-    fn push(&mut self, keys: &[&str], values: &[Option<f64>]) {
-        for ((_, col), k) in self.strings.iter_mut().zip(keys) {
-            col.push((*k).to_owned());
-        }
-        for ((_, col), v) in self.floats.iter_mut().zip(values) {
-            col.push(*v);
-        }
-        self.len += 1;
+    /// A row: its key columns and its values (`None`: missing).
+    fn push<const N: usize>(&mut self, keys: [Arc<str>; N], values: &[Option<f64>]) {
+        debug_assert_eq!(values.len(), self.width);
+        let key: Key = keys.into();
+        self.chunk.keys.push(key);
+        self.chunk
+            .values
+            .extend(values.iter().map(|v| v.unwrap_or(f64::NAN)));
     }
 
-    fn frame(self, ts_ms: i64, seconds: f64) -> Result<DataFrame> {
-        let mut cols = vec![
-            Column::new("ts".into(), vec![ts_ms; self.len]),
-            Column::new("seconds".into(), vec![seconds; self.len]),
-        ];
-        cols.extend(self.strings.into_iter().map(|(n, v)| Column::new(n.into(), v)));
-        cols.extend(self.floats.into_iter().map(|(n, v)| Column::new(n.into(), v)));
-        DataFrame::new_infer_height(cols).map_err(polars_err)
+    fn chunk(mut self, ts_ms: i64, seconds: f64) -> Chunk {
+        self.chunk.ts = ts_ms;
+        self.chunk.seconds = vec![seconds; self.chunk.keys.len()];
+        self.chunk
     }
 }
 
@@ -72,13 +58,8 @@ pub(super) fn delta(cur: &Histogram, prev: Option<&Histogram>) -> Histogram {
     d
 }
 
-/// The window rows between two snapshots, one frame per table (in [`TABLES`] order).
-pub(super) fn window_frames(
-    prev: Option<&Snapshot>,
-    cur: &Snapshot,
-    ts_ms: i64,
-    seconds: f64,
-) -> Result<Vec<DataFrame>> {
+/// The window rows between two snapshots, one chunk per table (in [`TABLES`](super::tables::TABLES) order).
+pub(super) fn window_chunks(prev: Option<&Snapshot>, cur: &Snapshot, ts_ms: i64, seconds: f64) -> Vec<Chunk> {
     let (service_rows, op_rows) = red_rows(prev, cur);
     [
         service_rows,
@@ -89,7 +70,7 @@ pub(super) fn window_frames(
         log_rows(prev, cur),
     ]
     .into_iter()
-    .map(|r| r.frame(ts_ms, seconds))
+    .map(|r| r.chunk(ts_ms, seconds))
     .collect()
 }
 
@@ -123,9 +104,9 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
     let prev_red: HashMap<_, _> = prev
         .map(|p| p.red.iter().map(|r| (r.key(), r)).collect())
         .unwrap_or_default();
-    let mut ops: std::collections::BTreeMap<(String, String, &'static str), (f64, f64, Histogram)> =
+    let mut ops: std::collections::BTreeMap<(Arc<str>, Arc<str>, &'static str), (f64, f64, Histogram)> =
         Default::default();
-    let mut services: std::collections::BTreeMap<String, [(f64, f64, Histogram); 2]> = Default::default();
+    let mut services: std::collections::BTreeMap<Arc<str>, [(f64, f64, Histogram); 2]> = Default::default();
     for r in &cur.red {
         // What services past the series budget sent is in the exposition and the budget's counters; the
         // history has no service to file it under.
@@ -141,12 +122,12 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
         };
         let h = delta(&r.duration, p.map(|p| &p.duration));
         let op = ops
-            .entry((r.service.to_string(), r.span_name.to_string(), r.kind.as_label()))
+            .entry((r.service.clone(), r.span_name.clone(), r.kind.as_label()))
             .or_insert_with(|| (0.0, 0.0, Histogram::new(bounds.len())));
         op.0 += calls;
         op.1 += errors;
         op.2.merge(&h);
-        let svc = services.entry(r.service.to_string()).or_insert_with(|| {
+        let svc = services.entry(r.service.clone()).or_insert_with(|| {
             [
                 (0.0, 0.0, Histogram::new(bounds.len())),
                 (0.0, 0.0, Histogram::new(bounds.len())),
@@ -165,7 +146,7 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
             other
         };
         service_rows.push(
-            &[service],
+            [service.clone()],
             &[
                 Some(*n),
                 Some(*e),
@@ -181,7 +162,7 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
     // grows with activity rather than with every series ever seen.
     for ((service, name, kind), (n, e, h)) in ops.iter().filter(|(_, (n, _, _))| *n > 0.0) {
         op_rows.push(
-            &[service, name, kind],
+            [service.clone(), name.clone(), Arc::from(*kind)],
             &[Some(*n), Some(*e), ms.q(h, 0.95), ms.mean(h)],
         );
     }
@@ -209,7 +190,7 @@ fn pod_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
         }
         let h = delta(&r.duration, p.map(|p| &p.duration));
         pod_rows.push(
-            &[&r.service, &r.pod],
+            [r.service.clone(), r.pod.clone()],
             &[Some(n), Some(e), ms.q(&h, 0.95), ms.mean(&h)],
         );
     }
@@ -223,14 +204,14 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
         .unwrap_or_default();
     let mut edge_rows = Rows::new(&EDGES);
     // Edges with the same client, server and type but other dimension values are one edge here.
-    let mut edges: std::collections::BTreeMap<(String, String, &'static str), (f64, f64, Histogram)> =
+    let mut edges: std::collections::BTreeMap<(Arc<str>, Arc<str>, &'static str), (f64, f64, Histogram)> =
         Default::default();
     for e in &cur.edges {
         let p = prev_edges.get(&e.key());
         let entry = edges
             .entry((
-                e.client.to_string(),
-                e.server.to_string(),
+                e.client.clone(),
+                e.server.clone(),
                 e.connection_type.as_label(),
             ))
             .or_insert_with(|| (0.0, 0.0, Histogram::new(cur.graph_bounds.len())));
@@ -242,7 +223,7 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
     }
     for ((client, server, conn), (n, f, h)) in &edges {
         edge_rows.push(
-            &[client, server, conn],
+            [client.clone(), server.clone(), Arc::from(*conn)],
             &[Some(*n), Some(*f), quantile_ms(h, &cur.graph_bounds, 0.95, 1e3)],
         );
     }
@@ -270,7 +251,10 @@ fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, seconds: f64) -> Rows {
                 (m.increase - before).max(0.0) / seconds.max(1e-9)
             }
         };
-        metric_rows.push(&[&m.service, &m.pod, &m.name], &[Some(value)]);
+        metric_rows.push(
+            [m.service.clone(), m.pod.clone(), m.name.clone()],
+            &[Some(value)],
+        );
     }
     metric_rows
 }
@@ -292,7 +276,7 @@ fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
             .copied()
             .unwrap_or(0);
         log_rows.push(
-            &[&l.service, l.severity],
+            [l.service.clone(), Arc::from(l.severity)],
             &[Some(l.records.saturating_sub(before) as f64)],
         );
     }
