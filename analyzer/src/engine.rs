@@ -354,7 +354,7 @@ impl Windows {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
             last_ts = last_ts.max(ts_ms);
-            // polars work runs off the async threads; the history comes back with the window added.
+            // The append runs off the async threads; the history comes back with the window added.
             let cur = snap.clone();
             let appended = tokio::task::spawn_blocking(move || {
                 let r = history.append(cur, ts_ms);

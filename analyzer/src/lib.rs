@@ -8,7 +8,7 @@
 //!                                      ├─ GraphStore client/server pairing → edges     graph.rs
 //!                                      └─ Signals    metric points, log severities     signals.rs
 //! readers ◀── Engine::snapshot(): immutable merged Snapshot
-//! every window: snapshot deltas → History (polars frames, rollups, Parquet)       store/
+//! every window: snapshot deltas → History (native columns, rollups, Parquet)      store/
 //! readers ◀── Engine::history(): immutable HistoryView (services, RED over time, edges, series)
 //! ```
 //!
