@@ -216,9 +216,7 @@ impl History {
     /// Rebuilds the index of services when the service table's series changed.
     fn index_services(&mut self) {
         let series = &self.series[SERVICE_RED.index()];
-        if series.len() != self.services.len()
-            || series.keys().any(|k| !self.services.contains(&k[0]))
-        {
+        if series.len() != self.services.len() || series.keys().any(|k| !self.services.contains(&k[0])) {
             self.services = Arc::new(series.keys().map(|k| k[0].clone()).collect());
         }
     }
@@ -434,7 +432,10 @@ mod tests {
         assert!(rows_of(&h.tables[0].rollup) > 0 && rows_of(&h.tables[0].raw) > 0);
         h.save().unwrap();
         let again = History::open(&cfg, Duration::from_secs(10));
-        assert_eq!(again.tables, h.tables, "every chunk, raw and rolled up, as it was");
+        assert_eq!(
+            again.tables, h.tables,
+            "every chunk, raw and rolled up, as it was"
+        );
         let (a, b) = (h.view(), again.view());
         assert_eq!(
             a.service_red("checkout", 0, i64::MAX, 60_000).unwrap(),
@@ -446,7 +447,9 @@ mod tests {
         let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
         assert_eq!(
             names,
-            ["ts", "seconds", "service", "requests", "errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms"]
+            [
+                "ts", "seconds", "service", "requests", "errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms"
+            ]
         );
     }
 }

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::tables::{Chunk, EDGES, Key, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, TABLES, Table, TableRows};
+use super::tables::{
+    Chunk, EDGES, Key, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, TABLES, Table, TableRows,
+};
 use crate::Result;
 
 /// One row of a table, as queries and rollups read it.
@@ -88,9 +90,7 @@ impl Combined {
 
     /// The combined value of every column (NaN: no row had one).
     pub(super) fn values(&self, t: &Table) -> Vec<f64> {
-        (0..self.num.len())
-            .map(|c| self.value_at(t, c))
-            .collect()
+        (0..self.num.len()).map(|c| self.value_at(t, c)).collect()
     }
 
     fn value_at(&self, t: &Table, c: usize) -> f64 {
@@ -358,7 +358,11 @@ impl HistoryView {
                 RedPoint {
                     ts: b + step_ms,
                     requests,
-                    rate: if c.seconds > 0.0 { requests / c.seconds } else { 0.0 },
+                    rate: if c.seconds > 0.0 {
+                        requests / c.seconds
+                    } else {
+                        0.0
+                    },
                     errors,
                     error_ratio: if requests > 0.0 { errors / requests } else { 0.0 },
                     p50_ms: c.get(t, "p50_ms"),
@@ -382,9 +386,9 @@ impl HistoryView {
     ) -> Result<Vec<SeriesPoint>> {
         let t = &METRICS;
         // Key columns: service, pod, name.
-        let rows = self.rows(t, from_ms, to_ms).filter(|r| {
-            &*r.key[0] == service && &*r.key[2] == name && pod.is_none_or(|p| &*r.key[1] == p)
-        });
+        let rows = self
+            .rows(t, from_ms, to_ms)
+            .filter(|r| &*r.key[0] == service && &*r.key[2] == name && pod.is_none_or(|p| &*r.key[1] == p));
         Ok(aggregate(t, rows, |r| bucket(r.ts, step_ms))
             .into_iter()
             .filter_map(|(b, c)| {

@@ -209,11 +209,7 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
     for e in &cur.edges {
         let p = prev_edges.get(&e.key());
         let entry = edges
-            .entry((
-                e.client.clone(),
-                e.server.clone(),
-                e.connection_type.as_label(),
-            ))
+            .entry((e.client.clone(), e.server.clone(), e.connection_type.as_label()))
             .or_insert_with(|| (0.0, 0.0, Histogram::new(cur.graph_bounds.len())));
         entry.0 += (e.total - p.map_or(0.0, |p| p.total)).max(0.0);
         entry.1 += (e.failed - p.map_or(0.0, |p| p.failed)).max(0.0);
@@ -251,10 +247,7 @@ fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, seconds: f64) -> Rows {
                 (m.increase - before).max(0.0) / seconds.max(1e-9)
             }
         };
-        metric_rows.push(
-            [m.service.clone(), m.pod.clone(), m.name.clone()],
-            &[Some(value)],
-        );
+        metric_rows.push([m.service.clone(), m.pod.clone(), m.name.clone()], &[Some(value)]);
     }
     metric_rows
 }
