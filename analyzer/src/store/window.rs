@@ -74,6 +74,12 @@ pub(super) fn window_chunks(prev: Option<&Snapshot>, cur: &Snapshot, ts_ms: i64,
     .collect()
 }
 
+/// Two names and a label: an operation (service, span name, kind) or an edge (client, server, type).
+type Labels = (Arc<str>, Arc<str>, &'static str);
+
+/// Requests, errors and the latency histogram of the series a history row sums up, in one window.
+type Totals = (f64, f64, Histogram);
+
 /// Latency figures of the RED histograms of one snapshot, in milliseconds.
 struct Ms<'a> {
     bounds: &'a [f64],
@@ -104,9 +110,8 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
     let prev_red: HashMap<_, _> = prev
         .map(|p| p.red.iter().map(|r| (r.key(), r)).collect())
         .unwrap_or_default();
-    let mut ops: std::collections::BTreeMap<(Arc<str>, Arc<str>, &'static str), (f64, f64, Histogram)> =
-        Default::default();
-    let mut services: std::collections::BTreeMap<Arc<str>, [(f64, f64, Histogram); 2]> = Default::default();
+    let mut ops: std::collections::BTreeMap<Labels, Totals> = Default::default();
+    let mut services: std::collections::BTreeMap<Arc<str>, [Totals; 2]> = Default::default();
     for r in &cur.red {
         // What services past the series budget sent is in the exposition and the budget's counters; the
         // history has no service to file it under.
@@ -204,8 +209,7 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
         .unwrap_or_default();
     let mut edge_rows = Rows::new(&EDGES);
     // Edges with the same client, server and type but other dimension values are one edge here.
-    let mut edges: std::collections::BTreeMap<(Arc<str>, Arc<str>, &'static str), (f64, f64, Histogram)> =
-        Default::default();
+    let mut edges: std::collections::BTreeMap<Labels, Totals> = Default::default();
     for e in &cur.edges {
         let p = prev_edges.get(&e.key());
         let entry = edges
