@@ -306,7 +306,6 @@ struct RollingRobust {
     cap: usize,
     order: VecDeque<f64>,
     sorted: Vec<f64>,
-    scratch: Vec<f64>,
     /// EWMA of |x - median|: floors the MAD.
     mean_abs_dev: f64,
     alpha: f64,
@@ -320,7 +319,6 @@ impl RollingRobust {
             cap,
             order: VecDeque::with_capacity(cap + 1),
             sorted: Vec::with_capacity(cap + 1),
-            scratch: Vec::with_capacity(cap + 1),
             mean_abs_dev: 0.0,
             alpha,
             floor,
@@ -358,12 +356,13 @@ impl RollingRobust {
 
     /// Robust z-score of `x` against the window: `(x - median) / scale`, where the scale is the
     /// normal-consistent MAD floored by the smoothed mean absolute deviation.
-    fn z(&mut self, x: f64) -> Option<f64> {
+    /// The deviations live only for the call: a buffer kept per window would cost a third of the
+    /// detector's memory for every signal of every service.
+    fn z(&self, x: f64) -> Option<f64> {
         let m = self.median()?;
-        self.scratch.clear();
-        self.scratch.extend(self.sorted.iter().map(|y| (y - m).abs()));
-        let mid = self.scratch.len() / 2;
-        let (_, mad, _) = self.scratch.select_nth_unstable_by(mid, f64::total_cmp);
+        let mut deviations: Vec<f64> = self.sorted.iter().map(|y| (y - m).abs()).collect();
+        let mid = deviations.len() / 2;
+        let (_, mad, _) = deviations.select_nth_unstable_by(mid, f64::total_cmp);
         let scale = (1.4826 * *mad)
             .max(self.mean_abs_dev)
             .max(self.floor)
@@ -371,7 +370,7 @@ impl RollingRobust {
         Some((x - m) / scale)
     }
 
-    fn scale(&mut self) -> Option<f64> {
+    fn scale(&self) -> Option<f64> {
         let m = self.median()?;
         let z = self.z(m + 1.0)?;
         Some(1.0 / z)

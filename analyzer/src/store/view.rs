@@ -63,15 +63,11 @@ impl Combined {
         }
     }
 
-    fn add(&mut self, t: &Table, row: &Row<'_>) {
+    /// Adds `row`; `weight` is the column latencies are weighted by (requests), if the table has latencies.
+    fn add(&mut self, t: &Table, row: &Row<'_>, weight: Option<usize>) {
         self.seconds += row.seconds;
         let (n_sums, n_weighted) = (t.sums.len(), t.weighted.len());
-        // Latencies are weighted by the row's requests.
-        let weight = if n_weighted > 0 {
-            row.values[t.col("requests")]
-        } else {
-            0.0
-        };
+        let weight = weight.map_or(0.0, |c| row.values[c]);
         for (c, &v) in row.values.iter().enumerate() {
             if v.is_nan() {
                 continue;
@@ -115,12 +111,13 @@ pub(super) fn aggregate<'a, G: Ord>(
     rows: impl Iterator<Item = Row<'a>>,
     group: impl Fn(&Row<'a>) -> G,
 ) -> BTreeMap<G, Combined> {
+    let weight = (!t.weighted.is_empty()).then(|| t.col("requests"));
     let mut groups: BTreeMap<G, Combined> = BTreeMap::new();
     for row in rows {
         groups
             .entry(group(&row))
             .or_insert_with(|| Combined::new(t.width()))
-            .add(t, &row);
+            .add(t, &row, weight);
     }
     groups
 }
