@@ -312,6 +312,8 @@ struct RollingRobust {
     alpha: f64,
     /// Least scale: the series' resolution (see [`Tidewatch::with_resolution`]).
     floor: f64,
+    /// The scale of the current window, once computed (a row asks for it several times).
+    cached_scale: Option<f64>,
 }
 
 impl RollingRobust {
@@ -324,6 +326,7 @@ impl RollingRobust {
             mean_abs_dev: 0.0,
             alpha,
             floor,
+            cached_scale: None,
         }
     }
 
@@ -332,6 +335,7 @@ impl RollingRobust {
     }
 
     fn push(&mut self, x: f64) {
+        self.cached_scale = None;
         if let Some(m) = self.median() {
             let dev = (x - m).abs();
             self.mean_abs_dev += self.alpha * (dev - self.mean_abs_dev);
@@ -360,6 +364,14 @@ impl RollingRobust {
     /// normal-consistent MAD floored by the smoothed mean absolute deviation.
     fn z(&mut self, x: f64) -> Option<f64> {
         let m = self.median()?;
+        Some((x - m) / self.robust_scale(m))
+    }
+
+    /// The scale of the window around its median `m`, computed once per row.
+    fn robust_scale(&mut self, m: f64) -> f64 {
+        if let Some(s) = self.cached_scale {
+            return s;
+        }
         self.scratch.clear();
         self.scratch.extend(self.sorted.iter().map(|y| (y - m).abs()));
         let mid = self.scratch.len() / 2;
@@ -368,7 +380,8 @@ impl RollingRobust {
             .max(self.mean_abs_dev)
             .max(self.floor)
             .max(1e-9 * m.abs().max(1e-3));
-        Some((x - m) / scale)
+        self.cached_scale = Some(scale);
+        scale
     }
 
     fn scale(&mut self) -> Option<f64> {
