@@ -226,6 +226,15 @@ pub struct Params {
     pub range_decay: f64,
     /// Rows after a novel value during which further novel values are not ranked as novel again.
     pub novelty_refractory: usize,
+    /// Pattern novelty (contextOSE's idea, online): each value is quantised into 8 bins of the range
+    /// seen so far; the last `pattern_len` bins, `pattern_stride` rows apart, form a word. A word never
+    /// seen before, in a series that has produced no new word for `pattern_quiet` rows, scores
+    /// `pattern_z` (0 turns it off): a shape the series has not drawn before, such as a cycle that
+    /// stops or a flat stretch where it should move.
+    pub pattern_len: usize,
+    pub pattern_stride: usize,
+    pub pattern_quiet: usize,
+    pub pattern_z: f64,
     /// Scale of the final squashing `z / (z + c)`: any value is equivalent for NAB (rank only).
     pub squash: f64,
 }
@@ -254,6 +263,10 @@ impl Default for Params {
             phase_days: 5.0,
             range_decay: 0.0001,
             novelty_refractory: 20,
+            pattern_len: 4,
+            pattern_stride: 12,
+            pattern_quiet: 500,
+            pattern_z: 8.0,
             squash: 5.0,
         }
     }
@@ -274,7 +287,7 @@ impl Params {
             "short" => self.short = num(key, value)?,
             "long" => self.long = num(key, value)?,
             "sigma_floor" => self.sigma_floor = num(key, value)?,
-            "refractory" => self.refractory = num(key, value)?,
+                        "refractory" => self.refractory = num(key, value)?,
             "damp" => self.damp = num(key, value)?,
             "quiet_reset" => self.quiet_reset = num(key, value)?,
             "margin" => self.margin = num(key, value)?,
@@ -288,7 +301,14 @@ impl Params {
             "range_decay" => self.range_decay = num(key, value)?,
             "novelty_refractory" => self.novelty_refractory = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
+            "pattern_len" => self.pattern_len = num(key, value)?,
+            "pattern_stride" => self.pattern_stride = num(key, value)?,
+            "pattern_quiet" => self.pattern_quiet = num(key, value)?,
+            "pattern_z" => self.pattern_z = num(key, value)?,
             _ => return Err(format!("unknown parameter {key:?}")),
+        }
+        if !(1..=4).contains(&self.pattern_len) || self.pattern_stride == 0 {
+            return Err("pattern_len must be 1 to 4, pattern_stride at least 1".to_owned());
         }
         if self.level_window < 8 || self.diff_window < 8 || self.short == 0 || self.long < 2 {
             return Err("windows must be at least 8 rows (short: 1, long: 2)".to_owned());
@@ -432,6 +452,66 @@ impl RangeNovelty {
     }
 }
 
+/// Bins a value is quantised into for [`PatternNovelty`] (3 bits).
+const PATTERN_BINS: usize = 8;
+/// Longest word of [`PatternNovelty`]: 4 bins of 3 bits, so every word fits a 4096-bit set.
+const PATTERN_WORDS: usize = 1 << 12;
+
+/// New words of quantised values (see `Params::pattern_len`): a fixed 4096-bit set of the words seen,
+/// and the bins of the last `len * stride` rows.
+#[derive(Clone, Debug)]
+struct PatternNovelty {
+    len: usize,
+    stride: usize,
+    quiet: usize,
+    seen: Vec<u64>,
+    bins: VecDeque<u8>,
+    /// Rows since a word was last new.
+    since_new: usize,
+}
+
+impl PatternNovelty {
+    fn new(len: usize, stride: usize, quiet: usize) -> Self {
+        Self {
+            len: len.clamp(1, 4),
+            stride: stride.max(1),
+            quiet,
+            seen: vec![0; PATTERN_WORDS / 64],
+            bins: VecDeque::new(),
+            since_new: 0,
+        }
+    }
+
+    /// Whether the word ending at `x` (binned in `range`) is new in a series whose words have been
+    /// familiar for `quiet` rows; then the word is remembered.
+    fn observe(&mut self, x: f64, range: Option<(f64, f64)>) -> bool {
+        let bin = match range {
+            Some((lo, hi)) if hi > lo => {
+                let share = ((x - lo) / (hi - lo)).clamp(0.0, 1.0);
+                ((share * PATTERN_BINS as f64) as usize).min(PATTERN_BINS - 1) as u8
+            }
+            _ => 0,
+        };
+        self.bins.push_back(bin);
+        let span = (self.len - 1) * self.stride + 1;
+        while self.bins.len() > span {
+            self.bins.pop_front();
+        }
+        if self.bins.len() < span {
+            return false;
+        }
+        let word = (0..self.len).fold(0usize, |w, k| {
+            (w << 3) | usize::from(self.bins[k * self.stride])
+        });
+        let (slot, bit) = (word / 64, 1u64 << (word % 64));
+        let new = self.seen[slot] & bit == 0;
+        self.seen[slot] |= bit;
+        let novel = new && self.since_new >= self.quiet;
+        self.since_new = if new { 0 } else { self.since_new + 1 };
+        novel
+    }
+}
+
 /// The step between rows, from the first timestamps: the median of the first 16 gaps.
 #[derive(Clone, Debug, Default)]
 struct StepEstimate {
@@ -455,6 +535,64 @@ impl StepEstimate {
         }
         self.last_t = Some(t_ms);
         self.step
+    }
+}
+
+/// Step 3 of [`Tidewatch`]: the mean of the last `short` raw anomalies against a normal fitted to the
+/// last `long` such means, as a z-score (0 until two means are in).
+#[derive(Clone, Debug)]
+struct Likelihood {
+    short: usize,
+    long: usize,
+    sigma_floor: f64,
+    raw: VecDeque<f64>,
+    raw_sum: f64,
+    means: VecDeque<f64>,
+    means_sum: f64,
+    means_sq: f64,
+}
+
+impl Likelihood {
+    fn new(short: usize, long: usize, sigma_floor: f64) -> Self {
+        Self {
+            short: short.max(1),
+            long,
+            sigma_floor,
+            raw: VecDeque::new(),
+            raw_sum: 0.0,
+            means: VecDeque::new(),
+            means_sum: 0.0,
+            means_sq: 0.0,
+        }
+    }
+
+    fn observe(&mut self, a: f64) -> f64 {
+        self.raw.push_back(a);
+        self.raw_sum += a;
+        if self.raw.len() > self.short
+            && let Some(old) = self.raw.pop_front()
+        {
+            self.raw_sum -= old;
+        }
+        let mean = self.raw_sum / self.raw.len() as f64;
+        let n = self.means.len() as f64;
+        let z = if n >= 2.0 {
+            let mu = self.means_sum / n;
+            let var = (self.means_sq / n - mu * mu).max(0.0);
+            (mean - mu) / var.sqrt().max(self.sigma_floor)
+        } else {
+            0.0
+        };
+        self.means.push_back(mean);
+        self.means_sum += mean;
+        self.means_sq += mean * mean;
+        if self.means.len() > self.long
+            && let Some(old) = self.means.pop_front()
+        {
+            self.means_sum -= old;
+            self.means_sq -= old * old;
+        }
+        z
     }
 }
 
@@ -494,11 +632,7 @@ pub struct Tidewatch {
     diffs: RollingRobust,
     seasonal: RollingRobust,
     history: VecDeque<f64>,
-    raw: VecDeque<f64>,
-    raw_sum: f64,
-    means: VecDeque<f64>,
-    means_sum: f64,
-    means_sq: f64,
+    likelihood: Likelihood,
     recent: VecDeque<(usize, f64)>,
     /// Range of the values seen so far, and of the changes between rows.
     value_range: RangeNovelty,
@@ -508,6 +642,9 @@ pub struct Tidewatch {
     last_novel: Option<usize>,
     /// Rows in a row with an ordinary score (`Params::quiet_reset`).
     quiet: usize,
+    pattern: PatternNovelty,
+    /// Whether the latest row drew a new pattern (`Params::pattern_z`).
+    new_pattern: bool,
     /// Range of the values seen in each hour of the day, with the rows seen there.
     phase_ranges: Vec<(RangeNovelty, usize)>,
     /// The value of the level baseline (rolling median) before the latest row joined it.
@@ -540,17 +677,15 @@ impl Tidewatch {
             diffs: RollingRobust::new(p.diff_window, p.scale_alpha, res),
             seasonal: RollingRobust::new(p.diff_window, p.scale_alpha, res),
             history: VecDeque::new(),
-            raw: VecDeque::new(),
-            raw_sum: 0.0,
-            means: VecDeque::new(),
-            means_sum: 0.0,
-            means_sq: 0.0,
+            likelihood: Likelihood::new(p.short, p.long, p.sigma_floor),
             recent: VecDeque::new(),
             value_range: RangeNovelty::new(p.range_decay, res),
             diff_range: RangeNovelty::new(p.range_decay, res),
             last_value: None,
             last_novel: None,
             quiet: 0,
+            pattern: PatternNovelty::new(p.pattern_len, p.pattern_stride, p.pattern_quiet),
+            new_pattern: false,
             phase_ranges: vec![(RangeNovelty::new(p.range_decay, res), 0); PHASES],
             last_level: None,
             p,
@@ -597,6 +732,7 @@ impl Tidewatch {
     /// Novelty of the value and of the change since the previous row (see `RangeNovelty`).
     fn novelty(&mut self, t_ms: i64, value: f64) -> f64 {
         let warm = self.rows > self.p.warmup;
+        self.new_pattern = self.p.pattern_z > 0.0 && self.pattern.observe(value, self.value_range.range);
         let mut v = self.value_range.observe(value);
         if self.p.phase_novelty > 0.0
             && let Some(step) = self.step.step.filter(|s| *s > 0 && *s < DAY_MS)
@@ -662,31 +798,7 @@ impl AnomalyDetector for Tidewatch {
         self.learn(value);
 
         // Step 3: likelihood of the short mean under the long-run normal.
-        self.raw.push_back(a);
-        self.raw_sum += a;
-        if self.raw.len() > self.p.short
-            && let Some(old) = self.raw.pop_front()
-        {
-            self.raw_sum -= old;
-        }
-        let mean = self.raw_sum / self.raw.len() as f64;
-        let n = self.means.len() as f64;
-        let z = if n >= 2.0 {
-            let mu = self.means_sum / n;
-            let var = (self.means_sq / n - mu * mu).max(0.0);
-            (mean - mu) / var.sqrt().max(self.p.sigma_floor)
-        } else {
-            0.0
-        };
-        self.means.push_back(mean);
-        self.means_sum += mean;
-        self.means_sq += mean * mean;
-        if self.means.len() > self.p.long
-            && let Some(old) = self.means.pop_front()
-        {
-            self.means_sum -= old;
-            self.means_sq -= old * old;
-        }
+        let z = self.likelihood.observe(a);
         if self.rows <= self.p.warmup {
             return 0.0;
         }
@@ -707,6 +819,9 @@ impl AnomalyDetector for Tidewatch {
                 z = z.max(self.p.novelty_z + self.p.novelty_slope * novelty);
             }
             self.last_novel = Some(self.rows);
+        }
+        if self.new_pattern {
+            z = z.max(self.p.pattern_z);
         }
         self.quiet = if z < 1.0 { self.quiet + 1 } else { 0 };
 
