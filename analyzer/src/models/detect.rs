@@ -178,7 +178,8 @@ fn pairwise_sum(x: &[f64]) -> f64 {
 }
 
 /// The global parameters of [`Tidewatch`]: the same for every series (NAB forbids per-file tuning). The
-/// defaults were tuned on the whole NAB corpus, as every NAB entry tunes its own.
+/// pattern-novelty defaults were tuned on the tuning half of NAB (`bench/nab/split.tsv`); the others
+/// predate the split and were tuned on the whole corpus (BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
     /// Rows in the robust level baseline (rolling median and MAD of the values).
@@ -228,13 +229,15 @@ pub struct Params {
     pub novelty_refractory: usize,
     /// Pattern novelty (contextOSE's idea, online): each value is quantised into 8 bins of the range
     /// seen so far; the last `pattern_len` bins, `pattern_stride` rows apart, form a word. A word never
-    /// seen before, in a series that has produced no new word for `pattern_quiet` rows, scores
-    /// `pattern_z` (0 turns it off): a shape the series has not drawn before, such as a cycle that
-    /// stops or a flat stretch where it should move.
+    /// seen before, in a series that has produced no new word for `pattern_quiet` rows, and followed by
+    /// new words up to `pattern_confirm` in all within one word's span (a changed shape draws several
+    /// in a row; noise draws one), scores `pattern_z` (0 turns it off): a shape the series has not
+    /// drawn before, such as a burst in a sparse series or a cycle that stops.
     pub pattern_len: usize,
     pub pattern_stride: usize,
     pub pattern_quiet: usize,
     pub pattern_z: f64,
+    pub pattern_confirm: usize,
     /// Scale of the final squashing `z / (z + c)`: any value is equivalent for NAB (rank only).
     pub squash: f64,
 }
@@ -267,6 +270,7 @@ impl Default for Params {
             pattern_stride: 12,
             pattern_quiet: 500,
             pattern_z: 8.0,
+            pattern_confirm: 3,
             squash: 5.0,
         }
     }
@@ -287,7 +291,7 @@ impl Params {
             "short" => self.short = num(key, value)?,
             "long" => self.long = num(key, value)?,
             "sigma_floor" => self.sigma_floor = num(key, value)?,
-                        "refractory" => self.refractory = num(key, value)?,
+            "refractory" => self.refractory = num(key, value)?,
             "damp" => self.damp = num(key, value)?,
             "quiet_reset" => self.quiet_reset = num(key, value)?,
             "margin" => self.margin = num(key, value)?,
@@ -305,6 +309,7 @@ impl Params {
             "pattern_stride" => self.pattern_stride = num(key, value)?,
             "pattern_quiet" => self.pattern_quiet = num(key, value)?,
             "pattern_z" => self.pattern_z = num(key, value)?,
+            "pattern_confirm" => self.pattern_confirm = num(key, value)?,
             _ => return Err(format!("unknown parameter {key:?}")),
         }
         if !(1..=4).contains(&self.pattern_len) || self.pattern_stride == 0 {
@@ -468,11 +473,17 @@ struct PatternNovelty {
     bins: VecDeque<u8>,
     /// Rows since a word was last new.
     since_new: usize,
+    /// New words needed in a row span to alarm (`Params::pattern_confirm`).
+    confirm: usize,
+    /// The new words of the current candidate and the rows since its first.
+    candidate: Option<(usize, usize)>,
 }
 
 impl PatternNovelty {
-    fn new(len: usize, stride: usize, quiet: usize) -> Self {
+    fn new(len: usize, stride: usize, quiet: usize, confirm: usize) -> Self {
         Self {
+            confirm: confirm.max(1),
+            candidate: None,
             len: len.clamp(1, 4),
             stride: stride.max(1),
             quiet,
@@ -482,8 +493,9 @@ impl PatternNovelty {
         }
     }
 
-    /// Whether the word ending at `x` (binned in `range`) is new in a series whose words have been
-    /// familiar for `quiet` rows; then the word is remembered.
+    /// Whether the word ending at `x` (binned in `range`) completes `confirm` new words within one
+    /// word's span, the first in a series whose words had been familiar for `quiet` rows; then the
+    /// word is remembered.
     fn observe(&mut self, x: f64, range: Option<(f64, f64)>) -> bool {
         let bin = match range {
             Some((lo, hi)) if hi > lo => {
@@ -500,15 +512,28 @@ impl PatternNovelty {
         if self.bins.len() < span {
             return false;
         }
-        let word = (0..self.len).fold(0usize, |w, k| {
-            (w << 3) | usize::from(self.bins[k * self.stride])
-        });
+        let word = (0..self.len).fold(0usize, |w, k| (w << 3) | usize::from(self.bins[k * self.stride]));
         let (slot, bit) = (word / 64, 1u64 << (word % 64));
         let new = self.seen[slot] & bit == 0;
         self.seen[slot] |= bit;
-        let novel = new && self.since_new >= self.quiet;
+        if new && self.since_new >= self.quiet {
+            self.candidate = Some((0, 0));
+        }
         self.since_new = if new { 0 } else { self.since_new + 1 };
-        novel
+        let Some((count, age)) = self.candidate.as_mut() else {
+            return false;
+        };
+        *count += usize::from(new);
+        *age += 1;
+        if *count >= self.confirm {
+            self.candidate = None;
+            true
+        } else {
+            if *age > span {
+                self.candidate = None;
+            }
+            false
+        }
     }
 }
 
@@ -616,7 +641,10 @@ impl Likelihood {
 ///    seen at the same hour of the day) beyond the range
 ///    seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus its excess:
 ///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
-///    being new once seen), so it is ranked first and residual alarms fill in below it.
+///    being new once seen), so it is ranked first and residual alarms fill in below it. Below it, at
+///    `pattern_z`: new words of quantised values (`PatternNovelty`, 3 within a word's span) in a
+///    series whose words have long been familiar, i.e. a shape it has not drawn before (a burst in a
+///    sparse series, a cycle that stops).
 /// 5. **Repeats.** A score that does not beat the highest of the previous `refractory` rows is damped
 ///    (NAB, like an on-call engineer, wants one early alarm per incident, not a stream of them), unless
 ///    `quiet_reset` ordinary rows in a row came between: then the incident is over, and the next rise
@@ -684,7 +712,12 @@ impl Tidewatch {
             last_value: None,
             last_novel: None,
             quiet: 0,
-            pattern: PatternNovelty::new(p.pattern_len, p.pattern_stride, p.pattern_quiet),
+            pattern: PatternNovelty::new(
+                p.pattern_len,
+                p.pattern_stride,
+                p.pattern_quiet,
+                p.pattern_confirm,
+            ),
             new_pattern: false,
             phase_ranges: vec![(RangeNovelty::new(p.range_decay, res), 0); PHASES],
             last_level: None,
@@ -966,6 +999,33 @@ mod tests {
         let v = series(2);
         let (with, without) = (scores(Params::default(), &v), scores(never, &v));
         assert_eq!(with[405..], without[405..]);
+    }
+
+    #[test]
+    fn a_cycle_that_stops_draws_a_new_pattern() {
+        // A daily sine (288 rows a day) draws every word it will ever draw in its first day; 10 days
+        // later a flat stretch in the middle of its range is a shape it has never drawn: the words
+        // sliding into it are new one after another, and the third alarms.
+        let mut p = PatternNovelty::new(4, 12, 500, 3);
+        let range = Some((-1.0, 1.0));
+        let sine = |i: usize| (i as f64 * std::f64::consts::TAU / 288.0).sin();
+        let novel: Vec<usize> = (0..2880).filter(|&i| p.observe(sine(i), range)).collect();
+        assert!(
+            novel.is_empty(),
+            "a familiar cycle drew new patterns at {novel:?}"
+        );
+        let flat: Vec<usize> = (0..60).filter(|_| p.observe(0.01, range)).collect();
+        assert_eq!(flat.len(), 1, "one alarm for the flat stretch: {flat:?}");
+        // A series that keeps drawing new words (noise) never gets there.
+        let mut noisy = PatternNovelty::new(4, 12, 500, 3);
+        let mut x = 1u64;
+        let hits = (0..3000)
+            .filter(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                noisy.observe((x >> 11) as f64 / (1u64 << 53) as f64, Some((0.0, 1.0)))
+            })
+            .count();
+        assert_eq!(hits, 0);
     }
 
     #[test]
