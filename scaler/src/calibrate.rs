@@ -289,6 +289,17 @@ mod tests {
     }
 
     #[test]
+    fn a_ramp_that_starts_is_followed_within_the_trend_window() {
+        // Flat at 100 req/s for 200 s, then +1 req/s every second: 30 s into the ramp the trend carries
+        // the new slope (a slope over a cold start would still read mostly the flat part: 142.5).
+        let mut c = Calibrator::new(cfg());
+        for s in 0..=230i64 {
+            c.observe(s * 1000, 100.0 + (s - 200).max(0) as f64);
+        }
+        assert!((c.trend(230_000, 50_000).unwrap() - 180.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn nothing_before_enough_scores_and_bad_values_ignored() {
         let mut c = Calibrator::new(cfg());
         for i in 0..5i64 {
