@@ -7,8 +7,8 @@
 //! shows what the operator saw and did, not a recomputation.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -19,7 +19,8 @@ use crate::WebState;
 use plotters::coord::types::RangedCoordf64;
 
 use crate::ui::{
-    ChartQuery, ChartRange, chart_range, draw_legend, draw_time_axis, now_ms, segments, text_error,
+    ChartQuery, ChartRange, chart_range, draw_legend, draw_time_axis, now_ms, segments, svg_response,
+    text_error,
 };
 
 /// One scaling decision as drawn.
@@ -119,21 +120,9 @@ pub async fn chart(
                 .collect()
         })
         .unwrap_or_default();
-    match tokio::task::spawn_blocking(move || render(&series, &band, range)).await {
-        Ok(Ok(svg)) => (
-            [
-                (header::CONTENT_TYPE, "image/svg+xml"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            svg,
-        )
-            .into_response(),
-        Ok(Err(e)) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    svg_response(move || render(&series, &band, range)).await
 }
 
-/// The values as steps: each holds until the next decision (a gap of several decisions breaks the line).
 fn steps(values: &[(i64, Option<f64>)], step: i64) -> Vec<Vec<(i64, f64)>> {
     segments(values, step)
         .into_iter()

@@ -306,14 +306,20 @@ pub async fn chart(
         extras.forecast = Some(forecast(&s, &name, range).await);
     }
     // Polars and plotters both work for a while on a long range: keep them off the async workers.
-    let rendered = tokio::task::spawn_blocking(move || {
+    svg_response(move || {
         let points = h
             .service_red(&name, range.from, range.to, range.step)
             .map_err(|e| e.to_string())?;
         render_chart(metric, &points, range, &extras)
     })
-    .await;
-    match rendered {
+    .await
+}
+
+/// Renders a chart on a blocking thread and answers it as an uncached SVG, or its error as text.
+pub(crate) async fn svg_response(
+    render: impl FnOnce() -> Result<String, String> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(render).await {
         Ok(Ok(svg)) => (
             [
                 (header::CONTENT_TYPE, "image/svg+xml"),

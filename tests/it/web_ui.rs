@@ -113,6 +113,17 @@ fn assert_no_browser_errors(v: &Value) {
     );
 }
 
+/// The ids of the map's nodes marked "likely cause".
+fn likely_causes(map: &Value) -> Vec<String> {
+    map["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| strs(&n["text"]).iter().any(|t| t == "likely cause"))
+        .filter_map(|n| n["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .into_iter()
@@ -538,13 +549,11 @@ fn browser_draws_the_scaling_page_and_the_incident() {
     // The incident: listed, and its cause marked on the map and on its page.
     let incidents = s["incidents"].as_array().unwrap();
     assert!(incidents.iter().any(|i| i["cause"] == "payment"), "{incidents:?}");
-    let marked: Vec<&Value> = v["map"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["text"].as_array().unwrap().iter().any(|t| t == "likely cause"))
-        .collect();
-    assert!(marked.iter().any(|n| n["id"] == "payment"), "{}", v["map"]);
+    assert!(
+        likely_causes(&v["map"]).contains(&"payment".to_owned()),
+        "{}",
+        v["map"]
+    );
     assert!(strs(&v["overviewIncidents"]).contains(&"payment".to_owned()));
     let note = v["serviceNote"].as_str().unwrap();
     assert!(
@@ -607,13 +616,11 @@ fn browser_follows_the_demo_on_the_scaling_page() {
         "{rows:?}"
     );
     // The incident: flagged, its cause marked on the map, listed, and said on the cause's page.
-    let marked: Vec<&Value> = v["map"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["text"].as_array().unwrap().iter().any(|t| t == "likely cause"))
-        .collect();
-    assert!(marked.iter().any(|n| n["id"] == "payment"), "{}", v["map"]);
+    assert!(
+        likely_causes(&v["map"]).contains(&"payment".to_owned()),
+        "{}",
+        v["map"]
+    );
     assert!(strs(&v["overviewIncidents"]).contains(&"payment".to_owned()));
     assert!(
         s["incidents"]

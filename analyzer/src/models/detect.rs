@@ -178,7 +178,8 @@ fn pairwise_sum(x: &[f64]) -> f64 {
 }
 
 /// The global parameters of [`Tidewatch`]: the same for every series (NAB forbids per-file tuning). The
-/// defaults were tuned on the whole NAB corpus, as every NAB entry tunes its own.
+/// pattern-novelty defaults were tuned on the tuning half of NAB (`bench/nab/split.tsv`); the others
+/// predate the split and were tuned on the whole corpus (BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
     /// Rows in the robust level baseline (rolling median and MAD of the values).
@@ -226,6 +227,17 @@ pub struct Params {
     pub range_decay: f64,
     /// Rows after a novel value during which further novel values are not ranked as novel again.
     pub novelty_refractory: usize,
+    /// Pattern novelty (contextOSE's idea, online): each value is quantised into 8 bins of the range
+    /// seen so far; the last `pattern_len` bins, `pattern_stride` rows apart, form a word. A word never
+    /// seen before, in a series that has produced no new word for `pattern_quiet` rows, and followed by
+    /// new words up to `pattern_confirm` in all within one word's span (a changed shape draws several
+    /// in a row; noise draws one), scores `pattern_z` (0 turns it off): a shape the series has not
+    /// drawn before, such as a burst in a sparse series or a cycle that stops.
+    pub pattern_len: usize,
+    pub pattern_stride: usize,
+    pub pattern_quiet: usize,
+    pub pattern_z: f64,
+    pub pattern_confirm: usize,
     /// Scale of the final squashing `z / (z + c)`: any value is equivalent for NAB (rank only).
     pub squash: f64,
 }
@@ -254,6 +266,11 @@ impl Default for Params {
             phase_days: 5.0,
             range_decay: 0.0001,
             novelty_refractory: 20,
+            pattern_len: 4,
+            pattern_stride: 12,
+            pattern_quiet: 500,
+            pattern_z: 8.0,
+            pattern_confirm: 3,
             squash: 5.0,
         }
     }
@@ -288,7 +305,15 @@ impl Params {
             "range_decay" => self.range_decay = num(key, value)?,
             "novelty_refractory" => self.novelty_refractory = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
+            "pattern_len" => self.pattern_len = num(key, value)?,
+            "pattern_stride" => self.pattern_stride = num(key, value)?,
+            "pattern_quiet" => self.pattern_quiet = num(key, value)?,
+            "pattern_z" => self.pattern_z = num(key, value)?,
+            "pattern_confirm" => self.pattern_confirm = num(key, value)?,
             _ => return Err(format!("unknown parameter {key:?}")),
+        }
+        if !(1..=4).contains(&self.pattern_len) || self.pattern_stride == 0 {
+            return Err("pattern_len must be 1 to 4, pattern_stride at least 1".to_owned());
         }
         if self.level_window < 8 || self.diff_window < 8 || self.short == 0 || self.long < 2 {
             return Err("windows must be at least 8 rows (short: 1, long: 2)".to_owned());
@@ -312,6 +337,8 @@ struct RollingRobust {
     alpha: f64,
     /// Least scale: the series' resolution (see [`Tidewatch::with_resolution`]).
     floor: f64,
+    /// The scale of the current window, once computed (a row asks for it several times).
+    cached_scale: Option<f64>,
 }
 
 impl RollingRobust {
@@ -324,6 +351,7 @@ impl RollingRobust {
             mean_abs_dev: 0.0,
             alpha,
             floor,
+            cached_scale: None,
         }
     }
 
@@ -332,6 +360,7 @@ impl RollingRobust {
     }
 
     fn push(&mut self, x: f64) {
+        self.cached_scale = None;
         if let Some(m) = self.median() {
             let dev = (x - m).abs();
             self.mean_abs_dev += self.alpha * (dev - self.mean_abs_dev);
@@ -360,6 +389,14 @@ impl RollingRobust {
     /// normal-consistent MAD floored by the smoothed mean absolute deviation.
     fn z(&mut self, x: f64) -> Option<f64> {
         let m = self.median()?;
+        Some((x - m) / self.robust_scale(m))
+    }
+
+    /// The scale of the window around its median `m`, computed once per row.
+    fn robust_scale(&mut self, m: f64) -> f64 {
+        if let Some(s) = self.cached_scale {
+            return s;
+        }
         self.scratch.clear();
         self.scratch.extend(self.sorted.iter().map(|y| (y - m).abs()));
         let mid = self.scratch.len() / 2;
@@ -368,7 +405,8 @@ impl RollingRobust {
             .max(self.mean_abs_dev)
             .max(self.floor)
             .max(1e-9 * m.abs().max(1e-3));
-        Some((x - m) / scale)
+        self.cached_scale = Some(scale);
+        scale
     }
 
     fn scale(&mut self) -> Option<f64> {
@@ -419,6 +457,86 @@ impl RangeNovelty {
     }
 }
 
+/// Bins a value is quantised into for [`PatternNovelty`] (3 bits).
+const PATTERN_BINS: usize = 8;
+/// Longest word of [`PatternNovelty`]: 4 bins of 3 bits, so every word fits a 4096-bit set.
+const PATTERN_WORDS: usize = 1 << 12;
+
+/// New words of quantised values (see `Params::pattern_len`): a fixed 4096-bit set of the words seen,
+/// and the bins of the last `len * stride` rows.
+#[derive(Clone, Debug)]
+struct PatternNovelty {
+    len: usize,
+    stride: usize,
+    quiet: usize,
+    seen: Vec<u64>,
+    bins: VecDeque<u8>,
+    /// Rows since a word was last new.
+    since_new: usize,
+    /// New words needed in a row span to alarm (`Params::pattern_confirm`).
+    confirm: usize,
+    /// The new words of the current candidate and the rows since its first.
+    candidate: Option<(usize, usize)>,
+}
+
+impl PatternNovelty {
+    fn new(len: usize, stride: usize, quiet: usize, confirm: usize) -> Self {
+        Self {
+            confirm: confirm.max(1),
+            candidate: None,
+            len: len.clamp(1, 4),
+            stride: stride.max(1),
+            quiet,
+            seen: vec![0; PATTERN_WORDS / 64],
+            bins: VecDeque::new(),
+            since_new: 0,
+        }
+    }
+
+    /// Whether the word ending at `x` (binned in `range`) completes `confirm` new words within one
+    /// word's span, the first in a series whose words had been familiar for `quiet` rows; then the
+    /// word is remembered.
+    fn observe(&mut self, x: f64, range: Option<(f64, f64)>) -> bool {
+        let bin = match range {
+            Some((lo, hi)) if hi > lo => {
+                let share = ((x - lo) / (hi - lo)).clamp(0.0, 1.0);
+                ((share * PATTERN_BINS as f64) as usize).min(PATTERN_BINS - 1) as u8
+            }
+            _ => 0,
+        };
+        self.bins.push_back(bin);
+        let span = (self.len - 1) * self.stride + 1;
+        while self.bins.len() > span {
+            self.bins.pop_front();
+        }
+        if self.bins.len() < span {
+            return false;
+        }
+        let word = (0..self.len).fold(0usize, |w, k| (w << 3) | usize::from(self.bins[k * self.stride]));
+        let (slot, bit) = (word / 64, 1u64 << (word % 64));
+        let new = self.seen[slot] & bit == 0;
+        self.seen[slot] |= bit;
+        if new && self.since_new >= self.quiet {
+            self.candidate = Some((0, 0));
+        }
+        self.since_new = if new { 0 } else { self.since_new + 1 };
+        let Some((count, age)) = self.candidate.as_mut() else {
+            return false;
+        };
+        *count += usize::from(new);
+        *age += 1;
+        if *count >= self.confirm {
+            self.candidate = None;
+            true
+        } else {
+            if *age > span {
+                self.candidate = None;
+            }
+            false
+        }
+    }
+}
+
 /// The step between rows, from the first timestamps: the median of the first 16 gaps.
 #[derive(Clone, Debug, Default)]
 struct StepEstimate {
@@ -445,6 +563,64 @@ impl StepEstimate {
     }
 }
 
+/// Step 3 of [`Tidewatch`]: the mean of the last `short` raw anomalies against a normal fitted to the
+/// last `long` such means, as a z-score (0 until two means are in).
+#[derive(Clone, Debug)]
+struct Likelihood {
+    short: usize,
+    long: usize,
+    sigma_floor: f64,
+    raw: VecDeque<f64>,
+    raw_sum: f64,
+    means: VecDeque<f64>,
+    means_sum: f64,
+    means_sq: f64,
+}
+
+impl Likelihood {
+    fn new(short: usize, long: usize, sigma_floor: f64) -> Self {
+        Self {
+            short: short.max(1),
+            long,
+            sigma_floor,
+            raw: VecDeque::new(),
+            raw_sum: 0.0,
+            means: VecDeque::new(),
+            means_sum: 0.0,
+            means_sq: 0.0,
+        }
+    }
+
+    fn observe(&mut self, a: f64) -> f64 {
+        self.raw.push_back(a);
+        self.raw_sum += a;
+        if self.raw.len() > self.short
+            && let Some(old) = self.raw.pop_front()
+        {
+            self.raw_sum -= old;
+        }
+        let mean = self.raw_sum / self.raw.len() as f64;
+        let n = self.means.len() as f64;
+        let z = if n >= 2.0 {
+            let mu = self.means_sum / n;
+            let var = (self.means_sq / n - mu * mu).max(0.0);
+            (mean - mu) / var.sqrt().max(self.sigma_floor)
+        } else {
+            0.0
+        };
+        self.means.push_back(mean);
+        self.means_sum += mean;
+        self.means_sq += mean * mean;
+        if self.means.len() > self.long
+            && let Some(old) = self.means.pop_front()
+        {
+            self.means_sum -= old;
+            self.means_sq -= old * old;
+        }
+        z
+    }
+}
+
 /// Our streaming detector: robust residuals against a level or seasonal baseline, turned into a
 /// likelihood the way Numenta post-processes HTM, with new extremes ranked first and repeats damped.
 ///
@@ -465,7 +641,10 @@ impl StepEstimate {
 ///    seen at the same hour of the day) beyond the range
 ///    seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus its excess:
 ///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
-///    being new once seen), so it is ranked first and residual alarms fill in below it.
+///    being new once seen), so it is ranked first and residual alarms fill in below it. Below it, at
+///    `pattern_z`: new words of quantised values (`PatternNovelty`, 3 within a word's span) in a
+///    series whose words have long been familiar, i.e. a shape it has not drawn before (a burst in a
+///    sparse series, a cycle that stops).
 /// 5. **Repeats.** A score that does not beat the highest of the previous `refractory` rows is damped
 ///    (NAB, like an on-call engineer, wants one early alarm per incident, not a stream of them), unless
 ///    `quiet_reset` ordinary rows in a row came between: then the incident is over, and the next rise
@@ -481,11 +660,7 @@ pub struct Tidewatch {
     diffs: RollingRobust,
     seasonal: RollingRobust,
     history: VecDeque<f64>,
-    raw: VecDeque<f64>,
-    raw_sum: f64,
-    means: VecDeque<f64>,
-    means_sum: f64,
-    means_sq: f64,
+    likelihood: Likelihood,
     recent: VecDeque<(usize, f64)>,
     /// Range of the values seen so far, and of the changes between rows.
     value_range: RangeNovelty,
@@ -495,6 +670,9 @@ pub struct Tidewatch {
     last_novel: Option<usize>,
     /// Rows in a row with an ordinary score (`Params::quiet_reset`).
     quiet: usize,
+    pattern: PatternNovelty,
+    /// Whether the latest row drew a new pattern (`Params::pattern_z`).
+    new_pattern: bool,
     /// Range of the values seen in each hour of the day, with the rows seen there.
     phase_ranges: Vec<(RangeNovelty, usize)>,
     /// The value of the level baseline (rolling median) before the latest row joined it.
@@ -527,17 +705,20 @@ impl Tidewatch {
             diffs: RollingRobust::new(p.diff_window, p.scale_alpha, res),
             seasonal: RollingRobust::new(p.diff_window, p.scale_alpha, res),
             history: VecDeque::new(),
-            raw: VecDeque::new(),
-            raw_sum: 0.0,
-            means: VecDeque::new(),
-            means_sum: 0.0,
-            means_sq: 0.0,
+            likelihood: Likelihood::new(p.short, p.long, p.sigma_floor),
             recent: VecDeque::new(),
             value_range: RangeNovelty::new(p.range_decay, res),
             diff_range: RangeNovelty::new(p.range_decay, res),
             last_value: None,
             last_novel: None,
             quiet: 0,
+            pattern: PatternNovelty::new(
+                p.pattern_len,
+                p.pattern_stride,
+                p.pattern_quiet,
+                p.pattern_confirm,
+            ),
+            new_pattern: false,
             phase_ranges: vec![(RangeNovelty::new(p.range_decay, res), 0); PHASES],
             last_level: None,
             p,
@@ -584,6 +765,7 @@ impl Tidewatch {
     /// Novelty of the value and of the change since the previous row (see `RangeNovelty`).
     fn novelty(&mut self, t_ms: i64, value: f64) -> f64 {
         let warm = self.rows > self.p.warmup;
+        self.new_pattern = self.p.pattern_z > 0.0 && self.pattern.observe(value, self.value_range.range);
         let mut v = self.value_range.observe(value);
         if self.p.phase_novelty > 0.0
             && let Some(step) = self.step.step.filter(|s| *s > 0 && *s < DAY_MS)
@@ -649,31 +831,7 @@ impl AnomalyDetector for Tidewatch {
         self.learn(value);
 
         // Step 3: likelihood of the short mean under the long-run normal.
-        self.raw.push_back(a);
-        self.raw_sum += a;
-        if self.raw.len() > self.p.short
-            && let Some(old) = self.raw.pop_front()
-        {
-            self.raw_sum -= old;
-        }
-        let mean = self.raw_sum / self.raw.len() as f64;
-        let n = self.means.len() as f64;
-        let z = if n >= 2.0 {
-            let mu = self.means_sum / n;
-            let var = (self.means_sq / n - mu * mu).max(0.0);
-            (mean - mu) / var.sqrt().max(self.p.sigma_floor)
-        } else {
-            0.0
-        };
-        self.means.push_back(mean);
-        self.means_sum += mean;
-        self.means_sq += mean * mean;
-        if self.means.len() > self.p.long
-            && let Some(old) = self.means.pop_front()
-        {
-            self.means_sum -= old;
-            self.means_sq -= old * old;
-        }
+        let z = self.likelihood.observe(a);
         if self.rows <= self.p.warmup {
             return 0.0;
         }
@@ -694,6 +852,9 @@ impl AnomalyDetector for Tidewatch {
                 z = z.max(self.p.novelty_z + self.p.novelty_slope * novelty);
             }
             self.last_novel = Some(self.rows);
+        }
+        if self.new_pattern {
+            z = z.max(self.p.pattern_z);
         }
         self.quiet = if z < 1.0 { self.quiet + 1 } else { 0 };
 
@@ -838,6 +999,33 @@ mod tests {
         let v = series(2);
         let (with, without) = (scores(Params::default(), &v), scores(never, &v));
         assert_eq!(with[405..], without[405..]);
+    }
+
+    #[test]
+    fn a_cycle_that_stops_draws_a_new_pattern() {
+        // A daily sine (288 rows a day) draws every word it will ever draw in its first day; 10 days
+        // later a flat stretch in the middle of its range is a shape it has never drawn: the words
+        // sliding into it are new one after another, and the third alarms.
+        let mut p = PatternNovelty::new(4, 12, 500, 3);
+        let range = Some((-1.0, 1.0));
+        let sine = |i: usize| (i as f64 * std::f64::consts::TAU / 288.0).sin();
+        let novel: Vec<usize> = (0..2880).filter(|&i| p.observe(sine(i), range)).collect();
+        assert!(
+            novel.is_empty(),
+            "a familiar cycle drew new patterns at {novel:?}"
+        );
+        let flat: Vec<usize> = (0..60).filter(|_| p.observe(0.01, range)).collect();
+        assert_eq!(flat.len(), 1, "one alarm for the flat stretch: {flat:?}");
+        // A series that keeps drawing new words (noise) never gets there.
+        let mut noisy = PatternNovelty::new(4, 12, 500, 3);
+        let mut x = 1u64;
+        let hits = (0..3000)
+            .filter(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                noisy.observe((x >> 11) as f64 / (1u64 << 53) as f64, Some((0.0, 1.0)))
+            })
+            .count();
+        assert_eq!(hits, 0);
     }
 
     #[test]
