@@ -68,7 +68,7 @@ pub struct SimulateArgs {
     pub tidewatch_metric_window: Duration,
     /// Tidewatch: coverage of the calibrated forecast peak (conformal, from realised errors); 0 turns
     /// calibration off (the forecast's 95 % band then raises the HPA's answer).
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.999)]
     pub calibration_level: f64,
     /// Controller sync period.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]

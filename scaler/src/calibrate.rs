@@ -2,7 +2,9 @@
 //!
 //! Two point predictions of the peak load over the coming horizon are scored against what then happens:
 //! the forecast's highest point, and the trend of the service's own observed rate (its latest rate plus
-//! its rise over the last [`TREND_WINDOW_MS`], carried over the metric lag and the horizon). Once a
+//! its rise over the last [`TREND_WINDOW_MS`], carried over the metric lag and the horizon: two 15 s
+//! windows, so a ramp that starts or steepens is followed within the metric lag, where a slope over a
+//! cold start would still read the trough before it). Once a
 //! horizon has been observed, the realised peak (the highest observed rate in it) gives each prediction
 //! one score: the relative excess `(realised - predicted) / max(predicted, floor)`, `floor` keeping
 //! near-idle moments from dominating. Each prediction's calibrated peak is `predicted + q × max(predicted,
@@ -10,7 +12,9 @@
 //! `⌈(n + 1) × coverage⌉`-th smallest of `n`. The calibrated peak used is the lower of the two, which
 //! covers the realised peak at `level` or better (a union bound), whatever the shape of the errors, as
 //! long as the recent past is like the near future; the fallback in [`decide()`](crate::decide::decide)
-//! handles the moments it is not.
+//! handles the moments it is not. The scores kept span a week, the longest cycle of most services' load,
+//! so that Monday morning's ramp is scored against the Monday mornings before it and not only against the
+//! weekend's.
 //!
 //! The calibrator keeps the state; what a decision uses of it is a [`Calibration`], logged with the
 //! decision's inputs, so every decision replays from its log line.
@@ -21,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::ForecastInput;
 
-/// The trend is the observed rate's rise over this long (a pod's cold start, by default).
-pub const TREND_WINDOW_MS: i64 = 120_000;
+/// The trend is the observed rate's rise over this long (two of Tidewatch's 15 s windows).
+pub const TREND_WINDOW_MS: i64 = 30_000;
 
 /// The learned margins a decision uses.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,12 +69,14 @@ pub struct CalibratorConfig {
 }
 
 impl CalibratorConfig {
-    /// The defaults, for a service whose replica serves `capacity` requests per second: coverage 0.99
-    /// over the latest 2 days of 15 s decisions, at least half a day of them; floor one replica.
+    /// The defaults, for a service whose replica serves `capacity` requests per second: coverage 0.999
+    /// (a decision is made every 15 s: at 0.99 some 58 horizons a day may escape the band, and one that
+    /// does while the load crosses a replica's worth is a violated minute) over the latest 7 days of 15 s
+    /// decisions (a weekly cycle), at least half a day of them; floor one replica.
     pub fn for_capacity(capacity: f64) -> CalibratorConfig {
         CalibratorConfig {
-            level: 0.99,
-            window: 11_520,
+            level: 0.999,
+            window: 40_320,
             min_samples: 2_880,
             floor: capacity,
         }
@@ -280,6 +286,17 @@ mod tests {
             c.observe(s * 1000, 500.0 - s as f64);
         }
         assert_eq!(c.trend(200_000, 50_000), Some(300.0));
+    }
+
+    #[test]
+    fn a_ramp_that_starts_is_followed_within_the_trend_window() {
+        // Flat at 100 req/s for 200 s, then +1 req/s every second: 30 s into the ramp the trend carries
+        // the new slope (a slope over a cold start would still read mostly the flat part: 142.5).
+        let mut c = Calibrator::new(cfg());
+        for s in 0..=230i64 {
+            c.observe(s * 1000, 100.0 + (s - 200).max(0) as f64);
+        }
+        assert!((c.trend(230_000, 50_000).unwrap() - 180.0).abs() < 1e-9);
     }
 
     #[test]

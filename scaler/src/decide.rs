@@ -5,10 +5,13 @@
 //!   against the target utilisation, with the HPA's tolerance and missing/not-ready pod rules.
 //! - A forecast counts only when it has earned trust: its backtest beats seasonal naive by the policy's
 //!   margin and it covers the horizon (cold start plus metric lag plus a sync). Then:
-//!   - **calibrated** (the forecast carries a [`Calibration`] learned from its realised errors): the
-//!     answer is the replicas that serve the calibrated peak over the horizon at full per-replica
-//!     capacity (the load at which a replica meets the SLO), even below the HPA's answer, and scale-downs
-//!     wait [`TRUSTED_SCALE_DOWN_WINDOW_S`] instead of the policy's window. The fallback is immediate: when
+//!   - **calibrated** (the forecast carries a [`Calibration`] learned from its realised errors): when
+//!     the replicas that serve the calibrated peak over the horizon at full per-replica capacity (the
+//!     load at which a replica meets the SLO) are fewer than the HPA's answer, they are the answer, and
+//!     scale-downs wait [`TRUSTED_SCALE_DOWN_WINDOW_S`] instead of the policy's window; otherwise the
+//!     answer is the HPA's. A calibrated peak only ever lowers the HPA's answer: on spiky load its high
+//!     quantile would buy insurance against bursts more dearly than a lower target utilisation does
+//!     (BENCHMARKS.md, the frontier). The fallback is immediate: when
 //!     the observed load (the pods' rates summed) is above the calibrated peak, the forecast has left its
 //!     band and the answer is the HPA's, with the policy's behaviour.
 //!   - **band** (not calibrated yet): the larger of the HPA's answer and the replicas for the forecast's
@@ -79,7 +82,7 @@ pub enum Basis {
     Reactive,
     /// A trusted forecast's 95 % upper bound, above the HPA's answer.
     ForecastBand,
-    /// A trusted forecast's calibrated peak, whether above or below the HPA's answer.
+    /// A trusted forecast's calibrated peak, below the HPA's answer.
     Calibrated,
     /// The HPA's answer because the observed load left the calibrated forecast's band.
     Fallback,
@@ -239,6 +242,15 @@ pub fn decide(spec: &ServicePolicySpec, inp: &Inputs) -> (Decision, ScaleHistory
     let cap = capacity.unwrap_or(0.0);
     let about = |f: &ForecastInput| format!("{}, MASE {:.2}", f.model, f.mase.unwrap_or(f64::NAN));
     let (desired, basis, predictive, mut why) = match &proposal {
+        Ok((Forecasted::Calibrated { n, peak, .. }, f)) if *n >= reactive => (
+            reactive,
+            Basis::Reactive,
+            Some(*n),
+            format!(
+                "{reactive_why} → {reactive} (calibrated peak {peak:.1} req/s within {horizon} s needs {n}, not below the HPA's; {})",
+                about(f)
+            ),
+        ),
         Ok((Forecasted::Calibrated { n, peak, cal }, f)) => (
             *n,
             Basis::Calibrated,
@@ -549,6 +561,18 @@ mod tests {
                 5,
                 Some(3),
                 "ScaleDownStabilized",
+            ),
+            // Calibrated peak 600 × 1.2 = 720 req/s needs 8, more than the HPA's 5: the HPA's answer.
+            (
+                "a calibrated peak above the HPA's answer does not raise it",
+                |_, i| {
+                    *i = inputs(4, &[60.0; 4]);
+                    i.forecast = calibrated(600.0, 0.2);
+                },
+                5,
+                5,
+                Some(8),
+                "DesiredWithinRange",
             ),
             // Observed 4 × 80 = 320 req/s, above the calibrated 300: the HPA's answer, at once.
             (
