@@ -139,8 +139,20 @@ pub async fn analyze(
             counter(
                 out,
                 "tidewatch_kafka_records_replayed_total",
-                "Records read again after a partition changed owner.",
+                "Records of the window a resumed partition's checkpoint left open (at most one window each).",
                 &stats.records_replayed,
+            );
+            counter(
+                out,
+                "tidewatch_kafka_partitions_resumed_total",
+                "Partitions taken over from a checkpoint.",
+                &stats.partitions_resumed,
+            );
+            counter(
+                out,
+                "tidewatch_kafka_checkpoints_fenced_total",
+                "Checkpoints not written because a later owner had claimed the partition.",
+                &stats.checkpoints_fenced,
             );
             counter(
                 out,

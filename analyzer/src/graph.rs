@@ -182,6 +182,37 @@ struct EdgeStats {
     messaging: Histogram,
 }
 
+/// A name a waiting half refers to, resolved: what [`GraphStore::pending`] hands out for a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HalfName {
+    Known(Arc<str>),
+    /// A name that was past the series budget when it was seen: its edge will not be kept.
+    OverBudget,
+}
+
+/// A half edge still waiting for its other half, names resolved and its deadline on the caller's clock
+/// (time since `origin`, see [`GraphStore::pending`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingHalf {
+    pub trace: [u8; 16],
+    /// The client span's id (its server half names it as its parent).
+    pub id: [u8; 8],
+    pub deadline: std::time::Duration,
+    pub client: Option<HalfName>,
+    pub server: Option<HalfName>,
+    pub connection_type: ConnectionType,
+    pub client_latency: f64,
+    pub server_latency: f64,
+    pub client_end_ns: u64,
+    pub server_start_ns: u64,
+    pub kind: SpanKind,
+    pub failed: bool,
+    pub peer: Option<HalfName>,
+    pub multiplier: f64,
+    pub root: bool,
+    pub dims: Vec<Option<HalfName>>,
+}
+
 /// A shard's service-graph state: waiting halves and completed-edge counters.
 pub struct GraphStore {
     keys: GraphKeys,
@@ -604,6 +635,82 @@ impl GraphStore {
         GraphCounters {
             pending: self.pending.len() as u64,
             ..self.counters
+        }
+    }
+
+    /// The halves still waiting, oldest first, their deadlines as time since `origin`.
+    pub fn pending(&self, names: &Interner, origin: Instant) -> Vec<PendingHalf> {
+        let name = |id: u32| {
+            if id == OVER_BUDGET {
+                HalfName::OverBudget
+            } else {
+                HalfName::Known(names.resolve(id).clone())
+            }
+        };
+        self.order
+            .iter()
+            .filter_map(|(deadline, key, generation)| {
+                let e = self.pending.get(key).filter(|e| e.generation == *generation)?;
+                Some(PendingHalf {
+                    trace: key.trace,
+                    id: key.id,
+                    deadline: deadline.saturating_duration_since(origin),
+                    client: e.client.map(name),
+                    server: e.server.map(name),
+                    connection_type: e.conn,
+                    client_latency: e.client_latency,
+                    server_latency: e.server_latency,
+                    client_end_ns: e.client_end_ns,
+                    server_start_ns: e.server_start_ns,
+                    kind: e.kind,
+                    failed: e.failed,
+                    peer: e.peer.map(name),
+                    multiplier: e.multiplier,
+                    root: e.root,
+                    dims: e.dims.iter().map(|d| d.map(name)).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes back halves [`GraphStore::pending`] handed out (by another store, maybe in another process),
+    /// in their order; names are interned as a span's are, taking the series budget.
+    pub fn restore(&mut self, names: &mut Interner, origin: Instant, halves: Vec<PendingHalf>) {
+        let budget = self.budget.clone();
+        let mut id = |n: HalfName| match n {
+            HalfName::Known(s) => budgeted(names, &budget, s.as_bytes()),
+            HalfName::OverBudget => OVER_BUDGET,
+        };
+        let slots = self.keys.slots.len();
+        for h in halves {
+            let mut dims: Vec<Option<u32>> = h.dims.into_iter().map(|d| d.map(&mut id)).collect();
+            // A checkpoint of another configuration: its dimensions do not line up, so none is kept.
+            if dims.len() != slots {
+                dims = vec![None; slots];
+            }
+            self.generation += 1;
+            let edge = Edge {
+                client: h.client.map(&mut id),
+                server: h.server.map(&mut id),
+                conn: h.connection_type,
+                client_latency: h.client_latency,
+                server_latency: h.server_latency,
+                client_end_ns: h.client_end_ns,
+                server_start_ns: h.server_start_ns,
+                kind: h.kind,
+                failed: h.failed,
+                peer: h.peer.map(&mut id),
+                multiplier: h.multiplier,
+                root: h.root,
+                dims: dims.into(),
+                generation: self.generation,
+            };
+            let key = PendingKey {
+                trace: h.trace,
+                id: h.id,
+            };
+            self.order.push_back((origin + h.deadline, key, self.generation));
+            self.pending.insert(key, edge);
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::budget::SeriesBudget;
 use crate::config::AnalyzerConfig;
-use crate::graph::{EdgeRow, GraphCounters, GraphStore};
+use crate::graph::{EdgeRow, GraphCounters, GraphStore, PendingHalf};
 use crate::intern::Interner;
 use crate::records::{AttrKeys, SpanBatch};
 use crate::red::{Histogram, RedRow, RedTable};
@@ -73,6 +73,16 @@ impl RecordTimeShard {
     pub fn advance(&mut self, clock_ms: u64) {
         let now = self.at(clock_ms);
         self.graph.expire(&mut self.names, now);
+    }
+
+    /// The service-graph halves still waiting, deadlines in record time (ms since record time 0).
+    pub fn pending(&self) -> Vec<PendingHalf> {
+        self.graph.pending(&self.names, self.origin)
+    }
+
+    /// Takes back the waiting halves of a checkpoint (into a new shard, before any span).
+    pub fn restore(&mut self, halves: Vec<PendingHalf>) {
+        self.graph.restore(&mut self.names, self.origin, halves);
     }
 
     /// Everything counted since the shard was created.
@@ -232,6 +242,44 @@ mod tests {
             run(),
             "the same records at the same record times give the same rows"
         );
+    }
+
+    #[test]
+    fn waiting_halves_move_to_a_new_shard_and_pair_there() {
+        let cfg = AnalyzerConfig::default();
+        let wait = cfg.service_graph.wait.as_millis() as u64;
+        // One shard sees everything; the other is handed the first one's waiting halves half way.
+        let mut whole = RecordTimeShard::new(&cfg);
+        let mut first = RecordTimeShard::new(&cfg);
+        for s in [&mut whole, &mut first] {
+            s.spans(&batch("a", &[(1, SpanKind::Client, 0)]), 1_000);
+            s.spans(&batch("c", &[(5, SpanKind::Server, 0)]), 1_500);
+            s.spans(&batch("a", &[(3, SpanKind::Client, 0)]), 2_000);
+        }
+        let halves = first.pending();
+        assert_eq!(halves.len(), 3);
+        let mut second = RecordTimeShard::new(&cfg);
+        second.restore(halves);
+        assert_eq!(
+            second.pending(),
+            first.pending(),
+            "the halves and deadlines round-trip"
+        );
+        let before = whole.totals();
+        for s in [&mut whole, &mut second] {
+            // The server half of call 1 pairs; the root server 5 and the lone client 3 expire.
+            s.spans(&batch("b", &[(2, SpanKind::Server, 1)]), 2_500);
+            s.advance(2_000 + wait + 1);
+        }
+        let (w, s) = (whole.totals().minus(&before), second.totals());
+        assert_eq!(
+            s.edges.iter().map(|e| e.total).sum::<f64>(),
+            2.0,
+            "a->b and user->c"
+        );
+        assert_eq!(w.edges, s.edges);
+        assert_eq!(w.graph, s.graph);
+        assert_eq!(s.graph.expired_client, 1);
     }
 
     #[test]

@@ -1,14 +1,20 @@
-//! A partition's checkpoint: its cumulative totals at a window close, the record-time point to resume
-//! from, and the earlier point a new owner replays from to rebuild the service graph's waiting halves.
-//! Stored as JSON through `object_store` (a shared bucket or directory every analyzer can read), one
-//! object per group, topic and partition, written whole (the local backend writes and renames).
+//! A partition's checkpoint: its cumulative totals at a window close, the service-graph halves still
+//! waiting then, and the record-time point to resume from. Stored as JSON through `object_store` (a shared
+//! bucket or directory every analyzer can read), written whole (the local backend writes and renames).
+//!
+//! Writes are fenced by epochs. A new owner of a partition *claims* it: it reads the checkpoint of the
+//! highest epoch and creates the next epoch's object with it, create-if-absent
+//! (`<group>/<topic>/<partition>/<epoch>.json`). From then on it writes only its own epoch's object, and
+//! a reader takes the highest epoch. An earlier owner that still runs (a zombie, not yet told it lost the
+//! partition) finds the higher epoch before each write and stops ([`Error::Fenced`]); a write of its that
+//! races the claim lands under its own, lower epoch, which no reader takes again.
 
 use std::sync::Arc;
 
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters};
+use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters, HalfName, PendingHalf};
 use tidewatch_analyzer::partition::Totals;
 use tidewatch_analyzer::records::{SpanKind, StatusCode};
 use tidewatch_analyzer::red::{Histogram, RedRow};
@@ -24,15 +30,22 @@ pub struct WindowStart {
     pub clock_ms: u64,
 }
 
-/// What a new owner needs to continue a partition exactly.
+/// What a new owner needs to continue a partition exactly, replaying nothing before `resume`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
     /// Counted from offset 0 up to (not including) `resume.offset`.
     pub totals: Totals,
+    /// The service-graph halves waiting at `resume`, deadlines in record time.
+    pub pending: Vec<PendingHalf>,
     /// The first record not counted in `totals`: the first of the window that was open.
     pub resume: WindowStart,
-    /// Where replay starts to rebuild the waiting halves; records before `resume` are not counted again.
-    pub replay: WindowStart,
+}
+
+/// A partition this instance claimed: the epoch its checkpoints are written under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub partition: i32,
+    pub epoch: u64,
 }
 
 /// The checkpoints of one consumer group and topic.
@@ -62,39 +75,123 @@ impl Checkpoints {
         })
     }
 
-    fn path(&self, partition: i32) -> Path {
-        self.prefix.clone().join(format!("{partition}.json"))
+    fn dir(&self, partition: i32) -> Path {
+        self.prefix.clone().join(partition.to_string())
     }
 
-    pub async fn load(&self, partition: i32) -> Result<Option<Checkpoint>> {
-        match self
+    fn path(&self, claim: Claim) -> Path {
+        self.dir(claim.partition)
+            .join(format!("{:020}.json", claim.epoch))
+    }
+
+    /// The epochs written for `partition`, lowest first.
+    async fn epochs(&self, partition: i32) -> Result<Vec<u64>> {
+        let listed = self
             .store
-            .get_opts(&self.path(partition), GetOptions::default())
+            .list_with_delimiter(Some(&self.dir(partition)))
             .await
-        {
+            .map_err(|e| Error::Checkpoints(e.to_string()))?;
+        let mut epochs: Vec<u64> = listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// The stored form of the highest epoch's checkpoint (`null`: claimed, nothing saved yet).
+    async fn latest(&self, partition: i32) -> Result<(u64, Vec<u8>)> {
+        let Some(&epoch) = self.epochs(partition).await?.last() else {
+            return Ok((0, b"null".to_vec()));
+        };
+        let path = self.path(Claim { partition, epoch });
+        match self.store.get_opts(&path, GetOptions::default()).await {
             Ok(r) => {
                 let bytes = r.bytes().await.map_err(|e| Error::Checkpoints(e.to_string()))?;
-                let stored: Stored = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::Checkpoints(format!("partition {partition}: {e}")))?;
-                Ok(Some(stored.into()))
+                Ok((epoch, bytes.to_vec()))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::Checkpoints(e.to_string())),
         }
     }
 
-    pub async fn save(&self, partition: i32, c: &Checkpoint) -> Result<()> {
-        let json = serde_json::to_vec(&Stored::from(c)).map_err(|e| Error::Checkpoints(e.to_string()))?;
+    /// The checkpoint a new owner would take now.
+    pub async fn load(&self, partition: i32) -> Result<Option<Checkpoint>> {
+        let (_, bytes) = self.latest(partition).await?;
+        decode(partition, &bytes)
+    }
+
+    /// Claims `partition` for a new owner: the next epoch, holding the checkpoint of the one before, which
+    /// is returned. Earlier epochs' objects are removed.
+    pub async fn claim(&self, partition: i32) -> Result<(Claim, Option<Checkpoint>)> {
+        for _ in 0..8 {
+            let (epoch, bytes) = self.latest(partition).await?;
+            let checkpoint = decode(partition, &bytes)?;
+            let claim = Claim {
+                partition,
+                epoch: epoch + 1,
+            };
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(&self.path(claim), PutPayload::from(bytes), create)
+                .await
+            {
+                Ok(_) => {
+                    for old in self
+                        .epochs(partition)
+                        .await?
+                        .into_iter()
+                        .filter(|&e| e < claim.epoch)
+                    {
+                        let _ = self
+                            .store
+                            .delete(&self.path(Claim {
+                                partition,
+                                epoch: old,
+                            }))
+                            .await;
+                    }
+                    return Ok((claim, checkpoint));
+                }
+                // Another instance claimed the same epoch at the same time: read again.
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(Error::Checkpoints(e.to_string())),
+            }
+        }
+        Err(Error::Checkpoints(format!(
+            "partition {partition}: claimed by others eight times in a row"
+        )))
+    }
+
+    /// Saves `c` under `claim`, unless a later owner has claimed the partition since.
+    pub async fn save(&self, claim: Claim, c: &Checkpoint) -> Result<()> {
+        if let Some(&newer) = self.epochs(claim.partition).await?.last()
+            && newer > claim.epoch
+        {
+            return Err(Error::Fenced {
+                partition: claim.partition,
+                epoch: claim.epoch,
+                newer,
+            });
+        }
+        let json =
+            serde_json::to_vec(&Some(Stored::from(c))).map_err(|e| Error::Checkpoints(e.to_string()))?;
         self.store
-            .put_opts(
-                &self.path(partition),
-                PutPayload::from(json),
-                PutOptions::default(),
-            )
+            .put_opts(&self.path(claim), PutPayload::from(json), PutOptions::default())
             .await
             .map_err(|e| Error::Checkpoints(e.to_string()))?;
         Ok(())
     }
+}
+
+fn decode(partition: i32, bytes: &[u8]) -> Result<Option<Checkpoint>> {
+    let stored: Option<Stored> = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Checkpoints(format!("partition {partition}: {e}")))?;
+    Ok(stored.map(Into::into))
 }
 
 // The stored form: plain fields, versioned.
@@ -103,11 +200,121 @@ impl Checkpoints {
 struct Stored {
     version: u32,
     resume: WindowStart,
-    replay: WindowStart,
     spans: u64,
     red: Vec<StoredRed>,
     edges: Vec<StoredEdge>,
     graph: [u64; 7],
+    pending: Vec<StoredHalf>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredName {
+    Known(String),
+    OverBudget,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredHalf {
+    trace: String,
+    id: String,
+    deadline_ns: u64,
+    client: Option<StoredName>,
+    server: Option<StoredName>,
+    connection_type: String,
+    client_latency: f64,
+    server_latency: f64,
+    client_end_ns: u64,
+    server_start_ns: u64,
+    kind: u8,
+    failed: bool,
+    peer: Option<StoredName>,
+    multiplier: f64,
+    root: bool,
+    dims: Vec<Option<StoredName>>,
+}
+
+impl From<&HalfName> for StoredName {
+    fn from(n: &HalfName) -> StoredName {
+        match n {
+            HalfName::Known(s) => StoredName::Known(s.to_string()),
+            HalfName::OverBudget => StoredName::OverBudget,
+        }
+    }
+}
+
+impl From<StoredName> for HalfName {
+    fn from(n: StoredName) -> HalfName {
+        match n {
+            StoredName::Known(s) => HalfName::Known(s.into()),
+            StoredName::OverBudget => HalfName::OverBudget,
+        }
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` bytes from hex; anything else is all zeros (a half no span will ever match).
+fn from_hex<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    if s.len() == 2 * N && s.is_ascii() {
+        for (i, b) in out.iter_mut().enumerate() {
+            match u8::from_str_radix(&s[2 * i..2 * i + 2], 16) {
+                Ok(v) => *b = v,
+                Err(_) => return [0u8; N],
+            }
+        }
+    }
+    out
+}
+
+impl From<&PendingHalf> for StoredHalf {
+    fn from(h: &PendingHalf) -> StoredHalf {
+        let name = |n: &Option<HalfName>| n.as_ref().map(StoredName::from);
+        StoredHalf {
+            trace: to_hex(&h.trace),
+            id: to_hex(&h.id),
+            deadline_ns: h.deadline.as_nanos().min(u128::from(u64::MAX)) as u64,
+            client: name(&h.client),
+            server: name(&h.server),
+            connection_type: h.connection_type.as_label().to_owned(),
+            client_latency: h.client_latency,
+            server_latency: h.server_latency,
+            client_end_ns: h.client_end_ns,
+            server_start_ns: h.server_start_ns,
+            kind: h.kind as u8,
+            failed: h.failed,
+            peer: name(&h.peer),
+            multiplier: h.multiplier,
+            root: h.root,
+            dims: h.dims.iter().map(name).collect(),
+        }
+    }
+}
+
+impl From<StoredHalf> for PendingHalf {
+    fn from(h: StoredHalf) -> PendingHalf {
+        PendingHalf {
+            trace: from_hex(&h.trace),
+            id: from_hex(&h.id),
+            deadline: std::time::Duration::from_nanos(h.deadline_ns),
+            client: h.client.map(Into::into),
+            server: h.server.map(Into::into),
+            connection_type: connection_type(&h.connection_type),
+            client_latency: h.client_latency,
+            server_latency: h.server_latency,
+            client_end_ns: h.client_end_ns,
+            server_start_ns: h.server_start_ns,
+            kind: SpanKind::from_i32(i32::from(h.kind)),
+            failed: h.failed,
+            peer: h.peer.map(Into::into),
+            multiplier: h.multiplier,
+            root: h.root,
+            dims: h.dims.into_iter().map(|d| d.map(Into::into)).collect(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -177,9 +384,9 @@ impl From<&Checkpoint> for Stored {
     fn from(c: &Checkpoint) -> Stored {
         let g = &c.totals.graph;
         Stored {
-            version: 1,
+            version: 2,
             resume: c.resume,
-            replay: c.replay,
+            pending: c.pending.iter().map(StoredHalf::from).collect(),
             spans: c.totals.spans,
             red: c
                 .totals
@@ -238,7 +445,7 @@ impl From<Stored> for Checkpoint {
         ] = s.graph;
         Checkpoint {
             resume: s.resume,
-            replay: s.replay,
+            pending: s.pending.into_iter().map(PendingHalf::from).collect(),
             totals: Totals {
                 spans: s.spans,
                 red: s
@@ -288,15 +495,15 @@ impl From<Stored> for Checkpoint {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_checkpoint_round_trips_through_the_local_store() {
-        let dir = tempfile::tempdir().unwrap();
+    fn store(dir: &tempfile::TempDir) -> Checkpoints {
         let url = format!("file://{}", dir.path().display());
-        let store = Checkpoints::open(&url, "g", "otlp_spans").unwrap();
-        assert!(store.load(3).await.unwrap().is_none());
-        let c = Checkpoint {
+        Checkpoints::open(&url, "g", "otlp_spans").unwrap()
+    }
+
+    fn checkpoint(spans: u64, offset: i64) -> Checkpoint {
+        Checkpoint {
             totals: Totals {
-                spans: 5,
+                spans,
                 red: vec![RedRow {
                     service: "a".into(),
                     span_name: "op".into(),
@@ -304,7 +511,7 @@ mod tests {
                     status: StatusCode::Error,
                     dims: vec!["GET".into()],
                     overflow: false,
-                    calls: 5,
+                    calls: spans,
                     duration: Histogram {
                         counts: vec![1.0, 4.0],
                         sum: 0.5,
@@ -318,18 +525,78 @@ mod tests {
                     ..GraphCounters::default()
                 },
             },
+            pending: vec![PendingHalf {
+                trace: [0xab; 16],
+                id: [7; 8],
+                deadline: std::time::Duration::from_millis(8_500),
+                client: Some(HalfName::Known("a".into())),
+                server: None,
+                connection_type: ConnectionType::MessagingSystem,
+                client_latency: 0.25,
+                server_latency: 0.0,
+                client_end_ns: 42,
+                server_start_ns: 0,
+                kind: SpanKind::Producer,
+                failed: true,
+                peer: Some(HalfName::OverBudget),
+                multiplier: 0.5,
+                root: false,
+                dims: vec![Some(HalfName::Known("GET".into())), None],
+            }],
             resume: WindowStart {
                 window: 7,
-                offset: 40,
+                offset,
                 clock_ms: 7_000,
             },
-            replay: WindowStart {
-                window: 5,
-                offset: 10,
-                clock_ms: 5_001,
-            },
-        };
-        store.save(3, &c).await.unwrap();
-        assert_eq!(store.load(3).await.unwrap(), Some(c));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_with_waiting_halves_round_trips_through_the_local_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        assert!(store.load(3).await.unwrap().is_none());
+        let (claim, none) = store.claim(3).await.unwrap();
+        assert_eq!((claim.epoch, none), (1, None));
+        let c = checkpoint(5, 40);
+        store.save(claim, &c).await.unwrap();
+        assert_eq!(store.load(3).await.unwrap(), Some(c.clone()));
+        assert!(store.load(4).await.unwrap().is_none(), "partitions are apart");
+        let (next, got) = store.claim(3).await.unwrap();
+        assert_eq!((next.epoch, got), (2, Some(c)));
+    }
+
+    #[tokio::test]
+    async fn a_zombie_owner_cannot_overwrite_the_new_owners_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (store(&dir), store(&dir));
+        let (zombie, _) = old.claim(0).await.unwrap();
+        old.save(zombie, &checkpoint(5, 40)).await.unwrap();
+        // The group moves the partition: the new owner claims it and resumes from the zombie's checkpoint.
+        let (owner, got) = new.claim(0).await.unwrap();
+        assert!(owner.epoch > zombie.epoch);
+        assert_eq!(got, Some(checkpoint(5, 40)));
+        // The zombie, not yet told, closes another window: refused, naming the later epoch.
+        match old.save(zombie, &checkpoint(9, 80)).await {
+            Err(Error::Fenced {
+                partition: 0,
+                epoch,
+                newer,
+            }) => {
+                assert_eq!((epoch, newer), (zombie.epoch, owner.epoch));
+            }
+            other => panic!("the zombie's save went through: {other:?}"),
+        }
+        assert_eq!(new.load(0).await.unwrap(), Some(checkpoint(5, 40)));
+        new.save(owner, &checkpoint(7, 60)).await.unwrap();
+        // A write of the zombie that raced the claim lands under its own epoch: no reader takes it.
+        let stray = serde_json::to_vec(&Some(Stored::from(&checkpoint(9, 80)))).unwrap();
+        old.store
+            .put_opts(&old.path(zombie), PutPayload::from(stray), PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(new.load(0).await.unwrap(), Some(checkpoint(7, 60)));
+        let (third, got) = old.claim(0).await.unwrap();
+        assert_eq!((third.epoch, got), (owner.epoch + 1, Some(checkpoint(7, 60))));
     }
 }

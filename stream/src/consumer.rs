@@ -3,16 +3,14 @@
 //! Each assigned partition is one [`RecordTimeShard`], owned by this task alone. Its clock is the
 //! partition's record time (the largest record timestamp so far), and windows of `analyzer.window` are
 //! numbered on that clock. When a record opens a new window, the window that ends is closed: the
-//! partition's cumulative totals, where the new window starts and where a successor must replay from are
-//! written as a checkpoint ([`crate::checkpoint`]), then the replay offset is committed (manual commits).
+//! partition's cumulative totals, the service-graph halves still waiting and where the new window starts
+//! are written as a checkpoint ([`crate::checkpoint`]), then that offset is committed (manual commits).
 //!
-//! A new owner (after a crash or a rebalance) loads the checkpoint and starts at the replay offset, which
-//! is the first record of the window two before the open one: with `service_graph.wait` at most one
-//! window, every half edge still waiting at the close arrived in the last two windows, so replaying them
-//! rebuilds exactly the waiting halves. Records before the resume offset only warm the shard up; their
-//! counts are subtracted, so nothing is counted twice and nothing is lost.
+//! A new owner (after a crash or a rebalance) claims the partition's checkpoints (fencing the previous
+//! owner's writes), loads the latest, takes its waiting halves back and starts at its resume offset: it
+//! reads again at most the window that was open, and counts every record once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +25,7 @@ use tidewatch_analyzer::partition::{RecordTimeShard, Totals};
 use tidewatch_analyzer::records::{AttrKeys, SpanBatch};
 use tidewatch_collector::decode::wire::decode_traces;
 
-use crate::checkpoint::{Checkpoint, Checkpoints, WindowStart};
+use crate::checkpoint::{Checkpoint, Checkpoints, Claim, WindowStart};
 use crate::config::KafkaConfig;
 use crate::{Error, Result};
 
@@ -40,6 +38,8 @@ pub struct ConsumerStats {
     pub records: AtomicU64,
     pub records_undecodable: AtomicU64,
     pub records_replayed: AtomicU64,
+    pub partitions_resumed: AtomicU64,
+    pub checkpoints_fenced: AtomicU64,
     pub checkpoints: AtomicU64,
     pub checkpoint_failures: AtomicU64,
     pub partitions_owned: AtomicU64,
@@ -82,58 +82,70 @@ impl ConsumerContext for Ctx {
 /// One owned partition.
 struct Part {
     assignment: u64,
+    claim: Claim,
     shard: RecordTimeShard,
-    /// Totals at `resume` (from the checkpoint; empty for a partition read from its start).
+    /// Totals at `first` (from the checkpoint; empty for a partition read from its start).
     base: Totals,
-    /// The shard's own totals when counting began (`None` while replaying records before `resume`).
-    baseline: Option<Totals>,
-    resume: i64,
+    /// The shard's own totals when counting began (its restored waiting halves, or nothing).
+    baseline: Totals,
     /// Records before this offset are skipped (the group's offset can trail the checkpoint).
     first: i64,
     window: u64,
     clock_ms: u64,
-    /// Starts of the windows a successor may have to replay from, oldest first.
-    starts: VecDeque<WindowStart>,
+    /// Reading the window the checkpoint left open, which the previous owner may have read already.
+    reread: bool,
+    /// After a seek back to the resume offset: records are skipped until that one arrives (records fetched
+    /// before the seek may still be delivered first).
+    awaiting: Option<i64>,
+    /// The last offset counted: a record at or before it is a redelivery, never counted twice.
+    last: i64,
     dirty: bool,
 }
 
 impl Part {
-    fn new(assignment: u64, cfg: &AnalyzerConfig, cp: Option<Checkpoint>, first_offset: i64) -> Part {
-        let shard = RecordTimeShard::new(cfg);
-        match cp {
-            Some(cp) => Part {
-                assignment,
-                shard,
-                base: cp.totals,
-                baseline: None,
-                resume: cp.resume.offset,
-                first: cp.replay.offset,
-                window: cp.replay.window,
-                clock_ms: cp.replay.clock_ms,
-                starts: VecDeque::from([cp.replay]),
-                dirty: true,
-            },
-            None => Part {
-                assignment,
-                shard,
-                base: Totals::default(),
-                baseline: None,
-                resume: first_offset,
-                first: first_offset,
-                window: 0,
-                clock_ms: 0,
-                starts: VecDeque::new(),
-                dirty: true,
-            },
+    fn new(
+        assignment: u64,
+        claim: Claim,
+        cfg: &AnalyzerConfig,
+        cp: Option<Checkpoint>,
+        first_offset: i64,
+    ) -> Part {
+        let mut shard = RecordTimeShard::new(cfg);
+        let (base, first, window, clock_ms, reread) = match cp {
+            Some(cp) => {
+                shard.restore(cp.pending);
+                (
+                    cp.totals,
+                    cp.resume.offset,
+                    cp.resume.window,
+                    cp.resume.clock_ms,
+                    true,
+                )
+            }
+            None => (Totals::default(), first_offset, 0, 0, false),
+        };
+        Part {
+            assignment,
+            claim,
+            baseline: shard.totals(),
+            shard,
+            base,
+            first,
+            window,
+            clock_ms,
+            reread,
+            awaiting: None,
+            last: -1,
+            dirty: true,
         }
     }
 
     /// Everything counted on this partition from its first offset.
     fn totals(&self) -> Totals {
-        match &self.baseline {
-            Some(b) => self.base.plus(&self.shard.totals().minus(b)),
-            None => self.base.clone(),
-        }
+        let now = self.shard.totals();
+        let mut t = self.base.plus(&now.minus(&self.baseline));
+        t.graph.pending = now.graph.pending;
+        t
     }
 
     /// Applies one record; returns the checkpoint to save when it closed a window.
@@ -149,30 +161,17 @@ impl Part {
         let mut save = None;
         if w > self.window {
             self.shard.advance(clock);
-            let start = WindowStart {
-                window: w,
-                offset,
-                clock_ms: clock,
-            };
-            self.starts.push_back(start);
-            while self.starts.len() > 1 && self.starts[0].window < w.saturating_sub(2) {
-                self.starts.pop_front();
-            }
-            let counting = self.baseline.is_some();
-            if offset >= self.resume && !counting {
-                // Where the checkpoint this partition was loaded from was taken: counting starts here.
-                self.baseline = Some(self.shard.totals());
-            } else if counting {
-                save = Some(Checkpoint {
-                    totals: self.totals(),
-                    resume: start,
-                    replay: self.starts[0],
-                });
-            }
+            save = Some(Checkpoint {
+                totals: self.totals(),
+                pending: self.shard.pending(),
+                resume: WindowStart {
+                    window: w,
+                    offset,
+                    clock_ms: clock,
+                },
+            });
             self.window = w;
-        }
-        if self.baseline.is_none() && offset >= self.resume {
-            self.baseline = Some(self.shard.totals());
+            self.reread = false;
         }
         self.clock_ms = clock;
         if let Some(b) = batch {
@@ -200,6 +199,8 @@ pub async fn run(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Only messages of committed transactions: a refused request's messages are never counted.
+        .set("isolation.level", "read_committed")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", session_ms.to_string())
         .set("heartbeat.interval.ms", (session_ms / 3).max(100).to_string());
@@ -222,6 +223,8 @@ pub async fn run(
     let keys: AttrKeys = RecordTimeShard::attr_keys(&analyzer);
     let window_ms = (analyzer.window.as_millis() as u64).max(1);
     let mut parts: HashMap<i32, Part> = HashMap::new();
+    // Assignments whose checkpoints a later owner claimed: skipped until the group assigns anew.
+    let mut fenced: HashSet<(i32, u64)> = HashSet::new();
     let mut publish = tokio::time::interval(Duration::from_millis(250));
     tokio::pin!(stop);
     loop {
@@ -230,6 +233,7 @@ pub async fn run(
             _ = publish.tick() => {
                 let owned = assignment.owned.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 parts.retain(|p, part| owned.get(p) == Some(&part.assignment));
+                fenced.retain(|(p, a)| owned.get(p) == Some(a));
                 stats.partitions_owned.store(owned.len() as u64, Ordering::Relaxed);
                 let mut out = published.lock().unwrap_or_else(|e| e.into_inner());
                 out.retain(|p, _| parts.contains_key(p));
@@ -252,22 +256,46 @@ pub async fn run(
                 let Some(&assigned) = assignment.owned.lock().unwrap_or_else(|e| e.into_inner()).get(&p) else {
                     continue;
                 };
-                if parts.get(&p).is_none_or(|part| part.assignment != assigned) {
-                    let cp = load(&checkpoints, p).await?;
-                    match &cp {
-                        Some(cp) if offset > cp.replay.offset => tracing::error!(partition = p, offset,
-                            replay = cp.replay.offset, "kafka: records between the checkpoint and the group's offset are gone; counting from here"),
-                        Some(cp) => tracing::info!(partition = p, replay = cp.replay.offset,
-                            resume = cp.resume.offset, "kafka: partition resumed from its checkpoint"),
-                        None => tracing::info!(partition = p, offset, "kafka: partition started without a checkpoint"),
-                    }
-                    parts.insert(p, Part::new(assigned, &analyzer, cp, offset));
-                }
-                let part = parts.get_mut(&p).expect("inserted above");
-                if offset < part.first {
+                if fenced.contains(&(p, assigned)) {
                     continue;
                 }
-                if offset < part.resume {
+                if parts.get(&p).is_none_or(|part| part.assignment != assigned) {
+                    let (claim, cp) = claim(&checkpoints, p).await?;
+                    let resume = cp.as_ref().map(|cp| cp.resume.offset);
+                    match resume {
+                        Some(resume) => {
+                            stats.partitions_resumed.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(partition = p, resume, epoch = claim.epoch, "kafka: partition resumed from its checkpoint");
+                        }
+                        None => tracing::info!(partition = p, offset, epoch = claim.epoch, "kafka: partition started without a checkpoint"),
+                    }
+                    parts.insert(p, Part::new(assigned, claim, &analyzer, cp, offset));
+                    // The group's offset can be past the checkpoint (an earlier owner committed after
+                    // saving a checkpoint it lost to a later claim): go back to it.
+                    if let Some(resume) = resume.filter(|&r| offset > r) {
+                        match consumer.seek(&topic, p, Offset::Offset(resume), Duration::from_secs(10)) {
+                            Ok(()) => {
+                                if let Some(part) = parts.get_mut(&p) {
+                                    part.awaiting = Some(resume);
+                                }
+                                continue;
+                            }
+                            Err(e) => tracing::error!(partition = p, offset, resume, error = %e,
+                                "kafka: cannot go back to the checkpoint; counting from here"),
+                        }
+                    }
+                }
+                let part = parts.get_mut(&p).expect("inserted above");
+                if offset < part.first || offset <= part.last {
+                    continue;
+                }
+                match part.awaiting {
+                    Some(r) if offset != r => continue,
+                    Some(_) => part.awaiting = None,
+                    None => {}
+                }
+                part.last = offset;
+                if part.reread {
                     stats.records_replayed.fetch_add(1, Ordering::Relaxed);
                 }
                 stats.records.fetch_add(1, Ordering::Relaxed);
@@ -281,17 +309,24 @@ pub async fn run(
                     }
                 };
                 if let Some(cp) = part.record(offset, ts, batch.as_ref(), window_ms) {
-                    match checkpoints.save(p, &cp).await {
+                    match checkpoints.save(part.claim, &cp).await {
                         Ok(()) => {
                             stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                             let mut tpl = TopicPartitionList::new();
-                            let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(cp.replay.offset));
+                            let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(cp.resume.offset));
                             if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
                                 tracing::warn!(partition = p, error = %e, "kafka: commit failed");
                             }
                         }
+                        Err(e @ Error::Fenced { .. }) => {
+                            // A later owner has the partition: stop counting it until the group gives it back.
+                            stats.checkpoints_fenced.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(partition = p, error = %e, "kafka: partition lost to a later owner");
+                            parts.remove(&p);
+                            fenced.insert((p, assigned));
+                        }
                         Err(e) => {
-                            // The next window close tries again; until then a successor replays more.
+                            // The next window close tries again; until then a successor reads more again.
                             stats.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(partition = p, error = %e, "kafka: checkpoint not saved");
                         }
@@ -304,12 +339,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Loads a partition's checkpoint, retrying with backoff while the store does not answer.
-async fn load(checkpoints: &Checkpoints, p: i32) -> Result<Option<Checkpoint>> {
+/// Claims a partition's checkpoints, retrying with backoff while the store does not answer.
+async fn claim(checkpoints: &Checkpoints, p: i32) -> Result<(Claim, Option<Checkpoint>)> {
     let mut wait = Duration::from_millis(100);
     for _ in 0..8 {
-        match checkpoints.load(p).await {
-            Ok(cp) => return Ok(cp),
+        match checkpoints.claim(p).await {
+            Ok(c) => return Ok(c),
             Err(e) => {
                 tracing::warn!(partition = p, error = %e, "kafka: checkpoint not loaded; retrying");
                 tokio::time::sleep(wait).await;
@@ -317,7 +352,7 @@ async fn load(checkpoints: &Checkpoints, p: i32) -> Result<Option<Checkpoint>> {
             }
         }
     }
-    checkpoints.load(p).await
+    checkpoints.claim(p).await
 }
 
 /// The totals of all owned partitions as one snapshot, each series labelled `tidewatch_partition`.
@@ -451,7 +486,11 @@ mod tests {
         };
         let log = log();
         let run_from = |start: usize, cp: Option<Checkpoint>| {
-            let mut part = Part::new(0, &cfg, cp, start as i64);
+            let claim = Claim {
+                partition: 0,
+                epoch: 1,
+            };
+            let mut part = Part::new(0, claim, &cfg, cp, start as i64);
             let mut cps = Vec::new();
             for (o, (t, b)) in log.iter().enumerate().skip(start) {
                 if let Some(c) = part.record(o as i64, *t, Some(b), 1_000) {
@@ -463,8 +502,13 @@ mod tests {
         let (reference, checkpoints) = run_from(0, None);
         assert!(checkpoints.len() > 5);
         assert!(reference.edges.iter().map(|e| e.total).sum::<f64>() > 0.0);
+        assert!(
+            checkpoints.iter().any(|c| !c.pending.is_empty()),
+            "some checkpoints carry waiting halves"
+        );
         for cp in checkpoints {
-            let (t, _) = run_from(cp.replay.offset as usize, Some(cp.clone()));
+            // The successor reads from the checkpoint's resume offset on, nothing before it.
+            let (t, _) = run_from(cp.resume.offset as usize, Some(cp.clone()));
             assert_eq!(t.spans, reference.spans, "from {:?}", cp.resume);
             assert_eq!(exact(&t), exact(&reference), "from {:?}", cp.resume);
             assert_eq!(t.graph, reference.graph, "from {:?}", cp.resume);

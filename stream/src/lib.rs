@@ -41,6 +41,10 @@ pub enum Error {
     Secret(std::io::Error),
     #[error("kafka.checkpoints: {0}")]
     Checkpoints(String),
+    #[error(
+        "kafka.checkpoints: partition {partition} was claimed by a later owner (epoch {newer} > ours, {epoch})"
+    )]
+    Fenced { partition: i32, epoch: u64, newer: u64 },
     #[error("decoding a record: {0}")]
     Decode(String),
 }

@@ -149,6 +149,11 @@ impl Kafka {
 
     /// Creates `topic` with `partitions` partitions, waiting until the cluster confirms it.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// A topic with topic-level settings (`max.message.bytes`, ...).
+    pub fn create_topic_with(&self, topic: &str, partitions: i32, config: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .create()
@@ -160,13 +165,36 @@ impl Kafka {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
         let res = rt
             .block_on(admin.create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &[config.iter().fold(
+                    NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+                    |t, (k, v)| t.set(k, v),
+                )],
                 &opts,
             ))
             .expect("create topic");
         for r in res {
             r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
         }
+        // The controller has the topic; wait until the broker's metadata has it too, so that a role
+        // started next finds it.
+        let client = admin.inner();
+        crate::common::wait_for(
+            &format!("topic {topic} in the broker's metadata"),
+            Duration::from_secs(60),
+            || match client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md)
+                    if md.topics().iter().any(|t| {
+                        t.name() == topic
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                    }) =>
+                {
+                    Ok(())
+                }
+                Ok(_) => Err("not yet".into()),
+                Err(e) => Err(e.to_string()),
+            },
+        );
     }
 }
 
