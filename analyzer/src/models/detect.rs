@@ -456,10 +456,13 @@ impl RangeNovelty {
     }
 }
 
-/// Bins a value is quantised into for [`PatternNovelty`] (3 bits).
-const PATTERN_BINS: usize = 8;
-/// Longest word of [`PatternNovelty`]: 4 bins of 3 bits, so every word fits a 4096-bit set.
-const PATTERN_WORDS: usize = 1 << 12;
+/// Bits of the bin a value is quantised into for [`PatternNovelty`].
+const PATTERN_BIN_BITS: usize = 3;
+const PATTERN_BINS: usize = 1 << PATTERN_BIN_BITS;
+/// Longest word of [`PatternNovelty`], in bins.
+const PATTERN_MAX_LEN: usize = 4;
+/// Every word fits a set of this many bits (4096).
+const PATTERN_WORDS: usize = 1 << (PATTERN_BIN_BITS * PATTERN_MAX_LEN);
 
 /// New words of quantised values (see `Params::pattern_len`): a fixed 4096-bit set of the words seen,
 /// and the bins of the last `len * stride` rows.
@@ -483,7 +486,7 @@ impl PatternNovelty {
         Self {
             confirm: confirm.max(1),
             candidate: None,
-            len: len.clamp(1, 4),
+            len: len.clamp(1, PATTERN_MAX_LEN),
             stride: stride.max(1),
             quiet,
             seen: vec![0; PATTERN_WORDS / 64],
@@ -511,7 +514,9 @@ impl PatternNovelty {
         if self.bins.len() < span {
             return false;
         }
-        let word = (0..self.len).fold(0usize, |w, k| (w << 3) | usize::from(self.bins[k * self.stride]));
+        let word = (0..self.len).fold(0usize, |w, k| {
+            (w << PATTERN_BIN_BITS) | usize::from(self.bins[k * self.stride])
+        });
         let (slot, bit) = (word / 64, 1u64 << (word % 64));
         let new = self.seen[slot] & bit == 0;
         self.seen[slot] |= bit;
