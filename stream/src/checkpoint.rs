@@ -19,6 +19,7 @@ use tidewatch_analyzer::partition::Totals;
 use tidewatch_analyzer::records::{SpanKind, StatusCode};
 use tidewatch_analyzer::red::{Histogram, RedRow};
 
+use crate::partitioner::lower_hex;
 use crate::{Error, Result};
 
 /// Where a window began on a partition: its number, the offset of its first record, and the partition's
@@ -252,10 +253,6 @@ impl From<StoredName> for HalfName {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `N` bytes from hex; anything else is all zeros (a half no span will ever match).
 fn from_hex<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [0u8; N];
@@ -274,8 +271,8 @@ impl From<&PendingHalf> for StoredHalf {
     fn from(h: &PendingHalf) -> StoredHalf {
         let name = |n: &Option<HalfName>| n.as_ref().map(StoredName::from);
         StoredHalf {
-            trace: to_hex(&h.trace),
-            id: to_hex(&h.id),
+            trace: lower_hex(&h.trace),
+            id: lower_hex(&h.id),
             deadline_ns: h.deadline.as_nanos().min(u128::from(u64::MAX)) as u64,
             client: name(&h.client),
             server: name(&h.server),

@@ -20,9 +20,14 @@ pub fn partition(key: &[u8], partitions: i32) -> i32 {
 
 /// A trace id as the kafkaexporter keys it: 32 lowercase hex digits.
 pub fn trace_key(trace_id: &[u8]) -> String {
+    lower_hex(trace_id)
+}
+
+/// Bytes as lowercase hex, two digits each.
+pub(crate) fn lower_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(trace_id.len() * 2);
-    for &b in trace_id {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
         s.push(HEX[usize::from(b >> 4)] as char);
         s.push(HEX[usize::from(b & 15)] as char);
     }
