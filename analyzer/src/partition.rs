@@ -18,6 +18,7 @@ use crate::intern::Interner;
 use crate::records::{AttrKeys, SpanBatch};
 use crate::red::{Histogram, RedRow, RedTable};
 use crate::shard::{admit_resources, wanted_keys};
+use crate::snapshot::Snapshot;
 
 /// A shard whose clock is the partition's record time.
 pub struct RecordTimeShard {
@@ -107,6 +108,29 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The totals of several partitions together, series by series (`graph.pending` summed too: every
+    /// partition's waiting halves).
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Totals>) -> Totals {
+        let mut pending = 0;
+        let mut sum = parts.into_iter().fold(Totals::default(), |acc, t| {
+            pending += t.graph.pending;
+            acc.plus(t)
+        });
+        sum.graph.pending = pending;
+        sum
+    }
+
+    /// These totals as a [`Snapshot`] in `cfg`'s units and dimensions, taken now (no pods, metrics or
+    /// logs: a partition of the traces topic counts spans only).
+    pub fn snapshot(self, cfg: &AnalyzerConfig) -> Snapshot {
+        Snapshot {
+            red: self.red,
+            edges: self.edges,
+            graph: self.graph,
+            ..Snapshot::empty(cfg)
+        }
+    }
+
     /// `self + o`, series by series.
     pub fn plus(&self, o: &Totals) -> Totals {
         self.combine(o, 1.0)

@@ -189,6 +189,78 @@ impl Checkpoints {
     }
 }
 
+impl Checkpoints {
+    fn progress_path(&self, partition: i32) -> Path {
+        self.dir(partition).join(PROGRESS)
+    }
+
+    /// Publishes what the owner of `partition` has counted so far, for the global view: the totals of
+    /// `c`, which count every record before `c.resume.offset` (its waiting halves are left out: progress is
+    /// read, never resumed from). Unfenced: whoever writes it, the totals up to an offset are the same
+    /// (record time), so a reader keeps whichever covers more.
+    pub async fn publish(&self, partition: i32, c: &Checkpoint) -> Result<()> {
+        let stored = Stored::from(&Checkpoint {
+            totals: c.totals.clone(),
+            pending: Vec::new(),
+            resume: c.resume,
+        });
+        let json = serde_json::to_vec(&Some(stored)).map_err(|e| Error::Checkpoints(e.to_string()))?;
+        self.store
+            .put_opts(
+                &self.progress_path(partition),
+                PutPayload::from(json),
+                PutOptions::default(),
+            )
+            .await
+            .map_err(|e| Error::Checkpoints(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Every partition with a checkpoint or progress in the store.
+    pub async fn partitions(&self) -> Result<Vec<i32>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map_err(|e| Error::Checkpoints(e.to_string()))?;
+        let mut parts: Vec<i32> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse().ok())
+            .collect();
+        parts.sort_unstable();
+        Ok(parts)
+    }
+
+    /// The most `partition` is known to have counted: its latest checkpoint or its owner's progress,
+    /// whichever covers more records (the checkpoint when both cover the same), as the offset it counted
+    /// up to and the totals.
+    pub async fn counted(&self, partition: i32) -> Result<Option<(i64, Totals)>> {
+        let checkpoint = self.load(partition).await?;
+        let progress = match self
+            .store
+            .get_opts(&self.progress_path(partition), GetOptions::default())
+            .await
+        {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| Error::Checkpoints(e.to_string()))?;
+                decode(partition, &bytes)?
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(Error::Checkpoints(e.to_string())),
+        };
+        Ok([checkpoint, progress]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| if b.resume.offset > a.resume.offset { b } else { a })
+            .map(|c| (c.resume.offset, c.totals)))
+    }
+}
+
+/// The object holding a partition's progress, next to its epochs' checkpoints (not a number: never taken
+/// for an epoch).
+const PROGRESS: &str = "progress.json";
+
 fn decode(partition: i32, bytes: &[u8]) -> Result<Option<Checkpoint>> {
     let stored: Option<Stored> = serde_json::from_slice(bytes)
         .map_err(|e| Error::Checkpoints(format!("partition {partition}: {e}")))?;
@@ -561,6 +633,39 @@ mod tests {
         assert!(store.load(4).await.unwrap().is_none(), "partitions are apart");
         let (next, got) = store.claim(3).await.unwrap();
         assert_eq!((next.epoch, got), (2, Some(c)));
+    }
+
+    #[tokio::test]
+    async fn progress_counts_when_it_covers_more_than_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        assert!(store.partitions().await.unwrap().is_empty());
+        assert_eq!(store.counted(2).await.unwrap(), None);
+        let (claim, _) = store.claim(2).await.unwrap();
+        // Claimed, nothing saved: the partition is listed, nothing counted yet.
+        assert_eq!(store.partitions().await.unwrap(), vec![2]);
+        assert_eq!(store.counted(2).await.unwrap(), None);
+        store.save(claim, &checkpoint(5, 40)).await.unwrap();
+        store.publish(7, &checkpoint(6, 41)).await.unwrap();
+        assert_eq!(store.partitions().await.unwrap(), vec![2, 7]);
+        assert_eq!(
+            store.counted(7).await.unwrap(),
+            Some((41, checkpoint(6, 41).totals))
+        );
+        // Progress behind the checkpoint (a previous owner's) and progress ahead of it.
+        store.publish(2, &checkpoint(4, 30)).await.unwrap();
+        assert_eq!(
+            store.counted(2).await.unwrap(),
+            Some((40, checkpoint(5, 40).totals))
+        );
+        store.publish(2, &checkpoint(9, 52)).await.unwrap();
+        assert_eq!(
+            store.counted(2).await.unwrap(),
+            Some((52, checkpoint(9, 52).totals))
+        );
+        // Progress is never resumed from: a new owner takes the checkpoint, and the epochs ignore it.
+        let (next, got) = store.claim(2).await.unwrap();
+        assert_eq!((next.epoch, got), (2, Some(checkpoint(5, 40))));
     }
 
     #[tokio::test]
