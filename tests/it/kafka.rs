@@ -1,6 +1,7 @@
 //! Tidewatch on a real Apache Kafka (KRaft, from `tests/kafka/install.sh`): `--role ingest` producing,
 //! `--role analyze` instances in a consumer group, a reference analyzer in a group of its own reading the
-//! same topic. Real binary, real broker, real loadgen traffic over OTLP/gRPC.
+//! same topic. Real binary, real broker, real loadgen traffic over OTLP/gRPC. Figures are compared on
+//! `/metrics` (each analyzer's partitions) and on the API (every analyzer's global view).
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -57,6 +58,80 @@ fn edges(t: &BTreeMap<String, f64>) -> f64 {
         .filter(|(k, _)| k.starts_with("traces_service_graph_request_total{"))
         .map(|(_, v)| v)
         .sum()
+}
+
+/// What an analyzer's global view (its history, as the API and the web UI read it) counted in the last
+/// hour.
+#[derive(Debug, PartialEq)]
+struct Global {
+    /// Spans: every operation's requests, over every service.
+    spans: f64,
+    /// The map's services: requests (their entry spans).
+    nodes: BTreeMap<String, f64>,
+    /// The map's edges: requests per (client, server).
+    edges: BTreeMap<(String, String), f64>,
+}
+
+fn global(tw: &Tidewatch) -> Result<Global, String> {
+    let get = |path: &str| match tw.get_json(path) {
+        (200, v) => Ok(v),
+        (status, v) => Err(format!("{path}: {status} {v}")),
+    };
+    let list = |v: &serde_json::Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let f = |v: &serde_json::Value| v["requests"].as_f64().unwrap_or(f64::NAN);
+    let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let g = get("/api/graph?window=1h")?;
+    let nodes = list(&g, "nodes")
+        .iter()
+        .filter(|n| n["virtual"] == false)
+        .map(|n| (s(n, "id"), f(n)))
+        .collect();
+    let mut edges = BTreeMap::new();
+    for e in list(&g, "edges") {
+        *edges.entry((s(&e, "source"), s(&e, "target"))).or_insert(0.0) += f(&e);
+    }
+    let mut spans = 0.0;
+    for svc in list(&get("/api/services?window=1h")?, "services") {
+        let ops = get(&format!("/api/services/{}/operations?window=1h", s(&svc, "name")))?;
+        spans += list(&ops, "operations").iter().map(f).sum::<f64>();
+    }
+    Ok(Global { spans, nodes, edges })
+}
+
+/// Service-graph requests per (client, server) on `/metrics`, over every partition.
+fn metric_edges(tw: &Tidewatch) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for s in tw
+        .metrics()
+        .samples
+        .into_iter()
+        .filter(|s| s.name == "traces_service_graph_request_total")
+    {
+        let key = (s.labels["client"].clone(), s.labels["server"].clone());
+        *out.entry(key).or_insert(0.0) += s.value;
+    }
+    out
+}
+
+/// Every analyzer's global view holds the same figures: `spans` spans, and `reference`'s service graph.
+fn global_views_agree(analyzers: &[&Tidewatch], reference: &Tidewatch, spans: f64) -> Result<(), String> {
+    let want = metric_edges(reference);
+    for (i, tw) in analyzers.iter().enumerate() {
+        let g = global(tw)?;
+        if g.spans != spans || g.edges != want {
+            return Err(format!(
+                "analyzer {i}: {} spans of {spans}; edges {:?}, want {want:?}",
+                g.spans, g.edges
+            ));
+        }
+        if i > 0 {
+            let first = global(analyzers[0])?;
+            if g != first {
+                return Err(format!("analyzer {i}: {g:?}; analyzer 0: {first:?}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn counter(tw: &Tidewatch, name: &str) -> f64 {
@@ -193,6 +268,13 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         let owned = counter(tw, "tidewatch_kafka_partitions_owned");
         assert!(owned > 0.0, "{who} owns partitions");
     }
+    // Each analyzer's API and UI show the whole topic, not its own partitions: the same figures on both
+    // (and on the reference, whose group has all partitions in one process), equal to every accepted span.
+    wait_for(
+        "every analyzer's global view holds every accepted span",
+        Duration::from_secs(180),
+        || global_views_agree(&[&a, &b, &reference], &reference, accepted),
+    );
 
     // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
     let load = loadgen(&ingest, 3000, "12s");
@@ -235,6 +317,56 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         edges(&t)
     );
     assert!(resumed > 0.0, "the new owners resumed from checkpoints");
+    // The global view of the analyzer that stayed went on through the failover, and still holds everything.
+    wait_for(
+        "after kill -9, the global view holds every accepted span",
+        Duration::from_secs(180),
+        || global_views_agree(&[&b, &reference], &reference, accepted),
+    );
+
+    // Anomalies and forecasts come from the global history on every analyzer, the replacement's too.
+    let load = loadgen(&ingest, 3000, "0s");
+    for (tw, who) in [(&b, "b"), (&a2, "a2")] {
+        wait_for(
+            &format!("{who} scores the shop's services"),
+            Duration::from_secs(180),
+            || match tw.get_json("/api/anomalies") {
+                (200, v) => {
+                    let scored: Vec<&str> = v["services"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s["service"].as_str())
+                        .collect();
+                    if ["frontend", "checkout", "payment"]
+                        .iter()
+                        .all(|s| scored.contains(s))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("scored {scored:?}"))
+                    }
+                }
+                (status, v) => Err(format!("{status} {v}")),
+            },
+        );
+        let f = tw.wait_json(
+            "/api/services/frontend/forecast?horizon=5s&step=1s&history=10m",
+            Duration::from_secs(240),
+            |v| v["forecast"].as_array().is_some_and(|p| p.len() == 5),
+        );
+        assert!(f["history_points"].as_u64().unwrap_or(0) >= 24, "{f}");
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(load.id().to_string())
+        .status();
+    let third = report(load);
+    assert_eq!(
+        n(&third, "spans_refused") + n(&third, "spans_failed"),
+        0.0,
+        "{third}"
+    );
 }
 
 /// The topic the OpenTelemetry Collector's kafkaexporter writes in the test below.
