@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters, HalfName, PendingHalf};
 use tidewatch_analyzer::partition::Totals;
 use tidewatch_analyzer::records::{SpanKind, StatusCode};
-use tidewatch_analyzer::red::{Histogram, RedRow};
+use tidewatch_analyzer::red::{Histogram, PodRow, RedRow};
 
 use crate::partitioner::lower_hex;
 use crate::{Error, Result};
@@ -275,6 +275,9 @@ struct Stored {
     resume: WindowStart,
     spans: u64,
     red: Vec<StoredRed>,
+    /// Absent in version 2 checkpoints.
+    #[serde(default)]
+    pods: Vec<StoredPod>,
     edges: Vec<StoredEdge>,
     graph: [u64; 7],
     pending: Vec<StoredHalf>,
@@ -406,6 +409,15 @@ struct StoredRed {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StoredPod {
+    service: String,
+    pod: String,
+    calls: u64,
+    errors: u64,
+    duration: StoredHistogram,
+}
+
+#[derive(Serialize, Deserialize)]
 struct StoredEdge {
     client: String,
     server: String,
@@ -453,7 +465,7 @@ impl From<&Checkpoint> for Stored {
     fn from(c: &Checkpoint) -> Stored {
         let g = &c.totals.graph;
         Stored {
-            version: 2,
+            version: 3,
             resume: c.resume,
             pending: c.pending.iter().map(StoredHalf::from).collect(),
             spans: c.totals.spans,
@@ -470,6 +482,18 @@ impl From<&Checkpoint> for Stored {
                     overflow: r.overflow,
                     calls: r.calls,
                     duration: (&r.duration).into(),
+                })
+                .collect(),
+            pods: c
+                .totals
+                .pods
+                .iter()
+                .map(|p| StoredPod {
+                    service: p.service.to_string(),
+                    pod: p.pod.to_string(),
+                    calls: p.calls,
+                    errors: p.errors,
+                    duration: (&p.duration).into(),
                 })
                 .collect(),
             edges: c
@@ -531,6 +555,17 @@ impl From<Stored> for Checkpoint {
                         duration: r.duration.into(),
                     })
                     .collect(),
+                pods: s
+                    .pods
+                    .into_iter()
+                    .map(|p| PodRow {
+                        service: p.service.into(),
+                        pod: p.pod.into(),
+                        calls: p.calls,
+                        errors: p.errors,
+                        duration: p.duration.into(),
+                    })
+                    .collect(),
                 edges: s
                     .edges
                     .into_iter()
@@ -584,6 +619,17 @@ mod tests {
                     duration: Histogram {
                         counts: vec![1.0, 4.0],
                         sum: 0.5,
+                        count: 5.0,
+                    },
+                }],
+                pods: vec![PodRow {
+                    service: "a".into(),
+                    pod: "a-1".into(),
+                    calls: spans,
+                    errors: 1,
+                    duration: Histogram {
+                        counts: vec![2.0, 3.0],
+                        sum: 0.25,
                         count: 5.0,
                     },
                 }],

@@ -486,6 +486,10 @@ mod tests {
                     [vec![r.calls as f64], h(&r.duration)].concat(),
                 )
             })
+            .chain(t.pods.iter().map(|p| {
+                let v = [vec![p.calls as f64, p.errors as f64], h(&p.duration)].concat();
+                (format!("pod {}/{}", p.service, p.pod), v)
+            }))
             .chain(t.edges.iter().map(|e| {
                 let v = [
                     vec![e.total, e.failed],

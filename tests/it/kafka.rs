@@ -70,6 +70,8 @@ struct Global {
     nodes: BTreeMap<String, f64>,
     /// The map's edges: requests per (client, server).
     edges: BTreeMap<(String, String), f64>,
+    /// Requests per (service, pod).
+    pods: BTreeMap<(String, String), f64>,
 }
 
 fn global(tw: &Tidewatch) -> Result<Global, String> {
@@ -90,12 +92,24 @@ fn global(tw: &Tidewatch) -> Result<Global, String> {
     for e in list(&g, "edges") {
         *edges.entry((s(&e, "source"), s(&e, "target"))).or_insert(0.0) += f(&e);
     }
-    let mut spans = 0.0;
+    let (mut spans, mut pods) = (0.0, BTreeMap::new());
     for svc in list(&get("/api/services?window=1h")?, "services") {
-        let ops = get(&format!("/api/services/{}/operations?window=1h", s(&svc, "name")))?;
+        let name = s(&svc, "name");
+        let ops = get(&format!("/api/services/{name}/operations?window=1h"))?;
         spans += list(&ops, "operations").iter().map(f).sum::<f64>();
+        for p in list(&get(&format!("/api/services/{name}/pods?window=1h"))?, "pods") {
+            pods.insert((name.clone(), s(&p, "pod")), f(&p));
+        }
     }
-    Ok(Global { spans, nodes, edges })
+    if pods.is_empty() {
+        return Err("no pods".into());
+    }
+    Ok(Global {
+        spans,
+        nodes,
+        edges,
+        pods,
+    })
 }
 
 /// Service-graph requests per (client, server) on `/metrics`, over every partition.
@@ -274,6 +288,15 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         "every analyzer's global view holds every accepted span",
         Duration::from_secs(180),
         || global_views_agree(&[&a, &b, &reference], &reference, accepted),
+    );
+    let g = global(&a).expect("a's global view");
+    eprintln!(
+        "global view on a, b and the reference: {} spans, {} services, {} edges with {} requests, {} pods",
+        g.spans,
+        g.nodes.len(),
+        g.edges.len(),
+        g.edges.values().sum::<f64>(),
+        g.pods.len()
     );
 
     // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
