@@ -188,10 +188,18 @@ impl Cluster {
 
     /// A role with `kafka.topics.traces` set to `topic`.
     fn start_on(&self, topic: &str, role: &str, group: &str) -> Tidewatch {
-        let mut sets = self.sets(role, group);
-        sets.push(format!("kafka.topics.traces={topic}"));
+        self.start_with(role, group, &[format!("kafka.topics.traces={topic}")], &[])
+    }
+
+    /// A role with more `--set`s and environment variables.
+    fn start_with(&self, role: &str, group: &str, extra: &[String], env: &[(&str, &str)]) -> Tidewatch {
+        let sets: Vec<String> = self
+            .sets(role, group)
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect();
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-        Tidewatch::start(&sets)
+        Tidewatch::start_with(&sets, env)
     }
 }
 
@@ -638,4 +646,84 @@ fn unreachable_brokers_are_a_named_error_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kafka.brokers: cannot reach 127.0.0.1:"), "{err}");
+}
+
+/// The operator on the analyze role, against a real kube-apiserver: two analyzers with `scaler.enabled` and
+/// leader election, the shop's load through the ingest role. The inventory pods are found in the global
+/// view's pod breakdown; the Deployment is scaled up from the global view; one analyzer, the Lease
+/// holder, makes every decision, and the other none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holder_among_the_analyzers_scales_from_the_global_view() {
+    use crate::operator_e2e::{eventually, web, workload};
+    let w = workload().await;
+    let operator = w.operator_sets();
+    let (_kafka, ingest, a, b) = tokio::task::block_in_place(|| {
+        let c = Cluster::start(6);
+        let ingest = c.start_role("ingest", "unused");
+        // The Lease's identities, as a pod's name would be.
+        let a = c.start_with("analyze", "tw", &operator, &[("HOSTNAME", "analyzer-a")]);
+        let b = c.start_with("analyze", "tw", &operator, &[("HOSTNAME", "analyzer-b")]);
+        wait_for("both analyzers own partitions", Duration::from_secs(180), || {
+            let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
+            if owned(&a) > 0.0 && owned(&b) > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
+            }
+        });
+        (c, ingest, a, b)
+    });
+    let _load = crate::common::Guard::spawn(crate::common::loadgen(&ingest, 4000, 200).args([
+        "--duration",
+        "120s",
+        "--metrics-and-logs",
+        "false",
+    ]));
+    let names = w.ready_pods(&a).await;
+    w.apply_policy(
+        serde_json::json!({"targetRef": {"kind": "Deployment", "name": "inventory"}, "service": "inventory",
+               "minReplicas": 2, "maxReplicas": 8, "capacity": {"requestsPerReplica": 1.0}}),
+    )
+    .await;
+    let replicas = eventually("a scale-up", Duration::from_secs(120), async || {
+        let r = w.replicas().await;
+        (r > 3).then_some(r)
+    })
+    .await;
+    assert!(replicas <= 8, "{replicas}");
+    let decisions = |tw: &Tidewatch| -> Vec<serde_json::Value> {
+        web(tw, "/api/decisions?policy=shop/inventory")
+            .and_then(|v| v["decisions"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let (da, db) = (decisions(&a), decisions(&b));
+    let (acting, holder) = if da.is_empty() {
+        (&db, "analyzer-b")
+    } else {
+        (&da, "analyzer-a")
+    };
+    assert!(
+        da.is_empty() != db.is_empty(),
+        "one analyzer decides: a made {}, b {}",
+        da.len(),
+        db.len()
+    );
+    assert!(
+        acting.iter().any(|d| d["kind"] == "scale"
+            && d["outcome"] == "ok"
+            && d["action"].as_str().unwrap_or_default().starts_with("scale 3→")),
+        "{acting:?}"
+    );
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(w.admin.clone(), "tidewatch");
+    let lease = leases.get("tidewatch-operator").await.expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(holder),
+        "the analyzer that decides holds the Lease"
+    );
+    eprintln!(
+        "operator on the analyze role: pods {names:?} from the global view, scaled 3 → {replicas}; {} decisions by the Lease holder, none by the other",
+        acting.len()
+    );
 }
