@@ -388,6 +388,33 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         );
         assert!(f["history_points"].as_u64().unwrap_or(0) >= 24, "{f}");
     }
+    // The web UI on an analyzer: the whole shop on the map, and this analyzer's own part in the panel the
+    // all-in-one process gives to its receivers.
+    crate::web_ui::browser_ready();
+    let nodes = "user,frontend,checkout,payment,inventory,shipping,postgres,stripe";
+    let edges = "user>frontend,frontend>checkout,frontend>inventory,checkout>payment,checkout>inventory,\
+                 checkout>shipping,inventory>postgres,payment>stripe";
+    let ui = crate::web_ui::drive(
+        "check",
+        &b,
+        &crate::web_ui::artifacts("kafka-analyzer"),
+        &["--service", "checkout", "--nodes", nodes, "--edges", edges],
+    );
+    crate::web_ui::assert_no_browser_errors(&ui);
+    let drawn: Vec<&str> = ui["overview"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    for id in nodes.split(',') {
+        assert!(drawn.contains(&id), "{id} not on the map: {drawn:?}");
+    }
+    let panel = ui["collector"].as_str().unwrap_or_default();
+    assert!(
+        panel.contains("This analyzer") && panel.contains("partitions owned"),
+        "{panel}"
+    );
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(load.id().to_string())
