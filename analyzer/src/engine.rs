@@ -402,12 +402,18 @@ impl Windows {
                 Err(e @ Error::Source(_)) if !stopping => {
                     // The next window tries again; what it counts lands in that window.
                     tracing::warn!(error = %e, "window skipped");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
                     continue;
                 }
                 Err(_) => break,
             };
             if matches!(self.source, Source::Follow(_)) && !history.has_baseline() {
                 history.baseline(Arc::new(snap));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
                 if stopping {
                     break;
                 }
@@ -467,5 +473,79 @@ impl Windows {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{SpanKind, StatusCode};
+    use crate::red::{Histogram, RedRow};
+
+    /// A snapshot of one series with `calls` calls so far.
+    fn counted(cfg: &AnalyzerConfig, calls: u64) -> Snapshot {
+        Snapshot {
+            red: vec![RedRow {
+                service: "a".into(),
+                span_name: "op".into(),
+                kind: SpanKind::Server,
+                status: StatusCode::Unset,
+                dims: Vec::new(),
+                overflow: false,
+                calls,
+                duration: Histogram {
+                    counts: vec![calls as f64; 1],
+                    sum: 0.0,
+                    count: calls as f64,
+                },
+            }],
+            ..Snapshot::empty(cfg)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_followed_source_starts_from_a_baseline_and_skips_a_failed_read() {
+        let cfg = AnalyzerConfig {
+            // No live window closes during the test: the windows below are closed on demand.
+            window: Duration::from_secs(3600),
+            store: crate::config::StoreConfig {
+                data_dir: None,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // Counters that began before the engine did: 100 calls already, then 130, a failed read, 150.
+        let script = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from([
+            Some(100),
+            Some(130),
+            None,
+            Some(150),
+        ])));
+        let source: SnapshotSource = {
+            let cfg = cfg.clone();
+            Arc::new(move || {
+                let next = script.lock().unwrap().pop_front().flatten();
+                let snap = next
+                    .map(|calls| counted(&cfg, calls))
+                    .ok_or_else(|| Error::Source("the store did not answer".into()));
+                Box::pin(async move { snap })
+            })
+        };
+        let engine = follow(&cfg, source);
+        engine.backfill_window(1_000).await.expect("the baseline");
+        engine.backfill_window(2_000).await.expect("30 calls");
+        assert!(matches!(
+            engine.backfill_window(3_000).await,
+            Err(Error::Source(_))
+        ));
+        engine.backfill_window(4_000).await.expect("20 calls");
+        engine.end_backfill().await.unwrap();
+        let rows = engine.history().services(0, 10_000).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].requests, 50.0,
+            "the 100 calls before the engine are the baseline; the failed read moved nothing"
+        );
+        engine.shutdown().await;
     }
 }
