@@ -16,8 +16,9 @@ use crate::config::AnalyzerConfig;
 use crate::graph::{EdgeRow, GraphCounters, GraphStore, PendingHalf};
 use crate::intern::Interner;
 use crate::records::{AttrKeys, SpanBatch};
-use crate::red::{Histogram, RedRow, RedTable};
+use crate::red::{Histogram, PodRow, RedRow, RedTable};
 use crate::shard::{admit_resources, wanted_keys};
+use crate::snapshot::Snapshot;
 
 /// A shard whose clock is the partition's record time.
 pub struct RecordTimeShard {
@@ -87,26 +88,55 @@ impl RecordTimeShard {
 
     /// Everything counted since the shard was created.
     pub fn totals(&self) -> Totals {
+        let mut pods = self.red.export_pods(&self.names);
+        pods.sort_by(|a, b| (&a.service, &a.pod).cmp(&(&b.service, &b.pod)));
         Totals {
             spans: self.spans,
             red: self.red.export(&self.names),
+            pods,
             edges: self.graph.export(&self.names),
             graph: self.graph.counters(),
         }
     }
 }
 
-/// Cumulative counts of a shard or partition: span count, RED series, service-graph edges and counters
-/// (`graph.pending` is a level, not a count: arithmetic keeps the left side's).
+/// Cumulative counts of a shard or partition: span count, RED series, per-pod RED, service-graph edges and
+/// counters (`graph.pending` is a level, not a count: arithmetic keeps the left side's).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Totals {
     pub spans: u64,
     pub red: Vec<RedRow>,
+    /// Per (service, pod): RED of entry spans, sorted.
+    pub pods: Vec<PodRow>,
     pub edges: Vec<EdgeRow>,
     pub graph: GraphCounters,
 }
 
 impl Totals {
+    /// The totals of several partitions together, series by series (`graph.pending` summed too: every
+    /// partition's waiting halves).
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Totals>) -> Totals {
+        let mut pending = 0;
+        let mut sum = parts.into_iter().fold(Totals::default(), |acc, t| {
+            pending += t.graph.pending;
+            acc.plus(t)
+        });
+        sum.graph.pending = pending;
+        sum
+    }
+
+    /// These totals as a [`Snapshot`] in `cfg`'s units and dimensions, taken now (no metrics or logs: a
+    /// partition of the traces topic counts spans only).
+    pub fn snapshot(self, cfg: &AnalyzerConfig) -> Snapshot {
+        Snapshot {
+            red: self.red,
+            pods: self.pods,
+            edges: self.edges,
+            graph: self.graph,
+            ..Snapshot::empty(cfg)
+        }
+    }
+
     /// `self + o`, series by series.
     pub fn plus(&self, o: &Totals) -> Totals {
         self.combine(o, 1.0)
@@ -153,10 +183,29 @@ impl Totals {
             add_histogram(&mut e.messaging_latency, &r.messaging_latency, sign);
         }
         let n = |a: u64, b: u64| if sign > 0.0 { a + b } else { a.saturating_sub(b) };
+        let mut pods: BTreeMap<_, PodRow> = self
+            .pods
+            .iter()
+            .map(|p| ((p.service.clone(), p.pod.clone()), p.clone()))
+            .collect();
+        for r in &o.pods {
+            let e = pods
+                .entry((r.service.clone(), r.pod.clone()))
+                .or_insert_with(|| PodRow {
+                    calls: 0,
+                    errors: 0,
+                    duration: Histogram::new(r.duration.counts.len().saturating_sub(1)),
+                    ..r.clone()
+                });
+            e.calls = n(e.calls, r.calls);
+            e.errors = n(e.errors, r.errors);
+            add_histogram(&mut e.duration, &r.duration, sign);
+        }
         let (g, h) = (&self.graph, &o.graph);
         Totals {
             spans: n(self.spans, o.spans),
             red: red.into_values().filter(|r| r.calls > 0).collect(),
+            pods: pods.into_values().filter(|p| p.calls > 0).collect(),
             edges: edges
                 .into_values()
                 .filter(|e| e.total != 0.0 || e.failed != 0.0)

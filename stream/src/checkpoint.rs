@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters, HalfName, PendingHalf};
 use tidewatch_analyzer::partition::Totals;
 use tidewatch_analyzer::records::{SpanKind, StatusCode};
-use tidewatch_analyzer::red::{Histogram, RedRow};
+use tidewatch_analyzer::red::{Histogram, PodRow, RedRow};
 
 use crate::partitioner::lower_hex;
 use crate::{Error, Result};
@@ -189,6 +189,78 @@ impl Checkpoints {
     }
 }
 
+impl Checkpoints {
+    fn progress_path(&self, partition: i32) -> Path {
+        self.dir(partition).join(PROGRESS)
+    }
+
+    /// Publishes what the owner of `partition` has counted so far, for the global view: the totals of
+    /// `c`, which count every record before `c.resume.offset` (its waiting halves are left out: progress is
+    /// read, never resumed from). Unfenced: whoever writes it, the totals up to an offset are the same
+    /// (record time), so a reader keeps whichever covers more.
+    pub async fn publish(&self, partition: i32, c: &Checkpoint) -> Result<()> {
+        let stored = Stored::from(&Checkpoint {
+            totals: c.totals.clone(),
+            pending: Vec::new(),
+            resume: c.resume,
+        });
+        let json = serde_json::to_vec(&Some(stored)).map_err(|e| Error::Checkpoints(e.to_string()))?;
+        self.store
+            .put_opts(
+                &self.progress_path(partition),
+                PutPayload::from(json),
+                PutOptions::default(),
+            )
+            .await
+            .map_err(|e| Error::Checkpoints(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Every partition with a checkpoint or progress in the store.
+    pub async fn partitions(&self) -> Result<Vec<i32>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map_err(|e| Error::Checkpoints(e.to_string()))?;
+        let mut parts: Vec<i32> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse().ok())
+            .collect();
+        parts.sort_unstable();
+        Ok(parts)
+    }
+
+    /// The most `partition` is known to have counted: its latest checkpoint or its owner's progress,
+    /// whichever covers more records (the checkpoint when both cover the same), as the offset it counted
+    /// up to and the totals.
+    pub async fn counted(&self, partition: i32) -> Result<Option<(i64, Totals)>> {
+        let checkpoint = self.load(partition).await?;
+        let progress = match self
+            .store
+            .get_opts(&self.progress_path(partition), GetOptions::default())
+            .await
+        {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| Error::Checkpoints(e.to_string()))?;
+                decode(partition, &bytes)?
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(Error::Checkpoints(e.to_string())),
+        };
+        Ok([checkpoint, progress]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| if b.resume.offset > a.resume.offset { b } else { a })
+            .map(|c| (c.resume.offset, c.totals)))
+    }
+}
+
+/// The object holding a partition's progress, next to its epochs' checkpoints (not a number: never taken
+/// for an epoch).
+const PROGRESS: &str = "progress.json";
+
 fn decode(partition: i32, bytes: &[u8]) -> Result<Option<Checkpoint>> {
     let stored: Option<Stored> = serde_json::from_slice(bytes)
         .map_err(|e| Error::Checkpoints(format!("partition {partition}: {e}")))?;
@@ -203,6 +275,9 @@ struct Stored {
     resume: WindowStart,
     spans: u64,
     red: Vec<StoredRed>,
+    /// Absent in version 2 checkpoints.
+    #[serde(default)]
+    pods: Vec<StoredPod>,
     edges: Vec<StoredEdge>,
     graph: [u64; 7],
     pending: Vec<StoredHalf>,
@@ -334,6 +409,15 @@ struct StoredRed {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StoredPod {
+    service: String,
+    pod: String,
+    calls: u64,
+    errors: u64,
+    duration: StoredHistogram,
+}
+
+#[derive(Serialize, Deserialize)]
 struct StoredEdge {
     client: String,
     server: String,
@@ -381,7 +465,7 @@ impl From<&Checkpoint> for Stored {
     fn from(c: &Checkpoint) -> Stored {
         let g = &c.totals.graph;
         Stored {
-            version: 2,
+            version: 3,
             resume: c.resume,
             pending: c.pending.iter().map(StoredHalf::from).collect(),
             spans: c.totals.spans,
@@ -398,6 +482,18 @@ impl From<&Checkpoint> for Stored {
                     overflow: r.overflow,
                     calls: r.calls,
                     duration: (&r.duration).into(),
+                })
+                .collect(),
+            pods: c
+                .totals
+                .pods
+                .iter()
+                .map(|p| StoredPod {
+                    service: p.service.to_string(),
+                    pod: p.pod.to_string(),
+                    calls: p.calls,
+                    errors: p.errors,
+                    duration: (&p.duration).into(),
                 })
                 .collect(),
             edges: c
@@ -459,6 +555,17 @@ impl From<Stored> for Checkpoint {
                         duration: r.duration.into(),
                     })
                     .collect(),
+                pods: s
+                    .pods
+                    .into_iter()
+                    .map(|p| PodRow {
+                        service: p.service.into(),
+                        pod: p.pod.into(),
+                        calls: p.calls,
+                        errors: p.errors,
+                        duration: p.duration.into(),
+                    })
+                    .collect(),
                 edges: s
                     .edges
                     .into_iter()
@@ -515,6 +622,17 @@ mod tests {
                         count: 5.0,
                     },
                 }],
+                pods: vec![PodRow {
+                    service: "a".into(),
+                    pod: "a-1".into(),
+                    calls: spans,
+                    errors: 1,
+                    duration: Histogram {
+                        counts: vec![2.0, 3.0],
+                        sum: 0.25,
+                        count: 5.0,
+                    },
+                }],
                 edges: Vec::new(),
                 graph: GraphCounters {
                     edges: 2,
@@ -561,6 +679,39 @@ mod tests {
         assert!(store.load(4).await.unwrap().is_none(), "partitions are apart");
         let (next, got) = store.claim(3).await.unwrap();
         assert_eq!((next.epoch, got), (2, Some(c)));
+    }
+
+    #[tokio::test]
+    async fn progress_counts_when_it_covers_more_than_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        assert!(store.partitions().await.unwrap().is_empty());
+        assert_eq!(store.counted(2).await.unwrap(), None);
+        let (claim, _) = store.claim(2).await.unwrap();
+        // Claimed, nothing saved: the partition is listed, nothing counted yet.
+        assert_eq!(store.partitions().await.unwrap(), vec![2]);
+        assert_eq!(store.counted(2).await.unwrap(), None);
+        store.save(claim, &checkpoint(5, 40)).await.unwrap();
+        store.publish(7, &checkpoint(6, 41)).await.unwrap();
+        assert_eq!(store.partitions().await.unwrap(), vec![2, 7]);
+        assert_eq!(
+            store.counted(7).await.unwrap(),
+            Some((41, checkpoint(6, 41).totals))
+        );
+        // Progress behind the checkpoint (a previous owner's) and progress ahead of it.
+        store.publish(2, &checkpoint(4, 30)).await.unwrap();
+        assert_eq!(
+            store.counted(2).await.unwrap(),
+            Some((40, checkpoint(5, 40).totals))
+        );
+        store.publish(2, &checkpoint(9, 52)).await.unwrap();
+        assert_eq!(
+            store.counted(2).await.unwrap(),
+            Some((52, checkpoint(9, 52).totals))
+        );
+        // Progress is never resumed from: a new owner takes the checkpoint, and the epochs ignore it.
+        let (next, got) = store.claim(2).await.unwrap();
+        assert_eq!((next.epoch, got), (2, Some(checkpoint(5, 40))));
     }
 
     #[tokio::test]

@@ -99,6 +99,8 @@ struct Part {
     awaiting: Option<i64>,
     /// The last offset counted: a record at or before it is a redelivery, never counted twice.
     last: i64,
+    /// The offset the last progress published counts up to (see [`Checkpoints::publish`]).
+    published: i64,
     dirty: bool,
 }
 
@@ -136,6 +138,7 @@ impl Part {
             reread,
             awaiting: None,
             last: -1,
+            published: -1,
             dirty: true,
         }
     }
@@ -146,6 +149,20 @@ impl Part {
         let mut t = self.base.plus(&now.minus(&self.baseline));
         t.graph.pending = now.graph.pending;
         t
+    }
+
+    /// What has been counted so far, for [`Checkpoints::publish`], if it covers more than the last one.
+    fn progress(&self) -> Option<Checkpoint> {
+        let covered = self.last + 1;
+        (self.last >= 0 && covered > self.published).then(|| Checkpoint {
+            totals: self.totals(),
+            pending: Vec::new(),
+            resume: WindowStart {
+                window: self.window,
+                offset: covered,
+                clock_ms: self.clock_ms,
+            },
+        })
     }
 
     /// Applies one record; returns the checkpoint to save when it closed a window.
@@ -226,10 +243,15 @@ pub async fn run(
     // Assignments whose checkpoints a later owner claimed: skipped until the group assigns anew.
     let mut fenced: HashSet<(i32, u64)> = HashSet::new();
     let mut publish = tokio::time::interval(Duration::from_millis(250));
+    // Progress for the global view, every window of wall time: a window that stays open (no later record
+    // yet) is seen all the same.
+    let mut progress = tokio::time::interval(analyzer.window.max(Duration::from_millis(100)));
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => break,
+            _ = progress.tick() => publish_progress(&checkpoints, &mut parts).await,
             _ = publish.tick() => {
                 let owned = assignment.owned.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 parts.retain(|p, part| owned.get(p) == Some(&part.assignment));
@@ -335,8 +357,20 @@ pub async fn run(
             }
         }
     }
+    publish_progress(&checkpoints, &mut parts).await;
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Publishes the progress of every partition that counted records since its last.
+async fn publish_progress(checkpoints: &Checkpoints, parts: &mut HashMap<i32, Part>) {
+    for (p, part) in parts.iter_mut() {
+        let Some(c) = part.progress() else { continue };
+        match checkpoints.publish(*p, &c).await {
+            Ok(()) => part.published = c.resume.offset,
+            Err(e) => tracing::warn!(partition = p, error = %e, "kafka: progress not published"),
+        }
+    }
 }
 
 /// Claims a partition's checkpoints, retrying with backoff while the store does not answer.
@@ -365,19 +399,9 @@ pub fn snapshot(cfg: &AnalyzerConfig, parts: &BTreeMap<i32, Totals>) -> tidewatc
             .collect()
     };
     let mut snap = tidewatch_analyzer::Snapshot {
-        taken_at: std::time::SystemTime::now(),
-        red: Vec::new(),
-        red_bounds: cfg.span_metrics.bounds().into(),
-        red_unit: cfg.span_metrics.unit,
         red_dimensions: label(&cfg.span_metrics.dimensions),
-        pods: Vec::new(),
-        edges: Vec::new(),
-        graph_bounds: cfg.service_graph.bounds().into(),
         graph_dimensions: label(&GraphStore::dimension_labels(&cfg.service_graph)),
-        graph_config: Arc::new(cfg.service_graph.clone()),
-        graph: Default::default(),
-        metrics: Vec::new(),
-        logs: Vec::new(),
+        ..tidewatch_analyzer::Snapshot::empty(cfg)
     };
     for (p, t) in parts {
         let p: Arc<str> = p.to_string().into();
@@ -462,6 +486,10 @@ mod tests {
                     [vec![r.calls as f64], h(&r.duration)].concat(),
                 )
             })
+            .chain(t.pods.iter().map(|p| {
+                let v = [vec![p.calls as f64, p.errors as f64], h(&p.duration)].concat();
+                (format!("pod {}/{}", p.service, p.pod), v)
+            }))
             .chain(t.edges.iter().map(|e| {
                 let v = [
                     vec![e.total, e.failed],

@@ -7,7 +7,10 @@
 //!                                  ▼
 //!         --role analyze: consumer group (consumer.rs); each assigned partition one RecordTimeShard
 //!                         (tidewatch-analyzer), windows on the partition's record time; at each window
-//!                         close: checkpoint (checkpoint.rs, object_store) then commit
+//!                         close: checkpoint (checkpoint.rs, object_store) then commit; every window
+//!                         of wall time: the partition's progress to the same store
+//!         global view (global.rs): every partition's latest counts from the store, summed, followed by
+//!                         the analyzer's engine (history, anomalies, forecasts, UI, operator)
 //! ```
 //!
 //! The analyzer knows nothing of Kafka: it gets batches and a clock in milliseconds.
@@ -15,6 +18,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod consumer;
+pub mod global;
 pub mod partitioner;
 pub mod producer;
 
