@@ -11,27 +11,74 @@ use tidewatch_analyzer::engine::EngineStats;
 use tidewatch_analyzer::exposition::{Kind, family, histogram, sample, single};
 use tidewatch_analyzer::graph::{ConnectionType, GraphCounters};
 use tidewatch_analyzer::ingest::Ingest;
+use tidewatch_analyzer::signals::{LogRow, MetricKind, MetricRow};
 
-/// RED and service-graph series of a snapshot.
+/// RED, service-graph, metric-point and log-record series of a snapshot.
 pub fn render_snapshot(out: &mut String, s: &Snapshot) {
     render_red(out, s);
     render_graph(out, s);
-    if !s.logs.is_empty() {
+    render_signals(out, &[(&[], &s.metrics, &s.logs)]);
+}
+
+/// Metric rows and log counts of several parts, each part's samples with its own extra labels (an
+/// analyzer's partitions: `tidewatch_partition`).
+pub fn render_signals(out: &mut String, parts: &[(&[(&str, &str)], &[MetricRow], &[LogRow])]) {
+    let points = "tidewatch_metric_points_total";
+    if parts.iter().any(|(_, m, _)| !m.is_empty()) {
         family(
             out,
-            "tidewatch_log_records_total",
+            points,
+            Kind::Counter,
+            "Metric points received, by service, pod and metric.",
+        );
+        for (extra, metrics, _) in parts {
+            for m in *metrics {
+                let labels = metric_labels(m, extra);
+                sample(out, points, &labels, m.points);
+            }
+        }
+    }
+    let increase = "tidewatch_metric_increase_total";
+    let counters = |m: &&MetricRow| m.kind == MetricKind::Counter;
+    if parts.iter().any(|(_, m, _)| m.iter().any(|m| counters(&m))) {
+        family(
+            out,
+            increase,
+            Kind::Counter,
+            "Increase of monotonic sums (delta or cumulative, across restarts), by service, pod and metric.",
+        );
+        for (extra, metrics, _) in parts {
+            for m in metrics.iter().filter(counters) {
+                sample(out, increase, &metric_labels(m, extra), m.increase);
+            }
+        }
+    }
+    let records = "tidewatch_log_records_total";
+    if parts.iter().any(|(_, _, l)| !l.is_empty()) {
+        family(
+            out,
+            records,
             Kind::Counter,
             "Log records received, by service and severity.",
         );
-        for r in &s.logs {
-            sample(
-                out,
-                "tidewatch_log_records_total",
-                &[("service_name", &r.service), ("severity", r.severity)],
-                r.records as f64,
-            );
+        for (extra, _, logs) in parts {
+            for r in *logs {
+                let mut labels = vec![("service_name", &*r.service), ("severity", r.severity)];
+                labels.extend_from_slice(extra);
+                sample(out, records, &labels, r.records);
+            }
         }
     }
+}
+
+fn metric_labels<'a>(m: &'a MetricRow, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut labels = vec![
+        ("service_name", &*m.service),
+        ("k8s_pod_name", &*m.pod),
+        ("metric_name", &*m.name),
+    ];
+    labels.extend_from_slice(extra);
+    labels
 }
 
 fn render_red(out: &mut String, s: &Snapshot) {
