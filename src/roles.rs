@@ -18,6 +18,7 @@ use axum::routing::get;
 use tidewatch_analyzer::exposition::{self, Kind};
 use tidewatch_collector::{Receiver, Stats};
 use tidewatch_dashboards::WebState;
+use tidewatch_dashboards::prom::SignalRows;
 use tidewatch_stream::checkpoint::Checkpoints;
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::global::GlobalView;
@@ -151,7 +152,11 @@ pub async fn analyze(
             let signals: Vec<_> = parts
                 .values()
                 .zip(&labels)
-                .map(|(t, l)| (&l[..], &t.metrics[..], &t.logs[..]))
+                .map(|(t, l)| SignalRows {
+                    labels: l,
+                    metrics: &t.metrics,
+                    logs: &t.logs,
+                })
                 .collect();
             tidewatch_dashboards::prom::render_signals(out, &signals);
             consumer_metrics(out, &stats);

@@ -17,54 +17,65 @@ use tidewatch_analyzer::signals::{LogRow, MetricKind, MetricRow};
 pub fn render_snapshot(out: &mut String, s: &Snapshot) {
     render_red(out, s);
     render_graph(out, s);
-    render_signals(out, &[(&[], &s.metrics, &s.logs)]);
+    let rows = SignalRows {
+        labels: &[],
+        metrics: &s.metrics,
+        logs: &s.logs,
+    };
+    render_signals(out, &[rows]);
 }
 
-/// Metric rows and log counts of several parts, each part's samples with its own extra labels (an
-/// analyzer's partitions: `tidewatch_partition`).
-pub fn render_signals(out: &mut String, parts: &[(&[(&str, &str)], &[MetricRow], &[LogRow])]) {
+/// One part's metric rows and log counts, and the labels its samples carry beyond their own (an
+/// analyzer's partition: `tidewatch_partition`).
+pub struct SignalRows<'a> {
+    pub labels: &'a [(&'a str, &'a str)],
+    pub metrics: &'a [MetricRow],
+    pub logs: &'a [LogRow],
+}
+
+/// Metric rows and log counts of several parts, each family written once.
+pub fn render_signals(out: &mut String, parts: &[SignalRows<'_>]) {
     let points = "tidewatch_metric_points_total";
-    if parts.iter().any(|(_, m, _)| !m.is_empty()) {
+    if parts.iter().any(|p| !p.metrics.is_empty()) {
         family(
             out,
             points,
             Kind::Counter,
             "Metric points received, by service, pod and metric.",
         );
-        for (extra, metrics, _) in parts {
-            for m in *metrics {
-                let labels = metric_labels(m, extra);
-                sample(out, points, &labels, m.points);
+        for p in parts {
+            for m in p.metrics {
+                sample(out, points, &metric_labels(m, p.labels), m.points);
             }
         }
     }
     let increase = "tidewatch_metric_increase_total";
-    let counters = |m: &&MetricRow| m.kind == MetricKind::Counter;
-    if parts.iter().any(|(_, m, _)| m.iter().any(|m| counters(&m))) {
+    let counter = |m: &&MetricRow| m.kind == MetricKind::Counter;
+    if parts.iter().any(|p| p.metrics.iter().any(|m| counter(&m))) {
         family(
             out,
             increase,
             Kind::Counter,
             "Increase of monotonic sums (delta or cumulative, across restarts), by service, pod and metric.",
         );
-        for (extra, metrics, _) in parts {
-            for m in metrics.iter().filter(counters) {
-                sample(out, increase, &metric_labels(m, extra), m.increase);
+        for p in parts {
+            for m in p.metrics.iter().filter(counter) {
+                sample(out, increase, &metric_labels(m, p.labels), m.increase);
             }
         }
     }
     let records = "tidewatch_log_records_total";
-    if parts.iter().any(|(_, _, l)| !l.is_empty()) {
+    if parts.iter().any(|p| !p.logs.is_empty()) {
         family(
             out,
             records,
             Kind::Counter,
             "Log records received, by service and severity.",
         );
-        for (extra, _, logs) in parts {
-            for r in *logs {
+        for p in parts {
+            for r in p.logs {
                 let mut labels = vec![("service_name", &*r.service), ("severity", r.severity)];
-                labels.extend_from_slice(extra);
+                labels.extend_from_slice(p.labels);
                 sample(out, records, &labels, r.records);
             }
         }
@@ -397,5 +408,60 @@ pub fn render_budget(out: &mut String, b: &tidewatch_analyzer::budget::BudgetSta
         ),
     ] {
         single(out, name, kind, help, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_carry_their_parts_labels_and_counters_their_increase() {
+        let row = |name: &str, kind| MetricRow {
+            service: "api".into(),
+            pod: "api-1".into(),
+            name: name.into(),
+            kind,
+            points: 3,
+            last_time_ns: 9,
+            last_value: 7.0,
+            increase: 4.5,
+            last_start_ns: 1,
+            seen_cumulative: true,
+        };
+        let metrics = [
+            row("cpu", MetricKind::Gauge),
+            row("requests", MetricKind::Counter),
+        ];
+        let logs = [LogRow {
+            service: "api".into(),
+            severity: "error",
+            records: 2,
+        }];
+        let mut out = String::new();
+        render_signals(
+            &mut out,
+            &[SignalRows {
+                labels: &[("tidewatch_partition", "1")],
+                metrics: &metrics,
+                logs: &logs,
+            }],
+        );
+        let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        let labels = |name: &str| {
+            format!(
+                "service_name=\"api\",k8s_pod_name=\"api-1\",metric_name=\"{name}\",tidewatch_partition=\"1\""
+            )
+        };
+        assert_eq!(
+            samples,
+            [
+                format!("tidewatch_metric_points_total{{{}}} 3", labels("cpu")),
+                format!("tidewatch_metric_points_total{{{}}} 3", labels("requests")),
+                format!("tidewatch_metric_increase_total{{{}}} 4.5", labels("requests")),
+                "tidewatch_log_records_total{service_name=\"api\",severity=\"error\",tidewatch_partition=\"1\"} 2"
+                    .to_owned(),
+            ]
+        );
     }
 }
