@@ -245,7 +245,7 @@ fn consumer_metrics(out: &mut String, stats: &ConsumerStats) {
     counter(
         out,
         "tidewatch_kafka_records_undecodable_total",
-        "Records that were not OTLP traces requests.",
+        "Records that were not OTLP requests of their topic's signal.",
         &stats.records_undecodable,
     );
     counter(

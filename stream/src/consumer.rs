@@ -7,11 +7,12 @@
 //! partition's record time (the largest record timestamp so far), and windows of `analyzer.window` are
 //! numbered on that clock. When a record opens a new window, the window that ends is closed: the
 //! partition's cumulative totals (metric rows whole, with what turns cumulative sums into increases), the
-//! service-graph halves still waiting and where the new window starts are written as a checkpoint ([`crate::checkpoint`]), then that offset is committed (manual commits).
+//! service-graph halves still waiting and where the new window starts are written as a checkpoint
+//! ([`crate::checkpoint`]), then that offset is committed (manual commits).
 //!
 //! A new owner (after a crash or a rebalance) claims the partition's checkpoints (fencing the previous
-//! owner's writes), loads the latest, takes its waiting halves back and starts at its resume offset: it
-//! reads again at most the window that was open, and counts every record once.
+//! owner's writes), loads the latest, takes its waiting halves and metric and log rows back and starts at
+//! its resume offset: it reads again at most the window that was open, and counts every record once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
