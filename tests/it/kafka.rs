@@ -316,7 +316,7 @@ fn n(r: &serde_json::Value, k: &str) -> f64 {
 fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     let c = Cluster::start(6);
     let ingest = c.start_role("ingest", "unused");
-    let mut a = c.start_role("analyze", "tw");
+    let a = c.start_role("analyze", "tw");
     let b = c.start_role("analyze", "tw");
     let reference = c.start_role("analyze", "reference");
 
@@ -379,6 +379,29 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         g.pods.len()
     );
 
+    // The analyzer to kill is one that owns a partition of the metrics topic (the group decides which), so
+    // a cumulative sum changes owner mid-stream.
+    let owned = |tw: &Tidewatch, family: &str| {
+        let m = tw.metrics();
+        let parts: std::collections::BTreeSet<String> = m
+            .samples
+            .iter()
+            .filter(|s| s.name == family)
+            .filter_map(|s| s.labels.get("tidewatch_partition").cloned())
+            .collect();
+        parts.len()
+    };
+    let metrics_family = "tidewatch_metric_points_total";
+    let (mut a, b) = if owned(&a, metrics_family) > 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        owned(&a, metrics_family) > 0,
+        "neither analyzer owns a partition of the metrics topic"
+    );
+
     // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
     let load = loadgen(&ingest, 3000, "12s");
     let checkpoints = counter(&a, "tidewatch_kafka_checkpoints_total");
@@ -394,22 +417,10 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
             }
         },
     );
-    // Which of the metrics and logs topics' partitions die with `a` (the group's choice): printed, as the
-    // unit test `a_successor_from_any_checkpoint_ends_with_the_same_totals` covers every takeover point.
-    let m = a.metrics();
-    let owned = |family: &str| {
-        let parts: std::collections::BTreeSet<&str> = m
-            .samples
-            .iter()
-            .filter(|s| s.name == family)
-            .filter_map(|s| s.labels.get("tidewatch_partition").map(String::as_str))
-            .collect();
-        parts.len()
-    };
     eprintln!(
-        "a, killed now, owns {} partitions of the metrics topic and {} of the logs topic",
-        owned("tidewatch_metric_points_total"),
-        owned("tidewatch_log_records_total")
+        "killed now: an analyzer owning {} partitions of the metrics topic and {} of the logs topic",
+        owned(&a, metrics_family),
+        owned(&a, "tidewatch_log_records_total")
     );
     a.kill9();
     let a2 = c.start_role("analyze", "tw");
