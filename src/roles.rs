@@ -18,6 +18,7 @@ use axum::routing::get;
 use tidewatch_analyzer::exposition::{self, Kind};
 use tidewatch_collector::{Receiver, Stats};
 use tidewatch_dashboards::WebState;
+use tidewatch_dashboards::prom::SignalRows;
 use tidewatch_stream::checkpoint::Checkpoints;
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::global::GlobalView;
@@ -132,7 +133,7 @@ pub async fn analyze(
     let stats = Arc::new(ConsumerStats::default());
     let ready = Arc::new(AtomicBool::new(false));
     let reports = crate::operator::Reports::open(&cfg)?;
-    let checkpoints = Checkpoints::open(&cfg.kafka.checkpoints, &cfg.kafka.group, &cfg.kafka.topics.traces)?;
+    let checkpoints = Checkpoints::open_all(&cfg.kafka)?;
     let global = Arc::new(GlobalView::new(checkpoints, cfg.analyzer.clone()));
     let engine = Arc::new(tidewatch_analyzer::follow(&cfg.analyzer, global.source()));
     let metrics: Hook = {
@@ -141,6 +142,23 @@ pub async fn analyze(
         Arc::new(move |out: &mut String| {
             let parts = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
             tidewatch_dashboards::prom::render_snapshot(out, &consumer::snapshot(&acfg, &parts));
+            // Metric and log rows, each with its partition's label (partition numbers are per topic, and
+            // each family comes from one topic).
+            let names: Vec<String> = parts.keys().map(|(_, p)| p.to_string()).collect();
+            let labels: Vec<[(&str, &str); 1]> = names
+                .iter()
+                .map(|p| [(consumer::PARTITION_LABEL, p.as_str())])
+                .collect();
+            let signals: Vec<_> = parts
+                .values()
+                .zip(&labels)
+                .map(|(t, l)| SignalRows {
+                    labels: l,
+                    metrics: &t.metrics,
+                    logs: &t.logs,
+                })
+                .collect();
+            tidewatch_dashboards::prom::render_signals(out, &signals);
             consumer_metrics(out, &stats);
             operator.render(out);
         })
@@ -169,7 +187,8 @@ pub async fn analyze(
     let (op_stop_tx, op_stop_rx) = watch::channel(false);
     let operator = crate::operator::spawn(&cfg, &engine, &reports, op_stop_rx);
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(group = %cfg.kafka.group, topic = %cfg.kafka.topics.traces, "tidewatch analyze is ready");
+    tracing::info!(group = %cfg.kafka.group, traces = %cfg.kafka.topics.traces, metrics = %cfg.kafka.topics.metrics,
+        logs = %cfg.kafka.topics.logs, "tidewatch analyze is ready");
     tokio::pin!(run);
     let res = tokio::select! {
         () = shutdown => {
@@ -202,7 +221,7 @@ fn consumer_metrics(out: &mut String, stats: &ConsumerStats) {
     counter(
         out,
         "tidewatch_kafka_records_total",
-        "Records read from the traces topic.",
+        "Records read from the traces, metrics and logs topics.",
         &stats.records,
     );
     counter(
@@ -226,7 +245,7 @@ fn consumer_metrics(out: &mut String, stats: &ConsumerStats) {
     counter(
         out,
         "tidewatch_kafka_records_undecodable_total",
-        "Records that were not OTLP traces requests.",
+        "Records that were not OTLP requests of their topic's signal.",
         &stats.records_undecodable,
     );
     counter(

@@ -1,5 +1,6 @@
-//! A partition's checkpoint: its cumulative totals at a window close, the service-graph halves still
-//! waiting then, and the record-time point to resume from. Stored as JSON through `object_store` (a shared
+//! A partition's checkpoint: its cumulative totals at a window close (spans' series on the traces topic,
+//! metric rows and log counts on the metrics and logs topics), the service-graph halves still waiting
+//! then, and the record-time point to resume from. Stored as JSON through `object_store` (a shared
 //! bucket or directory every analyzer can read), written whole (the local backend writes and renames).
 //!
 //! Writes are fenced by epochs. A new owner of a partition *claims* it: it reads the checkpoint of the
@@ -9,6 +10,7 @@
 //! partition) finds the higher epoch before each write and stops ([`Error::Fenced`]); a write of its that
 //! races the claim lands under its own, lower epoch, which no reader takes again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use object_store::path::Path;
@@ -18,9 +20,12 @@ use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters, HalfName
 use tidewatch_analyzer::partition::Totals;
 use tidewatch_analyzer::records::{SpanKind, StatusCode};
 use tidewatch_analyzer::red::{Histogram, PodRow, RedRow};
+use tidewatch_analyzer::signals::{LogRow, MetricKind, MetricRow, severity_label};
 
+use crate::config::KafkaConfig;
 use crate::partitioner::lower_hex;
 use crate::{Error, Result};
+use tidewatch_collector::decode::Signal;
 
 /// Where a window began on a partition: its number, the offset of its first record, and the partition's
 /// clock (record time, ms) after that record.
@@ -74,6 +79,19 @@ impl Checkpoints {
             store: Arc::from(store),
             prefix,
         })
+    }
+
+    /// The checkpoints of each of `kafka`'s topics, in `kafka.checkpoints` under `kafka.group`.
+    pub fn open_all(kafka: &KafkaConfig) -> Result<BTreeMap<Signal, Checkpoints>> {
+        Signal::ALL
+            .into_iter()
+            .map(|s| {
+                Ok((
+                    s,
+                    Checkpoints::open(&kafka.checkpoints, &kafka.group, kafka.topics.name(s))?,
+                ))
+            })
+            .collect()
     }
 
     fn dir(&self, partition: i32) -> Path {
@@ -281,6 +299,72 @@ struct Stored {
     edges: Vec<StoredEdge>,
     graph: [u64; 7],
     pending: Vec<StoredHalf>,
+    /// Absent before version 4.
+    #[serde(default)]
+    metrics: Vec<StoredMetric>,
+    /// Absent before version 4.
+    #[serde(default)]
+    logs: Vec<StoredLog>,
+}
+
+/// A metric row whole, its cumulative-sum state included: a new owner continues the series from it.
+#[derive(Serialize, Deserialize)]
+struct StoredMetric {
+    service: String,
+    pod: String,
+    name: String,
+    counter: bool,
+    points: u64,
+    last_time_ns: u64,
+    last_value: f64,
+    increase: f64,
+    last_start_ns: u64,
+    seen_cumulative: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredLog {
+    service: String,
+    severity: String,
+    records: u64,
+}
+
+impl From<&MetricRow> for StoredMetric {
+    fn from(m: &MetricRow) -> StoredMetric {
+        StoredMetric {
+            service: m.service.to_string(),
+            pod: m.pod.to_string(),
+            name: m.name.to_string(),
+            counter: m.kind == MetricKind::Counter,
+            points: m.points,
+            last_time_ns: m.last_time_ns,
+            last_value: m.last_value,
+            increase: m.increase,
+            last_start_ns: m.last_start_ns,
+            seen_cumulative: m.seen_cumulative,
+        }
+    }
+}
+
+impl From<StoredMetric> for MetricRow {
+    fn from(m: StoredMetric) -> MetricRow {
+        MetricRow {
+            service: m.service.into(),
+            pod: m.pod.into(),
+            name: m.name.into(),
+            kind: if m.counter {
+                MetricKind::Counter
+            } else {
+                MetricKind::Gauge
+            },
+            points: m.points,
+            last_time_ns: m.last_time_ns,
+            last_value: m.last_value,
+            increase: m.increase,
+            last_start_ns: m.last_start_ns,
+            seen_cumulative: m.seen_cumulative,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -465,7 +549,18 @@ impl From<&Checkpoint> for Stored {
     fn from(c: &Checkpoint) -> Stored {
         let g = &c.totals.graph;
         Stored {
-            version: 3,
+            version: 4,
+            metrics: c.totals.metrics.iter().map(StoredMetric::from).collect(),
+            logs: c
+                .totals
+                .logs
+                .iter()
+                .map(|l| StoredLog {
+                    service: l.service.to_string(),
+                    severity: l.severity.to_owned(),
+                    records: l.records,
+                })
+                .collect(),
             resume: c.resume,
             pending: c.pending.iter().map(StoredHalf::from).collect(),
             spans: c.totals.spans,
@@ -590,6 +685,16 @@ impl From<Stored> for Checkpoint {
                     dropped_spans,
                     pending,
                 },
+                metrics: s.metrics.into_iter().map(MetricRow::from).collect(),
+                logs: s
+                    .logs
+                    .into_iter()
+                    .map(|l| LogRow {
+                        service: l.service.into(),
+                        severity: severity_label(&l.severity),
+                        records: l.records,
+                    })
+                    .collect(),
             },
         }
     }
@@ -639,6 +744,23 @@ mod tests {
                     pending: 1,
                     ..GraphCounters::default()
                 },
+                metrics: vec![MetricRow {
+                    service: "a".into(),
+                    pod: "a-1".into(),
+                    name: "requests".into(),
+                    kind: MetricKind::Counter,
+                    points: 3,
+                    last_time_ns: 30,
+                    last_value: 120.5,
+                    increase: 20.5,
+                    last_start_ns: 5,
+                    seen_cumulative: true,
+                }],
+                logs: vec![LogRow {
+                    service: "a".into(),
+                    severity: "error",
+                    records: spans,
+                }],
             },
             pending: vec![PendingHalf {
                 trace: [0xab; 16],
@@ -679,6 +801,20 @@ mod tests {
         assert!(store.load(4).await.unwrap().is_none(), "partitions are apart");
         let (next, got) = store.claim(3).await.unwrap();
         assert_eq!((next.epoch, got), (2, Some(c)));
+    }
+
+    #[test]
+    fn a_version_3_checkpoint_reads_without_metrics_or_logs() {
+        let mut v3 = serde_json::to_value(Stored::from(&checkpoint(5, 40))).unwrap();
+        let o = v3.as_object_mut().unwrap();
+        o.remove("metrics");
+        o.remove("logs");
+        o.insert("version".into(), 3.into());
+        let got = decode(0, &serde_json::to_vec(&v3).unwrap()).unwrap().unwrap();
+        let mut want = checkpoint(5, 40);
+        want.totals.metrics.clear();
+        want.totals.logs.clear();
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The global view of a deployment on Kafka: every partition of the traces topic, whoever owns it, read
+//! The global view of a deployment on Kafka: every partition of the traces, metrics and logs topics,
+//! whoever owns it, read
 //! from the shared store (each partition's latest checkpoint or its owner's progress, whichever covers
 //! more) and summed into one [`Snapshot`]. Every analyzer follows it with the engine's own window task
 //! ([`tidewatch_analyzer::follow`]), so its history, anomalies, forecasts, UI and operator see all
@@ -16,19 +17,23 @@ use tidewatch_analyzer::config::AnalyzerConfig;
 use tidewatch_analyzer::partition::Totals;
 use tidewatch_analyzer::{Snapshot, SnapshotSource};
 
+use tidewatch_collector::decode::Signal;
+
 use crate::Result;
 use crate::checkpoint::Checkpoints;
+use crate::consumer::PartitionId;
 
 /// Every partition's counts, as last read from the store.
 pub struct GlobalView {
-    checkpoints: Checkpoints,
+    /// Each topic's checkpoints.
+    checkpoints: BTreeMap<Signal, Checkpoints>,
     cfg: AnalyzerConfig,
     /// Per partition: the offset its totals count up to, and the totals.
-    seen: Mutex<BTreeMap<i32, (i64, Totals)>>,
+    seen: Mutex<BTreeMap<PartitionId, (i64, Totals)>>,
 }
 
 impl GlobalView {
-    pub fn new(checkpoints: Checkpoints, cfg: AnalyzerConfig) -> GlobalView {
+    pub fn new(checkpoints: BTreeMap<Signal, Checkpoints>, cfg: AnalyzerConfig) -> GlobalView {
         GlobalView {
             checkpoints,
             cfg,
@@ -39,12 +44,16 @@ impl GlobalView {
     /// Reads every partition's counts from the store and returns their sum.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let mut read = Vec::new();
-        for p in self.checkpoints.partitions().await? {
-            match self.checkpoints.counted(p).await {
-                Ok(Some(c)) => read.push((p, c)),
-                Ok(None) => {}
-                // The figures read before stand until the next read.
-                Err(e) => tracing::warn!(partition = p, error = %e, "global view: partition not read"),
+        for (&signal, checkpoints) in &self.checkpoints {
+            for p in checkpoints.partitions().await? {
+                match checkpoints.counted(p).await {
+                    Ok(Some(c)) => read.push(((signal, p), c)),
+                    Ok(None) => {}
+                    // The figures read before stand until the next read.
+                    Err(e) => {
+                        tracing::warn!(?signal, partition = p, error = %e, "global view: partition not read")
+                    }
+                }
             }
         }
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,7 +123,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let store = || Checkpoints::open(&url, "g", "t").unwrap();
-        let view = GlobalView::new(store(), AnalyzerConfig::default());
+        let logs = Checkpoints::open(&url, "g", "l").unwrap();
+        let view = GlobalView::new(
+            BTreeMap::from([(Signal::Traces, store()), (Signal::Logs, logs.clone())]),
+            AnalyzerConfig::default(),
+        );
         assert!(view.snapshot().await.unwrap().red.is_empty());
         let (claim, _) = store().claim(0).await.unwrap();
         store().save(claim, &counted(5, 10)).await.unwrap();
@@ -130,5 +143,18 @@ mod tests {
         assert_eq!(calls(&view.snapshot().await.unwrap()), 12);
         store().publish(1, &counted(9, 25)).await.unwrap();
         assert_eq!(calls(&view.snapshot().await.unwrap()), 14);
+        // Partition 0 of the logs topic is another partition than the traces topic's 0.
+        let mut c = counted(0, 3);
+        c.totals.logs = vec![tidewatch_analyzer::signals::LogRow {
+            service: "a".into(),
+            severity: "error",
+            records: 4,
+        }];
+        logs.publish(0, &c).await.unwrap();
+        let s = view.snapshot().await.unwrap();
+        assert_eq!(
+            (calls(&s), s.logs.iter().map(|l| l.records).sum::<u64>()),
+            (14, 4)
+        );
     }
 }

@@ -3,10 +3,12 @@
 //! ```text
 //! OTLP ─▶ --role ingest: receivers (tidewatch-collector) ─▶ KafkaForward (producer.rs)
 //!                         acks=all, idempotent; 503 / UNAVAILABLE until acknowledged
-//!              topic otlp_spans, one message per trace, partition = sarama FNV-1a(hex trace id)
+//!              topic otlp_spans, one message per trace, partition = sarama FNV-1a(hex trace id);
+//!              otlp_metrics, otlp_logs: one message per resource, keyed by it
 //!                                  ▼
-//!         --role analyze: consumer group (consumer.rs); each assigned partition one RecordTimeShard
-//!                         (tidewatch-analyzer), windows on the partition's record time; at each window
+//!         --role analyze: consumer group (consumer.rs) on the three topics; each assigned partition one
+//!                         RecordTimeShard (tidewatch-analyzer: spans, or metric points and log records),
+//!                         windows on the partition's record time; at each window
 //!                         close: checkpoint (checkpoint.rs, object_store) then commit; every window
 //!                         of wall time: the partition's progress to the same store
 //!         global view (global.rs): every partition's latest counts from the store, summed, followed by

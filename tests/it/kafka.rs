@@ -11,8 +11,9 @@ use crate::common::kafka::{Kafka, Otelcol};
 use crate::common::{Metrics, Tidewatch, wait_for};
 
 /// Series whose totals must agree, summed over partitions and instances (histogram sums are floats added
-/// in different orders, so they are left out; counts and buckets are exact).
-const EXACT: [&str; 7] = [
+/// in different orders, so they are left out; counts and buckets are exact, and so is a metric's increase:
+/// each series is counted on one partition, in its order).
+const EXACT: [&str; 10] = [
     "traces_span_metrics_calls_total",
     "traces_span_metrics_duration_seconds_bucket",
     "traces_span_metrics_duration_seconds_count",
@@ -20,6 +21,9 @@ const EXACT: [&str; 7] = [
     "traces_service_graph_request_failed_total",
     "traces_service_graph_request_server_seconds_count",
     "traces_service_graph_request_client_seconds_count",
+    "tidewatch_metric_points_total",
+    "tidewatch_metric_increase_total",
+    "tidewatch_log_records_total",
 ];
 
 /// `name{labels without the partition}` → value, summed over every instance given.
@@ -51,6 +55,74 @@ fn calls(t: &BTreeMap<String, f64>) -> f64 {
         .filter(|(k, _)| k.starts_with("traces_span_metrics_calls_total{"))
         .map(|(_, v)| v)
         .sum()
+}
+
+/// The sum of every series of family `name`.
+fn family(t: &BTreeMap<String, f64>, name: &str) -> f64 {
+    t.iter()
+        .filter(|(k, _)| k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The group's metric points and log records: every one the ingest role accepted, and as many, series by
+/// series (counter increases too), as the reference counted.
+fn signals_agree(group: &[&Tidewatch], reference: &Tidewatch, ingest: &Tidewatch) -> Result<(), String> {
+    let m = ingest.metrics();
+    let (points, records) = (
+        m.items("data_points", "accepted"),
+        m.items("log_records", "accepted"),
+    );
+    let (g, r) = (totals(group), totals(&[reference]));
+    for (name, want) in [
+        ("tidewatch_metric_points_total", points),
+        ("tidewatch_log_records_total", records),
+    ] {
+        if family(&g, name) != want || family(&r, name) != want {
+            return Err(format!(
+                "{name}: group {}, reference {}, ingest accepted {want}",
+                family(&g, name),
+                family(&r, name)
+            ));
+        }
+    }
+    let increase = "tidewatch_metric_increase_total";
+    if family(&g, increase) <= 0.0 || family(&g, increase) != family(&r, increase) {
+        return Err(format!(
+            "{increase}: group {}, reference {}",
+            family(&g, increase),
+            family(&r, increase)
+        ));
+    }
+    Ok(())
+}
+
+/// The global view's latest reading of `metric` per pod of `service`, from `/api/series`.
+fn global_metric(tw: &Tidewatch, service: &str, metric: &str) -> Result<BTreeMap<String, f64>, String> {
+    let (status, pods) = tw.get_json(&format!("/api/services/{service}/pods?window=1h"));
+    let pods: Vec<String> = pods["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pod"].as_str().map(str::to_owned))
+        .collect();
+    if status != 200 || pods.is_empty() {
+        return Err(format!("{service}'s pods: {status} {pods:?}"));
+    }
+    let mut out = BTreeMap::new();
+    for pod in pods {
+        let path = format!("/api/series?service={service}&pod={pod}&name={metric}&from=-2m&step=1s");
+        let (status, v) = tw.get_json(&path);
+        let last = v["points"]
+            .as_array()
+            .and_then(|p| p.last())
+            .and_then(|p| p["value"].as_f64());
+        match (status, last) {
+            (200, Some(last)) => out.insert(pod, last),
+            _ => return Err(format!("{path}: {status} {v}")),
+        };
+    }
+    Ok(out)
 }
 
 fn edges(t: &BTreeMap<String, f64>) -> f64 {
@@ -244,7 +316,7 @@ fn n(r: &serde_json::Value, k: &str) -> f64 {
 fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     let c = Cluster::start(6);
     let ingest = c.start_role("ingest", "unused");
-    let mut a = c.start_role("analyze", "tw");
+    let a = c.start_role("analyze", "tw");
     let b = c.start_role("analyze", "tw");
     let reference = c.start_role("analyze", "reference");
 
@@ -307,6 +379,29 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         g.pods.len()
     );
 
+    // The analyzer to kill is one that owns a partition of the metrics topic (the group decides which), so
+    // a cumulative sum changes owner mid-stream.
+    let owned = |tw: &Tidewatch, family: &str| {
+        let m = tw.metrics();
+        let parts: std::collections::BTreeSet<String> = m
+            .samples
+            .iter()
+            .filter(|s| s.name == family)
+            .filter_map(|s| s.labels.get("tidewatch_partition").cloned())
+            .collect();
+        parts.len()
+    };
+    let metrics_family = "tidewatch_metric_points_total";
+    let (mut a, b) = if owned(&a, metrics_family) > 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        owned(&a, metrics_family) > 0,
+        "neither analyzer owns a partition of the metrics topic"
+    );
+
     // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
     let load = loadgen(&ingest, 3000, "12s");
     let checkpoints = counter(&a, "tidewatch_kafka_checkpoints_total");
@@ -321,6 +416,11 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
                 Err(format!("{now} checkpoints"))
             }
         },
+    );
+    eprintln!(
+        "killed now: an analyzer owning {} partitions of the metrics topic and {} of the logs topic",
+        owned(&a, metrics_family),
+        owned(&a, "tidewatch_log_records_total")
     );
     a.kill9();
     let a2 = c.start_role("analyze", "tw");
@@ -348,6 +448,36 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         edges(&t)
     );
     assert!(resumed > 0.0, "the new owners resumed from checkpoints");
+    // Metric points and log records went through the same partitions and takeover: every accepted one
+    // counted once, cumulative sums' increases as the reference's.
+    wait_for(
+        "after kill -9, metric points and log records",
+        Duration::from_secs(180),
+        || signals_agree(&[&a2, &b], &reference, &ingest),
+    );
+    let t = totals(&[&reference]);
+    eprintln!(
+        "kill -9: {} metric points, counters' increase {}, {} log records, as the ingest role accepted",
+        family(&t, "tidewatch_metric_points_total"),
+        family(&t, "tidewatch_metric_increase_total"),
+        family(&t, "tidewatch_log_records_total"),
+    );
+    // Every analyzer's global view reads the same latest gauge values as the reference's, which read
+    // every partition of the metrics topic in one process.
+    wait_for(
+        "the global views' metric series agree",
+        Duration::from_secs(180),
+        || {
+            let want = global_metric(&reference, "frontend", "container.memory.usage")?;
+            for (tw, who) in [(&a2, "a2"), (&b, "b")] {
+                let got = global_metric(tw, "frontend", "container.memory.usage")?;
+                if got != want {
+                    return Err(format!("{who}: {got:?}, reference {want:?}"));
+                }
+            }
+            Ok(())
+        },
+    );
     // The global view of the analyzer that stayed went on through the failover, and still holds everything.
     wait_for(
         "after kill -9, the global view holds every accepted span",
