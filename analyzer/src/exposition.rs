@@ -66,7 +66,13 @@ pub fn histogram(out: &mut impl Write, name: &str, labels: &[(&str, &str)], boun
     sample(out, &format!("{name}_count"), labels, h.count);
 }
 
-fn sample_le(out: &mut impl Write, name: &str, labels: &[(&str, &str)], le: Option<&str>, value: impl Display) {
+fn sample_le(
+    out: &mut impl Write,
+    name: &str,
+    labels: &[(&str, &str)],
+    le: Option<&str>,
+    value: impl Display,
+) {
     let _ = out.write_str(name);
     write_labels(out, labels, le);
     let _ = writeln!(out, " {value}");
