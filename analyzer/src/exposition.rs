@@ -1,7 +1,9 @@
 //! The Prometheus text exposition format (0.0.4): the one writer of `/metrics` text. The collector's,
 //! the engine's, the operator's and the Kafka roles' figures are all written through it, so escaping,
 //! `# HELP`/`# TYPE` lines and histograms are the same everywhere. A text format only: serving it over
-//! HTTP is the dashboards' business.
+//! HTTP is the dashboards' business. Every writer takes any [`Write`]: a `String`, or a writer that hands
+//! the text on in bounded chunks as it is written (the dashboards' `/metrics`), so an exposition of tens
+//! of thousands of series is never held whole.
 
 use std::fmt::{Display, Write};
 
@@ -29,24 +31,24 @@ impl Kind {
 }
 
 /// The `# HELP` and `# TYPE` lines of a metric family.
-pub fn family(out: &mut String, name: &str, kind: Kind, help: &str) {
+pub fn family(out: &mut impl Write, name: &str, kind: Kind, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
 }
 
 /// One sample; labels with an empty value are left out (Prometheus treats them as absent).
-pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl Display) {
+pub fn sample(out: &mut impl Write, name: &str, labels: &[(&str, &str)], value: impl Display) {
     sample_le(out, name, labels, None, value);
 }
 
 /// A family of one sample without labels.
-pub fn single(out: &mut String, name: &str, kind: Kind, help: &str, value: impl Display) {
+pub fn single(out: &mut impl Write, name: &str, kind: Kind, help: &str, value: impl Display) {
     family(out, name, kind, help);
     sample(out, name, &[], value);
 }
 
 /// A classic histogram: cumulative `_bucket` series with `le`, then `_sum` and `_count`.
-pub fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], bounds: &[f64], h: &Histogram) {
+pub fn histogram(out: &mut impl Write, name: &str, labels: &[(&str, &str)], bounds: &[f64], h: &Histogram) {
     let mut cum = 0.0;
     let mut le = String::new();
     for (i, c) in h.counts.iter().enumerate() {
@@ -64,34 +66,44 @@ pub fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], bounds: 
     sample(out, &format!("{name}_count"), labels, h.count);
 }
 
-fn sample_le(out: &mut String, name: &str, labels: &[(&str, &str)], le: Option<&str>, value: impl Display) {
-    out.push_str(name);
+fn sample_le(
+    out: &mut impl Write,
+    name: &str,
+    labels: &[(&str, &str)],
+    le: Option<&str>,
+    value: impl Display,
+) {
+    let _ = out.write_str(name);
     write_labels(out, labels, le);
     let _ = writeln!(out, " {value}");
 }
 
-fn write_labels(out: &mut String, pairs: &[(&str, &str)], le: Option<&str>) {
+fn write_labels(out: &mut impl Write, pairs: &[(&str, &str)], le: Option<&str>) {
     let mut first = true;
     for (k, v) in pairs.iter().copied().chain(le.map(|l| ("le", l))) {
         if v.is_empty() {
             continue;
         }
-        out.push(if first { '{' } else { ',' });
+        let _ = out.write_char(if first { '{' } else { ',' });
         first = false;
-        out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
+        let _ = out.write_str(k);
+        let _ = out.write_str("=\"");
+        // Unescaped runs go out whole; only the three characters the format escapes are replaced.
+        let mut rest = v;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            let _ = out.write_str(&rest[..at]);
+            let _ = out.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            });
+            rest = &rest[at + 1..];
         }
-        out.push('"');
+        let _ = out.write_str(rest);
+        let _ = out.write_char('"');
     }
     if !first {
-        out.push('}');
+        let _ = out.write_char('}');
     }
 }
 

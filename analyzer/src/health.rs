@@ -199,7 +199,9 @@ pub struct Monitor {
     cfg: HealthConfig,
     /// Upper bounds (ms) of the latency histogram the pods' p95 comes from, for root-cause localisation.
     latency_bounds_ms: Vec<f64>,
-    services: BTreeMap<String, ServiceModels>,
+    /// Boxed: a service's models are 4.6 KB, and a map's nodes hold eleven values inline whether used or
+    /// not (8.3 MB instead of 4.6 at 1,000 services).
+    services: BTreeMap<String, Box<ServiceModels>>,
 }
 
 impl Monitor {
@@ -276,7 +278,7 @@ impl Monitor {
         let m = self
             .services
             .entry(name.to_owned())
-            .or_insert_with(|| ServiceModels::new(joint));
+            .or_insert_with(|| Box::new(ServiceModels::new(joint)));
         m.idle = 0;
         let p95 = s.p95_ms.unwrap_or(0.0);
         let [rate, errors, latency] = red_features(s.rate, error_ratio_floor(s), p95);

@@ -12,16 +12,21 @@ pub mod prom;
 pub mod scaling;
 pub mod ui;
 
+use std::convert::Infallible;
+use std::fmt::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tidewatch_analyzer::Engine;
 use tidewatch_analyzer::ingest::Ingest;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Extra text for `/metrics` from other parts of the program (the collector's counters, say).
 pub type MetricsHook = Arc<dyn Fn(&mut String) + Send + Sync>;
@@ -78,22 +83,78 @@ async fn readyz(State(s): State<WebState>) -> Response {
     }
 }
 
+/// `/metrics` goes to the client in chunks of about this many bytes as it is rendered, so its answer is
+/// never held whole (tens of MB at 20,000 series).
+const METRICS_CHUNK: usize = 64 * 1024;
+
+/// Text written into a response body in chunks of about [`METRICS_CHUNK`] bytes, through a channel of
+/// two: rendering waits for a slow client instead of piling text up, and stops when the client is gone.
+struct Chunked {
+    buf: String,
+    tx: mpsc::Sender<Result<String, Infallible>>,
+    gone: bool,
+}
+
+impl Chunked {
+    /// The writer, and the body its chunks become.
+    fn new() -> (Chunked, Body) {
+        let (tx, rx) = mpsc::channel(2);
+        let out = Chunked {
+            buf: String::new(),
+            tx,
+            gone: false,
+        };
+        (out, Body::from_stream(ReceiverStream::new(rx)))
+    }
+
+    /// Hands the text written so far to the body (from a blocking thread).
+    fn send(&mut self) {
+        let chunk = std::mem::take(&mut self.buf);
+        if !chunk.is_empty() && self.tx.blocking_send(Ok(chunk)).is_err() {
+            self.gone = true;
+        }
+    }
+}
+
+impl Write for Chunked {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.gone {
+            return Err(fmt::Error);
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(METRICS_CHUNK + 4096);
+        }
+        self.buf.push_str(s);
+        if self.buf.len() >= METRICS_CHUNK {
+            self.send();
+        }
+        Ok(())
+    }
+}
+
 async fn metrics(State(s): State<WebState>) -> Response {
     let snap = match s.engine.snapshot().await {
         Ok(snap) => snap,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     };
-    let mut out = String::with_capacity(64 * 1024);
-    prom::render_snapshot(&mut out, &snap);
-    prom::render_engine(&mut out, &s.ingest, s.engine.stats());
-    prom::render_budget(&mut out, &s.engine.series_budget());
-    prom::render_health(&mut out, &s.engine.health());
-    for hook in &s.extra_metrics {
-        hook(&mut out);
-    }
+    let (mut out, body) = Chunked::new();
+    tokio::task::spawn_blocking(move || {
+        prom::render_snapshot(&mut out, &snap);
+        drop(snap);
+        prom::render_engine(&mut out, &s.ingest, s.engine.stats());
+        prom::render_budget(&mut out, &s.engine.series_budget());
+        prom::render_health(&mut out, &s.engine.health());
+        let mut extra = String::new();
+        for hook in &s.extra_metrics {
+            extra.clear();
+            hook(&mut extra);
+            let _ = out.write_str(&extra);
+        }
+        out.send();
+    });
     (
         [(header::CONTENT_TYPE, tidewatch_analyzer::exposition::CONTENT_TYPE)],
-        out,
+        body,
     )
         .into_response()
 }

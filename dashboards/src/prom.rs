@@ -4,6 +4,7 @@
 //! Prometheus exporter writes them; service-graph series those of the servicegraph connector and Tempo. So
 //! Grafana's service-graph view, Jaeger's Monitor tab and existing dashboards read them unchanged.
 
+use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tidewatch_analyzer::Snapshot;
@@ -14,7 +15,7 @@ use tidewatch_analyzer::ingest::Ingest;
 use tidewatch_analyzer::signals::{LogRow, MetricKind, MetricRow};
 
 /// RED, service-graph, metric-point and log-record series of a snapshot.
-pub fn render_snapshot(out: &mut String, s: &Snapshot) {
+pub fn render_snapshot<W: Write>(out: &mut W, s: &Snapshot) {
     render_red(out, s);
     render_graph(out, s);
     let rows = SignalRows {
@@ -34,7 +35,7 @@ pub struct SignalRows<'a> {
 }
 
 /// Metric rows and log counts of several parts, each family written once.
-pub fn render_signals(out: &mut String, parts: &[SignalRows<'_>]) {
+pub fn render_signals(out: &mut impl Write, parts: &[SignalRows<'_>]) {
     let points = "tidewatch_metric_points_total";
     if parts.iter().any(|p| !p.metrics.is_empty()) {
         family(
@@ -92,7 +93,7 @@ fn metric_labels<'a>(m: &'a MetricRow, extra: &[(&'a str, &'a str)]) -> Vec<(&'a
     labels
 }
 
-fn render_red(out: &mut String, s: &Snapshot) {
+fn render_red<W: Write>(out: &mut W, s: &Snapshot) {
     let calls = "traces_span_metrics_calls_total";
     let duration = format!("traces_span_metrics_duration_{}", s.red_unit.suffix());
     let dim_labels: Vec<String> = s
@@ -141,11 +142,11 @@ fn render_red(out: &mut String, s: &Snapshot) {
 }
 
 /// Writes one edge's samples, given its label pairs.
-type EdgeSamples<'a> = dyn Fn(&mut String, &[(&str, &str)], &tidewatch_analyzer::graph::EdgeRow) + 'a;
+type EdgeSamples<'a, W> = dyn Fn(&mut W, &[(&str, &str)], &tidewatch_analyzer::graph::EdgeRow) + 'a;
 
 /// The service-graph series of the edges (as Tempo and the servicegraph connector name them), then the
 /// processor's own counters.
-fn render_graph(out: &mut String, s: &Snapshot) {
+fn render_graph<W: Write>(out: &mut W, s: &Snapshot) {
     let cfg = &s.graph_config;
     let edge_labels = |e: &tidewatch_analyzer::graph::EdgeRow| -> Vec<(String, String)> {
         let mut v = vec![
@@ -166,7 +167,7 @@ fn render_graph(out: &mut String, s: &Snapshot) {
     };
     let all: Vec<(Vec<(String, String)>, &tidewatch_analyzer::graph::EdgeRow)> =
         s.edges.iter().map(|e| (edge_labels(e), e)).collect();
-    let each = |out: &mut String, f: &EdgeSamples<'_>| {
+    let each = |out: &mut W, f: &EdgeSamples<'_, W>| {
         for (l, e) in &all {
             let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             f(out, &pairs, e);
@@ -249,7 +250,7 @@ fn render_graph(out: &mut String, s: &Snapshot) {
 }
 
 /// The service-graph processor's own counters: half edges created, expired, dropped and waiting.
-fn render_graph_counters(out: &mut String, g: &GraphCounters) {
+fn render_graph_counters(out: &mut impl Write, g: &GraphCounters) {
     single(
         out,
         "tidewatch_service_graph_edges_total",
@@ -293,7 +294,7 @@ fn render_graph_counters(out: &mut String, g: &GraphCounters) {
 }
 
 /// Anomaly scores of the last window close (0 normal; 0.5 at the alarm threshold; towards 1 beyond).
-pub fn render_health(out: &mut String, h: &tidewatch_analyzer::engine::Health) {
+pub fn render_health(out: &mut impl Write, h: &tidewatch_analyzer::engine::Health) {
     family(
         out,
         "tidewatch_anomaly_score",
@@ -318,7 +319,7 @@ pub fn render_health(out: &mut String, h: &tidewatch_analyzer::engine::Health) {
 }
 
 /// The engine's and the ingest queue's own figures.
-pub fn render_engine(out: &mut String, ingest: &Ingest, stats: &EngineStats) {
+pub fn render_engine(out: &mut impl Write, ingest: &Ingest, stats: &EngineStats) {
     family(
         out,
         "tidewatch_analyzer_items_total",
@@ -386,7 +387,7 @@ pub fn render_engine(out: &mut String, ingest: &Ingest, stats: &EngineStats) {
 }
 
 /// The global series budget: its limit, the series it holds, the items that went to overflow series.
-pub fn render_budget(out: &mut String, b: &tidewatch_analyzer::budget::BudgetStatus) {
+pub fn render_budget(out: &mut impl Write, b: &tidewatch_analyzer::budget::BudgetStatus) {
     for (name, kind, help, value) in [
         (
             "tidewatch_series_budget_limit",

@@ -5,6 +5,8 @@
 
 use std::collections::VecDeque;
 
+use super::ring::Ring;
+
 /// A streaming anomaly detector over one series.
 pub trait AnomalyDetector: Send {
     /// Scores the next point (timestamps in Unix milliseconds, non-decreasing). Returns a score in
@@ -325,12 +327,17 @@ impl Params {
     }
 }
 
-/// Median and MAD over a sliding window: a sorted copy beside the arrival order.
+/// Median and MAD over a sliding window of the latest `cap` items of a series the detector keeps in a
+/// [`Ring`] (the values themselves, their differences, or the seasonal changes): the window holds no copy
+/// of them, so the level and first-difference windows share one ring of values. The median is computed
+/// when an item joins, the scale once per row; both are the same values a sorted copy would give.
 #[derive(Clone, Debug)]
 struct RollingRobust {
     cap: usize,
-    order: VecDeque<f64>,
-    sorted: Vec<f64>,
+    /// Items in the window.
+    len: usize,
+    /// The window's median, since the latest item joined.
+    median: Option<f64>,
     /// EWMA of |x - median|: floors the MAD.
     mean_abs_dev: f64,
     alpha: f64,
@@ -344,8 +351,8 @@ impl RollingRobust {
     fn new(cap: usize, alpha: f64, floor: f64) -> Self {
         Self {
             cap,
-            order: VecDeque::with_capacity(cap + 1),
-            sorted: Vec::with_capacity(cap + 1),
+            len: 0,
+            median: None,
             mean_abs_dev: 0.0,
             alpha,
             floor,
@@ -354,50 +361,41 @@ impl RollingRobust {
     }
 
     fn len(&self) -> usize {
-        self.sorted.len()
+        self.len
     }
 
-    fn push(&mut self, x: f64) {
+    /// `x` joins the window; `window` yields the series after it joined, newest first.
+    fn push(&mut self, x: f64, window: impl Iterator<Item = f64>) {
         self.cached_scale = None;
-        if let Some(m) = self.median() {
+        if let Some(m) = self.median {
             let dev = (x - m).abs();
             self.mean_abs_dev += self.alpha * (dev - self.mean_abs_dev);
         }
-        self.order.push_back(x);
-        let at = self.sorted.partition_point(|y| y.total_cmp(&x).is_lt());
-        self.sorted.insert(at, x);
-        if self.order.len() > self.cap
-            && let Some(old) = self.order.pop_front()
-        {
-            let at = self.sorted.partition_point(|y| y.total_cmp(&old).is_lt());
-            self.sorted.remove(at);
-        }
+        self.len = (self.len + 1).min(self.cap);
+        let mut items: Vec<f64> = window.take(self.len).collect();
+        self.median = median(&mut items);
     }
 
     fn median(&self) -> Option<f64> {
-        let n = self.sorted.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(self.sorted[n / 2]),
-            _ => Some(0.5 * (self.sorted[n / 2 - 1] + self.sorted[n / 2])),
-        }
+        self.median
     }
 
-    /// Robust z-score of `x` against the window: `(x - median) / scale`, where the scale is the
-    /// normal-consistent MAD floored by the smoothed mean absolute deviation.
-    fn z(&mut self, x: f64) -> Option<f64> {
-        let m = self.median()?;
-        Some((x - m) / self.robust_scale(m))
+    /// Robust z-score of `x` against the window (`window`: the series, newest first):
+    /// `(x - median) / scale`, where the scale is the normal-consistent MAD floored by the smoothed mean
+    /// absolute deviation.
+    fn z(&mut self, x: f64, window: impl Iterator<Item = f64>) -> Option<f64> {
+        let m = self.median?;
+        Some((x - m) / self.robust_scale(m, window))
     }
 
     /// The scale of the window around its median `m`, computed once per row.
-    fn robust_scale(&mut self, m: f64) -> f64 {
+    fn robust_scale(&mut self, m: f64, window: impl Iterator<Item = f64>) -> f64 {
         if let Some(s) = self.cached_scale {
             return s;
         }
         // The deviations live only for the call: a buffer kept per window would cost a third of the
         // detector's memory for every signal of every service.
-        let mut deviations: Vec<f64> = self.sorted.iter().map(|y| (y - m).abs()).collect();
+        let mut deviations: Vec<f64> = window.take(self.len).map(|y| (y - m).abs()).collect();
         let mid = deviations.len() / 2;
         let (_, mad, _) = deviations.select_nth_unstable_by(mid, f64::total_cmp);
         let scale = (1.4826 * *mad)
@@ -408,11 +406,26 @@ impl RollingRobust {
         scale
     }
 
-    fn scale(&mut self) -> Option<f64> {
-        let m = self.median()?;
-        let z = self.z(m + 1.0)?;
+    fn scale(&mut self, window: impl Iterator<Item = f64>) -> Option<f64> {
+        let m = self.median?;
+        let z = self.z(m + 1.0, window)?;
         Some(1.0 / z)
     }
+}
+
+/// The median of `items` (reordered), as the middle of a sorted copy: for an even count the mean of the
+/// two middle items.
+fn median(items: &mut [f64]) -> Option<f64> {
+    let n = items.len();
+    if n == 0 {
+        return None;
+    }
+    let (below, &mut mid, _) = items.select_nth_unstable_by(n / 2, f64::total_cmp);
+    if n % 2 == 1 {
+        return Some(mid);
+    }
+    let lower = below.iter().copied().max_by(f64::total_cmp)?;
+    Some(0.5 * (lower + mid))
 }
 
 /// How far a value lies outside the range seen so far, in shares of that range (0 inside it): the
@@ -569,6 +582,11 @@ impl StepEstimate {
 
 /// Step 3 of [`Tidewatch`]: the mean of the last `short` raw anomalies against a normal fitted to the
 /// last `long` such means, as a z-score (0 until two means are in).
+///
+/// The fit needs only the sum and the sum of squares of those means, so they are kept as the sums of
+/// blocks of consecutive means (at most [`LIKELIHOOD_BLOCKS`] blocks, 1 KB) instead of one by one
+/// (40 KB at `long` = 5000): the window lets go of a whole block at a time, so once it is full it holds
+/// between `long` less a block and `long` means. Until then the fit is exactly over every mean.
 #[derive(Clone, Debug)]
 struct Likelihood {
     short: usize,
@@ -576,20 +594,34 @@ struct Likelihood {
     sigma_floor: f64,
     raw: VecDeque<f64>,
     raw_sum: f64,
-    means: VecDeque<f64>,
+    /// Means per block.
+    block: usize,
+    /// Sum and sum of squares of each full block in the fit, oldest first.
+    blocks: Ring<(f64, f64)>,
+    /// The block being filled: sum, sum of squares, means.
+    open: (f64, f64, usize),
+    /// Means in the fit, their sum and sum of squares.
+    means: usize,
     means_sum: f64,
     means_sq: f64,
 }
 
+/// Most blocks [`Likelihood`] keeps its long window in.
+const LIKELIHOOD_BLOCKS: usize = 64;
+
 impl Likelihood {
     fn new(short: usize, long: usize, sigma_floor: f64) -> Self {
+        let block = long.div_ceil(LIKELIHOOD_BLOCKS).max(1);
         Self {
             short: short.max(1),
             long,
             sigma_floor,
             raw: VecDeque::new(),
             raw_sum: 0.0,
-            means: VecDeque::new(),
+            block,
+            blocks: Ring::new(long.div_ceil(block) + 1),
+            open: (0.0, 0.0, 0),
+            means: 0,
             means_sum: 0.0,
             means_sq: 0.0,
         }
@@ -604,7 +636,7 @@ impl Likelihood {
             self.raw_sum -= old;
         }
         let mean = self.raw_sum / self.raw.len() as f64;
-        let n = self.means.len() as f64;
+        let n = self.means as f64;
         let z = if n >= 2.0 {
             let mu = self.means_sum / n;
             let var = (self.means_sq / n - mu * mu).max(0.0);
@@ -612,14 +644,21 @@ impl Likelihood {
         } else {
             0.0
         };
-        self.means.push_back(mean);
+        self.means += 1;
         self.means_sum += mean;
         self.means_sq += mean * mean;
-        if self.means.len() > self.long
-            && let Some(old) = self.means.pop_front()
+        self.open = (self.open.0 + mean, self.open.1 + mean * mean, self.open.2 + 1);
+        if self.open.2 == self.block {
+            self.blocks.push((self.open.0, self.open.1));
+            self.open = (0.0, 0.0, 0);
+        }
+        // The block being filled is younger than `long` means, so a full one is there to let go of.
+        if self.means > self.long
+            && let Some((sum, sq)) = self.blocks.pop_oldest()
         {
-            self.means_sum -= old;
-            self.means_sq -= old * old;
+            self.means -= self.block;
+            self.means_sum -= sum;
+            self.means_sq -= sq;
         }
         z
     }
@@ -660,8 +699,13 @@ pub struct Tidewatch {
     rows: usize,
     step: StepEstimate,
     period: Option<usize>,
+    /// The latest values, as many as the level window and the first-difference window need: both
+    /// windows read them.
+    values: Ring<f64>,
     level: RollingRobust,
     diffs: RollingRobust,
+    /// The latest seasonal changes, the seasonal window's items.
+    changes: Ring<f64>,
     seasonal: RollingRobust,
     history: VecDeque<f64>,
     likelihood: Likelihood,
@@ -705,8 +749,10 @@ impl Tidewatch {
             rows: 0,
             step: StepEstimate::default(),
             period: None,
+            values: Ring::new(p.level_window.max(p.diff_window + 1)),
             level: RollingRobust::new(p.level_window, p.scale_alpha, res),
             diffs: RollingRobust::new(p.diff_window, p.scale_alpha, res),
+            changes: Ring::new(p.diff_window),
             seasonal: RollingRobust::new(p.diff_window, p.scale_alpha, res),
             history: VecDeque::new(),
             likelihood: Likelihood::new(p.short, p.long, p.sigma_floor),
@@ -743,7 +789,7 @@ impl Tidewatch {
     fn raw_anomaly(&mut self, value: f64) -> f64 {
         const MIN_ROWS: usize = 8;
         let z_level = if self.level.len() >= MIN_ROWS {
-            self.level.z(value).unwrap_or(0.0)
+            self.level.z(value, self.values.newest()).unwrap_or(0.0)
         } else {
             0.0
         };
@@ -752,15 +798,20 @@ impl Tidewatch {
             && self.history.len() >= p
         {
             let change = value - self.history[self.history.len() - p];
-            let z_season = self.seasonal.z(change).unwrap_or(0.0);
-            if let (Some(ss), Some(ls)) = (self.seasonal.scale(), self.level.scale())
-                && ss < self.p.season_gain * ls
+            let z_season = self.seasonal.z(change, self.changes.newest()).unwrap_or(0.0);
+            if let (Some(ss), Some(ls)) = (
+                self.seasonal.scale(self.changes.newest()),
+                self.level.scale(self.values.newest()),
+            ) && ss < self.p.season_gain * ls
             {
                 z_base = z_season.abs();
             }
         }
         let z_diff = match self.history.back() {
-            Some(&last) if self.diffs.len() >= MIN_ROWS => self.diffs.z(value - last).unwrap_or(0.0),
+            Some(&last) if self.diffs.len() >= MIN_ROWS => self
+                .diffs
+                .z(value - last, self.values.newest_differences())
+                .unwrap_or(0.0),
             _ => 0.0,
         };
         z_base.max(self.p.diff_weight * z_diff.abs()).ln_1p()
@@ -781,7 +832,7 @@ impl Tidewatch {
             let (range, seen) = &mut self.phase_ranges[bucket];
             let novelty = range.observe(value);
             *seen += 1;
-            let seasonal = matches!((self.seasonal.scale(), self.level.scale()),
+            let seasonal = matches!((self.seasonal.scale(self.changes.newest()), self.level.scale(self.values.newest())),
                 (Some(ss), Some(ls)) if ss < self.p.season_gain * ls);
             if seasonal && *seen as f64 > self.p.phase_days * per_day {
                 v = v.max(self.p.phase_novelty * novelty);
@@ -796,15 +847,18 @@ impl Tidewatch {
 
     /// The row joins the baselines.
     fn learn(&mut self, value: f64) {
+        self.values.push(value);
         if let Some(&last) = self.history.back() {
-            self.diffs.push(value - last);
+            self.diffs.push(value - last, self.values.newest_differences());
         }
         if let Some(p) = self.period
             && self.history.len() >= p
         {
-            self.seasonal.push(value - self.history[self.history.len() - p]);
+            let change = value - self.history[self.history.len() - p];
+            self.changes.push(change);
+            self.seasonal.push(change, self.changes.newest());
         }
-        self.level.push(value);
+        self.level.push(value, self.values.newest());
         self.history.push_back(value);
         let keep = self.period.unwrap_or(1).max(1);
         while self.history.len() > keep {
@@ -1030,6 +1084,95 @@ mod tests {
             })
             .count();
         assert_eq!(hits, 0);
+    }
+
+    /// The median and scale of a window read from a shared ring are those of a sorted copy of the
+    /// window's own items (the detector kept one per window before the windows shared their values).
+    #[test]
+    fn windows_over_a_shared_ring_match_sorted_copies() {
+        let reference = |items: &[f64], m: f64| {
+            let mut sorted = items.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            let n = sorted.len();
+            let median = if n % 2 == 1 {
+                sorted[n / 2]
+            } else {
+                0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+            };
+            let mut dev: Vec<f64> = sorted.iter().map(|y| (y - m).abs()).collect();
+            dev.sort_by(f64::total_cmp);
+            (median, dev[n / 2])
+        };
+        let (cap, mut x) = (40, 7u64);
+        let mut values = Ring::new(cap + 1);
+        let mut level = RollingRobust::new(cap, 0.01, 0.0);
+        let mut diffs = RollingRobust::new(cap, 0.01, 0.0);
+        let (mut all, mut all_diffs) = (Vec::new(), Vec::new());
+        for i in 0..500 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            // Ties and both signs of zero, which a total order sorts apart.
+            let v = match i % 7 {
+                0 => 0.0,
+                1 => -0.0,
+                _ => ((x >> 40) % 50) as f64 - 20.0,
+            };
+            values.push(v);
+            if let Some(&last) = all.last() {
+                all_diffs.push(v - last);
+                diffs.push(v - last, values.newest_differences());
+            }
+            all.push(v);
+            level.push(v, values.newest());
+            for (w, items, differences) in [(&mut level, &all, false), (&mut diffs, &all_diffs, true)] {
+                let window = &items[items.len().saturating_sub(cap)..];
+                assert_eq!(w.len(), window.len());
+                let Some(m) = w.median() else { continue };
+                let (median, mad) = reference(window, m);
+                assert_eq!(m.to_bits(), median.to_bits(), "median at row {i}");
+                let want = (1.4826 * mad)
+                    .max(w.mean_abs_dev)
+                    .max(w.floor)
+                    .max(1e-9 * m.abs().max(1e-3));
+                let got = if differences {
+                    w.robust_scale(m, values.newest_differences())
+                } else {
+                    w.robust_scale(m, values.newest())
+                };
+                assert_eq!(got.to_bits(), want.to_bits(), "scale at row {i}");
+            }
+        }
+    }
+
+    /// Heap bytes a detector holds (capacities, used or not), and its own size.
+    fn footprint(d: &Tidewatch) -> usize {
+        use std::mem::size_of;
+        size_of::<Tidewatch>()
+            + d.values.heap_bytes()
+            + d.changes.heap_bytes()
+            + d.history.capacity() * size_of::<f64>()
+            + d.likelihood.raw.capacity() * size_of::<f64>()
+            + d.likelihood.blocks.heap_bytes()
+            + d.recent.capacity() * size_of::<(usize, f64)>()
+            + d.pattern.seen.capacity() * size_of::<u64>()
+            + d.pattern.bins.capacity()
+            + d.phase_ranges.capacity() * size_of::<(RangeNovelty, usize)>()
+            + d.step.gaps.capacity() * size_of::<i64>()
+    }
+
+    /// What one signal of one service costs once every window is full: the server's 10 s windows for
+    /// a day (the likelihood's 5000 means fill in 14 hours).
+    #[test]
+    fn a_detector_in_steady_state_stays_small() {
+        let mut d = Tidewatch::with_resolution(Params::default(), 1.0);
+        let mut x = 3u64;
+        for i in 0..8640 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let v = 40.0 + 10.0 * (i as f64 / 500.0).sin() + ((x >> 40) % 100) as f64 / 50.0;
+            d.score(1_700_000_000_000 + i * 10_000, v);
+        }
+        let bytes = footprint(&d);
+        eprintln!("detector after a day of 10 s windows: {bytes} bytes");
+        assert!(bytes < 8 * 1024, "{bytes} bytes");
     }
 
     #[test]

@@ -13,12 +13,12 @@
 //! z-score of the window's negative log-likelihood against those of the training windows, so one
 //! threshold works whatever the dimension or the fit.
 
-use std::collections::VecDeque;
-
 use linfa::DatasetBase;
 use linfa::traits::Fit;
 use linfa_clustering::GaussianMixtureModel;
 use ndarray::Array2;
+
+use super::ring::Ring;
 
 /// A streaming detector over vectors: one observation in, one anomaly score out, no look-ahead.
 pub trait VectorDetector: Send {
@@ -121,7 +121,10 @@ fn median_mad(v: &mut [f64]) -> (f64, f64) {
 /// The Gaussian-mixture detector.
 pub struct GmmDetector {
     cfg: GmmConfig,
-    train: VecDeque<Vec<f64>>,
+    /// The latest `train_windows` windows' features, one window after another (`dim` values each): one
+    /// flat buffer, not an allocation per window.
+    train: Ring<f64>,
+    dim: usize,
     fitted: Option<Fitted>,
     since_fit: usize,
 }
@@ -130,17 +133,23 @@ impl GmmDetector {
     pub fn new(cfg: GmmConfig) -> GmmDetector {
         GmmDetector {
             cfg,
-            train: VecDeque::new(),
+            train: Ring::new(0),
+            dim: 0,
             fitted: None,
             since_fit: 0,
         }
     }
 
+    /// Windows in the training set.
+    fn windows(&self) -> usize {
+        self.train.len() / self.dim.max(1)
+    }
+
     fn fit(&mut self) {
-        let d = self.train[0].len();
-        let n = self.train.len();
-        let flat: Vec<f64> = self.train.iter().flatten().copied().collect();
-        let Ok(x) = Array2::from_shape_vec((n, d), flat) else {
+        let d = self.dim;
+        let n = self.windows();
+        let flat: Vec<f64> = self.train.iter().collect();
+        let Ok(x) = Array2::from_shape_vec((n, d), flat.clone()) else {
             return;
         };
         let k = self.cfg.components.clamp(1, n / 10).max(1);
@@ -179,7 +188,7 @@ impl GmmDetector {
             nll_median: 0.0,
             nll_spread: 1.0,
         };
-        let mut nlls: Vec<f64> = self.train.iter().map(|x| f.nll(x)).collect();
+        let mut nlls: Vec<f64> = flat.chunks(d).map(|x| f.nll(x)).collect();
         let (med, mad) = median_mad(&mut nlls);
         f.nll_median = med;
         // Never tighter than half a nat: a near-deterministic history must not turn noise into alarms.
@@ -194,21 +203,21 @@ impl VectorDetector for GmmDetector {
         if x.is_empty() || x.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        if self.train.front().is_some_and(|f| f.len() != x.len()) {
-            // The feature set changed: start over.
-            self.train.clear();
+        if self.dim != x.len() {
+            // The first window, or the feature set changed: start over.
+            self.train = Ring::new(self.cfg.train_windows * x.len());
+            self.dim = x.len();
             self.fitted = None;
         }
         let z = self
             .fitted
             .as_ref()
             .map(|f| ((f.nll(x) - f.nll_median) / f.nll_spread).max(0.0));
-        self.train.push_back(x.to_vec());
-        if self.train.len() > self.cfg.train_windows {
-            self.train.pop_front();
+        for &v in x {
+            self.train.push(v);
         }
         self.since_fit += 1;
-        if self.train.len() >= self.cfg.min_windows
+        if self.windows() >= self.cfg.min_windows
             && (self.fitted.is_none() || self.since_fit >= self.cfg.refit_every)
         {
             self.fit();
