@@ -88,12 +88,7 @@ pub async fn run_with(
     let engine = Arc::new(engine);
     let stats = Arc::new(Stats::default());
     // The decision log opens before anything listens: a log that cannot be written is a start-up error.
-    let decisions = crate::operator::decision_log(&cfg)?;
-    let reports = crate::operator::Reports {
-        log: decisions,
-        metrics: Arc::new(tidewatch_scaler::controller::Metrics::default()),
-        board: Arc::new(tidewatch_scaler::board::Board::default()),
-    };
+    let reports = crate::operator::Reports::open(&cfg)?;
     let rx = Receiver::new(&cfg.collector, ingest.clone(), stats.clone()).context("collector.auth")?;
     let demo_rx = rx.clone();
     let ready = Arc::new(AtomicBool::new(false));
@@ -138,18 +133,7 @@ pub async fn run_with(
     let (op_stop_tx, op_stop_rx) = watch::channel(false);
     let operator = match demo {
         Some(d) => Some(tokio::spawn(d.run(engine.clone(), reports.clone(), op_stop_rx))),
-        None if cfg.scaler.enabled => {
-            let (cfg, engine, reports) = (cfg.clone(), engine.clone(), reports.clone());
-            Some(tokio::spawn(async move {
-                let res = crate::operator::run(cfg, engine, reports, op_stop_rx).await;
-                if let Err(e) = &res {
-                    // Logged now, not at shutdown: the web and OTLP sides keep serving without the operator.
-                    tracing::error!(error = %format!("{e:#}"), "operator stopped");
-                }
-                res
-            }))
-        }
-        None => None,
+        None => crate::operator::spawn(&cfg, &engine, &reports, op_stop_rx),
     };
 
     ready.store(true, Ordering::Relaxed);
@@ -163,13 +147,7 @@ pub async fn run_with(
     }
     ready.store(false, Ordering::Relaxed);
     // The operator stops first: no action is taken on data that is about to stop flowing.
-    let _ = op_stop_tx.send(true);
-    if let Some(op) = operator {
-        match op.await {
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "operator task failed"),
-        }
-    }
+    crate::operator::stop(&op_stop_tx, operator).await;
     let _ = stop_tx.send(true);
     while let Some(res) = otlp.join_next().await {
         res.context("OTLP server task")??;
@@ -232,7 +210,7 @@ pub(crate) fn serve_web(
 ///   "forecast": {"model", "mase", "trusted", "step_ms", "points": [{"ts_ms", "mean", "lo", "hi"}]} | null,
 ///   "dry_run", "updated_ms", "events": [{"ts_ms", "type": "Normal"|"Warning", "reason", "action",
 ///   "note"}]}]}` (see `tidewatch_scaler::board::PolicyView`). Empty until the operator has reconciled.
-fn operator_router(reports: &crate::operator::Reports) -> axum::Router {
+pub(crate) fn operator_router(reports: &crate::operator::Reports) -> axum::Router {
     use axum::extract::Query;
     let (log, board) = (reports.log.clone(), reports.board.clone());
     axum::Router::new()

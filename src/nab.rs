@@ -78,8 +78,15 @@ pub fn run(args: &NabArgs) -> anyhow::Result<()> {
     {
         for f in &p.files {
             println!(
-                "  {:<62} {:8.3}  windows {}/{}  fp {:4}",
-                f.file, f.score, f.windows_hit, f.windows, f.fp
+                "  {:<62} {:8.3}  windows {}/{}  fp {:4}  lost: missed {:.3} late {:.3} false {:.3}",
+                f.file,
+                f.score,
+                f.windows_hit,
+                f.windows,
+                f.fp,
+                f.lost.missed,
+                f.lost.late,
+                f.lost.false_alarms
             );
         }
     }
@@ -105,6 +112,11 @@ pub fn run(args: &NabArgs) -> anyhow::Result<()> {
             "{:<20} {:6.2}   raw {:8.3}  threshold {:.6}  windows hit {hit}/{windows}, false-alarm rows \
              {false_alarms}{beside}",
             p.profile, p.normalised, p.raw, p.threshold
+        );
+        let lost = p.lost();
+        println!(
+            "{:<20} lost (raw) to missed windows {:.3}, late detections {:.3}, false alarms {:.3}",
+            "", lost.missed, lost.late, lost.false_alarms
         );
     }
     println!(

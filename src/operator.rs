@@ -105,6 +105,49 @@ pub struct Reports {
     pub board: Arc<Board>,
 }
 
+impl Reports {
+    /// Empty reports, and the decision log the configuration asks for.
+    pub fn open(cfg: &Config) -> anyhow::Result<Reports> {
+        Ok(Reports {
+            log: decision_log(cfg)?,
+            metrics: Arc::new(Metrics::default()),
+            board: Arc::new(Board::default()),
+        })
+    }
+}
+
+/// The operator's task on a real cluster, started when `scaler.enabled` (by every role that has an
+/// engine: `--role all` and `--role analyze`). A failure is logged when it happens: the other sides keep
+/// serving without the operator.
+pub fn spawn(
+    cfg: &Config,
+    engine: &Arc<Engine>,
+    reports: &Reports,
+    stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    if !cfg.scaler.enabled {
+        return None;
+    }
+    let (cfg, engine, reports) = (cfg.clone(), engine.clone(), reports.clone());
+    Some(tokio::spawn(async move {
+        let res = run(cfg, engine, reports, stop).await;
+        if let Err(e) = &res {
+            tracing::error!(error = %format!("{e:#}"), "operator stopped");
+        }
+        res
+    }))
+}
+
+/// Tells the operator's task to stop and waits for it.
+pub async fn stop(tx: &watch::Sender<bool>, task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>) {
+    let _ = tx.send(true);
+    if let Some(t) = task
+        && let Err(e) = t.await
+    {
+        tracing::error!(error = %e, "operator task failed");
+    }
+}
+
 /// Connects to the cluster and runs the operator until `stop` turns true. Returns once it has stopped.
 pub async fn run(
     cfg: Config,

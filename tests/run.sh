@@ -7,7 +7,8 @@ bench/peers/install.sh python prometheus
 # The Kubernetes tests (tests/it/common/kube.rs): etcd, and kube-apiserver and helm built from Go modules.
 tests/k8s/install.sh
 # The Kafka tests (tests/it/kafka.rs): an Apache Kafka 4 broker from Maven Central jars (needs a JDK and Maven),
-# and the compiler and make that build the rdkafka crate's bundled librdkafka.
+# and the compiler and make that build the rdkafka crate's bundled librdkafka. (Their operator and web UI checks
+# also use the kube-apiserver above and the browser below.)
 tests/kafka/install.sh
 # The browser test (tests/it/web_ui.rs): Debian's chromium driven by playwright-core; no browser download.
 if [ ! -x /usr/bin/chromium ]; then

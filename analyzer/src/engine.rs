@@ -39,6 +39,7 @@ enum Backfill {
 /// The running engine: ask it for snapshots, history, health and forecasts; stop it.
 pub struct Engine {
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
+    source: Source,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     history: watch::Receiver<HistoryView>,
     health: watch::Receiver<Arc<Health>>,
@@ -48,8 +49,33 @@ pub struct Engine {
     trainer_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     backfill: mpsc::Sender<Backfill>,
     stats: Arc<EngineStats>,
-    template: Arc<Snapshot>,
     budget: Arc<SeriesBudget>,
+}
+
+/// Takes a snapshot of counters kept outside the engine (see [`follow`]).
+pub type SnapshotSource = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Snapshot>> + Send>> + Send + Sync,
+>;
+
+/// Where the engine's snapshots come from.
+#[derive(Clone)]
+enum Source {
+    /// Its own shards, merged: counters that began at zero when the engine started.
+    Shards {
+        shards: Arc<[mpsc::Sender<ShardMsg>]>,
+        template: Arc<Snapshot>,
+    },
+    /// Someone else's counters, which may have begun long before: the first snapshot is a baseline.
+    Follow(SnapshotSource),
+}
+
+impl Source {
+    async fn take(&self) -> Result<Snapshot> {
+        match self {
+            Source::Shards { shards, template } => collect(shards, template).await,
+            Source::Follow(f) => f().await,
+        }
+    }
 }
 
 /// Starts the shards on the current tokio runtime; returns the handle receivers send into and the engine.
@@ -68,7 +94,46 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         tasks.push(tokio::spawn(shard.run(rx, tick_every(cfg.service_graph.wait))));
     }
     let shards: Arc<[_]> = senders.into();
-    let template = Arc::new(Snapshot::empty(cfg));
+    let source = Source::Shards {
+        shards: shards.clone(),
+        template: Arc::new(Snapshot::empty(cfg)),
+    };
+    let ingest = Ingest {
+        shards: shards.clone(),
+        inflight: Inflight::new(cfg.max_inflight.as_usize()),
+        keys,
+        stats: Arc::new(IngestStats::default()),
+    };
+    let engine = assemble(cfg, source, shards, tasks, stats, budget);
+    (ingest, engine)
+}
+
+/// An engine without shards that follows counters kept elsewhere: every `window` it takes a snapshot from
+/// `source` and runs it through the same window task as [`start`]'s engine (history, health monitor,
+/// forecast trainer), so everything that reads an [`Engine`] reads these counters unchanged. The first
+/// snapshot is the baseline the history starts from. `--role analyze` follows the sum of every
+/// partition's counts this way: the global view.
+pub fn follow(cfg: &AnalyzerConfig, source: SnapshotSource) -> Engine {
+    let budget = Arc::new(SeriesBudget::new(cfg.max_series));
+    assemble(
+        cfg,
+        Source::Follow(source),
+        Arc::from(Vec::new()),
+        Vec::new(),
+        Arc::new(EngineStats::default()),
+        budget,
+    )
+}
+
+/// The window task and forecast trainer over `source`, and the engine that owns them.
+fn assemble(
+    cfg: &AnalyzerConfig,
+    source: Source,
+    shards: Arc<[mpsc::Sender<ShardMsg>]>,
+    tasks: Vec<JoinHandle<()>>,
+    stats: Arc<EngineStats>,
+    budget: Arc<SeriesBudget>,
+) -> Engine {
     let history = History::open(&cfg.store, cfg.window);
     let (hist_tx, history_rx) = watch::channel(history.view());
     let (health_tx, health_rx) = watch::channel(Arc::new(Health::default()));
@@ -76,8 +141,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let (backfill, backfill_rx) = mpsc::channel(1);
     let windows_loop = Windows {
         backfill: backfill_rx,
-        shards: shards.clone(),
-        template: template.clone(),
+        source: source.clone(),
         window: cfg.window,
         snapshot_every: cfg.store.snapshot_interval,
         views: hist_tx,
@@ -93,29 +157,20 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         stop_rx.clone(),
     ))));
     let window_task = std::sync::Mutex::new(Some(tokio::spawn(windows_loop.run(history, stop_rx))));
-    let ingest = Ingest {
-        shards: shards.clone(),
-        inflight: Inflight::new(cfg.max_inflight.as_usize()),
-        keys,
-        stats: Arc::new(IngestStats::default()),
-    };
-    (
-        ingest,
-        Engine {
-            shards,
-            tasks: tasks.into(),
-            history: history_rx,
-            health: health_rx,
-            forecasts,
-            stop_windows,
-            window_task,
-            trainer_task,
-            backfill,
-            stats,
-            template,
-            budget,
-        },
-    )
+    Engine {
+        shards,
+        source,
+        tasks: tasks.into(),
+        history: history_rx,
+        health: health_rx,
+        forecasts,
+        stop_windows,
+        window_task,
+        trainer_task,
+        backfill,
+        stats,
+        budget,
+    }
 }
 
 /// Expiry sweeps run a few times per wait period, so a half edge lives at most ~1.25 x `wait`.
@@ -124,9 +179,10 @@ fn tick_every(wait: Duration) -> Duration {
 }
 
 impl Engine {
-    /// A snapshot that includes every batch accepted before this call.
+    /// A snapshot that includes every batch accepted before this call (for [`follow`]: what the source
+    /// gives now).
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        collect(&self.shards, &self.template).await
+        self.source.take().await
     }
 
     pub fn stats(&self) -> &EngineStats {
@@ -287,8 +343,7 @@ fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
 /// `snapshot_every` and once more when the engine stops.
 struct Windows {
     backfill: mpsc::Receiver<Backfill>,
-    shards: Arc<[mpsc::Sender<ShardMsg>]>,
-    template: Arc<Snapshot>,
+    source: Source,
     window: Duration,
     snapshot_every: Duration,
     views: watch::Sender<HistoryView>,
@@ -342,9 +397,28 @@ impl Windows {
                 None if backfilling && !stopping => continue,
                 None => (None, None),
             };
-            let Ok(mut snap) = collect(&self.shards, &self.template).await else {
-                break;
+            let mut snap = match self.source.take().await {
+                Ok(snap) => snap,
+                Err(e @ Error::Source(_)) if !stopping => {
+                    // The next window tries again; what it counts lands in that window.
+                    tracing::warn!(error = %e, "window skipped");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                    continue;
+                }
+                Err(_) => break,
             };
+            if matches!(self.source, Source::Follow(_)) && !history.has_baseline() {
+                history.baseline(Arc::new(snap));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+                if stopping {
+                    break;
+                }
+                continue;
+            }
             if let Some(ts) = at {
                 snap.taken_at = SystemTime::UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64);
             }
@@ -399,5 +473,79 @@ impl Windows {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{SpanKind, StatusCode};
+    use crate::red::{Histogram, RedRow};
+
+    /// A snapshot of one series with `calls` calls so far.
+    fn counted(cfg: &AnalyzerConfig, calls: u64) -> Snapshot {
+        Snapshot {
+            red: vec![RedRow {
+                service: "a".into(),
+                span_name: "op".into(),
+                kind: SpanKind::Server,
+                status: StatusCode::Unset,
+                dims: Vec::new(),
+                overflow: false,
+                calls,
+                duration: Histogram {
+                    counts: vec![calls as f64; 1],
+                    sum: 0.0,
+                    count: calls as f64,
+                },
+            }],
+            ..Snapshot::empty(cfg)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_followed_source_starts_from_a_baseline_and_skips_a_failed_read() {
+        let cfg = AnalyzerConfig {
+            // No live window closes during the test: the windows below are closed on demand.
+            window: Duration::from_secs(3600),
+            store: crate::config::StoreConfig {
+                data_dir: None,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // Counters that began before the engine did: 100 calls already, then 130, a failed read, 150.
+        let script = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from([
+            Some(100),
+            Some(130),
+            None,
+            Some(150),
+        ])));
+        let source: SnapshotSource = {
+            let cfg = cfg.clone();
+            Arc::new(move || {
+                let next = script.lock().unwrap().pop_front().flatten();
+                let snap = next
+                    .map(|calls| counted(&cfg, calls))
+                    .ok_or_else(|| Error::Source("the store did not answer".into()));
+                Box::pin(async move { snap })
+            })
+        };
+        let engine = follow(&cfg, source);
+        engine.backfill_window(1_000).await.expect("the baseline");
+        engine.backfill_window(2_000).await.expect("30 calls");
+        assert!(matches!(
+            engine.backfill_window(3_000).await,
+            Err(Error::Source(_))
+        ));
+        engine.backfill_window(4_000).await.expect("20 calls");
+        engine.end_backfill().await.unwrap();
+        let rows = engine.history().services(0, 10_000).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].requests, 50.0,
+            "the 100 calls before the engine are the baseline; the failed read moved nothing"
+        );
+        engine.shutdown().await;
     }
 }

@@ -35,7 +35,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod store;
 
-pub use engine::{Engine, start};
+pub use engine::{Engine, SnapshotSource, follow, start};
 pub use snapshot::Snapshot;
 
 /// The analyzer's errors.
@@ -45,6 +45,8 @@ pub enum Error {
     Stopped,
     #[error("history store: {0}")]
     Store(String),
+    #[error("snapshot source: {0}")]
+    Source(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

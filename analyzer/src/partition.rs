@@ -1,8 +1,9 @@
 //! One partition of a shared, replayable log as a single-owner shard on *record time*: the engine's RED
 //! table and service-graph store, driven by the partition's event clock (milliseconds the caller passes
-//! in) instead of wall-clock arrival. Replaying the same records from the same point therefore gives the
-//! same rows, which is what lets a new owner of a partition rebuild it exactly. The log itself (Kafka) is
-//! the caller's business; this module knows only spans and clocks.
+//! in) instead of wall-clock arrival, and the engine's [`Signals`] for metric points and log records.
+//! Replaying the same records from the same point therefore gives the same rows, which is what lets a new
+//! owner of a partition rebuild it exactly. The log itself (Kafka) is the caller's business; this module
+//! knows only records and clocks.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,15 +16,18 @@ use crate::budget::SeriesBudget;
 use crate::config::AnalyzerConfig;
 use crate::graph::{EdgeRow, GraphCounters, GraphStore, PendingHalf};
 use crate::intern::Interner;
-use crate::records::{AttrKeys, SpanBatch};
-use crate::red::{Histogram, RedRow, RedTable};
+use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
+use crate::red::{Histogram, PodRow, RedRow, RedTable};
 use crate::shard::{admit_resources, wanted_keys};
+use crate::signals::{LogRow, MetricRow, Signals};
+use crate::snapshot::Snapshot;
 
 /// A shard whose clock is the partition's record time.
 pub struct RecordTimeShard {
     names: Interner,
     red: RedTable,
     graph: GraphStore,
+    signals: Signals,
     /// This partition's own series budget (`analyzer.max_series`), so a replay admits the same series.
     budget: Arc<SeriesBudget>,
     /// Record time 0 on the store's `Instant` scale: deadlines are `origin + wait` after the record time.
@@ -40,6 +44,7 @@ impl RecordTimeShard {
             names: Interner::default(),
             red: RedTable::new(&cfg.span_metrics, red_dims, budget.clone()),
             graph: GraphStore::new(&cfg.service_graph, graph_keys, 1, budget.clone()),
+            signals: Signals::new(budget.clone()),
             budget,
             origin: Instant::now(),
             spans: 0,
@@ -69,6 +74,16 @@ impl RecordTimeShard {
         self.spans += batch.spans.len() as u64;
     }
 
+    /// Applies metric points (their order is the partition's; the clock plays no part).
+    pub fn metrics(&mut self, batch: &MetricBatch) {
+        self.signals.metrics(batch);
+    }
+
+    /// Counts log records.
+    pub fn logs(&mut self, batch: &LogBatch) {
+        self.signals.logs(batch);
+    }
+
     /// Expires what is due at `clock_ms` (a window close).
     pub fn advance(&mut self, clock_ms: u64) {
         let now = self.at(clock_ms);
@@ -80,33 +95,74 @@ impl RecordTimeShard {
         self.graph.pending(&self.names, self.origin)
     }
 
-    /// Takes back the waiting halves of a checkpoint (into a new shard, before any span).
-    pub fn restore(&mut self, halves: Vec<PendingHalf>) {
+    /// Takes back the waiting halves of a checkpoint and its metric and log rows (into a new shard,
+    /// before any record): the signals continue from them, so [`RecordTimeShard::totals`]' metric and log
+    /// rows are the partition's whole, not only what this shard read.
+    pub fn restore(&mut self, halves: Vec<PendingHalf>, metrics: Vec<MetricRow>, logs: Vec<LogRow>) {
         self.graph.restore(&mut self.names, self.origin, halves);
+        self.signals.restore(metrics, logs);
     }
 
     /// Everything counted since the shard was created.
     pub fn totals(&self) -> Totals {
+        let mut pods = self.red.export_pods(&self.names);
+        pods.sort_by(|a, b| (&a.service, &a.pod).cmp(&(&b.service, &b.pod)));
         Totals {
             spans: self.spans,
             red: self.red.export(&self.names),
+            pods,
             edges: self.graph.export(&self.names),
             graph: self.graph.counters(),
+            metrics: self.signals.metric_rows(),
+            logs: self.signals.log_rows(),
         }
     }
 }
 
-/// Cumulative counts of a shard or partition: span count, RED series, service-graph edges and counters
-/// (`graph.pending` is a level, not a count: arithmetic keeps the left side's).
+/// Cumulative counts of a shard or partition: span count, RED series, per-pod RED, service-graph edges and
+/// counters (`graph.pending` is a level, not a count: arithmetic keeps the left side's), metric rows and
+/// log counts (a metric row's latest reading is a level: a sum keeps the later one, a difference the left
+/// side's).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Totals {
     pub spans: u64,
     pub red: Vec<RedRow>,
+    /// Per (service, pod): RED of entry spans, sorted.
+    pub pods: Vec<PodRow>,
     pub edges: Vec<EdgeRow>,
     pub graph: GraphCounters,
+    /// Per (service, pod, metric), sorted.
+    pub metrics: Vec<MetricRow>,
+    /// Per (service, severity), sorted.
+    pub logs: Vec<LogRow>,
 }
 
 impl Totals {
+    /// The totals of several partitions together, series by series (`graph.pending` summed too: every
+    /// partition's waiting halves).
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a Totals>) -> Totals {
+        let mut pending = 0;
+        let mut sum = parts.into_iter().fold(Totals::default(), |acc, t| {
+            pending += t.graph.pending;
+            acc.plus(t)
+        });
+        sum.graph.pending = pending;
+        sum
+    }
+
+    /// These totals as a [`Snapshot`] in `cfg`'s units and dimensions, taken now.
+    pub fn snapshot(self, cfg: &AnalyzerConfig) -> Snapshot {
+        Snapshot {
+            red: self.red,
+            pods: self.pods,
+            edges: self.edges,
+            graph: self.graph,
+            metrics: self.metrics,
+            logs: self.logs,
+            ..Snapshot::empty(cfg)
+        }
+    }
+
     /// `self + o`, series by series.
     pub fn plus(&self, o: &Totals) -> Totals {
         self.combine(o, 1.0)
@@ -153,10 +209,70 @@ impl Totals {
             add_histogram(&mut e.messaging_latency, &r.messaging_latency, sign);
         }
         let n = |a: u64, b: u64| if sign > 0.0 { a + b } else { a.saturating_sub(b) };
+        let mut pods: BTreeMap<_, PodRow> = self
+            .pods
+            .iter()
+            .map(|p| ((p.service.clone(), p.pod.clone()), p.clone()))
+            .collect();
+        for r in &o.pods {
+            let e = pods
+                .entry((r.service.clone(), r.pod.clone()))
+                .or_insert_with(|| PodRow {
+                    calls: 0,
+                    errors: 0,
+                    duration: Histogram::new(r.duration.counts.len().saturating_sub(1)),
+                    ..r.clone()
+                });
+            e.calls = n(e.calls, r.calls);
+            e.errors = n(e.errors, r.errors);
+            add_histogram(&mut e.duration, &r.duration, sign);
+        }
+        let mut metrics: BTreeMap<_, MetricRow> = self
+            .metrics
+            .iter()
+            .map(|m| ((m.service.clone(), m.pod.clone(), m.name.clone()), m.clone()))
+            .collect();
+        for r in &o.metrics {
+            let key = (r.service.clone(), r.pod.clone(), r.name.clone());
+            match metrics.get_mut(&key) {
+                Some(e) => {
+                    e.points = n(e.points, r.points);
+                    e.increase += sign * r.increase;
+                    // The latest reading: a sum's later one (the right side's on a tie), a difference's left.
+                    if sign > 0.0 && r.last_time_ns >= e.last_time_ns {
+                        let (points, increase) = (e.points, e.increase);
+                        *e = MetricRow {
+                            points,
+                            increase,
+                            ..r.clone()
+                        };
+                    }
+                }
+                None if sign > 0.0 => {
+                    metrics.insert(key, r.clone());
+                }
+                None => {}
+            }
+        }
+        let mut logs: BTreeMap<_, LogRow> = self
+            .logs
+            .iter()
+            .map(|l| ((l.service.clone(), l.severity), l.clone()))
+            .collect();
+        for r in &o.logs {
+            let e = logs
+                .entry((r.service.clone(), r.severity))
+                .or_insert_with(|| LogRow {
+                    records: 0,
+                    ..r.clone()
+                });
+            e.records = n(e.records, r.records);
+        }
         let (g, h) = (&self.graph, &o.graph);
         Totals {
             spans: n(self.spans, o.spans),
             red: red.into_values().filter(|r| r.calls > 0).collect(),
+            pods: pods.into_values().filter(|p| p.calls > 0).collect(),
             edges: edges
                 .into_values()
                 .filter(|e| e.total != 0.0 || e.failed != 0.0)
@@ -170,6 +286,8 @@ impl Totals {
                 dropped_spans: n(g.dropped_spans, h.dropped_spans),
                 pending: g.pending,
             },
+            metrics: metrics.into_values().filter(|m| m.points > 0).collect(),
+            logs: logs.into_values().filter(|l| l.records > 0).collect(),
         }
     }
 }
@@ -259,7 +377,7 @@ mod tests {
         let halves = first.pending();
         assert_eq!(halves.len(), 3);
         let mut second = RecordTimeShard::new(&cfg);
-        second.restore(halves);
+        second.restore(halves, Vec::new(), Vec::new());
         assert_eq!(
             second.pending(),
             first.pending(),

@@ -20,6 +20,15 @@ pub fn severity_text(severity: u8) -> &'static str {
     }
 }
 
+/// The severity label [`severity_text`] gives, for a label read back (anything else: `unspecified`).
+pub fn severity_label(label: &str) -> &'static str {
+    [1, 5, 9, 13, 17, 21]
+        .into_iter()
+        .map(severity_text)
+        .find(|s| *s == label)
+        .unwrap_or("unspecified")
+}
+
 /// Whether a metric is read as a level or as a rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
@@ -44,8 +53,9 @@ pub struct MetricRow {
     /// start time restarted from zero) and delta points alike. The store turns its growth into a rate.
     pub increase: f64,
     /// For cumulative counters: the start time of the latest point, to tell a reset.
-    last_start_ns: u64,
-    seen_cumulative: bool,
+    pub last_start_ns: u64,
+    /// Whether a cumulative point has been seen (the first one is the baseline, not an increase).
+    pub seen_cumulative: bool,
 }
 
 /// Log records of one service at one severity.
@@ -160,6 +170,23 @@ impl Signals {
         }
     }
 
+    /// Takes back the rows of an earlier state (a partition's checkpoint), before any new point: later
+    /// points continue them (a cumulative sum's next point is an increase over the restored one). Each
+    /// row takes its unit of the series budget again.
+    pub fn restore(&mut self, metrics: Vec<MetricRow>, logs: Vec<LogRow>) {
+        for m in metrics {
+            if self.admit(&m.service) {
+                self.metrics
+                    .insert((m.service.clone(), m.pod.clone(), m.name.clone()), m);
+            }
+        }
+        for l in logs {
+            if self.admit(&l.service) {
+                self.logs.insert((l.service, l.severity), l.records);
+            }
+        }
+    }
+
     pub fn metric_rows(&self) -> Vec<MetricRow> {
         self.metrics.values().cloned().collect()
     }
@@ -231,6 +258,39 @@ mod tests {
             (row.kind, row.increase, row.last_value),
             (MetricKind::Counter, 29.0, 9.0)
         );
+    }
+
+    #[test]
+    fn restored_rows_continue_a_cumulative_counter() {
+        let p = |t, v| MetricPoint {
+            service: "api".into(),
+            pod: "api-1".into(),
+            name: "requests".into(),
+            attributes: vec![],
+            start_ns: 0,
+            time_ns: t,
+            value: PointValue::Sum {
+                value: v,
+                monotonic: true,
+                cumulative: true,
+            },
+        };
+        let batch = |points| MetricBatch { points, permit: None };
+        let budget = || Arc::new(SeriesBudget::new(1000));
+        let mut whole = Signals::new(budget());
+        let mut first = Signals::new(budget());
+        for s in [&mut whole, &mut first] {
+            s.metrics(&batch(vec![p(10, 100.0), p(20, 120.0)]));
+        }
+        let mut second = Signals::new(budget());
+        second.restore(first.metric_rows(), first.log_rows());
+        for s in [&mut whole, &mut second] {
+            s.metrics(&batch(vec![p(30, 150.0)]));
+        }
+        assert_eq!(second.metric_rows(), whole.metric_rows());
+        assert_eq!(second.metric_rows()[0].increase, 50.0);
+        assert_eq!(severity_label("error"), "error");
+        assert_eq!(severity_label("bogus"), "unspecified");
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn empty(cfg: &AnalyzerConfig) -> Snapshot {
+    /// A snapshot with nothing counted yet, in `cfg`'s units and dimensions.
+    pub fn empty(cfg: &AnalyzerConfig) -> Snapshot {
         Snapshot {
             taken_at: SystemTime::now(),
             red: Vec::new(),

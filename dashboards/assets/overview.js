@@ -85,6 +85,10 @@
     const sum = (name, labels) => samples
       .filter((s) => s.name === name && Object.entries(labels || {}).every(([k, v]) => s.labels[k] === v))
       .reduce((a, s) => a + s.value, 0);
+    if (samples.some((s) => s.name === 'tidewatch_kafka_partitions_owned')) {
+      analyzer(body, sum, now);
+      return;
+    }
     const signals = [['spans', 'spans'], ['data_points', 'data points'], ['log_records', 'log records']];
     const cur = { t: now };
     for (const [sig] of signals) for (const o of ['accepted', 'rejected', 'refused']) {
@@ -138,6 +142,35 @@
       'export requests: ' + (outcomes.size ? [...outcomes].map(([o, v]) => o + ' ' + TW.fmtCount(v)).join(' · ') : 'none yet') +
       ' · batches refused: ' + TW.fmtCount(sum('tidewatch_analyzer_refused_batches_total')));
     body.replaceChildren(verdict, tiles, items, queues, requests);
+    prev = cur;
+  }
+
+  // An analyzer on Kafka (--role analyze) has no receivers: its own part is reading its partitions. The
+  // map and the services above are every partition's (the global view).
+  function analyzer(body, sum, now) {
+    const cur = {
+      t: now,
+      records: sum('tidewatch_kafka_records_total'),
+      failures: sum('tidewatch_kafka_checkpoint_failures_total'),
+    };
+    const owned = sum('tidewatch_kafka_partitions_owned');
+    const rate = prev && prev.records != null && now > prev.t ? Math.max(0, (cur.records - prev.records) / ((now - prev.t) / 1000)) : null;
+    const verdict = prev == null || prev.records == null
+      ? el('div', { class: 'verdict' }, el('span', { class: 'badge idle' }, 'measuring'), 'rates after the next read')
+      : cur.failures > prev.failures
+        ? el('div', { class: 'verdict' }, el('span', { class: 'badge critical' }, 'checkpoints failing'), 'a partition could not be checkpointed in the last few seconds')
+        : el('div', { class: 'verdict' }, el('span', { class: 'badge ok' }, 'reading Kafka'), owned + ' partitions owned by this analyzer');
+    const tiles = el('div', { class: 'tiles' },
+      el('div', { class: 'tile' }, el('div', { class: 'k' }, 'records read'), el('div', { class: 'v' }, rate == null ? TW.fmtCount(cur.records) : TW.fmtRate(rate))),
+      el('div', { class: 'tile' }, el('div', { class: 'k' }, 'partitions owned'), el('div', { class: 'v' }, TW.fmtCount(owned))),
+      el('div', { class: 'tile' }, el('div', { class: 'k' }, 'checkpoints written'), el('div', { class: 'v' }, TW.fmtCount(sum('tidewatch_kafka_checkpoints_total')))));
+    const note = el('div', { class: 'muted small', style: 'margin-top:10px' },
+      'partitions resumed: ' + TW.fmtCount(sum('tidewatch_kafka_partitions_resumed_total')) +
+      ' · checkpoints fenced: ' + TW.fmtCount(sum('tidewatch_kafka_checkpoints_fenced_total')) +
+      ' · checkpoint failures: ' + TW.fmtCount(cur.failures) +
+      ' · the map and services are every partition\'s; the receivers\' counters are on the ingest instances\' /metrics');
+    body.parentElement.querySelector('h2').firstChild.textContent = 'This analyzer ';
+    body.replaceChildren(verdict, tiles, note);
     prev = cur;
   }
 

@@ -38,12 +38,20 @@ pub struct WebState {
     pub decisions: Arc<tidewatch_scaler::decisions::DecisionLog>,
 }
 
-/// The web routes.
+/// The web routes: probes, `/metrics` and [`views`].
 pub fn router(state: WebState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(views(state))
+}
+
+/// What is read from the engine's history, health and forecasts: the JSON API and the web UI (no probes,
+/// no `/metrics`, for a role that exposes its own).
+pub fn views(state: WebState) -> Router {
+    Router::new()
         .route("/api/services", get(api::services))
         .route("/api/services/{name}/red", get(api::service_red))
         .route("/api/services/{name}/operations", get(api::operations))

@@ -11,27 +11,85 @@ use tidewatch_analyzer::engine::EngineStats;
 use tidewatch_analyzer::exposition::{Kind, family, histogram, sample, single};
 use tidewatch_analyzer::graph::{ConnectionType, GraphCounters};
 use tidewatch_analyzer::ingest::Ingest;
+use tidewatch_analyzer::signals::{LogRow, MetricKind, MetricRow};
 
-/// RED and service-graph series of a snapshot.
+/// RED, service-graph, metric-point and log-record series of a snapshot.
 pub fn render_snapshot(out: &mut String, s: &Snapshot) {
     render_red(out, s);
     render_graph(out, s);
-    if !s.logs.is_empty() {
+    let rows = SignalRows {
+        labels: &[],
+        metrics: &s.metrics,
+        logs: &s.logs,
+    };
+    render_signals(out, &[rows]);
+}
+
+/// One part's metric rows and log counts, and the labels its samples carry beyond their own (an
+/// analyzer's partition: `tidewatch_partition`).
+pub struct SignalRows<'a> {
+    pub labels: &'a [(&'a str, &'a str)],
+    pub metrics: &'a [MetricRow],
+    pub logs: &'a [LogRow],
+}
+
+/// Metric rows and log counts of several parts, each family written once.
+pub fn render_signals(out: &mut String, parts: &[SignalRows<'_>]) {
+    let points = "tidewatch_metric_points_total";
+    if parts.iter().any(|p| !p.metrics.is_empty()) {
         family(
             out,
-            "tidewatch_log_records_total",
+            points,
+            Kind::Counter,
+            "Metric points received, by service, pod and metric.",
+        );
+        for p in parts {
+            for m in p.metrics {
+                sample(out, points, &metric_labels(m, p.labels), m.points);
+            }
+        }
+    }
+    let increase = "tidewatch_metric_increase_total";
+    let counter = |m: &&MetricRow| m.kind == MetricKind::Counter;
+    if parts.iter().any(|p| p.metrics.iter().any(|m| counter(&m))) {
+        family(
+            out,
+            increase,
+            Kind::Counter,
+            "Increase of monotonic sums (delta or cumulative, across restarts), by service, pod and metric.",
+        );
+        for p in parts {
+            for m in p.metrics.iter().filter(counter) {
+                sample(out, increase, &metric_labels(m, p.labels), m.increase);
+            }
+        }
+    }
+    let records = "tidewatch_log_records_total";
+    if parts.iter().any(|p| !p.logs.is_empty()) {
+        family(
+            out,
+            records,
             Kind::Counter,
             "Log records received, by service and severity.",
         );
-        for r in &s.logs {
-            sample(
-                out,
-                "tidewatch_log_records_total",
-                &[("service_name", &r.service), ("severity", r.severity)],
-                r.records as f64,
-            );
+        for p in parts {
+            for r in p.logs {
+                let mut labels = vec![("service_name", &*r.service), ("severity", r.severity)];
+                labels.extend_from_slice(p.labels);
+                sample(out, records, &labels, r.records);
+            }
         }
     }
+}
+
+fn metric_labels<'a>(m: &'a MetricRow, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut labels = vec![
+        ("service_name", &*m.service),
+        ("k8s_pod_name", &*m.pod),
+        ("metric_name", &*m.name),
+    ];
+    labels.extend_from_slice(extra);
+    labels
 }
 
 fn render_red(out: &mut String, s: &Snapshot) {
@@ -350,5 +408,60 @@ pub fn render_budget(out: &mut String, b: &tidewatch_analyzer::budget::BudgetSta
         ),
     ] {
         single(out, name, kind, help, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_carry_their_parts_labels_and_counters_their_increase() {
+        let row = |name: &str, kind| MetricRow {
+            service: "api".into(),
+            pod: "api-1".into(),
+            name: name.into(),
+            kind,
+            points: 3,
+            last_time_ns: 9,
+            last_value: 7.0,
+            increase: 4.5,
+            last_start_ns: 1,
+            seen_cumulative: true,
+        };
+        let metrics = [
+            row("cpu", MetricKind::Gauge),
+            row("requests", MetricKind::Counter),
+        ];
+        let logs = [LogRow {
+            service: "api".into(),
+            severity: "error",
+            records: 2,
+        }];
+        let mut out = String::new();
+        render_signals(
+            &mut out,
+            &[SignalRows {
+                labels: &[("tidewatch_partition", "1")],
+                metrics: &metrics,
+                logs: &logs,
+            }],
+        );
+        let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        let labels = |name: &str| {
+            format!(
+                "service_name=\"api\",k8s_pod_name=\"api-1\",metric_name=\"{name}\",tidewatch_partition=\"1\""
+            )
+        };
+        assert_eq!(
+            samples,
+            [
+                format!("tidewatch_metric_points_total{{{}}} 3", labels("cpu")),
+                format!("tidewatch_metric_points_total{{{}}} 3", labels("requests")),
+                format!("tidewatch_metric_increase_total{{{}}} 4.5", labels("requests")),
+                "tidewatch_log_records_total{service_name=\"api\",severity=\"error\",tidewatch_partition=\"1\"} 2"
+                    .to_owned(),
+            ]
+        );
     }
 }

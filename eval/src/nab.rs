@@ -346,6 +346,31 @@ pub struct FileScore {
     /// Windows with at least one scored row, and how many of them hold a detection.
     pub windows: usize,
     pub windows_hit: usize,
+    /// Where `score` falls short of a perfect detector's `windows * A_TP`.
+    pub lost: Losses,
+}
+
+/// What a score loses against a perfect detector (one detection at each window's left edge, nothing
+/// else), by cause: `windows * A_TP - score = missed + late + false_alarms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Losses {
+    /// Windows without a detection: `A_TP + A_FN` each.
+    pub missed: f64,
+    /// Windows detected after their left edge: `A_TP` less the earliest detection's weight.
+    pub late: f64,
+    /// Detections outside every window: the sum of their (negative) weights, as a positive number.
+    pub false_alarms: f64,
+}
+
+impl std::ops::Add for Losses {
+    type Output = Losses;
+    fn add(self, o: Losses) -> Losses {
+        Losses {
+            missed: self.missed + o.missed,
+            late: self.late + o.late,
+            false_alarms: self.false_alarms + o.false_alarms,
+        }
+    }
 }
 
 /// A detector's result under one profile.
@@ -363,6 +388,16 @@ pub struct ProfileScore {
     /// `100 * (raw - null) / (perfect - null)`: the number on NAB's scoreboard.
     pub normalised: f64,
     pub files: Vec<FileScore>,
+}
+
+impl ProfileScore {
+    /// The files' losses, summed.
+    pub fn lost(&self) -> Losses {
+        self.files
+            .iter()
+            .map(|f| f.lost)
+            .fold(Losses::default(), |a, b| a + b)
+    }
 }
 
 /// A detector's results under every profile.
@@ -661,6 +696,15 @@ impl Scorer {
                 }
                 let score = fp_part + best_part.values().sum::<f64>();
                 let windows_hit = best_part.values().filter(|&&v| v > -p.fn_weight).count();
+                let lost = Losses {
+                    missed: (best_part.len() - windows_hit) as f64 * (p.tp_weight + p.fn_weight),
+                    late: best_part
+                        .values()
+                        .filter(|&&v| v > -p.fn_weight)
+                        .map(|v| p.tp_weight - v)
+                        .sum(),
+                    false_alarms: -fp_part,
+                };
                 FileScore {
                     file: f.name.clone(),
                     score,
@@ -671,6 +715,7 @@ impl Scorer {
                     total: f.rows,
                     windows: f.windows.len(),
                     windows_hit,
+                    lost,
                 }
             })
             .collect()
@@ -972,6 +1017,11 @@ mod tests {
         let fp = -0.22 + 0.22 * scaled_sigmoid(11.0 / 99.0);
         assert_eq!(p.threshold, 0.9);
         assert!((p.raw - (tp + fp)).abs() < 1e-12, "{} vs {}", p.raw, tp + fp);
+        // What it lost against one detection at the window's left edge: lateness and false alarms.
+        let lost = p.lost();
+        assert_eq!(lost.missed, 0.0);
+        assert!((lost.late - (1.0 - tp)).abs() < 1e-12);
+        assert!((lost.false_alarms + fp).abs() < 1e-12);
         // Low-FN profile: a miss costs 2, so the same detections still beat detecting nothing.
         let q = report.get("reward_low_FN_rate").unwrap();
         assert!((q.null + 2.0).abs() < 1e-12);
@@ -989,12 +1039,19 @@ mod tests {
         for i in [300, 400, 900] {
             b[i] = 0.9;
         }
-        let report = scorer.score(&[a, b]).unwrap();
+        let report = scorer.score(&[a.clone(), b]).unwrap();
         let p = report.get("standard").unwrap();
         // At 0.8: +1 - 3 * 0.11 = 0.67 beats -1 (nothing) and -1.33 (only the false alarms).
         assert_eq!(p.threshold, 0.8);
         assert!((p.raw - 0.67).abs() < 1e-12);
         assert_eq!(p.files[1].fp, 3);
+        // Perfect would be 1: the raw score falls short by exactly the losses.
+        let lost = p.lost();
+        assert!((lost.missed + lost.late + lost.false_alarms - (1.0 - p.raw)).abs() < 1e-12);
+        // At a threshold above the hit, the window is missed: A_TP + A_FN.
+        let above = scorer.score_at(&[a, vec![0.0; 1000]], &[0.85; 3]).unwrap();
+        let q = above.get("standard").unwrap();
+        assert_eq!(q.lost().missed, 2.0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! A partition's checkpoint: its cumulative totals at a window close, the service-graph halves still
-//! waiting then, and the record-time point to resume from. Stored as JSON through `object_store` (a shared
+//! A partition's checkpoint: its cumulative totals at a window close (spans' series on the traces topic,
+//! metric rows and log counts on the metrics and logs topics), the service-graph halves still waiting
+//! then, and the record-time point to resume from. Stored as JSON through `object_store` (a shared
 //! bucket or directory every analyzer can read), written whole (the local backend writes and renames).
 //!
 //! Writes are fenced by epochs. A new owner of a partition *claims* it: it reads the checkpoint of the
@@ -9,6 +10,7 @@
 //! partition) finds the higher epoch before each write and stops ([`Error::Fenced`]); a write of its that
 //! races the claim lands under its own, lower epoch, which no reader takes again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use object_store::path::Path;
@@ -17,10 +19,13 @@ use serde::{Deserialize, Serialize};
 use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters, HalfName, PendingHalf};
 use tidewatch_analyzer::partition::Totals;
 use tidewatch_analyzer::records::{SpanKind, StatusCode};
-use tidewatch_analyzer::red::{Histogram, RedRow};
+use tidewatch_analyzer::red::{Histogram, PodRow, RedRow};
+use tidewatch_analyzer::signals::{LogRow, MetricKind, MetricRow, severity_label};
 
+use crate::config::KafkaConfig;
 use crate::partitioner::lower_hex;
 use crate::{Error, Result};
+use tidewatch_collector::decode::Signal;
 
 /// Where a window began on a partition: its number, the offset of its first record, and the partition's
 /// clock (record time, ms) after that record.
@@ -74,6 +79,19 @@ impl Checkpoints {
             store: Arc::from(store),
             prefix,
         })
+    }
+
+    /// The checkpoints of each of `kafka`'s topics, in `kafka.checkpoints` under `kafka.group`.
+    pub fn open_all(kafka: &KafkaConfig) -> Result<BTreeMap<Signal, Checkpoints>> {
+        Signal::ALL
+            .into_iter()
+            .map(|s| {
+                Ok((
+                    s,
+                    Checkpoints::open(&kafka.checkpoints, &kafka.group, kafka.topics.name(s))?,
+                ))
+            })
+            .collect()
     }
 
     fn dir(&self, partition: i32) -> Path {
@@ -189,6 +207,78 @@ impl Checkpoints {
     }
 }
 
+impl Checkpoints {
+    fn progress_path(&self, partition: i32) -> Path {
+        self.dir(partition).join(PROGRESS)
+    }
+
+    /// Publishes what the owner of `partition` has counted so far, for the global view: the totals of
+    /// `c`, which count every record before `c.resume.offset` (its waiting halves are left out: progress is
+    /// read, never resumed from). Unfenced: whoever writes it, the totals up to an offset are the same
+    /// (record time), so a reader keeps whichever covers more.
+    pub async fn publish(&self, partition: i32, c: &Checkpoint) -> Result<()> {
+        let stored = Stored::from(&Checkpoint {
+            totals: c.totals.clone(),
+            pending: Vec::new(),
+            resume: c.resume,
+        });
+        let json = serde_json::to_vec(&Some(stored)).map_err(|e| Error::Checkpoints(e.to_string()))?;
+        self.store
+            .put_opts(
+                &self.progress_path(partition),
+                PutPayload::from(json),
+                PutOptions::default(),
+            )
+            .await
+            .map_err(|e| Error::Checkpoints(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Every partition with a checkpoint or progress in the store.
+    pub async fn partitions(&self) -> Result<Vec<i32>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map_err(|e| Error::Checkpoints(e.to_string()))?;
+        let mut parts: Vec<i32> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse().ok())
+            .collect();
+        parts.sort_unstable();
+        Ok(parts)
+    }
+
+    /// The most `partition` is known to have counted: its latest checkpoint or its owner's progress,
+    /// whichever covers more records (the checkpoint when both cover the same), as the offset it counted
+    /// up to and the totals.
+    pub async fn counted(&self, partition: i32) -> Result<Option<(i64, Totals)>> {
+        let checkpoint = self.load(partition).await?;
+        let progress = match self
+            .store
+            .get_opts(&self.progress_path(partition), GetOptions::default())
+            .await
+        {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(|e| Error::Checkpoints(e.to_string()))?;
+                decode(partition, &bytes)?
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(Error::Checkpoints(e.to_string())),
+        };
+        Ok([checkpoint, progress]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| if b.resume.offset > a.resume.offset { b } else { a })
+            .map(|c| (c.resume.offset, c.totals)))
+    }
+}
+
+/// The object holding a partition's progress, next to its epochs' checkpoints (not a number: never taken
+/// for an epoch).
+const PROGRESS: &str = "progress.json";
+
 fn decode(partition: i32, bytes: &[u8]) -> Result<Option<Checkpoint>> {
     let stored: Option<Stored> = serde_json::from_slice(bytes)
         .map_err(|e| Error::Checkpoints(format!("partition {partition}: {e}")))?;
@@ -203,9 +293,78 @@ struct Stored {
     resume: WindowStart,
     spans: u64,
     red: Vec<StoredRed>,
+    /// Absent in version 2 checkpoints.
+    #[serde(default)]
+    pods: Vec<StoredPod>,
     edges: Vec<StoredEdge>,
     graph: [u64; 7],
     pending: Vec<StoredHalf>,
+    /// Absent before version 4.
+    #[serde(default)]
+    metrics: Vec<StoredMetric>,
+    /// Absent before version 4.
+    #[serde(default)]
+    logs: Vec<StoredLog>,
+}
+
+/// A metric row whole, its cumulative-sum state included: a new owner continues the series from it.
+#[derive(Serialize, Deserialize)]
+struct StoredMetric {
+    service: String,
+    pod: String,
+    name: String,
+    counter: bool,
+    points: u64,
+    last_time_ns: u64,
+    last_value: f64,
+    increase: f64,
+    last_start_ns: u64,
+    seen_cumulative: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredLog {
+    service: String,
+    severity: String,
+    records: u64,
+}
+
+impl From<&MetricRow> for StoredMetric {
+    fn from(m: &MetricRow) -> StoredMetric {
+        StoredMetric {
+            service: m.service.to_string(),
+            pod: m.pod.to_string(),
+            name: m.name.to_string(),
+            counter: m.kind == MetricKind::Counter,
+            points: m.points,
+            last_time_ns: m.last_time_ns,
+            last_value: m.last_value,
+            increase: m.increase,
+            last_start_ns: m.last_start_ns,
+            seen_cumulative: m.seen_cumulative,
+        }
+    }
+}
+
+impl From<StoredMetric> for MetricRow {
+    fn from(m: StoredMetric) -> MetricRow {
+        MetricRow {
+            service: m.service.into(),
+            pod: m.pod.into(),
+            name: m.name.into(),
+            kind: if m.counter {
+                MetricKind::Counter
+            } else {
+                MetricKind::Gauge
+            },
+            points: m.points,
+            last_time_ns: m.last_time_ns,
+            last_value: m.last_value,
+            increase: m.increase,
+            last_start_ns: m.last_start_ns,
+            seen_cumulative: m.seen_cumulative,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -334,6 +493,15 @@ struct StoredRed {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StoredPod {
+    service: String,
+    pod: String,
+    calls: u64,
+    errors: u64,
+    duration: StoredHistogram,
+}
+
+#[derive(Serialize, Deserialize)]
 struct StoredEdge {
     client: String,
     server: String,
@@ -381,7 +549,18 @@ impl From<&Checkpoint> for Stored {
     fn from(c: &Checkpoint) -> Stored {
         let g = &c.totals.graph;
         Stored {
-            version: 2,
+            version: 4,
+            metrics: c.totals.metrics.iter().map(StoredMetric::from).collect(),
+            logs: c
+                .totals
+                .logs
+                .iter()
+                .map(|l| StoredLog {
+                    service: l.service.to_string(),
+                    severity: l.severity.to_owned(),
+                    records: l.records,
+                })
+                .collect(),
             resume: c.resume,
             pending: c.pending.iter().map(StoredHalf::from).collect(),
             spans: c.totals.spans,
@@ -398,6 +577,18 @@ impl From<&Checkpoint> for Stored {
                     overflow: r.overflow,
                     calls: r.calls,
                     duration: (&r.duration).into(),
+                })
+                .collect(),
+            pods: c
+                .totals
+                .pods
+                .iter()
+                .map(|p| StoredPod {
+                    service: p.service.to_string(),
+                    pod: p.pod.to_string(),
+                    calls: p.calls,
+                    errors: p.errors,
+                    duration: (&p.duration).into(),
                 })
                 .collect(),
             edges: c
@@ -459,6 +650,17 @@ impl From<Stored> for Checkpoint {
                         duration: r.duration.into(),
                     })
                     .collect(),
+                pods: s
+                    .pods
+                    .into_iter()
+                    .map(|p| PodRow {
+                        service: p.service.into(),
+                        pod: p.pod.into(),
+                        calls: p.calls,
+                        errors: p.errors,
+                        duration: p.duration.into(),
+                    })
+                    .collect(),
                 edges: s
                     .edges
                     .into_iter()
@@ -483,6 +685,16 @@ impl From<Stored> for Checkpoint {
                     dropped_spans,
                     pending,
                 },
+                metrics: s.metrics.into_iter().map(MetricRow::from).collect(),
+                logs: s
+                    .logs
+                    .into_iter()
+                    .map(|l| LogRow {
+                        service: l.service.into(),
+                        severity: severity_label(&l.severity),
+                        records: l.records,
+                    })
+                    .collect(),
             },
         }
     }
@@ -515,12 +727,40 @@ mod tests {
                         count: 5.0,
                     },
                 }],
+                pods: vec![PodRow {
+                    service: "a".into(),
+                    pod: "a-1".into(),
+                    calls: spans,
+                    errors: 1,
+                    duration: Histogram {
+                        counts: vec![2.0, 3.0],
+                        sum: 0.25,
+                        count: 5.0,
+                    },
+                }],
                 edges: Vec::new(),
                 graph: GraphCounters {
                     edges: 2,
                     pending: 1,
                     ..GraphCounters::default()
                 },
+                metrics: vec![MetricRow {
+                    service: "a".into(),
+                    pod: "a-1".into(),
+                    name: "requests".into(),
+                    kind: MetricKind::Counter,
+                    points: 3,
+                    last_time_ns: 30,
+                    last_value: 120.5,
+                    increase: 20.5,
+                    last_start_ns: 5,
+                    seen_cumulative: true,
+                }],
+                logs: vec![LogRow {
+                    service: "a".into(),
+                    severity: "error",
+                    records: spans,
+                }],
             },
             pending: vec![PendingHalf {
                 trace: [0xab; 16],
@@ -561,6 +801,53 @@ mod tests {
         assert!(store.load(4).await.unwrap().is_none(), "partitions are apart");
         let (next, got) = store.claim(3).await.unwrap();
         assert_eq!((next.epoch, got), (2, Some(c)));
+    }
+
+    #[test]
+    fn a_version_3_checkpoint_reads_without_metrics_or_logs() {
+        let mut v3 = serde_json::to_value(Stored::from(&checkpoint(5, 40))).unwrap();
+        let o = v3.as_object_mut().unwrap();
+        o.remove("metrics");
+        o.remove("logs");
+        o.insert("version".into(), 3.into());
+        let got = decode(0, &serde_json::to_vec(&v3).unwrap()).unwrap().unwrap();
+        let mut want = checkpoint(5, 40);
+        want.totals.metrics.clear();
+        want.totals.logs.clear();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn progress_counts_when_it_covers_more_than_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        assert!(store.partitions().await.unwrap().is_empty());
+        assert_eq!(store.counted(2).await.unwrap(), None);
+        let (claim, _) = store.claim(2).await.unwrap();
+        // Claimed, nothing saved: the partition is listed, nothing counted yet.
+        assert_eq!(store.partitions().await.unwrap(), vec![2]);
+        assert_eq!(store.counted(2).await.unwrap(), None);
+        store.save(claim, &checkpoint(5, 40)).await.unwrap();
+        store.publish(7, &checkpoint(6, 41)).await.unwrap();
+        assert_eq!(store.partitions().await.unwrap(), vec![2, 7]);
+        assert_eq!(
+            store.counted(7).await.unwrap(),
+            Some((41, checkpoint(6, 41).totals))
+        );
+        // Progress behind the checkpoint (a previous owner's) and progress ahead of it.
+        store.publish(2, &checkpoint(4, 30)).await.unwrap();
+        assert_eq!(
+            store.counted(2).await.unwrap(),
+            Some((40, checkpoint(5, 40).totals))
+        );
+        store.publish(2, &checkpoint(9, 52)).await.unwrap();
+        assert_eq!(
+            store.counted(2).await.unwrap(),
+            Some((52, checkpoint(9, 52).totals))
+        );
+        // Progress is never resumed from: a new owner takes the checkpoint, and the epochs ignore it.
+        let (next, got) = store.claim(2).await.unwrap();
+        assert_eq!((next.epoch, got), (2, Some(checkpoint(5, 40))));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tidewatch_collector::decode::Signal;
 
 /// The Kafka cluster, its topics, the consumer group and where partition checkpoints live.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -49,6 +50,22 @@ pub struct Topics {
     pub traces: String,
     pub metrics: String,
     pub logs: String,
+}
+
+impl Topics {
+    /// The topic `signal` goes to.
+    pub fn name(&self, signal: Signal) -> &str {
+        match signal {
+            Signal::Traces => &self.traces,
+            Signal::Metrics => &self.metrics,
+            Signal::Logs => &self.logs,
+        }
+    }
+
+    /// The signal `topic` carries.
+    pub fn signal(&self, topic: &str) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|&s| self.name(s) == topic)
+    }
 }
 
 impl Default for Topics {

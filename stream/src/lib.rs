@@ -3,11 +3,16 @@
 //! ```text
 //! OTLP ─▶ --role ingest: receivers (tidewatch-collector) ─▶ KafkaForward (producer.rs)
 //!                         acks=all, idempotent; 503 / UNAVAILABLE until acknowledged
-//!              topic otlp_spans, one message per trace, partition = sarama FNV-1a(hex trace id)
+//!              topic otlp_spans, one message per trace, partition = sarama FNV-1a(hex trace id);
+//!              otlp_metrics, otlp_logs: one message per resource, keyed by it
 //!                                  ▼
-//!         --role analyze: consumer group (consumer.rs); each assigned partition one RecordTimeShard
-//!                         (tidewatch-analyzer), windows on the partition's record time; at each window
-//!                         close: checkpoint (checkpoint.rs, object_store) then commit
+//!         --role analyze: consumer group (consumer.rs) on the three topics; each assigned partition one
+//!                         RecordTimeShard (tidewatch-analyzer: spans, or metric points and log records),
+//!                         windows on the partition's record time; at each window
+//!                         close: checkpoint (checkpoint.rs, object_store) then commit; every window
+//!                         of wall time: the partition's progress to the same store
+//!         global view (global.rs): every partition's latest counts from the store, summed, followed by
+//!                         the analyzer's engine (history, anomalies, forecasts, UI, operator)
 //! ```
 //!
 //! The analyzer knows nothing of Kafka: it gets batches and a clock in milliseconds.
@@ -15,6 +20,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod consumer;
+pub mod global;
 pub mod partitioner;
 pub mod producer;
 

@@ -309,10 +309,29 @@ const KAFKA_CHART: [&str; 4] = [
 ];
 
 /// With `kafka.enabled` the chart runs an ingest and an analyze Deployment instead of the all-in-one one,
-/// both on a configuration this build accepts for its role, the analyzers sharing the checkpoint claim.
+/// both on a configuration this build accepts for its role, the analyzers sharing the checkpoint claim;
+/// the web Service points at the analyzers (each serves the global view, the operator behind a Lease), and
+/// the ServiceMonitor scrapes every pod once.
 #[test]
 fn kafka_chart_runs_the_two_roles_on_a_valid_config() {
     let docs = documents(&helm_template(&KAFKA_CHART));
+    let scraped: std::collections::BTreeMap<&str, &str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Service" && d["metadata"]["labels"]["app.kubernetes.io/component"] == "web")
+        .map(|d| {
+            (
+                d["metadata"]["name"].as_str().unwrap_or_default(),
+                d["spec"]["selector"]["app.kubernetes.io/component"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scraped,
+        [("tidewatch-ingest", "server"), ("tidewatch-web", "analyze")].into(),
+        "{scraped:?}"
+    );
     let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
     let names: Vec<&str> = deployments
         .iter()
@@ -364,6 +383,22 @@ fn kafka_chart_runs_the_two_roles_on_a_valid_config() {
             &[]
         };
         assert_eq!(claims, want, "{role}");
+        let env = |name: &str| {
+            pod["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == name)
+                .and_then(|e| e["value"].as_str())
+        };
+        if role == "analyze" {
+            assert_eq!(env("TIDEWATCH_SCALER__ENABLED"), Some("true"));
+            assert_eq!(env("TIDEWATCH_SCALER__LEADER_ELECTION__ENABLED"), Some("true"));
+            assert_eq!(pod["automountServiceAccountToken"], true);
+        } else {
+            assert_eq!(env("TIDEWATCH_SCALER__ENABLED"), None);
+            assert_eq!(pod["automountServiceAccountToken"], false);
+        }
     }
 }
 

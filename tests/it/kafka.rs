@@ -1,6 +1,7 @@
 //! Tidewatch on a real Apache Kafka (KRaft, from `tests/kafka/install.sh`): `--role ingest` producing,
 //! `--role analyze` instances in a consumer group, a reference analyzer in a group of its own reading the
-//! same topic. Real binary, real broker, real loadgen traffic over OTLP/gRPC.
+//! same topic. Real binary, real broker, real loadgen traffic over OTLP/gRPC. Figures are compared on
+//! `/metrics` (each analyzer's partitions) and on the API (every analyzer's global view).
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -10,8 +11,9 @@ use crate::common::kafka::{Kafka, Otelcol};
 use crate::common::{Metrics, Tidewatch, wait_for};
 
 /// Series whose totals must agree, summed over partitions and instances (histogram sums are floats added
-/// in different orders, so they are left out; counts and buckets are exact).
-const EXACT: [&str; 7] = [
+/// in different orders, so they are left out; counts and buckets are exact, and so is a metric's increase:
+/// each series is counted on one partition, in its order).
+const EXACT: [&str; 10] = [
     "traces_span_metrics_calls_total",
     "traces_span_metrics_duration_seconds_bucket",
     "traces_span_metrics_duration_seconds_count",
@@ -19,6 +21,9 @@ const EXACT: [&str; 7] = [
     "traces_service_graph_request_failed_total",
     "traces_service_graph_request_server_seconds_count",
     "traces_service_graph_request_client_seconds_count",
+    "tidewatch_metric_points_total",
+    "tidewatch_metric_increase_total",
+    "tidewatch_log_records_total",
 ];
 
 /// `name{labels without the partition}` → value, summed over every instance given.
@@ -52,11 +57,167 @@ fn calls(t: &BTreeMap<String, f64>) -> f64 {
         .sum()
 }
 
+/// The sum of every series of family `name`.
+fn family(t: &BTreeMap<String, f64>, name: &str) -> f64 {
+    t.iter()
+        .filter(|(k, _)| k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The group's metric points and log records: every one the ingest role accepted, and as many, series by
+/// series (counter increases too), as the reference counted.
+fn signals_agree(group: &[&Tidewatch], reference: &Tidewatch, ingest: &Tidewatch) -> Result<(), String> {
+    let m = ingest.metrics();
+    let (points, records) = (
+        m.items("data_points", "accepted"),
+        m.items("log_records", "accepted"),
+    );
+    let (g, r) = (totals(group), totals(&[reference]));
+    for (name, want) in [
+        ("tidewatch_metric_points_total", points),
+        ("tidewatch_log_records_total", records),
+    ] {
+        if family(&g, name) != want || family(&r, name) != want {
+            return Err(format!(
+                "{name}: group {}, reference {}, ingest accepted {want}",
+                family(&g, name),
+                family(&r, name)
+            ));
+        }
+    }
+    let increase = "tidewatch_metric_increase_total";
+    if family(&g, increase) <= 0.0 || family(&g, increase) != family(&r, increase) {
+        return Err(format!(
+            "{increase}: group {}, reference {}",
+            family(&g, increase),
+            family(&r, increase)
+        ));
+    }
+    Ok(())
+}
+
+/// The global view's latest reading of `metric` per pod of `service`, from `/api/series`.
+fn global_metric(tw: &Tidewatch, service: &str, metric: &str) -> Result<BTreeMap<String, f64>, String> {
+    let (status, pods) = tw.get_json(&format!("/api/services/{service}/pods?window=1h"));
+    let pods: Vec<String> = pods["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pod"].as_str().map(str::to_owned))
+        .collect();
+    if status != 200 || pods.is_empty() {
+        return Err(format!("{service}'s pods: {status} {pods:?}"));
+    }
+    let mut out = BTreeMap::new();
+    for pod in pods {
+        let path = format!("/api/series?service={service}&pod={pod}&name={metric}&from=-2m&step=1s");
+        let (status, v) = tw.get_json(&path);
+        let last = v["points"]
+            .as_array()
+            .and_then(|p| p.last())
+            .and_then(|p| p["value"].as_f64());
+        match (status, last) {
+            (200, Some(last)) => out.insert(pod, last),
+            _ => return Err(format!("{path}: {status} {v}")),
+        };
+    }
+    Ok(out)
+}
+
 fn edges(t: &BTreeMap<String, f64>) -> f64 {
     t.iter()
         .filter(|(k, _)| k.starts_with("traces_service_graph_request_total{"))
         .map(|(_, v)| v)
         .sum()
+}
+
+/// What an analyzer's global view (its history, as the API and the web UI read it) counted in the last
+/// hour.
+#[derive(Debug, PartialEq)]
+struct Global {
+    /// Spans: every operation's requests, over every service.
+    spans: f64,
+    /// The map's services: requests (their entry spans).
+    nodes: BTreeMap<String, f64>,
+    /// The map's edges: requests per (client, server).
+    edges: BTreeMap<(String, String), f64>,
+    /// Requests per (service, pod).
+    pods: BTreeMap<(String, String), f64>,
+}
+
+fn global(tw: &Tidewatch) -> Result<Global, String> {
+    let get = |path: &str| match tw.get_json(path) {
+        (200, v) => Ok(v),
+        (status, v) => Err(format!("{path}: {status} {v}")),
+    };
+    let list = |v: &serde_json::Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let f = |v: &serde_json::Value| v["requests"].as_f64().unwrap_or(f64::NAN);
+    let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let g = get("/api/graph?window=1h")?;
+    let nodes = list(&g, "nodes")
+        .iter()
+        .filter(|n| n["virtual"] == false)
+        .map(|n| (s(n, "id"), f(n)))
+        .collect();
+    let mut edges = BTreeMap::new();
+    for e in list(&g, "edges") {
+        *edges.entry((s(&e, "source"), s(&e, "target"))).or_insert(0.0) += f(&e);
+    }
+    let (mut spans, mut pods) = (0.0, BTreeMap::new());
+    for svc in list(&get("/api/services?window=1h")?, "services") {
+        let name = s(&svc, "name");
+        let ops = get(&format!("/api/services/{name}/operations?window=1h"))?;
+        spans += list(&ops, "operations").iter().map(f).sum::<f64>();
+        for p in list(&get(&format!("/api/services/{name}/pods?window=1h"))?, "pods") {
+            pods.insert((name.clone(), s(&p, "pod")), f(&p));
+        }
+    }
+    if pods.is_empty() {
+        return Err("no pods".into());
+    }
+    Ok(Global {
+        spans,
+        nodes,
+        edges,
+        pods,
+    })
+}
+
+/// Service-graph requests per (client, server) on `/metrics`, over every partition.
+fn metric_edges(tw: &Tidewatch) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for s in tw
+        .metrics()
+        .samples
+        .into_iter()
+        .filter(|s| s.name == "traces_service_graph_request_total")
+    {
+        let key = (s.labels["client"].clone(), s.labels["server"].clone());
+        *out.entry(key).or_insert(0.0) += s.value;
+    }
+    out
+}
+
+/// Every analyzer's global view holds the same figures: `spans` spans, and `reference`'s service graph.
+fn global_views_agree(analyzers: &[&Tidewatch], reference: &Tidewatch, spans: f64) -> Result<(), String> {
+    let want = metric_edges(reference);
+    for (i, tw) in analyzers.iter().enumerate() {
+        let g = global(tw)?;
+        if g.spans != spans || g.edges != want {
+            return Err(format!(
+                "analyzer {i}: {} spans of {spans}; edges {:?}, want {want:?}",
+                g.spans, g.edges
+            ));
+        }
+        if i > 0 {
+            let first = global(analyzers[0])?;
+            if g != first {
+                return Err(format!("analyzer {i}: {g:?}; analyzer 0: {first:?}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn counter(tw: &Tidewatch, name: &str) -> f64 {
@@ -99,10 +260,18 @@ impl Cluster {
 
     /// A role with `kafka.topics.traces` set to `topic`.
     fn start_on(&self, topic: &str, role: &str, group: &str) -> Tidewatch {
-        let mut sets = self.sets(role, group);
-        sets.push(format!("kafka.topics.traces={topic}"));
+        self.start_with(role, group, &[format!("kafka.topics.traces={topic}")], &[])
+    }
+
+    /// A role with more `--set`s and environment variables.
+    fn start_with(&self, role: &str, group: &str, extra: &[String], env: &[(&str, &str)]) -> Tidewatch {
+        let sets: Vec<String> = self
+            .sets(role, group)
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect();
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-        Tidewatch::start(&sets)
+        Tidewatch::start_with(&sets, env)
     }
 }
 
@@ -147,7 +316,7 @@ fn n(r: &serde_json::Value, k: &str) -> f64 {
 fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     let c = Cluster::start(6);
     let ingest = c.start_role("ingest", "unused");
-    let mut a = c.start_role("analyze", "tw");
+    let a = c.start_role("analyze", "tw");
     let b = c.start_role("analyze", "tw");
     let reference = c.start_role("analyze", "reference");
 
@@ -193,6 +362,45 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         let owned = counter(tw, "tidewatch_kafka_partitions_owned");
         assert!(owned > 0.0, "{who} owns partitions");
     }
+    // Each analyzer's API and UI show the whole topic, not its own partitions: the same figures on both
+    // (and on the reference, whose group has all partitions in one process), equal to every accepted span.
+    wait_for(
+        "every analyzer's global view holds every accepted span",
+        Duration::from_secs(180),
+        || global_views_agree(&[&a, &b, &reference], &reference, accepted),
+    );
+    let g = global(&a).expect("a's global view");
+    eprintln!(
+        "global view on a, b and the reference: {} spans, {} services, {} edges with {} requests, {} pods",
+        g.spans,
+        g.nodes.len(),
+        g.edges.len(),
+        g.edges.values().sum::<f64>(),
+        g.pods.len()
+    );
+
+    // The analyzer to kill is one that owns a partition of the metrics topic (the group decides which), so
+    // a cumulative sum changes owner mid-stream.
+    let owned = |tw: &Tidewatch, family: &str| {
+        let m = tw.metrics();
+        let parts: std::collections::BTreeSet<String> = m
+            .samples
+            .iter()
+            .filter(|s| s.name == family)
+            .filter_map(|s| s.labels.get("tidewatch_partition").cloned())
+            .collect();
+        parts.len()
+    };
+    let metrics_family = "tidewatch_metric_points_total";
+    let (mut a, b) = if owned(&a, metrics_family) > 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        owned(&a, metrics_family) > 0,
+        "neither analyzer owns a partition of the metrics topic"
+    );
 
     // Mid-stream: traffic flows, `a` has checkpointed, then it dies without a word.
     let load = loadgen(&ingest, 3000, "12s");
@@ -208,6 +416,11 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
                 Err(format!("{now} checkpoints"))
             }
         },
+    );
+    eprintln!(
+        "killed now: an analyzer owning {} partitions of the metrics topic and {} of the logs topic",
+        owned(&a, metrics_family),
+        owned(&a, "tidewatch_log_records_total")
     );
     a.kill9();
     let a2 = c.start_role("analyze", "tw");
@@ -235,6 +448,113 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
         edges(&t)
     );
     assert!(resumed > 0.0, "the new owners resumed from checkpoints");
+    // Metric points and log records went through the same partitions and takeover: every accepted one
+    // counted once, cumulative sums' increases as the reference's.
+    wait_for(
+        "after kill -9, metric points and log records",
+        Duration::from_secs(180),
+        || signals_agree(&[&a2, &b], &reference, &ingest),
+    );
+    let t = totals(&[&reference]);
+    eprintln!(
+        "kill -9: {} metric points, counters' increase {}, {} log records, as the ingest role accepted",
+        family(&t, "tidewatch_metric_points_total"),
+        family(&t, "tidewatch_metric_increase_total"),
+        family(&t, "tidewatch_log_records_total"),
+    );
+    // Every analyzer's global view reads the same latest gauge values as the reference's, which read
+    // every partition of the metrics topic in one process.
+    wait_for(
+        "the global views' metric series agree",
+        Duration::from_secs(180),
+        || {
+            let want = global_metric(&reference, "frontend", "container.memory.usage")?;
+            for (tw, who) in [(&a2, "a2"), (&b, "b")] {
+                let got = global_metric(tw, "frontend", "container.memory.usage")?;
+                if got != want {
+                    return Err(format!("{who}: {got:?}, reference {want:?}"));
+                }
+            }
+            Ok(())
+        },
+    );
+    // The global view of the analyzer that stayed went on through the failover, and still holds everything.
+    wait_for(
+        "after kill -9, the global view holds every accepted span",
+        Duration::from_secs(180),
+        || global_views_agree(&[&b, &reference], &reference, accepted),
+    );
+
+    // Anomalies and forecasts come from the global history on every analyzer, the replacement's too.
+    let load = loadgen(&ingest, 3000, "0s");
+    for (tw, who) in [(&b, "b"), (&a2, "a2")] {
+        wait_for(
+            &format!("{who} scores the shop's services"),
+            Duration::from_secs(180),
+            || match tw.get_json("/api/anomalies") {
+                (200, v) => {
+                    let scored: Vec<&str> = v["services"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s["service"].as_str())
+                        .collect();
+                    if ["frontend", "checkout", "payment"]
+                        .iter()
+                        .all(|s| scored.contains(s))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("scored {scored:?}"))
+                    }
+                }
+                (status, v) => Err(format!("{status} {v}")),
+            },
+        );
+        let f = tw.wait_json(
+            "/api/services/frontend/forecast?horizon=5s&step=1s&history=10m",
+            Duration::from_secs(240),
+            |v| v["forecast"].as_array().is_some_and(|p| p.len() == 5),
+        );
+        assert!(f["history_points"].as_u64().unwrap_or(0) >= 24, "{f}");
+    }
+    // The web UI on an analyzer: the whole shop on the map, and this analyzer's own part in the panel the
+    // all-in-one process gives to its receivers.
+    crate::web_ui::browser_ready();
+    let nodes = "user,frontend,checkout,payment,inventory,shipping,postgres,stripe";
+    let edges = "user>frontend,frontend>checkout,frontend>inventory,checkout>payment,checkout>inventory,\
+                 checkout>shipping,inventory>postgres,payment>stripe";
+    let ui = crate::web_ui::drive(
+        "check",
+        &b,
+        &crate::web_ui::artifacts("kafka-analyzer"),
+        &["--service", "checkout", "--nodes", nodes, "--edges", edges],
+    );
+    crate::web_ui::assert_no_browser_errors(&ui);
+    let drawn: Vec<&str> = ui["overview"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    for id in nodes.split(',') {
+        assert!(drawn.contains(&id), "{id} not on the map: {drawn:?}");
+    }
+    let panel = ui["collector"].as_str().unwrap_or_default();
+    assert!(
+        panel.contains("This analyzer") && panel.contains("partitions owned"),
+        "{panel}"
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(load.id().to_string())
+        .status();
+    let third = report(load);
+    assert_eq!(
+        n(&third, "spans_refused") + n(&third, "spans_failed"),
+        0.0,
+        "{third}"
+    );
 }
 
 /// The topic the OpenTelemetry Collector's kafkaexporter writes in the test below.
@@ -483,4 +803,84 @@ fn unreachable_brokers_are_a_named_error_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kafka.brokers: cannot reach 127.0.0.1:"), "{err}");
+}
+
+/// The operator on the analyze role, against a real kube-apiserver: two analyzers with `scaler.enabled` and
+/// leader election, the shop's load through the ingest role. The inventory pods are found in the global
+/// view's pod breakdown; the Deployment is scaled up from the global view; one analyzer, the Lease
+/// holder, makes every decision, and the other none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holder_among_the_analyzers_scales_from_the_global_view() {
+    use crate::operator_e2e::{eventually, web, workload};
+    let w = workload().await;
+    let operator = w.operator_sets();
+    let (_kafka, ingest, a, b) = tokio::task::block_in_place(|| {
+        let c = Cluster::start(6);
+        let ingest = c.start_role("ingest", "unused");
+        // The Lease's identities, as a pod's name would be.
+        let a = c.start_with("analyze", "tw", &operator, &[("HOSTNAME", "analyzer-a")]);
+        let b = c.start_with("analyze", "tw", &operator, &[("HOSTNAME", "analyzer-b")]);
+        wait_for("both analyzers own partitions", Duration::from_secs(180), || {
+            let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
+            if owned(&a) > 0.0 && owned(&b) > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
+            }
+        });
+        (c, ingest, a, b)
+    });
+    let _load = crate::common::Guard::spawn(crate::common::loadgen(&ingest, 4000, 200).args([
+        "--duration",
+        "120s",
+        "--metrics-and-logs",
+        "false",
+    ]));
+    let names = w.ready_pods(&a).await;
+    w.apply_policy(
+        serde_json::json!({"targetRef": {"kind": "Deployment", "name": "inventory"}, "service": "inventory",
+               "minReplicas": 2, "maxReplicas": 8, "capacity": {"requestsPerReplica": 1.0}}),
+    )
+    .await;
+    let replicas = eventually("a scale-up", Duration::from_secs(120), async || {
+        let r = w.replicas().await;
+        (r > 3).then_some(r)
+    })
+    .await;
+    assert!(replicas <= 8, "{replicas}");
+    let decisions = |tw: &Tidewatch| -> Vec<serde_json::Value> {
+        web(tw, "/api/decisions?policy=shop/inventory")
+            .and_then(|v| v["decisions"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let (da, db) = (decisions(&a), decisions(&b));
+    let (acting, holder) = if da.is_empty() {
+        (&db, "analyzer-b")
+    } else {
+        (&da, "analyzer-a")
+    };
+    assert!(
+        da.is_empty() != db.is_empty(),
+        "one analyzer decides: a made {}, b {}",
+        da.len(),
+        db.len()
+    );
+    assert!(
+        acting.iter().any(|d| d["kind"] == "scale"
+            && d["outcome"] == "ok"
+            && d["action"].as_str().unwrap_or_default().starts_with("scale 3→")),
+        "{acting:?}"
+    );
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(w.admin.clone(), "tidewatch");
+    let lease = leases.get("tidewatch-operator").await.expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(holder),
+        "the analyzer that decides holds the Lease"
+    );
+    eprintln!(
+        "operator on the analyze role: pods {names:?} from the global view, scaled 3 → {replicas}; {} decisions by the Lease holder, none by the other",
+        acting.len()
+    );
 }

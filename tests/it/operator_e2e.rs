@@ -33,7 +33,7 @@ fn documents(path: &str) -> Vec<Value> {
 }
 
 /// Server-side apply of every document of a `deploy/` file, as the admin.
-async fn apply_file(client: &kube::Client, path: &str) {
+pub(crate) async fn apply_file(client: &kube::Client, path: &str) {
     let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
     for doc in documents(path) {
         let obj: DynamicObject = serde_json::from_value(doc).expect("object");
@@ -55,11 +55,11 @@ async fn apply_file(client: &kube::Client, path: &str) {
 }
 
 /// A GET on the web port; the harness's blocking client needs a thread that may block.
-fn web(tw: &Tidewatch, path: &str) -> Option<Value> {
+pub(crate) fn web(tw: &Tidewatch, path: &str) -> Option<Value> {
     tokio::task::block_in_place(|| tw.get_web(path).json().ok())
 }
 
-async fn eventually<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f().await {
@@ -73,17 +73,25 @@ async fn eventually<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() ->
 /// A running cluster, Tidewatch as the operator, the shop's load, and the inventory Deployment with the
 /// pods the shop reports.
 struct Env {
-    cluster: KubeCluster,
-    admin: kube::Client,
+    w: Workload,
     tw: Tidewatch,
     _load: crate::common::Guard,
     names: Vec<String>,
-    deployments: Api<Deployment>,
     pods: Api<Pod>,
     policies: Api<DynamicObject>,
 }
 
-async fn setup(loadgen_extra: &[&str]) -> Env {
+/// The cluster side: the CRD and RBAC as `deploy/` ships them, the operator's service account, and the
+/// inventory Deployment (3 replicas, no pods yet: no controller-manager).
+pub(crate) struct Workload {
+    pub cluster: KubeCluster,
+    pub admin: kube::Client,
+    pub sa: crate::common::kube::ServiceAccountAccess,
+    pub deployments: Api<Deployment>,
+    template: Value,
+}
+
+pub(crate) async fn workload() -> Workload {
     let cluster = KubeCluster::start().await;
     let admin = cluster.client().await;
 
@@ -122,21 +130,105 @@ async fn setup(loadgen_extra: &[&str]) -> Env {
         .create(&PostParams::default(), &dep)
         .await
         .expect("deployment");
+    Workload {
+        cluster,
+        admin,
+        sa,
+        deployments,
+        template,
+    }
+}
 
+impl Workload {
+    /// The `--set`s that run the operator as the service account, with leader election, every second.
+    pub fn operator_sets(&self) -> Vec<String> {
+        vec![
+            "scaler.enabled=true".into(),
+            format!("scaler.kubeconfig={}", self.sa.kubeconfig.display()),
+            "scaler.interval=1s".into(),
+            "scaler.leader_election.enabled=true".into(),
+            "scaler.leader_election.namespace=tidewatch".into(),
+        ]
+    }
+
+    /// The inventory pods `tw`'s telemetry reports, created for real and marked ready; their names.
+    pub async fn ready_pods(&self, tw: &Tidewatch) -> Vec<String> {
+        let names: Vec<String> = eventually(
+            "inventory pods in telemetry",
+            Duration::from_secs(60),
+            async || {
+                let v = web(tw, "/api/services/inventory/pods?window=1m")?;
+                let names: Vec<String> = v["pods"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|p| p["pod"].as_str().map(str::to_owned))
+                    .collect();
+                (names.len() >= 3).then_some(names)
+            },
+        )
+        .await;
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), NS);
+        for name in &names {
+            let pod =
+                serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "inventory"}},
+                                                    "spec": self.template["spec"]}))
+                .unwrap();
+            pods.create(&PostParams::default(), &pod).await.expect("pod");
+            let status = json!({"status": {"phase": "Running",
+                                           "conditions": [{"type": "Ready", "status": "True"}]}});
+            pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("pod ready");
+        }
+        names
+    }
+
+    pub fn policies(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.admin.clone(),
+            NS,
+            &kube::core::ApiResource::from_gvk(&GroupVersionKind::gvk(
+                "tidewatch.dev",
+                "v1alpha1",
+                "ServicePolicy",
+            )),
+        )
+    }
+
+    /// Applies the inventory ServicePolicy with `spec`.
+    pub async fn apply_policy(&self, spec: Value) {
+        let policy: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "tidewatch.dev/v1alpha1", "kind": "ServicePolicy",
+            "metadata": {"name": "inventory", "namespace": NS},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.policies()
+            .patch(
+                "inventory",
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&policy),
+            )
+            .await
+            .expect("policy");
+    }
+
+    /// The inventory Deployment's replicas.
+    pub async fn replicas(&self) -> i32 {
+        let d = self.deployments.get("inventory").await.expect("deployment");
+        d.spec.and_then(|s| s.replicas).unwrap_or(0)
+    }
+}
+
+async fn setup(loadgen_extra: &[&str]) -> Env {
+    let w = workload().await;
     // Tidewatch as the operator's service account, with leader election, on fast windows.
     let tw = tokio::task::block_in_place(|| {
-        let kubeconfig = format!("scaler.kubeconfig={}", sa.kubeconfig.display());
-        let operator = [
-            "scaler.enabled=true",
-            kubeconfig.as_str(),
-            "scaler.interval=1s",
-            "scaler.leader_election.enabled=true",
-            "scaler.leader_election.namespace=tidewatch",
-        ];
+        let operator = w.operator_sets();
         let sets: Vec<&str> = crate::common::FAST_WINDOWS
             .iter()
-            .chain(&operator)
             .copied()
+            .chain(operator.iter().map(String::as_str))
             .collect();
         Tidewatch::start(&sets)
     });
@@ -145,89 +237,31 @@ async fn setup(loadgen_extra: &[&str]) -> Env {
             .args(["--duration", "40s", "--metrics-and-logs", "false"])
             .args(loadgen_extra),
     );
-
-    // The pods the shop reports, created for real and marked ready.
-    let names: Vec<String> = eventually(
-        "inventory pods in telemetry",
-        Duration::from_secs(20),
-        async || {
-            let v = web(&tw, "/api/services/inventory/pods?window=1m")?;
-            let names: Vec<String> = v["pods"]
-                .as_array()?
-                .iter()
-                .filter_map(|p| p["pod"].as_str().map(str::to_owned))
-                .collect();
-            (names.len() >= 3).then_some(names)
-        },
-    )
-    .await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
-    for name in &names {
-        let pod = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "inventory"}},
-                                                "spec": template["spec"]}))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.expect("pod");
-        let status = json!({"status": {"phase": "Running",
-                                       "conditions": [{"type": "Ready", "status": "True"}]}});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .expect("pod ready");
-    }
-    let policies: Api<DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        NS,
-        &kube::core::ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "tidewatch.dev",
-            "v1alpha1",
-            "ServicePolicy",
-        )),
-    );
+    let names = w.ready_pods(&tw).await;
+    let pods: Api<Pod> = Api::namespaced(w.admin.clone(), NS);
+    let policies = w.policies();
     Env {
-        cluster,
-        admin,
+        w,
         tw,
         _load,
         names,
-        deployments,
         pods,
         policies,
     }
-}
-
-async fn apply_policy(env: &Env, spec: Value) {
-    let policy: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "tidewatch.dev/v1alpha1", "kind": "ServicePolicy",
-        "metadata": {"name": "inventory", "namespace": NS},
-        "spec": spec,
-    }))
-    .unwrap();
-    env.policies
-        .patch(
-            "inventory",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&policy),
-        )
-        .await
-        .expect("policy");
-}
-
-async fn replicas(env: &Env) -> i32 {
-    let d = env.deployments.get("inventory").await.expect("deployment");
-    d.spec.and_then(|s| s.replicas).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
     let env = setup(&["--incident", "bad-pod:inventory@10s"]).await;
     let Env {
-        admin,
+        w,
         tw,
         names,
-        deployments,
         pods,
         policies,
         ..
     } = &env;
+    let (admin, deployments) = (&w.admin, &w.deployments);
     let bad = names
         .iter()
         .find(|n| n.ends_with("-a1b2c"))
@@ -235,8 +269,7 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
         .clone();
 
     // The policy: a per-replica capacity well under the pods' load, and healing on.
-    apply_policy(
-        &env,
+    w.apply_policy(
         json!({"targetRef": {"kind": "Deployment", "name": "inventory"}, "service": "inventory",
                "minReplicas": 2, "maxReplicas": 8,
                "capacity": {"requestsPerReplica": 1.0},
@@ -314,31 +347,31 @@ async fn the_operator_rides_out_an_api_server_restart_and_never_leaves_its_bound
         json!({"targetRef": {"kind": "Deployment", "name": "inventory"}, "service": "inventory",
                "minReplicas": 2, "maxReplicas": max, "capacity": {"requestsPerReplica": 1.0}})
     };
-    apply_policy(&env, spec(6)).await;
+    env.w.apply_policy(spec(6)).await;
     // Far more load than six replicas carry: it goes to maxReplicas and stays there, never past it.
     eventually("replicas at maxReplicas", Duration::from_secs(30), async || {
-        (replicas(&env).await == 6).then_some(())
+        (env.w.replicas().await == 6).then_some(())
     })
     .await;
     for _ in 0..8 {
-        assert!(replicas(&env).await <= 6);
+        assert!(env.w.replicas().await <= 6);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     // Every connection and watch drops while the API server is down for a few seconds.
-    env.cluster.restart_apiserver(Duration::from_secs(4)).await;
+    env.w.cluster.restart_apiserver(Duration::from_secs(4)).await;
 
     // A change made after the restart is seen (the watch came back) and the new bound holds at once,
     // stabilisation window or not.
-    apply_policy(&env, spec(4)).await;
+    env.w.apply_policy(spec(4)).await;
     eventually(
         "replicas down to the new maxReplicas",
         Duration::from_secs(30),
-        async || (replicas(&env).await == 4).then_some(()),
+        async || (env.w.replicas().await == 4).then_some(()),
     )
     .await;
     for _ in 0..8 {
-        assert!(replicas(&env).await <= 4);
+        assert!(env.w.replicas().await <= 4);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // The failures during the outage were counted and retried.

@@ -24,7 +24,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn artifacts(sub: &str) -> PathBuf {
+pub(crate) fn artifacts(sub: &str) -> PathBuf {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
@@ -35,7 +35,7 @@ fn artifacts(sub: &str) -> PathBuf {
 }
 
 /// The browser driver's prerequisites, with what installs them when missing.
-fn browser_ready() {
+pub(crate) fn browser_ready() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
@@ -48,7 +48,7 @@ fn browser_ready() {
 }
 
 /// Runs `node tests/browser/ui.mjs MODE --base … --out … ARGS` and returns the JSON it prints.
-fn drive(mode: &str, tw: &Tidewatch, out: &Path, args: &[&str]) -> Value {
+pub(crate) fn drive(mode: &str, tw: &Tidewatch, out: &Path, args: &[&str]) -> Value {
     let run = Command::new("node")
         .current_dir(root().join("tests/browser"))
         .args(["ui.mjs", mode, "--base", &format!("http://{}", tw.web), "--out"])
@@ -100,7 +100,7 @@ fn wait_for(tw: &Tidewatch, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
 }
 
 /// The browser saw no script error and no failed HTTP request.
-fn assert_no_browser_errors(v: &Value) {
+pub(crate) fn assert_no_browser_errors(v: &Value) {
     assert!(
         v["problems"].as_array().unwrap().is_empty(),
         "browser errors: {}",

@@ -87,6 +87,18 @@ impl History {
         h
     }
 
+    /// Takes `cur` as the counters the next window starts from, adding no rows: for counters that began
+    /// before this history did (the global view of a deployment on Kafka), whose first snapshot holds
+    /// everything counted before.
+    pub fn baseline(&mut self, cur: Arc<Snapshot>) {
+        self.prev = Some(cur);
+    }
+
+    /// Whether a snapshot has been taken in since this history was opened (as a window or a baseline).
+    pub fn has_baseline(&self) -> bool {
+        self.prev.is_some()
+    }
+
     /// Adds the window that ends with `cur` (taken at `ts_ms`), then applies rollup and retention.
     pub fn append(&mut self, cur: Arc<Snapshot>, ts_ms: i64) -> Result<()> {
         let seconds = match &self.prev {

@@ -18,7 +18,7 @@ use tidewatch_analyzer::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
 use crate::{Error, Result};
 
 /// The three OTLP signals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Signal {
     Traces,
     Metrics,
@@ -26,6 +26,8 @@ pub enum Signal {
 }
 
 impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
     /// What the signal's items are called in counters and messages.
     pub fn items(self) -> &'static str {
         match self {
