@@ -5,7 +5,7 @@
 //! few hundred slow clients each sending a large body could exhaust it. So every body is wrapped in a
 //! [`Metered`] body that takes its bytes from one shared budget (`collector.max_reading`) as they arrive —
 //! all at once when `Content-Length` announces them, so such a request is refused before a byte is read —
-//! and gives them back when the body is dropped: once tonic has framed the message, or axum collected it,
+//! and gives them back when the body is dropped: once `Receiver::read_body` has it whole,
 //! just before `Receiver::export` reserves the decoded batch under `max_inflight`. A body that would take
 //! the budget past its limit fails with [`Overdrawn`], answered as a retryable refusal (HTTP 503 with
 //! `Retry-After`, gRPC `UNAVAILABLE`), like a full queue.

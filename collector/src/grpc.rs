@@ -1,8 +1,12 @@
 //! OTLP/gRPC: the Export method of TraceService, MetricsService and LogsService.
 //!
-//! The services are written by hand instead of generated: a generated server decodes with prost into owned
-//! messages before our code runs, while this one's codec hands over the request's raw bytes (tonic passes
-//! its buffer without a copy), so traces take the same zero-copy walk as OTLP/HTTP protobuf.
+//! The services are written by hand on tonic's server (its transport, HTTP/2 settings and routing) rather
+//! than generated: a generated service decodes with prost into owned messages before our code runs, and
+//! tonic's own unary handling copies each message into a buffer it grows as frames arrive. Here the body
+//! is read like an OTLP/HTTP body (`Receiver::read_body`: the shared budget, the limit, no copy when it
+//! arrives in one HTTP/2 frame), the gRPC message is the body past its 5-byte prefix, decompressed by the
+//! HTTP receiver's code when `grpc-encoding` says so, and traces take the same zero-copy walk as OTLP/HTTP
+//! protobuf. Answers are one message and `grpc-status` in the trailers, or a trailers-only status.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +14,9 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{BufMut, Bytes};
+use http::{HeaderMap, HeaderValue, header};
+use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
@@ -19,56 +25,22 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
+use tidewatch_analyzer::config::ByteSize;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::server::NamedService;
 
-use crate::Error;
-use crate::budget::ReadError;
+use crate::body::{Encoding, decompress};
 use crate::decode::{Format, Rejections, Signal};
 use crate::http::error_codes;
 use crate::receiver::Receiver;
 use crate::stats::Protocol;
+use crate::{Error, Result};
 
-/// Decodes nothing: hands the message bytes over as they are. Encodes any prost message.
-struct RawCodec<M>(PhantomData<M>);
-
-struct RawDecoder;
-struct ProstEncoder<M>(PhantomData<M>);
-
-impl<M: Message + Send + 'static> Codec for RawCodec<M> {
-    type Encode = M;
-    type Decode = Bytes;
-    type Encoder = ProstEncoder<M>;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-impl<M: Message> Encoder for ProstEncoder<M> {
-    type Item = M;
-    type Error = Status;
-
-    fn encode(&mut self, item: M, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding response: {e}")))
-    }
-}
+/// A gRPC message's prefix: a compressed flag and a 4-byte big-endian length.
+const PREFIX: usize = 5;
+/// The message encodings accepted, as `grpc-accept-encoding` lists them.
+const ACCEPTED: &str = "gzip,zstd";
 
 /// What differs between the three OTLP services.
 pub trait OtlpSpec: Send + Sync + 'static {
@@ -154,8 +126,8 @@ impl<S: OtlpSpec> NamedService for OtlpGrpc<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S: OtlpSpec> tower::Service<http::Request<tonic::body::Body>> for OtlpGrpc<S> {
-    type Response = http::Response<tonic::body::Body>;
+impl<S: OtlpSpec> tower::Service<http::Request<Body>> for OtlpGrpc<S> {
+    type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
@@ -163,90 +135,102 @@ impl<S: OtlpSpec> tower::Service<http::Request<tonic::body::Body>> for OtlpGrpc<
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let rx = self.rx.clone();
         Box::pin(async move {
-            if req.uri().path() != format!("/{}/Export", S::NAME) {
-                return Ok(Status::unimplemented("only Export is served").into_http());
-            }
-            let auth = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            if let Err(e) = rx.authorize(auth) {
-                rx.record(Protocol::Grpc, &Err(e), 0);
-                return Ok(Status::unauthenticated("missing or invalid bearer token").into_http());
-            }
-            // Its bytes are read under the shared budget; an overdrawn body fails tonic's read with
-            // UNAVAILABLE, so the client retries.
-            let req = match metered_request(&rx, req) {
-                Ok(req) => req,
-                Err(status) => return Ok(status.into_http()),
+            let mut answer = if req.uri().path() == format!("/{}/Export", S::NAME) {
+                export::<S>(&rx, req).await
+            } else {
+                Status::unimplemented("only Export is served").into_http()
             };
-            let mut grpc = Grpc::new(RawCodec::<S::Response>(PhantomData))
-                .apply_compression_config(encodings(), encodings())
-                .apply_max_message_size_config(Some(rx.max_body()), None);
-            Ok(grpc
-                .unary(
-                    Export::<S> {
-                        rx,
-                        spec: PhantomData,
-                    },
-                    req,
-                )
-                .await)
+            answer
+                .headers_mut()
+                .insert("grpc-accept-encoding", HeaderValue::from_static(ACCEPTED));
+            Ok(answer)
         })
     }
 }
 
-/// The unary call itself: decode and enqueue in the request task, answer with partial success.
-struct Export<S> {
-    rx: Receiver,
-    spec: PhantomData<fn() -> S>,
-}
-
-impl<S: OtlpSpec> UnaryService<Bytes> for Export<S> {
-    type Response = S::Response;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response<S::Response>, Status>> + Send>>;
-
-    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let body = req.into_inner();
-        let len = body.len();
-        let rx = self.rx.clone();
-        Box::pin(async move {
-            let result = rx.export(S::SIGNAL, Format::Protobuf, body).await;
-            rx.record(Protocol::Grpc, &result, len);
-            match result {
-                Ok(rejected) => Ok(Response::new(S::respond(&rejected))),
-                Err(e) => Err(status_of(&e)),
-            }
-        })
+/// One Export call: read, unframe, decode and enqueue in the request's task, answer with partial success.
+async fn export<S: OtlpSpec>(rx: &Receiver, req: http::Request<Body>) -> http::Response<Body> {
+    let mut wire_bytes = 0;
+    let result = async {
+        rx.authorize(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+        )?;
+        let encoding = message_encoding(req.headers())?;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // An overdrawn budget fails the read with UNAVAILABLE, so the client retries.
+        let limit = rx.max_body().saturating_add(PREFIX);
+        let body = rx
+            .read_body(req.into_body(), Protocol::Grpc, declared, limit)
+            .await?;
+        wire_bytes = body.len();
+        let message = unframe(body, encoding, rx.max_body())?;
+        rx.export(S::SIGNAL, Format::Protobuf, message).await
+    }
+    .await;
+    rx.record(Protocol::Grpc, &result, wire_bytes);
+    match result {
+        Ok(rejected) => answer(&S::respond(&rejected)),
+        Err(e) => status_of(&e).into_http(),
     }
 }
 
-/// The request with its body read under the shared budget (`budget.rs`); refused at once when the
-/// `Content-Length` it announces (rare in gRPC) does not fit.
-fn metered_request(
-    rx: &Receiver,
-    req: http::Request<tonic::body::Body>,
-) -> Result<http::Request<tonic::body::Body>, Status> {
-    let (parts, body) = req.into_parts();
-    let announced = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .filter(|&n| n <= rx.max_body().saturating_add(5))
-        .unwrap_or(0);
-    let metered = rx
-        .meter(body, Protocol::Grpc, announced)
-        .map_err(|e| status_of(&e))?;
-    let body = tonic::body::Body::new(http_body_util::BodyExt::map_err(metered, |e| {
-        match e.downcast::<ReadError>() {
-            Ok(r) => status_of(&Error::Reading(*r)),
-            Err(e) => Status::from_error(e),
-        }
-    }));
-    Ok(http::Request::from_parts(parts, body))
+/// The `grpc-encoding` of the request's message (identity when absent).
+fn message_encoding(headers: &HeaderMap) -> Result<Encoding> {
+    let value = headers.get("grpc-encoding").map(|v| v.to_str().unwrap_or("?"));
+    Encoding::parse(value)
+}
+
+/// The one message of a unary call's body: past its prefix, decompressed when its flag says so, at most
+/// `limit` bytes either way.
+fn unframe(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes> {
+    let Some(prefix) = body.get(..PREFIX) else {
+        return Err(Error::Decode("gRPC body holds no complete message prefix".into()));
+    };
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > limit {
+        return Err(Error::TooLarge {
+            limit: ByteSize(limit as u64),
+        });
+    }
+    if body.len() != PREFIX + len {
+        return Err(Error::Decode(format!(
+            "gRPC body of {} bytes does not hold exactly one message of {len} bytes",
+            body.len()
+        )));
+    }
+    let message = body.slice(PREFIX..);
+    match (prefix[0], encoding) {
+        (0, _) => Ok(message),
+        (1, Encoding::Identity) => Err(Error::Decode(
+            "gRPC message is marked compressed but the request has no grpc-encoding".into(),
+        )),
+        (1, encoding) => decompress(encoding, message, limit),
+        (flag, _) => Err(Error::Decode(format!("invalid gRPC compressed flag {flag}"))),
+    }
+}
+
+/// A successful answer: `msg` as one uncompressed message, then `grpc-status: 0` in the trailers.
+fn answer<M: Message>(msg: &M) -> http::Response<Body> {
+    let mut frame = Vec::with_capacity(PREFIX + msg.encoded_len());
+    frame.put_u8(0);
+    frame.put_u32(msg.encoded_len() as u32);
+    msg.encode_raw(&mut frame);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let body = Full::new(Bytes::from(frame)).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut response = http::Response::new(Body::new(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
 }
 
 /// The gRPC status for an error (UNAVAILABLE, so the client retries, when refused for now).
@@ -255,9 +239,98 @@ fn status_of(e: &Error) -> Status {
     Status::new(code, e.to_string())
 }
 
-fn encodings() -> tonic::codec::EnabledCompressionEncodings {
-    let mut e = tonic::codec::EnabledCompressionEncodings::default();
-    e.enable(CompressionEncoding::Gzip);
-    e.enable(CompressionEncoding::Zstd);
-    e
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn framed(flag: u8, message: &[u8]) -> Bytes {
+        let mut b = vec![flag];
+        b.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        b.extend_from_slice(message);
+        b.into()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn an_uncompressed_message_is_the_body_past_its_prefix_without_a_copy() {
+        let body = framed(0, b"hello");
+        let message = unframe(body.clone(), Encoding::Identity, 100).unwrap();
+        assert_eq!(&message[..], b"hello");
+        assert_eq!(message.as_ptr(), body[PREFIX..].as_ptr());
+        // An encoding announced for a message not marked compressed changes nothing.
+        assert_eq!(&unframe(body, Encoding::Gzip, 100).unwrap()[..], b"hello");
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_within_the_limit() {
+        let data = b"span ".repeat(100);
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        assert_eq!(unframe(framed(1, &z), Encoding::Zstd, 1000).unwrap(), data);
+        assert_eq!(
+            unframe(framed(1, &gzip(&data)), Encoding::Gzip, 1000).unwrap(),
+            data
+        );
+        // Small on the wire, past the limit once inflated.
+        assert!(matches!(
+            unframe(framed(1, &gzip(&data)), Encoding::Gzip, 100),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_with_what_is_wrong() {
+        let err = |body: Bytes, encoding| match unframe(body, encoding, 100) {
+            Err(Error::Decode(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(Bytes::from_static(b"\0\0\0"), Encoding::Identity).contains("no complete"));
+        let mut two = framed(0, b"one").to_vec();
+        two.extend_from_slice(&framed(0, b"two"));
+        assert!(err(two.into(), Encoding::Identity).contains("exactly one message"));
+        let short = framed(0, b"hello").slice(..7);
+        assert!(err(short, Encoding::Identity).contains("exactly one message"));
+        assert!(err(framed(1, b"x"), Encoding::Identity).contains("no grpc-encoding"));
+        assert!(err(framed(2, b"x"), Encoding::Identity).contains("flag 2"));
+        assert!(matches!(
+            unframe(framed(0, &[0; 101]), Encoding::Identity, 100),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn encodings_come_from_grpc_encoding() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-encoding", HeaderValue::from_static(v));
+            message_encoding(&h)
+        };
+        assert_eq!(message_encoding(&HeaderMap::new()).unwrap(), Encoding::Identity);
+        assert_eq!(with("gzip").unwrap(), Encoding::Gzip);
+        assert_eq!(with("zstd").unwrap(), Encoding::Zstd);
+        assert!(matches!(with("snappy"), Err(Error::ContentEncoding(_))));
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_one_message_then_grpc_status_in_the_trailers() {
+        let reply = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 2,
+                error_message: "bad ids".into(),
+            }),
+        };
+        let response = answer(&reply);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        let body = collected.to_bytes();
+        let message = unframe(body, Encoding::Identity, 1000).unwrap();
+        assert_eq!(ExportTraceServiceResponse::decode(message).unwrap(), reply);
+    }
 }

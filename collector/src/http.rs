@@ -8,9 +8,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prost::Message;
-use tidewatch_analyzer::config::ByteSize;
 
 use crate::body::{Encoding, decompress};
 use crate::budget::ReadError;
@@ -29,7 +27,7 @@ pub fn router(receiver: Receiver) -> Router {
         .route("/v1/traces", post(|s, h, b| handle(s, h, b, Signal::Traces)))
         .route("/v1/metrics", post(|s, h, b| handle(s, h, b, Signal::Metrics)))
         .route("/v1/logs", post(|s, h, b| handle(s, h, b, Signal::Logs)))
-        // The limit is enforced in `read_body`, after decompression as well as before.
+        // The limit is enforced in `Receiver::read_body`, after decompression as well as before.
         .layer(DefaultBodyLimit::disable())
         .with_state(receiver)
 }
@@ -47,7 +45,12 @@ async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Body, sign
                 .get(header::CONTENT_ENCODING)
                 .and_then(|v| v.to_str().ok()),
         )?;
-        let raw = read_body(&rx, &headers, body).await?;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let raw = rx
+            .read_body(body, Protocol::Http, declared, rx.max_body())
+            .await?;
         wire_bytes = raw.len();
         let body = decompress(encoding, raw, rx.max_body())?;
         rx.export(signal, format, body).await
@@ -71,31 +74,6 @@ fn content_type(headers: &HeaderMap) -> Result<Format> {
         PROTOBUF | "application/protobuf" => Ok(Format::Protobuf),
         JSON => Ok(Format::Json),
         _ => Err(Error::ContentType(raw.to_owned())),
-    }
-}
-
-/// Reads the body under the shared reading budget, refusing at once when `Content-Length` already says
-/// it is too large (or more than the budget has left), and otherwise as soon as the streamed bytes pass
-/// the limit (or the budget).
-async fn read_body(rx: &Receiver, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes> {
-    let limit = rx.max_body();
-    let too_large = || Error::TooLarge {
-        limit: ByteSize(limit as u64),
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let metered = rx.meter(body, Protocol::Http, declared.unwrap_or(0) as usize)?;
-    match Limited::new(metered, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
-        Err(e) => match e.downcast::<ReadError>() {
-            Ok(r) => Err(Error::Reading(*r)),
-            Err(e) => Err(Error::Body(e.to_string())),
-        },
     }
 }
 

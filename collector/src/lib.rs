@@ -2,8 +2,8 @@
 //! and push the result into the analyzer's bounded queues; everything stateful lives in the analyzer.
 //!
 //! ```text
-//! gRPC :4317 (tonic, grpc.rs) ─┐  raw bytes (zero-copy codec)
-//! HTTP :4318 (axum, http.rs) ──┤  content type, encoding, limits (body.rs)
+//! gRPC :4317 (tonic, grpc.rs) ─┐  body read, prefix stripped (own framing)
+//! HTTP :4318 (axum, http.rs) ──┤  content type, encoding; both: Receiver::read_body, body.rs
 //!                              ▼
 //!            Receiver::export (receiver.rs): reserve memory → decode (decode/) → Ingest::try_send_*
 //!                              │ refused → HTTP 503 + Retry-After / gRPC UNAVAILABLE

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tidewatch_analyzer::config::ByteSize;
 use tidewatch_analyzer::ingest::{Ingest, Refused};
 
-use crate::budget::Metered;
+use crate::budget::{Metered, ReadError};
 use crate::decode::{Decoded, Format, Rejections, Signal, decode};
 use crate::stats::{Outcome, Protocol, Stats};
 use crate::{CollectorConfig, Error, Result};
@@ -75,6 +77,41 @@ impl Receiver {
             (self.max_reading, self.body_timeout),
             announced,
         )?)
+    }
+
+    /// Reads a request body whole, under the shared budget and within `limit` bytes: refused at once when
+    /// the `declared` length (its `Content-Length`, if any) is over the limit, otherwise as soon as the
+    /// bytes read pass it. Both receivers read their bodies here. A body that arrives in one frame is
+    /// handed over as it is, without a copy.
+    pub async fn read_body<B>(
+        &self,
+        body: B,
+        protocol: Protocol,
+        declared: Option<u64>,
+        limit: usize,
+    ) -> Result<Bytes>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let too_large = || Error::TooLarge {
+            limit: ByteSize(limit as u64),
+        };
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let announced = declared.map_or(0, |n| n as usize);
+        match Limited::new(self.meter(body, protocol, announced)?, limit)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+            Err(e) => match e.downcast::<ReadError>() {
+                Ok(r) => Err(Error::Reading(*r)),
+                Err(e) => Err(Error::Body(e.to_string())),
+            },
+        }
     }
 
     pub fn retry_after_secs(&self) -> u64 {

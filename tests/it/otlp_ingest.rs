@@ -60,13 +60,20 @@ fn assert_sdk_data(m: &Metrics, service: &str) {
 
 #[test]
 fn python_sdk_exports_over_grpc_and_http() {
-    for protocol in ["grpc", "http"] {
+    for (protocol, compression) in [
+        ("grpc", None),
+        ("grpc", Some("--gzip")),
+        ("http", None),
+        ("http", Some("--gzip")),
+    ] {
         let tw = Tidewatch::start(&[]);
         let endpoint = if protocol == "grpc" { &tw.grpc } else { &tw.http };
-        let out = sdk(protocol, endpoint, &["--service", "shop-api"]);
+        let mut args = vec!["--service", "shop-api"];
+        args.extend(compression);
+        let out = sdk(protocol, endpoint, &args);
         assert!(
             out.status.success(),
-            "{protocol}: {}\n{}",
+            "{protocol} {compression:?}: {}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

@@ -4,6 +4,7 @@ Used by the integration tests: a real third-party client, over a real socket. Pr
 what the SDK reported, and exits non-zero when an export failed.
 
     python3 send_otlp.py --protocol grpc|http --endpoint HOST:PORT [--spans N] [--token T] [--ca FILE]
+                         [--gzip]
 """
 
 import argparse
@@ -21,7 +22,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 
-def exporters(protocol, endpoint, headers, ca, client_cert=None, client_key=None, timeout=10):
+def exporters(protocol, endpoint, headers, ca, client_cert=None, client_key=None, timeout=10, gzip=False):
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -29,6 +30,10 @@ def exporters(protocol, endpoint, headers, ca, client_cert=None, client_key=None
 
         secure = ca is not None
         kw = dict(endpoint=endpoint, headers=headers, insecure=not secure, timeout=timeout)
+        if gzip:
+            import grpc
+
+            kw["compression"] = grpc.Compression.Gzip
         if secure:
             import grpc
 
@@ -44,6 +49,10 @@ def exporters(protocol, endpoint, headers, ca, client_cert=None, client_key=None
     scheme = "https" if ca else "http"
     base = f"{scheme}://{endpoint}"
     kw = dict(headers=headers, timeout=timeout)
+    if gzip:
+        from opentelemetry.exporter.otlp.proto.http import Compression
+
+        kw["compression"] = Compression.Gzip
     if ca:
         kw["certificate_file"] = ca
     if client_cert:
@@ -86,10 +95,11 @@ def main():
     p.add_argument("--client-cert", help="client certificate (PEM), for mutual TLS")
     p.add_argument("--client-key", help="client private key (PEM), for mutual TLS")
     p.add_argument("--timeout", type=float, default=10, help="seconds per export, retries included")
+    p.add_argument("--gzip", action="store_true", help="compress every export with gzip")
     args = p.parse_args()
 
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
-    span_exp, metric_exp, log_exp = (Recording(e) for e in exporters(args.protocol, args.endpoint, headers, args.ca, args.client_cert, args.client_key, args.timeout))
+    span_exp, metric_exp, log_exp = (Recording(e) for e in exporters(args.protocol, args.endpoint, headers, args.ca, args.client_cert, args.client_key, args.timeout, args.gzip))
     resource = Resource.create({"service.name": args.service, "k8s.pod.name": f"{args.service}-0"})
 
     tp = TracerProvider(resource=resource)
