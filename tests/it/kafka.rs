@@ -224,6 +224,19 @@ fn counter(tw: &Tidewatch, name: &str) -> f64 {
     tw.metrics().sum(name, &[])
 }
 
+/// Waits until the group has settled with both members: each owns some partitions (joining takes a
+/// rebalance, longer on a busy machine).
+fn both_own_partitions(a: &Tidewatch, b: &Tidewatch) {
+    wait_for("both analyzers own partitions", Duration::from_secs(180), || {
+        let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
+        if owned(a) > 0.0 && owned(b) > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("a owns {}, b owns {}", owned(a), owned(b)))
+        }
+    });
+}
+
 struct Cluster {
     kafka: Kafka,
     checkpoints: tempfile::TempDir,
@@ -320,16 +333,8 @@ fn analyzers_in_a_group_equal_a_reference_and_survive_kill_9() {
     let b = c.start_role("analyze", "tw");
     let reference = c.start_role("analyze", "reference");
 
-    // The group has settled with both members before traffic: each owns some partitions (joining takes
-    // a rebalance, longer on a busy machine).
-    wait_for("both analyzers own partitions", Duration::from_secs(180), || {
-        let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
-        if owned(&a) > 0.0 && owned(&b) > 0.0 {
-            Ok(())
-        } else {
-            Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
-        }
-    });
+    // The group has settled with both members before traffic.
+    both_own_partitions(&a, &b);
     let first = report(loadgen(&ingest, 3000, "4s"));
     let accepted = n(&first, "spans_accepted");
     assert!(accepted > 1000.0, "{first}");
@@ -624,14 +629,7 @@ fn analyzers_read_what_the_otel_collector_kafkaexporter_writes() {
     let a = c.start_on(OTELCOL_TOPIC, "analyze", "tw");
     let b = c.start_on(OTELCOL_TOPIC, "analyze", "tw");
     let reference = c.start_role("analyze", "reference");
-    wait_for("both analyzers own partitions", Duration::from_secs(180), || {
-        let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
-        if owned(&a) > 0.0 && owned(&b) > 0.0 {
-            Ok(())
-        } else {
-            Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
-        }
-    });
+    both_own_partitions(&a, &b);
     let r = report(loadgen_to(&collector.grpc, 3000, "4s", false));
     assert_eq!(n(&r, "spans_refused") + n(&r, "spans_failed"), 0.0, "{r}");
     let mut accepted = n(&r, "spans_accepted");
@@ -820,14 +818,7 @@ async fn the_lease_holder_among_the_analyzers_scales_from_the_global_view() {
         // The Lease's identities, as a pod's name would be.
         let a = c.start_with("analyze", "tw", &operator, &[("HOSTNAME", "analyzer-a")]);
         let b = c.start_with("analyze", "tw", &operator, &[("HOSTNAME", "analyzer-b")]);
-        wait_for("both analyzers own partitions", Duration::from_secs(180), || {
-            let owned = |tw: &Tidewatch| counter(tw, "tidewatch_kafka_partitions_owned");
-            if owned(&a) > 0.0 && owned(&b) > 0.0 {
-                Ok(())
-            } else {
-                Err(format!("a owns {}, b owns {}", owned(&a), owned(&b)))
-            }
-        });
+        both_own_partitions(&a, &b);
         (c, ingest, a, b)
     });
     let _load = crate::common::Guard::spawn(crate::common::loadgen(&ingest, 4000, 200).args([
