@@ -5,6 +5,7 @@
 //! by the same API, web UI and operator as `--role all`'s engine.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,13 +13,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use axum::routing::get;
 use tidewatch_analyzer::exposition::{self, Kind};
 use tidewatch_collector::{Receiver, Stats};
-use tidewatch_dashboards::WebState;
 use tidewatch_dashboards::prom::SignalRows;
+use tidewatch_dashboards::{Chunked, WebState, stream_metrics};
 use tidewatch_stream::checkpoint::Checkpoints;
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::global::GlobalView;
@@ -28,7 +28,8 @@ use tokio::sync::watch;
 use crate::app::Listeners;
 use crate::config::Config;
 
-type Hook = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Writes a role's `/metrics` text (on a blocking thread, streamed as it is written).
+type Hook = Arc<dyn Fn(&mut Chunked) + Send + Sync>;
 
 /// `/healthz`, `/readyz` and `/metrics` (what `metrics` writes).
 fn web(ready: Arc<AtomicBool>, metrics: Hook) -> Router {
@@ -46,15 +47,11 @@ fn web(ready: Arc<AtomicBool>, metrics: Hook) -> Router {
         )
         .route(
             "/metrics",
-            get(move || async move {
-                let mut out = String::with_capacity(16 * 1024);
-                metrics(&mut out);
-                ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], out).into_response()
-            }),
+            get(move || async move { stream_metrics(move |out| metrics(out)) }),
         )
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
+fn counter(out: &mut impl Write, name: &str, help: &str, v: &AtomicU64) {
     exposition::single(out, name, Kind::Counter, help, v.load(Ordering::Relaxed));
 }
 
@@ -82,8 +79,10 @@ pub async fn ingest(
     )?;
     let producer = forward.stats.clone();
     let collector_stats = stats.clone();
-    let metrics: Hook = Arc::new(move |out: &mut String| {
-        collector_stats.render(out);
+    let metrics: Hook = Arc::new(move |out: &mut Chunked| {
+        let mut text = String::new();
+        collector_stats.render(&mut text);
+        let _ = out.write_str(&text);
         counter(
             out,
             "tidewatch_kafka_messages_acked_total",
@@ -139,7 +138,7 @@ pub async fn analyze(
     let metrics: Hook = {
         let (published, stats, acfg) = (published.clone(), stats.clone(), cfg.analyzer.clone());
         let operator = reports.metrics.clone();
-        Arc::new(move |out: &mut String| {
+        Arc::new(move |out: &mut Chunked| {
             let parts = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
             tidewatch_dashboards::prom::render_snapshot(out, &consumer::snapshot(&acfg, &parts));
             // Metric and log rows, each with its partition's label (partition numbers are per topic, and
@@ -160,7 +159,9 @@ pub async fn analyze(
                 .collect();
             tidewatch_dashboards::prom::render_signals(out, &signals);
             consumer_metrics(out, &stats);
-            operator.render(out);
+            let mut text = String::new();
+            operator.render(&mut text);
+            let _ = out.write_str(&text);
         })
     };
     let views = tidewatch_dashboards::views(WebState {
@@ -217,7 +218,7 @@ pub async fn analyze(
 }
 
 /// The consumer's own counters.
-fn consumer_metrics(out: &mut String, stats: &ConsumerStats) {
+fn consumer_metrics(out: &mut impl Write, stats: &ConsumerStats) {
     counter(
         out,
         "tidewatch_kafka_records_total",

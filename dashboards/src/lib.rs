@@ -89,7 +89,7 @@ const METRICS_CHUNK: usize = 64 * 1024;
 
 /// Text written into a response body in chunks of about [`METRICS_CHUNK`] bytes, through a channel of
 /// two: rendering waits for a slow client instead of piling text up, and stops when the client is gone.
-struct Chunked {
+pub struct Chunked {
     buf: String,
     tx: mpsc::Sender<Result<String, Infallible>>,
     gone: bool,
@@ -116,6 +116,21 @@ impl Chunked {
     }
 }
 
+/// A `/metrics` answer that `render` writes on a blocking thread, streamed to the client as it is written
+/// (every role's `/metrics` goes through here).
+pub fn stream_metrics(render: impl FnOnce(&mut Chunked) + Send + 'static) -> Response {
+    let (mut out, body) = Chunked::new();
+    tokio::task::spawn_blocking(move || {
+        render(&mut out);
+        out.send();
+    });
+    (
+        [(header::CONTENT_TYPE, tidewatch_analyzer::exposition::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
+}
+
 impl Write for Chunked {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         if self.gone {
@@ -137,24 +152,17 @@ async fn metrics(State(s): State<WebState>) -> Response {
         Ok(snap) => snap,
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     };
-    let (mut out, body) = Chunked::new();
-    tokio::task::spawn_blocking(move || {
-        prom::render_snapshot(&mut out, &snap);
+    stream_metrics(move |out| {
+        prom::render_snapshot(out, &snap);
         drop(snap);
-        prom::render_engine(&mut out, &s.ingest, s.engine.stats());
-        prom::render_budget(&mut out, &s.engine.series_budget());
-        prom::render_health(&mut out, &s.engine.health());
+        prom::render_engine(out, &s.ingest, s.engine.stats());
+        prom::render_budget(out, &s.engine.series_budget());
+        prom::render_health(out, &s.engine.health());
         let mut extra = String::new();
         for hook in &s.extra_metrics {
             extra.clear();
             hook(&mut extra);
             let _ = out.write_str(&extra);
         }
-        out.send();
-    });
-    (
-        [(header::CONTENT_TYPE, tidewatch_analyzer::exposition::CONTENT_TYPE)],
-        body,
-    )
-        .into_response()
+    })
 }
