@@ -189,9 +189,14 @@ impl Engine {
         &self.stats
     }
 
-    /// The global series budget: its limit, the active series, what went to overflow series.
-    pub fn series_budget(&self) -> BudgetStatus {
-        self.budget.status()
+    /// The global series budget: its limit, the active series, what went to overflow series. `None` for
+    /// an engine that [`follow`]s counters kept elsewhere: it admits no series itself (on Kafka each
+    /// partition's owner applies its own budget).
+    pub fn series_budget(&self) -> Option<BudgetStatus> {
+        match self.source {
+            Source::Shards { .. } => Some(self.budget.status()),
+            Source::Follow(_) => None,
+        }
     }
 
     /// The history as of the last window close.

@@ -103,7 +103,8 @@ pub struct GraphAnswer {
     window_ms: i64,
     nodes: Vec<RedSummary<Node>>,
     edges: Vec<RedSummary<Link>>,
-    series_budget: BudgetStatus,
+    /// `null` on `--role analyze`, whose engine follows the partitions' counts and admits no series.
+    series_budget: Option<BudgetStatus>,
 }
 
 /// A node of the map: a service, or a virtual node (a database, `user`, an uninstrumented peer).

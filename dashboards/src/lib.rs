@@ -156,7 +156,9 @@ async fn metrics(State(s): State<WebState>) -> Response {
         prom::render_snapshot(out, &snap);
         drop(snap);
         prom::render_engine(out, &s.ingest, s.engine.stats());
-        prom::render_budget(out, &s.engine.series_budget());
+        if let Some(budget) = s.engine.series_budget() {
+            prom::render_budget(out, &budget);
+        }
         prom::render_health(out, &s.engine.health());
         let mut extra = String::new();
         for hook in &s.extra_metrics {

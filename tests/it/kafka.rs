@@ -155,6 +155,10 @@ fn global(tw: &Tidewatch) -> Result<Global, String> {
     let f = |v: &serde_json::Value| v["requests"].as_f64().unwrap_or(f64::NAN);
     let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let g = get("/api/graph?window=1h")?;
+    // An analyzer admits no series itself (each partition's owner does): no budget of its own to show.
+    if !g["series_budget"].is_null() {
+        return Err(format!("an analyzer's series_budget: {}", g["series_budget"]));
+    }
     let nodes = list(&g, "nodes")
         .iter()
         .filter(|n| n["virtual"] == false)
