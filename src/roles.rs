@@ -98,7 +98,7 @@ pub async fn ingest(
         counter(
             out,
             "tidewatch_kafka_spans_acked_in_refused_total",
-            "Spans of refused requests that Kafka acknowledged all the same: a retry counts them twice.",
+            "Spans of refused requests that Kafka acknowledged or may have written (handed to a broker, not acknowledged): a retry may count them twice.",
             &producer.spans_acked_in_refused,
         );
     });

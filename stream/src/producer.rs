@@ -44,8 +44,10 @@ pub struct ProducerStats {
     pub messages_acked: AtomicU64,
     pub messages_failed: AtomicU64,
     pub requests_refused: AtomicU64,
-    /// Spans of refused requests that Kafka acknowledged anyway: a client that sends such a request
-    /// again has them counted twice, so this is the bound on spans counted twice.
+    /// Spans of refused requests that Kafka acknowledged, or that librdkafka handed to a broker and
+    /// reported as not delivered (a timed-out message may have been written before its acknowledgement
+    /// was lost): a client that sends such a request again may have them counted twice, so this is the
+    /// bound on spans counted twice.
     pub spans_acked_in_refused: AtomicU64,
 }
 
@@ -144,10 +146,16 @@ impl KafkaForward {
                     match r {
                         Ok(Ok(_)) => acked_spans += m.spans,
                         Ok(Err((e, _))) => {
+                            // Not acknowledged is not "not written": the broker may have written it and
+                            // lost the acknowledgement (librdkafka's safe API does not say which).
                             failed += 1;
+                            acked_spans += m.spans;
                             tracing::debug!(error = %e, topic, "kafka: message not acknowledged");
                         }
-                        Err(_) => failed += 1,
+                        Err(_) => {
+                            failed += 1;
+                            acked_spans += m.spans;
+                        }
                     }
                 }
             }
