@@ -38,7 +38,6 @@ enum Backfill {
 
 /// The running engine: ask it for snapshots, history, health and forecasts; stop it.
 pub struct Engine {
-    shards: Arc<[mpsc::Sender<ShardMsg>]>,
     source: Source,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     history: watch::Receiver<HistoryView>,
@@ -49,7 +48,6 @@ pub struct Engine {
     trainer_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     backfill: mpsc::Sender<Backfill>,
     stats: Arc<EngineStats>,
-    budget: Arc<SeriesBudget>,
 }
 
 /// Takes a snapshot of counters kept outside the engine (see [`follow`]).
@@ -60,10 +58,12 @@ pub type SnapshotSource = Arc<
 /// Where the engine's snapshots come from.
 #[derive(Clone)]
 enum Source {
-    /// Its own shards, merged: counters that began at zero when the engine started.
+    /// Its own shards, merged: counters that began at zero when the engine started; the series budget
+    /// they admit series under.
     Shards {
         shards: Arc<[mpsc::Sender<ShardMsg>]>,
         template: Arc<Snapshot>,
+        budget: Arc<SeriesBudget>,
     },
     /// Someone else's counters, which may have begun long before: the first snapshot is a baseline.
     Follow(SnapshotSource),
@@ -72,7 +72,7 @@ enum Source {
 impl Source {
     async fn take(&self) -> Result<Snapshot> {
         match self {
-            Source::Shards { shards, template } => collect(shards, template).await,
+            Source::Shards { shards, template, .. } => collect(shards, template).await,
             Source::Follow(f) => f().await,
         }
     }
@@ -97,6 +97,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let source = Source::Shards {
         shards: shards.clone(),
         template: Arc::new(Snapshot::empty(cfg)),
+        budget,
     };
     let ingest = Ingest {
         shards: shards.clone(),
@@ -104,7 +105,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
         keys,
         stats: Arc::new(IngestStats::default()),
     };
-    let engine = assemble(cfg, source, shards, tasks, stats, budget);
+    let engine = assemble(cfg, source, tasks, stats);
     (ingest, engine)
 }
 
@@ -114,14 +115,11 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
 /// snapshot is the baseline the history starts from. `--role analyze` follows the sum of every
 /// partition's counts this way: the global view.
 pub fn follow(cfg: &AnalyzerConfig, source: SnapshotSource) -> Engine {
-    let budget = Arc::new(SeriesBudget::new(cfg.max_series));
     assemble(
         cfg,
         Source::Follow(source),
-        Arc::from(Vec::new()),
         Vec::new(),
         Arc::new(EngineStats::default()),
-        budget,
     )
 }
 
@@ -129,10 +127,8 @@ pub fn follow(cfg: &AnalyzerConfig, source: SnapshotSource) -> Engine {
 fn assemble(
     cfg: &AnalyzerConfig,
     source: Source,
-    shards: Arc<[mpsc::Sender<ShardMsg>]>,
     tasks: Vec<JoinHandle<()>>,
     stats: Arc<EngineStats>,
-    budget: Arc<SeriesBudget>,
 ) -> Engine {
     let history = History::open(&cfg.store, cfg.window);
     let (hist_tx, history_rx) = watch::channel(history.view());
@@ -158,7 +154,6 @@ fn assemble(
     ))));
     let window_task = std::sync::Mutex::new(Some(tokio::spawn(windows_loop.run(history, stop_rx))));
     Engine {
-        shards,
         source,
         tasks: tasks.into(),
         history: history_rx,
@@ -169,7 +164,6 @@ fn assemble(
         trainer_task,
         backfill,
         stats,
-        budget,
     }
 }
 
@@ -193,8 +187,8 @@ impl Engine {
     /// an engine that [`follow`]s counters kept elsewhere: it admits no series itself (on Kafka each
     /// partition's owner applies its own budget).
     pub fn series_budget(&self) -> Option<BudgetStatus> {
-        match self.source {
-            Source::Shards { .. } => Some(self.budget.status()),
+        match &self.source {
+            Source::Shards { budget, .. } => Some(budget.status()),
             Source::Follow(_) => None,
         }
     }
@@ -252,7 +246,11 @@ impl Engine {
         if let Some(t) = task {
             let _ = t.await;
         }
-        for s in self.shards.iter() {
+        let shards = match &self.source {
+            Source::Shards { shards, .. } => &shards[..],
+            Source::Follow(_) => &[],
+        };
+        for s in shards {
             // A closed queue means the shard is already gone; nothing to drain.
             let _ = s.send(ShardMsg::Stop).await;
         }
