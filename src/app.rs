@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use tidewatch_collector::limit::ConnLimit;
 use tidewatch_collector::{Receiver, Stats, server};
-use tidewatch_dashboards::WebState;
+use tidewatch_dashboards::{Chunked, WebState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -109,8 +109,8 @@ pub async fn run_with(
         extra_metrics: {
             let om = reports.metrics.clone();
             vec![
-                Arc::new(move |out: &mut String| collector_stats.render(out)),
-                Arc::new(move |out: &mut String| om.render(out)),
+                Arc::new(move |out: &mut Chunked| collector_stats.render(out)),
+                Arc::new(move |out: &mut Chunked| om.render(out)),
             ]
         },
         ready: ready.clone(),

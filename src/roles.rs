@@ -18,7 +18,7 @@ use axum::routing::get;
 use tidewatch_analyzer::exposition::{self, Kind};
 use tidewatch_collector::{Receiver, Stats};
 use tidewatch_dashboards::prom::SignalRows;
-use tidewatch_dashboards::{Chunked, WebState, stream_metrics};
+use tidewatch_dashboards::{Chunked, MetricsHook, WebState, stream_metrics};
 use tidewatch_stream::checkpoint::Checkpoints;
 use tidewatch_stream::consumer::{self, ConsumerStats};
 use tidewatch_stream::global::GlobalView;
@@ -28,11 +28,8 @@ use tokio::sync::watch;
 use crate::app::Listeners;
 use crate::config::Config;
 
-/// Writes a role's `/metrics` text (on a blocking thread, streamed as it is written).
-type Hook = Arc<dyn Fn(&mut Chunked) + Send + Sync>;
-
 /// `/healthz`, `/readyz` and `/metrics` (what `metrics` writes).
-fn web(ready: Arc<AtomicBool>, metrics: Hook) -> Router {
+fn web(ready: Arc<AtomicBool>, metrics: MetricsHook) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -79,10 +76,8 @@ pub async fn ingest(
     )?;
     let producer = forward.stats.clone();
     let collector_stats = stats.clone();
-    let metrics: Hook = Arc::new(move |out: &mut Chunked| {
-        let mut text = String::new();
-        collector_stats.render(&mut text);
-        let _ = out.write_str(&text);
+    let metrics: MetricsHook = Arc::new(move |out: &mut Chunked| {
+        collector_stats.render(out);
         counter(
             out,
             "tidewatch_kafka_messages_acked_total",
@@ -135,7 +130,7 @@ pub async fn analyze(
     let checkpoints = Checkpoints::open_all(&cfg.kafka)?;
     let global = Arc::new(GlobalView::new(checkpoints, cfg.analyzer.clone()));
     let engine = Arc::new(tidewatch_analyzer::follow(&cfg.analyzer, global.source()));
-    let metrics: Hook = {
+    let metrics: MetricsHook = {
         let (published, stats, acfg) = (published.clone(), stats.clone(), cfg.analyzer.clone());
         let operator = reports.metrics.clone();
         Arc::new(move |out: &mut Chunked| {
@@ -159,9 +154,7 @@ pub async fn analyze(
                 .collect();
             tidewatch_dashboards::prom::render_signals(out, &signals);
             consumer_metrics(out, &stats);
-            let mut text = String::new();
-            operator.render(&mut text);
-            let _ = out.write_str(&text);
+            operator.render(out);
         })
     };
     let views = tidewatch_dashboards::views(WebState {

@@ -124,7 +124,7 @@ impl Stats {
     }
 
     /// Appends the counters in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    pub fn render(&self, out: &mut impl std::fmt::Write) {
         let items = "tidewatch_collector_items_total";
         family(
             out,

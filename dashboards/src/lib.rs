@@ -28,8 +28,9 @@ use tidewatch_analyzer::ingest::Ingest;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Extra text for `/metrics` from other parts of the program (the collector's counters, say).
-pub type MetricsHook = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Extra text for `/metrics` from other parts of the program (the collector's counters, say), written
+/// into the streamed answer.
+pub type MetricsHook = Arc<dyn Fn(&mut Chunked) + Send + Sync>;
 
 /// What the web handlers read.
 #[derive(Clone)]
@@ -160,11 +161,8 @@ async fn metrics(State(s): State<WebState>) -> Response {
             prom::render_budget(out, &budget);
         }
         prom::render_health(out, &s.engine.health());
-        let mut extra = String::new();
         for hook in &s.extra_metrics {
-            extra.clear();
-            hook(&mut extra);
-            let _ = out.write_str(&extra);
+            hook(out);
         }
     })
 }

@@ -70,7 +70,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Appends the counters in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    pub fn render(&self, out: &mut impl std::fmt::Write) {
         use tidewatch_analyzer::exposition::{Kind, family, sample, single};
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let reconciles = "tidewatch_operator_reconciles_total";
