@@ -15,8 +15,8 @@ Targets and the work they do:
   rotel      ingest only (blackhole exporter): the ingest-speed peer
   otelcol    ingest + spanmetrics + servicegraph connectors + prometheus exporter: the same work as Tidewatch
 
-    bench/ingest.py [--duration 20] [--rates 10000:512,50000,200000,0] [--targets tidewatch,rotel,otelcol]
-                    [--runs 1] [--json FILE]
+    bench/ingest.py [--duration 20] [--rates 10000:512,50000,200000,0] [--http-rates 10000:512,0]
+                    [--targets tidewatch,rotel,otelcol] [--runs 1] [--json FILE]
 
 With `--runs N` the whole matrix runs N times (interleaved, so a burst of load elsewhere on the machine hits
 every target alike) and the table shows each figure as the median with the min-max spread.
@@ -211,7 +211,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=20)
     p.add_argument("--rates", default="10000:512,50000,200000,0",
-                   help="spans/s[:spans per request] for gRPC; 0 = as fast as accepted (HTTP runs flat out only)")
+                   help="spans/s[:spans per request] for gRPC; 0 = as fast as accepted")
+    p.add_argument("--http-rates", default="10000:512,0", help="the same for OTLP/HTTP")
     p.add_argument("--protocols", default="grpc,http")
     p.add_argument("--targets", default="tidewatch,rotel,otelcol")
     p.add_argument("--runs", type=int, default=1, help="repeat the whole matrix; the table shows the spread")
@@ -221,7 +222,7 @@ def main():
         sys.exit(f"no release build at {TIDEWATCH}: cargo build --release")
     cells = []
     for protocol in a.protocols.split(","):
-        for spec in (a.rates.split(",") if protocol == "grpc" else ["0"]):
+        for spec in (a.rates if protocol == "grpc" else a.http_rates).split(","):
             rate, _, batch = spec.partition(":")
             for name in a.targets.split(","):
                 cells.append((name, protocol, int(rate), int(batch or 1000)))

@@ -7,7 +7,7 @@
 //! into immutable owned rows. Every `window` the engine also takes one and publishes it on a watch channel.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -86,12 +86,25 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     let budget = Arc::new(SeriesBudget::new(cfg.max_series));
     let n = cfg.shard_count();
     let mut senders = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let (tx, rx) = mpsc::channel(cfg.queue_batches);
-        let shard = Shard::new(cfg, &red_dims, &graph_keys, n, &budget, &stats);
+        let state = Arc::new(Mutex::new(Shard::new(
+            cfg,
+            &red_dims,
+            &graph_keys,
+            n,
+            &budget,
+            &stats,
+        )));
         senders.push(tx);
-        tasks.push(tokio::spawn(shard.run(rx, tick_every(cfg.service_graph.wait))));
+        states.push(state.clone());
+        tasks.push(tokio::spawn(Shard::run(
+            state,
+            rx,
+            tick_every(cfg.service_graph.wait),
+        )));
     }
     let shards: Arc<[_]> = senders.into();
     let source = Source::Shards {
@@ -101,6 +114,7 @@ pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
     };
     let ingest = Ingest {
         shards: shards.clone(),
+        states: states.into(),
         inflight: Inflight::new(cfg.max_inflight.as_usize()),
         keys,
         stats: Arc::new(IngestStats::default()),

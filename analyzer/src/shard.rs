@@ -1,10 +1,11 @@
-//! A shard of the engine: a task that alone owns its part of the state (RED table, service-graph store,
-//! signal counts) and serves the messages of its bounded queue in order. The receivers' [`crate::ingest`]
-//! sends into the queues, the [`crate::engine`] starts the shards and merges their rows; both depend on
+//! A shard of the engine: its part of the state (RED table, service-graph store, signal counts) and a task
+//! that serves the messages of its bounded queue in order. The receivers' [`crate::ingest`] sends into the
+//! queues, or, when a shard's queue is empty and no one holds its state, aggregates a batch into it in place
+//! (no hand-off, no wake-up); the [`crate::engine`] starts the shards and merges their rows; both depend on
 //! this module, and it on neither.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -61,6 +62,15 @@ pub fn wanted_keys(cfg: &AnalyzerConfig) -> (AttrKeys, Vec<u16>, GraphKeys) {
     (keys, red_dims, graph_keys)
 }
 
+/// A shard's state, shared by its task and the receivers that aggregate in place. Each holder keeps it for
+/// one message or one batch at a time.
+pub(crate) type SharedShard = Arc<Mutex<Shard>>;
+
+/// The shard's state; a panic while it was held leaves counters that are still counters, so it is used on.
+pub(crate) fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub(crate) struct Shard {
     names: Interner,
     red: RedTable,
@@ -94,33 +104,52 @@ impl Shard {
         }
     }
 
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<ShardMsg>, sweep: Duration) {
+    /// Serves `rx` until [`ShardMsg::Stop`] or until every sender is gone, expiring pending edges every
+    /// `sweep`.
+    pub(crate) async fn run(state: SharedShard, mut rx: mpsc::Receiver<ShardMsg>, sweep: Duration) {
         let mut tick = tokio::time::interval(sweep);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(ShardMsg::Spans(batch, idx)) => self.spans(&batch, idx.as_deref()),
-                    Some(ShardMsg::Metrics(m)) => {
-                        self.stats.metric_points.fetch_add(m.points.len() as u64, Ordering::Relaxed);
-                        self.signals.metrics(&m);
-                    }
-                    Some(ShardMsg::Logs(l)) => {
-                        self.stats.log_records.fetch_add(l.records.len() as u64, Ordering::Relaxed);
-                        self.signals.logs(&l);
-                    }
-                    Some(ShardMsg::Snapshot(reply)) => {
-                        self.graph.expire(&mut self.names, Instant::now());
-                        let _ = reply.send(self.rows());
-                    }
                     Some(ShardMsg::Stop) | None => return,
+                    Some(msg) => lock(&state).serve(msg),
                 },
-                _ = tick.tick() => self.graph.expire(&mut self.names, Instant::now()),
+                _ = tick.tick() => lock(&state).expire(),
             }
         }
     }
 
-    fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
+    fn serve(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Spans(batch, idx) => self.spans(&batch, idx.as_deref()),
+            ShardMsg::Metrics(m) => {
+                self.stats
+                    .metric_points
+                    .fetch_add(m.points.len() as u64, Ordering::Relaxed);
+                self.signals.metrics(&m);
+            }
+            ShardMsg::Logs(l) => {
+                self.stats
+                    .log_records
+                    .fetch_add(l.records.len() as u64, Ordering::Relaxed);
+                self.signals.logs(&l);
+            }
+            ShardMsg::Snapshot(reply) => {
+                self.expire();
+                let _ = reply.send(self.rows());
+            }
+            ShardMsg::Stop => {}
+        }
+    }
+
+    /// Expires the service graph's pending edges that waited long enough.
+    fn expire(&mut self) {
+        self.graph.expire(&mut self.names, Instant::now());
+    }
+
+    /// Aggregates the spans of `batch` at `idx` (`None`: all of them).
+    pub(crate) fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
         let now = Instant::now();
         admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
         let mut record = |s: &crate::records::Span| {

@@ -52,7 +52,10 @@ pub struct Metered<B> {
     /// Whether this body's failure is counted already (a consumer may poll again after an error).
     counted: bool,
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    /// Set the first time the body has nothing to give: a body that is already there whole (most are, by
+    /// the time their headers are read) never registers a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> Metered<B> {
@@ -75,7 +78,8 @@ impl<B> Metered<B> {
             credit: 0,
             counted: false,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: tokio::time::Instant::now() + timeout,
+            timer: None,
         };
         m.take(announced)?;
         m.credit = announced;
@@ -104,6 +108,19 @@ impl<B> Metered<B> {
             .request(self.protocol, outcome, self.held - self.credit);
         e
     }
+
+    /// Waiting for more of the body: pending until the body timeout, then failed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let after = self.timeout;
+        Poll::Ready(Some(Err(Box::new(self.fail(ReadError::TimedOut { after })))))
+    }
 }
 
 impl<B> Drop for Metered<B> {
@@ -124,15 +141,11 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            let after = self.timeout;
-            return Poll::Ready(Some(Err(Box::new(self.fail(ReadError::TimedOut { after })))));
-        }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => return self.poll_deadline(cx),
         };
         if let Some(data) = frame.data_ref() {
             let n = data.len();

@@ -138,7 +138,9 @@ impl<S: OtlpSpec> tower::Service<http::Request<Body>> for OtlpGrpc<S> {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let rx = self.rx.clone();
         Box::pin(async move {
-            let mut answer = if req.uri().path() == format!("/{}/Export", S::NAME) {
+            let path = req.uri().path();
+            let export_path = path.strip_prefix('/').and_then(|p| p.strip_prefix(S::NAME));
+            let mut answer = if export_path == Some("/Export") {
                 export::<S>(&rx, req).await
             } else {
                 Status::unimplemented("only Export is served").into_http()
