@@ -6,7 +6,7 @@
 //! includes that request (read-your-writes, which the golden tests rely on). Rows of all shards are merged
 //! into immutable owned rows. Every `window` the engine also takes one and publishes it on a watch channel.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,8 +17,10 @@ use tokio::time::Instant;
 use crate::budget::{BudgetStatus, SeriesBudget};
 use crate::config::AnalyzerConfig;
 use crate::forecast::Forecasts;
+use crate::graph::EdgeRow;
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
+use crate::red::{PodRow, RedRow};
 pub use crate::shard::EngineStats;
 use crate::shard::{Shard, ShardMsg, ShardRows, wanted_keys};
 use crate::snapshot::Snapshot;
@@ -275,71 +277,64 @@ async fn collect(shards: &[mpsc::Sender<ShardMsg>], template: &Snapshot) -> Resu
     Ok(merge(template, parts))
 }
 
+/// The shards' rows as one snapshot: each part's rows sorted, then merged into the rows so far in one
+/// walk (a series, pod or edge several shards keep is summed), so no index of every series is built.
 fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
     let mut snap = Snapshot {
         taken_at: SystemTime::now(),
         ..template.clone()
     };
-    if parts.len() == 1 {
-        let p = parts.into_iter().next().expect("one part");
-        snap.red = p.red;
-        snap.pods = p.pods;
-        snap.edges = p.edges;
-        snap.graph = p.graph;
-        snap.metrics = p.metrics;
-        snap.logs = p.logs;
-    } else {
-        let mut red = BTreeMap::new();
-        let mut edges = BTreeMap::new();
-        let mut pods = BTreeMap::new();
-        for p in parts {
-            for r in p.red {
-                match red.entry(r.key()) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(r);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        let o = o.get_mut();
-                        o.calls += r.calls;
-                        o.duration.merge(&r.duration);
-                    }
-                }
-            }
-            for e in p.edges {
-                match edges.entry(e.key()) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(e);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&e),
-                }
-            }
-            snap.graph.add(&p.graph);
-            // Spans are split by trace, so one pod's spans land on several shards: merge them.
-            for pod in p.pods {
-                match pods.entry((pod.service.clone(), pod.pod.clone())) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(pod);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        let o = o.get_mut();
-                        o.calls += pod.calls;
-                        o.errors += pod.errors;
-                        o.duration.merge(&pod.duration);
-                    }
-                }
-            }
-            snap.metrics.extend(p.metrics);
-            snap.logs.extend(p.logs);
-        }
-        snap.red = red.into_values().collect();
-        snap.edges = edges.into_values().collect();
-        snap.pods = pods.into_values().collect();
+    for p in parts {
+        let red = |a: &RedRow, b: &RedRow| a.id().cmp(&b.id());
+        snap.red = merge_sorted(std::mem::take(&mut snap.red), p.red, red, |o, r| {
+            o.calls += r.calls;
+            o.duration.merge(&r.duration);
+        });
+        let edge = |a: &EdgeRow, b: &EdgeRow| a.id().cmp(&b.id());
+        snap.edges = merge_sorted(std::mem::take(&mut snap.edges), p.edges, edge, |o, e| o.merge(&e));
+        // Spans are split by trace, so one pod's spans land on several shards: merge them.
+        let pod = |a: &PodRow, b: &PodRow| (&a.service, &a.pod).cmp(&(&b.service, &b.pod));
+        snap.pods = merge_sorted(std::mem::take(&mut snap.pods), p.pods, pod, |o, p| {
+            o.calls += p.calls;
+            o.errors += p.errors;
+            o.duration.merge(&p.duration);
+        });
+        snap.graph.add(&p.graph);
+        snap.metrics.extend(p.metrics);
+        snap.logs.extend(p.logs);
     }
-    snap.pods
-        .sort_by(|a, b| (&a.service, &a.pod).cmp(&(&b.service, &b.pod)));
-    snap.red.sort_by_key(|r| r.key());
-    snap.edges.sort_by_key(|e| e.key());
     snap
+}
+
+/// `acc` (in `order`, no two rows equal) and `part` (no two rows equal) as one vector in `order`, each
+/// row of `part` combined into `acc`'s equal row in place; rows `acc` lacks are added, then sorted in.
+fn merge_sorted<T>(
+    mut acc: Vec<T>,
+    mut part: Vec<T>,
+    order: impl Fn(&T, &T) -> Ordering,
+    combine: impl Fn(&mut T, T),
+) -> Vec<T> {
+    part.sort_unstable_by(&order);
+    if acc.is_empty() {
+        return part;
+    }
+    let mut new = Vec::new();
+    let mut i = 0;
+    for p in part {
+        while i < acc.len() && order(&acc[i], &p) == Ordering::Less {
+            i += 1;
+        }
+        match acc.get_mut(i) {
+            Some(a) if order(a, &p) == Ordering::Equal => combine(a, p),
+            _ => new.push(p),
+        }
+    }
+    if !new.is_empty() {
+        acc.append(&mut new);
+        // Two sorted runs: the stable sort merges them in one pass.
+        acc.sort_by(&order);
+    }
+    acc
 }
 
 /// The window task: every `window`, a snapshot becomes a window of history; the history is saved every
@@ -483,7 +478,7 @@ impl Windows {
 mod tests {
     use super::*;
     use crate::records::{SpanKind, StatusCode};
-    use crate::red::{Histogram, RedRow};
+    use crate::red::Histogram;
 
     /// A snapshot of one series with `calls` calls so far.
     fn counted(cfg: &AnalyzerConfig, calls: u64) -> Snapshot {
@@ -496,11 +491,7 @@ mod tests {
                 dims: Vec::new(),
                 overflow: false,
                 calls,
-                duration: Histogram {
-                    counts: vec![calls as f64; 1],
-                    sum: 0.0,
-                    count: calls as f64,
-                },
+                duration: Histogram::from_counts(&[calls as f64; 1], 0.0, calls as f64),
             }],
             ..Snapshot::empty(cfg)
         }

@@ -61,6 +61,11 @@ pub struct EdgeRow {
 }
 
 impl EdgeRow {
+    /// Identity of the edge, borrowed: orders as [`EdgeRow::key`] does.
+    pub fn id(&self) -> (&str, &str, ConnectionType, &[Arc<str>]) {
+        (&self.client, &self.server, self.connection_type, &self.dims)
+    }
+
     pub fn key(&self) -> (Arc<str>, Arc<str>, ConnectionType, Vec<Arc<str>>) {
         (
             self.client.clone(),
@@ -550,7 +555,6 @@ impl GraphStore {
             conn: e.conn,
             dims: e.dims.clone(),
         };
-        let n = self.bounds.len();
         let stats = match self.edges.entry(key) {
             hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
             hashbrown::hash_map::Entry::Vacant(v) => {
@@ -565,9 +569,9 @@ impl GraphStore {
                 v.insert(EdgeStats {
                     total: 0.0,
                     failed: 0.0,
-                    client: Histogram::new(n),
-                    server: Histogram::new(n),
-                    messaging: Histogram::new(n),
+                    client: Histogram::default(),
+                    server: Histogram::default(),
+                    messaging: Histogram::default(),
                 })
             }
         };
