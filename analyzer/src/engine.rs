@@ -6,7 +6,6 @@
 //! includes that request (read-your-writes, which the golden tests rely on). Rows of all shards are merged
 //! into immutable owned rows. Every `window` the engine also takes one and publishes it on a watch channel.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,12 +16,10 @@ use tokio::time::Instant;
 use crate::budget::{BudgetStatus, SeriesBudget};
 use crate::config::AnalyzerConfig;
 use crate::forecast::Forecasts;
-use crate::graph::EdgeRow;
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
-use crate::red::{PodRow, RedRow};
 pub use crate::shard::EngineStats;
-use crate::shard::{Shard, ShardMsg, ShardRows, wanted_keys};
+use crate::shard::{Shard, ShardMsg, wanted_keys};
 use crate::snapshot::Snapshot;
 use crate::store::{History, HistoryView};
 use crate::{Error, Result};
@@ -263,78 +260,21 @@ impl Engine {
     }
 }
 
+/// A snapshot of every shard: the shards are asked one after another, each adding its rows to the
+/// snapshot the ones before built (a series several shards keep is summed), so no shard's rows are ever
+/// copied out whole beside it. Every shard is asked after this call began, so a batch accepted before it
+/// is counted (read-your-writes).
 async fn collect(shards: &[mpsc::Sender<ShardMsg>], template: &Snapshot) -> Result<Snapshot> {
-    let mut waits = Vec::with_capacity(shards.len());
+    let mut snap = Box::new(template.clone());
     for s in shards {
         let (tx, rx) = oneshot::channel();
-        s.send(ShardMsg::Snapshot(tx)).await.map_err(|_| Error::Stopped)?;
-        waits.push(rx);
+        s.send(ShardMsg::Snapshot(snap, tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        snap = rx.await.map_err(|_| Error::Stopped)?;
     }
-    let mut parts = Vec::with_capacity(waits.len());
-    for w in waits {
-        parts.push(w.await.map_err(|_| Error::Stopped)?);
-    }
-    Ok(merge(template, parts))
-}
-
-/// The shards' rows as one snapshot: each part's rows sorted, then merged into the rows so far in one
-/// walk (a series, pod or edge several shards keep is summed), so no index of every series is built.
-fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
-    let mut snap = Snapshot {
-        taken_at: SystemTime::now(),
-        ..template.clone()
-    };
-    for p in parts {
-        let red = |a: &RedRow, b: &RedRow| a.id().cmp(&b.id());
-        snap.red = merge_sorted(std::mem::take(&mut snap.red), p.red, red, |o, r| {
-            o.calls += r.calls;
-            o.duration.merge(&r.duration);
-        });
-        let edge = |a: &EdgeRow, b: &EdgeRow| a.id().cmp(&b.id());
-        snap.edges = merge_sorted(std::mem::take(&mut snap.edges), p.edges, edge, |o, e| o.merge(&e));
-        // Spans are split by trace, so one pod's spans land on several shards: merge them.
-        let pod = |a: &PodRow, b: &PodRow| (&a.service, &a.pod).cmp(&(&b.service, &b.pod));
-        snap.pods = merge_sorted(std::mem::take(&mut snap.pods), p.pods, pod, |o, p| {
-            o.calls += p.calls;
-            o.errors += p.errors;
-            o.duration.merge(&p.duration);
-        });
-        snap.graph.add(&p.graph);
-        snap.metrics.extend(p.metrics);
-        snap.logs.extend(p.logs);
-    }
-    snap
-}
-
-/// `acc` (in `order`, no two rows equal) and `part` (no two rows equal) as one vector in `order`, each
-/// row of `part` combined into `acc`'s equal row in place; rows `acc` lacks are added, then sorted in.
-fn merge_sorted<T>(
-    mut acc: Vec<T>,
-    mut part: Vec<T>,
-    order: impl Fn(&T, &T) -> Ordering,
-    combine: impl Fn(&mut T, T),
-) -> Vec<T> {
-    part.sort_unstable_by(&order);
-    if acc.is_empty() {
-        return part;
-    }
-    let mut new = Vec::new();
-    let mut i = 0;
-    for p in part {
-        while i < acc.len() && order(&acc[i], &p) == Ordering::Less {
-            i += 1;
-        }
-        match acc.get_mut(i) {
-            Some(a) if order(a, &p) == Ordering::Equal => combine(a, p),
-            _ => new.push(p),
-        }
-    }
-    if !new.is_empty() {
-        acc.append(&mut new);
-        // Two sorted runs: the stable sort merges them in one pass.
-        acc.sort_by(&order);
-    }
-    acc
+    snap.taken_at = SystemTime::now();
+    Ok(*snap)
 }
 
 /// The window task: every `window`, a snapshot becomes a window of history; the history is saved every
@@ -478,7 +418,7 @@ impl Windows {
 mod tests {
     use super::*;
     use crate::records::{SpanKind, StatusCode};
-    use crate::red::Histogram;
+    use crate::red::{Histogram, RedRow};
 
     /// A snapshot of one series with `calls` calls so far.
     fn counted(cfg: &AnalyzerConfig, calls: u64) -> Snapshot {

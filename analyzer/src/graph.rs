@@ -719,24 +719,26 @@ impl GraphStore {
     }
 
     pub fn export(&self, names: &Interner) -> Vec<EdgeRow> {
-        self.edges
-            .iter()
-            .map(|(k, s)| EdgeRow {
-                client: names.resolve(k.client).clone(),
-                server: names.resolve(k.server).clone(),
-                connection_type: k.conn,
-                dims: k
-                    .dims
-                    .iter()
-                    .map(|v| v.map_or_else(|| Arc::from(""), |id| names.resolve(id).clone()))
-                    .collect(),
-                total: s.total,
-                failed: s.failed,
-                client_latency: s.client.clone(),
-                server_latency: s.server.clone(),
-                messaging_latency: s.messaging.clone(),
-            })
-            .collect()
+        self.rows(names).collect()
+    }
+
+    /// Every edge as an owned row, one at a time.
+    pub fn rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = EdgeRow> + 'a {
+        self.edges.iter().map(|(k, s)| EdgeRow {
+            client: names.resolve(k.client).clone(),
+            server: names.resolve(k.server).clone(),
+            connection_type: k.conn,
+            dims: k
+                .dims
+                .iter()
+                .map(|v| v.map_or_else(|| Arc::from(""), |id| names.resolve(id).clone()))
+                .collect(),
+            total: s.total,
+            failed: s.failed,
+            client_latency: s.client.clone(),
+            server_latency: s.server.clone(),
+            messaging_latency: s.messaging.clone(),
+        })
     }
 }
 

@@ -362,8 +362,8 @@ impl RedTable {
             .observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
     }
 
-    /// Per-pod rows.
-    pub fn export_pods(&self, names: &Interner) -> Vec<PodRow> {
+    /// Per-pod rows, one at a time.
+    pub fn pod_rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = PodRow> + 'a {
         self.pods
             .iter()
             .map(|(&(service, pod), (calls, errors, h))| PodRow {
@@ -373,7 +373,11 @@ impl RedTable {
                 errors: *errors,
                 duration: h.clone(),
             })
-            .collect()
+    }
+
+    /// Per-pod rows.
+    pub fn export_pods(&self, names: &Interner) -> Vec<PodRow> {
+        self.pod_rows(names).collect()
     }
 
     /// A new series (its dimension values are in `scratch`), or the service's overflow series once the
@@ -419,6 +423,10 @@ impl RedTable {
 
     fn push(&mut self, key: Key) -> u32 {
         let i = self.series.len() as u32;
+        // Grown by half at a time rather than doubled: every shard keeps a table, each series is 64 bytes.
+        if self.series.len() == self.series.capacity() {
+            self.series.reserve_exact((self.series.len() / 2).max(16));
+        }
         self.series.push((
             key,
             Series {
@@ -465,27 +473,29 @@ impl RedTable {
 
     /// Every series as an owned row.
     pub fn export(&self, names: &Interner) -> Vec<RedRow> {
-        self.series
-            .iter()
-            .map(|(k, s)| RedRow {
-                service: names.resolve(k.service).clone(),
-                span_name: names.resolve(k.name).clone(),
-                kind: k.kind,
-                status: k.status,
-                dims: if self.dims.is_empty() {
-                    Vec::new()
-                } else {
-                    self.dim_values
-                        .resolve(k.dims)
-                        .split('\u{1f}')
-                        .map(Arc::from)
-                        .collect()
-                },
-                overflow: k.overflow,
-                calls: s.calls,
-                duration: s.duration.clone(),
-            })
-            .collect()
+        self.rows(names).collect()
+    }
+
+    /// Every series as an owned row, one at a time.
+    pub fn rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = RedRow> + 'a {
+        self.series.iter().map(|(k, s)| RedRow {
+            service: names.resolve(k.service).clone(),
+            span_name: names.resolve(k.name).clone(),
+            kind: k.kind,
+            status: k.status,
+            dims: if self.dims.is_empty() {
+                Vec::new()
+            } else {
+                self.dim_values
+                    .resolve(k.dims)
+                    .split('\u{1f}')
+                    .map(Arc::from)
+                    .collect()
+            },
+            overflow: k.overflow,
+            calls: s.calls,
+            duration: s.duration.clone(),
+        })
     }
 }
 

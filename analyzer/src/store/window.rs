@@ -15,6 +15,8 @@ use crate::snapshot::Snapshot;
 struct Rows {
     width: usize,
     chunk: Chunk,
+    /// The labels key columns repeat (span kinds, connection types), one allocation each.
+    labels: Vec<Arc<str>>,
 }
 
 impl Rows {
@@ -22,7 +24,18 @@ impl Rows {
         Rows {
             width: table.width(),
             chunk: Chunk::default(),
+            labels: Vec::new(),
         }
+    }
+
+    /// `label` as a key column, shared by every row that has it.
+    fn label(&mut self, label: &'static str) -> Arc<str> {
+        if let Some(l) = self.labels.iter().find(|l| ***l == *label) {
+            return l.clone();
+        }
+        let l: Arc<str> = Arc::from(label);
+        self.labels.push(l.clone());
+        l
     }
 
     /// A row: its key columns and its values (`None`: missing).
@@ -35,7 +48,10 @@ impl Rows {
             .extend(values.iter().map(|v| v.unwrap_or(f64::NAN)));
     }
 
+    /// The window's chunk, holding no spare capacity: it is kept for the whole retention.
     fn chunk(mut self, ts_ms: i64, seconds: f64) -> Chunk {
+        self.chunk.keys.shrink_to_fit();
+        self.chunk.values.shrink_to_fit();
         self.chunk.ts = ts_ms;
         self.chunk.seconds = vec![seconds; self.chunk.keys.len()];
         self.chunk
@@ -125,16 +141,18 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
     let mut op_rows = Rows::new(&OPERATION_RED);
     // The service and span name at hand: its entry and other spans' totals, and its operations' per kind.
     let mut service: Option<(Arc<str>, [Totals; 2])> = None;
-    let mut name: Option<(Arc<str>, Vec<(&'static str, Totals)>)> = None;
+    let mut name: Option<Arc<str>> = None;
+    let mut ops: Vec<(&'static str, Totals)> = Vec::new();
     let rows = paired(prev.map(|p| &p.red[..]), &cur.red, RedRow::id)
         // What services past the series budget sent is in the exposition and the budget's counters; the
         // history has no service to file it under.
         .filter(|(r, _)| !(r.overflow && r.service.is_empty()));
     for (r, p) in rows {
-        if name.as_ref().is_some_and(|(n, _)| *n != r.span_name)
+        if name.as_ref().is_some_and(|n| *n != r.span_name)
             || service.as_ref().is_some_and(|(s, _)| *s != r.service)
         {
-            operations(&mut op_rows, &ms, service.as_ref().map(|s| &s.0), name.take());
+            let service = service.as_ref().map(|s| &s.0);
+            operations(&mut op_rows, &ms, service, name.take(), &mut ops);
         }
         if service.as_ref().is_some_and(|(s, _)| *s != r.service) {
             service_row(&mut service_rows, &ms, service.take());
@@ -146,7 +164,7 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
             0.0
         };
         let h = r.duration.since(p.map(|p| &p.duration));
-        let (_, ops) = name.get_or_insert_with(|| (r.span_name.clone(), Vec::new()));
+        name.get_or_insert_with(|| r.span_name.clone());
         let kind = r.kind.as_label();
         let op = match ops.iter().position(|(k, _)| *k == kind) {
             Some(i) => &mut ops[i].1,
@@ -164,7 +182,7 @@ fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
         slot.1 += errors;
         slot.2.merge(&h);
     }
-    operations(&mut op_rows, &ms, service.as_ref().map(|s| &s.0), name.take());
+    operations(&mut op_rows, &ms, service.as_ref().map(|s| &s.0), name, &mut ops);
     service_row(&mut service_rows, &ms, service.take());
     (service_rows, op_rows)
 }
@@ -192,22 +210,24 @@ fn service_row(rows: &mut Rows, ms: &Ms, service: Option<(Arc<str>, [Totals; 2])
     );
 }
 
-/// The rows of one span name's operations (one per kind, in label order). Operations and pods are the
-/// many series: a row only for a window they had requests in, so the history grows with activity rather
-/// than with every series ever seen.
+/// The rows of one span name's operations (`ops`: one per kind, taken out; in label order). Operations
+/// and pods are the many series: a row only for a window they had requests in, so the history grows with
+/// activity rather than with every series ever seen.
 fn operations(
     rows: &mut Rows,
     ms: &Ms,
     service: Option<&Arc<str>>,
-    name: Option<(Arc<str>, Vec<(&'static str, Totals)>)>,
+    name: Option<Arc<str>>,
+    ops: &mut Vec<(&'static str, Totals)>,
 ) {
-    let (Some(service), Some((name, mut ops))) = (service, name) else {
+    let (Some(service), Some(name)) = (service, name) else {
         return;
     };
     ops.sort_by_key(|(kind, _)| *kind);
-    for (kind, (n, e, h)) in ops.into_iter().filter(|(_, (n, _, _))| *n > 0.0) {
+    for (kind, (n, e, h)) in ops.drain(..).filter(|(_, (n, _, _))| *n > 0.0) {
+        let kind = rows.label(kind);
         rows.push(
-            [service.clone(), name.clone(), Arc::from(kind)],
+            [service.clone(), name.clone(), kind],
             &[Some(n), Some(e), ms.q(&h, 0.95), ms.mean(&h)],
         );
     }
@@ -248,8 +268,9 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
             .merge(&e.server_latency.since(p.map(|p| &p.server_latency)));
     }
     for ((client, server, conn), (n, f, h)) in &edges {
+        let conn = edge_rows.label(conn);
         edge_rows.push(
-            [client.clone(), server.clone(), Arc::from(*conn)],
+            [client.clone(), server.clone(), conn],
             &[Some(*n), Some(*f), quantile_ms(h, &cur.graph_bounds, 0.95, 1e3)],
         );
     }
@@ -298,8 +319,9 @@ fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
             .get(&(l.service.clone(), l.severity))
             .copied()
             .unwrap_or(0);
+        let severity = log_rows.label(l.severity);
         log_rows.push(
-            [l.service.clone(), Arc::from(l.severity)],
+            [l.service.clone(), severity],
             &[Some(l.records.saturating_sub(before) as f64)],
         );
     }
