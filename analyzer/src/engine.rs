@@ -3,8 +3,9 @@
 //!
 //! Readers never touch shard state. They ask for a [`Snapshot`]: a message that goes down each shard's
 //! queue *behind* the batches already there, so a snapshot taken after a request was answered always
-//! includes that request (read-your-writes, which the golden tests rely on). Rows of all shards are merged
-//! into immutable owned rows. Every `window` the engine also takes one and publishes it on a watch channel.
+//! includes that request (read-your-writes, which the golden tests rely on). The message goes to one shard
+//! after another, each adding its rows into the snapshot the shards before it built (immutable owned rows
+//! once done). Every `window` the engine also takes one for the history.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

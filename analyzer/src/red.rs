@@ -87,16 +87,6 @@ impl Histogram {
         (0..self.slots().max(slots)).map(|i| self.bucket(i)).collect()
     }
 
-    /// The slot of bucket `i`, the stored range grown to take it in.
-    #[inline]
-    fn slot(&mut self, i: usize) -> &mut f64 {
-        let first = self.first as usize;
-        if self.counts.is_empty() || i < first || i >= first + self.counts.len() {
-            self.grow(i, i + 1);
-        }
-        &mut self.counts[i - self.first as usize]
-    }
-
     /// Grows the stored range to cover buckets `lo..hi` too.
     #[cold]
     fn grow(&mut self, lo: usize, hi: usize) {
@@ -120,7 +110,14 @@ impl Histogram {
     #[inline]
     pub fn observe_weighted(&mut self, bounds: &[f64], v: f64, weight: f64) {
         let i = bounds.partition_point(|&b| b < v);
-        *self.slot(i) += weight;
+        // Below `first`, the subtraction wraps past the end: outside the range either way.
+        match self.counts.get_mut(i.wrapping_sub(self.first as usize)) {
+            Some(c) => *c += weight,
+            None => {
+                self.grow(i, i + 1);
+                self.counts[i - self.first as usize] += weight;
+            }
+        }
         self.sum += v * weight;
         self.count += weight;
     }

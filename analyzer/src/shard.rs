@@ -1,7 +1,8 @@
 //! A shard of the engine: a task that alone owns its part of the state (RED table, service-graph store,
 //! signal counts) and serves the messages of its bounded queue in order. The receivers' [`crate::ingest`]
-//! sends into the queues, the [`crate::engine`] starts the shards and merges their rows; both depend on
-//! this module, and it on neither.
+//! sends into the queues, the [`crate::engine`] starts the shards and collects their rows into a snapshot
+//! (each shard adds its own, [`Snapshot::add_red`] and its siblings); both depend on this module, and it
+//! on neither.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
