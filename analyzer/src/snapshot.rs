@@ -108,3 +108,20 @@ fn merge_into<T>(
         acc.sort_unstable_by(order);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_merge_in_order_summing_equal_ones() {
+        let mut acc = Vec::new();
+        let sum = |a: &mut (u8, u32), b: (u8, u32)| a.1 += b.1;
+        let order = |a: &(u8, u32), b: &(u8, u32)| a.0.cmp(&b.0);
+        merge_into(&mut acc, [(3, 1), (1, 1)].into_iter(), order, sum);
+        assert_eq!(acc, vec![(1, 1), (3, 1)]);
+        merge_into(&mut acc, [(2, 5), (3, 2), (0, 7)].into_iter(), order, sum);
+        assert_eq!(acc, vec![(0, 7), (1, 1), (2, 5), (3, 3)]);
+        assert_eq!(acc.capacity(), 4, "no spare room kept");
+    }
+}

@@ -67,7 +67,7 @@ pub(super) fn quantile_ms(h: &Histogram, bounds: &[f64], q: f64, to_ms: f64) -> 
 fn in_order<'a, T, K: Ord>(rows: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
     let mut v: Vec<&T> = rows.iter().collect();
     if !v.is_sorted_by_key(|r| key(r)) {
-        v.sort_by(|a, b| key(a).cmp(&key(b)));
+        v.sort_by_key(|r| key(r));
     }
     v
 }
@@ -326,4 +326,26 @@ fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
         );
     }
     log_rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_pair_with_the_previous_row_of_their_key_in_any_order() {
+        let prev = [("b", 2), ("a", 1), ("d", 4)];
+        let cur = [("c", 30), ("a", 10), ("b", 20)];
+        let got: Vec<_> = paired(Some(&prev[..]), &cur, |r: &(&str, i32)| r.0)
+            .map(|(r, p)| (r.1, p.map(|p| p.1)))
+            .collect();
+        // In key order; "c" is new, "d" is gone.
+        assert_eq!(got, vec![(10, Some(1)), (20, Some(2)), (30, None)]);
+        assert_eq!(
+            paired(None, &cur, |r: &(&str, i32)| r.0)
+                .filter(|(_, p)| p.is_some())
+                .count(),
+            0
+        );
+    }
 }
