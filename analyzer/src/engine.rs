@@ -3,10 +3,10 @@
 //!
 //! Readers never touch shard state. They ask for a [`Snapshot`]: a message that goes down each shard's
 //! queue *behind* the batches already there, so a snapshot taken after a request was answered always
-//! includes that request (read-your-writes, which the golden tests rely on). Rows of all shards are merged
-//! into immutable owned rows. Every `window` the engine also takes one and publishes it on a watch channel.
+//! includes that request (read-your-writes, which the golden tests rely on). The message goes to one shard
+//! after another, each adding its rows into the snapshot the shards before it built (immutable owned rows
+//! once done). Every `window` the engine also takes one for the history.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +20,7 @@ use crate::forecast::Forecasts;
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
 pub use crate::shard::EngineStats;
-use crate::shard::{Shard, ShardMsg, ShardRows, wanted_keys};
+use crate::shard::{Shard, ShardMsg, wanted_keys};
 use crate::snapshot::Snapshot;
 use crate::store::{History, HistoryView};
 use crate::{Error, Result};
@@ -275,85 +275,21 @@ impl Engine {
     }
 }
 
+/// A snapshot of every shard: the shards are asked one after another, each adding its rows to the
+/// snapshot the ones before built (a series several shards keep is summed), so no shard's rows are ever
+/// copied out whole beside it. Every shard is asked after this call began, so a batch accepted before it
+/// is counted (read-your-writes).
 async fn collect(shards: &[mpsc::Sender<ShardMsg>], template: &Snapshot) -> Result<Snapshot> {
-    let mut waits = Vec::with_capacity(shards.len());
+    let mut snap = Box::new(template.clone());
     for s in shards {
         let (tx, rx) = oneshot::channel();
-        s.send(ShardMsg::Snapshot(tx)).await.map_err(|_| Error::Stopped)?;
-        waits.push(rx);
+        s.send(ShardMsg::Snapshot(snap, tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        snap = rx.await.map_err(|_| Error::Stopped)?;
     }
-    let mut parts = Vec::with_capacity(waits.len());
-    for w in waits {
-        parts.push(w.await.map_err(|_| Error::Stopped)?);
-    }
-    Ok(merge(template, parts))
-}
-
-fn merge(template: &Snapshot, parts: Vec<ShardRows>) -> Snapshot {
-    let mut snap = Snapshot {
-        taken_at: SystemTime::now(),
-        ..template.clone()
-    };
-    if parts.len() == 1 {
-        let p = parts.into_iter().next().expect("one part");
-        snap.red = p.red;
-        snap.pods = p.pods;
-        snap.edges = p.edges;
-        snap.graph = p.graph;
-        snap.metrics = p.metrics;
-        snap.logs = p.logs;
-    } else {
-        let mut red = BTreeMap::new();
-        let mut edges = BTreeMap::new();
-        let mut pods = BTreeMap::new();
-        for p in parts {
-            for r in p.red {
-                match red.entry(r.key()) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(r);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        let o = o.get_mut();
-                        o.calls += r.calls;
-                        o.duration.merge(&r.duration);
-                    }
-                }
-            }
-            for e in p.edges {
-                match edges.entry(e.key()) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(e);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&e),
-                }
-            }
-            snap.graph.add(&p.graph);
-            // Spans are split by trace, so one pod's spans land on several shards: merge them.
-            for pod in p.pods {
-                match pods.entry((pod.service.clone(), pod.pod.clone())) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(pod);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        let o = o.get_mut();
-                        o.calls += pod.calls;
-                        o.errors += pod.errors;
-                        o.duration.merge(&pod.duration);
-                    }
-                }
-            }
-            snap.metrics.extend(p.metrics);
-            snap.logs.extend(p.logs);
-        }
-        snap.red = red.into_values().collect();
-        snap.edges = edges.into_values().collect();
-        snap.pods = pods.into_values().collect();
-    }
-    snap.pods
-        .sort_by(|a, b| (&a.service, &a.pod).cmp(&(&b.service, &b.pod)));
-    snap.red.sort_by_key(|r| r.key());
-    snap.edges.sort_by_key(|e| e.key());
-    snap
+    snap.taken_at = SystemTime::now();
+    Ok(*snap)
 }
 
 /// The window task: every `window`, a snapshot becomes a window of history; the history is saved every
@@ -510,11 +446,7 @@ mod tests {
                 dims: Vec::new(),
                 overflow: false,
                 calls,
-                duration: Histogram {
-                    counts: vec![calls as f64; 1],
-                    sum: 0.0,
-                    count: calls as f64,
-                },
+                duration: Histogram::from_counts(&[calls as f64; 1], 0.0, calls as f64),
             }],
             ..Snapshot::empty(cfg)
         }

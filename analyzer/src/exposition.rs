@@ -51,8 +51,8 @@ pub fn single(out: &mut impl Write, name: &str, kind: Kind, help: &str, value: i
 pub fn histogram(out: &mut impl Write, name: &str, labels: &[(&str, &str)], bounds: &[f64], h: &Histogram) {
     let mut cum = 0.0;
     let mut le = String::new();
-    for (i, c) in h.counts.iter().enumerate() {
-        cum += c;
+    for i in 0..h.slots().max(bounds.len() + 1) {
+        cum += h.bucket(i);
         le.clear();
         match bounds.get(i) {
             Some(b) => {
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative() {
-        let mut h = Histogram::new(2);
+        let mut h = Histogram::default();
         for v in [0.1, 0.6, 2.0] {
             h.observe(&[0.5, 1.0], v);
         }

@@ -61,6 +61,11 @@ pub struct EdgeRow {
 }
 
 impl EdgeRow {
+    /// Identity of the edge, borrowed: orders as [`EdgeRow::key`] does.
+    pub fn id(&self) -> (&str, &str, ConnectionType, &[Arc<str>]) {
+        (&self.client, &self.server, self.connection_type, &self.dims)
+    }
+
     pub fn key(&self) -> (Arc<str>, Arc<str>, ConnectionType, Vec<Arc<str>>) {
         (
             self.client.clone(),
@@ -550,7 +555,6 @@ impl GraphStore {
             conn: e.conn,
             dims: e.dims.clone(),
         };
-        let n = self.bounds.len();
         let stats = match self.edges.entry(key) {
             hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
             hashbrown::hash_map::Entry::Vacant(v) => {
@@ -565,9 +569,9 @@ impl GraphStore {
                 v.insert(EdgeStats {
                     total: 0.0,
                     failed: 0.0,
-                    client: Histogram::new(n),
-                    server: Histogram::new(n),
-                    messaging: Histogram::new(n),
+                    client: Histogram::default(),
+                    server: Histogram::default(),
+                    messaging: Histogram::default(),
                 })
             }
         };
@@ -715,24 +719,26 @@ impl GraphStore {
     }
 
     pub fn export(&self, names: &Interner) -> Vec<EdgeRow> {
-        self.edges
-            .iter()
-            .map(|(k, s)| EdgeRow {
-                client: names.resolve(k.client).clone(),
-                server: names.resolve(k.server).clone(),
-                connection_type: k.conn,
-                dims: k
-                    .dims
-                    .iter()
-                    .map(|v| v.map_or_else(|| Arc::from(""), |id| names.resolve(id).clone()))
-                    .collect(),
-                total: s.total,
-                failed: s.failed,
-                client_latency: s.client.clone(),
-                server_latency: s.server.clone(),
-                messaging_latency: s.messaging.clone(),
-            })
-            .collect()
+        self.rows(names).collect()
+    }
+
+    /// Every edge as an owned row, one at a time.
+    pub fn rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = EdgeRow> + 'a {
+        self.edges.iter().map(|(k, s)| EdgeRow {
+            client: names.resolve(k.client).clone(),
+            server: names.resolve(k.server).clone(),
+            connection_type: k.conn,
+            dims: k
+                .dims
+                .iter()
+                .map(|v| v.map_or_else(|| Arc::from(""), |id| names.resolve(id).clone()))
+                .collect(),
+            total: s.total,
+            failed: s.failed,
+            client_latency: s.client.clone(),
+            server_latency: s.server.clone(),
+            messaging_latency: s.messaging.clone(),
+        })
     }
 }
 

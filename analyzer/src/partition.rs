@@ -179,7 +179,7 @@ impl Totals {
         for r in &o.red {
             let e = red.entry(r.key()).or_insert_with(|| RedRow {
                 calls: 0,
-                duration: Histogram::new(r.duration.counts.len().saturating_sub(1)),
+                duration: Histogram::default(),
                 ..r.clone()
             });
             e.calls = if sign > 0.0 {
@@ -187,26 +187,23 @@ impl Totals {
             } else {
                 e.calls.saturating_sub(r.calls)
             };
-            add_histogram(&mut e.duration, &r.duration, sign);
+            e.duration.add(&r.duration, sign);
         }
         let mut edges: BTreeMap<_, EdgeRow> = self.edges.iter().map(|e| (e.key(), e.clone())).collect();
         for r in &o.edges {
-            let e = edges.entry(r.key()).or_insert_with(|| {
-                let zero = |h: &Histogram| Histogram::new(h.counts.len().saturating_sub(1));
-                EdgeRow {
-                    total: 0.0,
-                    failed: 0.0,
-                    client_latency: zero(&r.client_latency),
-                    server_latency: zero(&r.server_latency),
-                    messaging_latency: zero(&r.messaging_latency),
-                    ..r.clone()
-                }
+            let e = edges.entry(r.key()).or_insert_with(|| EdgeRow {
+                total: 0.0,
+                failed: 0.0,
+                client_latency: Histogram::default(),
+                server_latency: Histogram::default(),
+                messaging_latency: Histogram::default(),
+                ..r.clone()
             });
             e.total += sign * r.total;
             e.failed += sign * r.failed;
-            add_histogram(&mut e.client_latency, &r.client_latency, sign);
-            add_histogram(&mut e.server_latency, &r.server_latency, sign);
-            add_histogram(&mut e.messaging_latency, &r.messaging_latency, sign);
+            e.client_latency.add(&r.client_latency, sign);
+            e.server_latency.add(&r.server_latency, sign);
+            e.messaging_latency.add(&r.messaging_latency, sign);
         }
         let n = |a: u64, b: u64| if sign > 0.0 { a + b } else { a.saturating_sub(b) };
         let mut pods: BTreeMap<_, PodRow> = self
@@ -220,12 +217,12 @@ impl Totals {
                 .or_insert_with(|| PodRow {
                     calls: 0,
                     errors: 0,
-                    duration: Histogram::new(r.duration.counts.len().saturating_sub(1)),
+                    duration: Histogram::default(),
                     ..r.clone()
                 });
             e.calls = n(e.calls, r.calls);
             e.errors = n(e.errors, r.errors);
-            add_histogram(&mut e.duration, &r.duration, sign);
+            e.duration.add(&r.duration, sign);
         }
         let mut metrics: BTreeMap<_, MetricRow> = self
             .metrics
@@ -290,17 +287,6 @@ impl Totals {
             logs: logs.into_values().filter(|l| l.records > 0).collect(),
         }
     }
-}
-
-fn add_histogram(a: &mut Histogram, b: &Histogram, sign: f64) {
-    if a.counts.len() < b.counts.len() {
-        a.counts.resize(b.counts.len(), 0.0);
-    }
-    for (x, y) in a.counts.iter_mut().zip(&b.counts) {
-        *x += sign * y;
-    }
-    a.sum += sign * b.sum;
-    a.count += sign * b.count;
 }
 
 #[cfg(test)]

@@ -22,22 +22,82 @@ struct Key {
     overflow: bool,
 }
 
-/// A duration histogram with fixed bounds (in the configured unit); `counts` has one extra slot for +Inf.
-#[derive(Clone, Debug, PartialEq)]
+/// A duration histogram with fixed bounds (in the configured unit): per-bucket (not cumulative) counts,
+/// the last bucket being +Inf. Only the range from the first to the last non-empty bucket is stored
+/// (every other bucket is empty), since a series' latencies fill a few neighbouring buckets: a series is
+/// kept by every shard it has spans on and in snapshots, so each unused bucket would be paid many times.
+#[derive(Clone, Debug, Default)]
 pub struct Histogram {
-    /// Per-bucket (not cumulative) counts; floats because Tempo-style sampling multipliers weight them.
-    pub counts: Vec<f64>,
+    /// Index of the bucket `counts[0]` holds.
+    first: u32,
+    /// Counts of buckets `first..first + counts.len()`; floats because Tempo-style sampling
+    /// multipliers weight them.
+    counts: Box<[f64]>,
     pub sum: f64,
     pub count: f64,
 }
 
+impl PartialEq for Histogram {
+    /// Equal counts per bucket, however much of the range each stores.
+    fn eq(&self, o: &Histogram) -> bool {
+        let n = self.slots().max(o.slots());
+        self.sum == o.sum && self.count == o.count && (0..n).all(|i| self.bucket(i) == o.bucket(i))
+    }
+}
+
 impl Histogram {
-    pub fn new(buckets: usize) -> Histogram {
+    /// A histogram of the per-bucket `counts` (bucket 0 first), holding only their non-zero range.
+    pub fn from_counts(counts: &[f64], sum: f64, count: f64) -> Histogram {
+        let Some(first) = counts.iter().position(|&c| c != 0.0) else {
+            return Histogram {
+                sum,
+                count,
+                ..Histogram::default()
+            };
+        };
+        let last = counts.iter().rposition(|&c| c != 0.0).unwrap_or(first);
         Histogram {
-            counts: vec![0.0; buckets + 1],
-            sum: 0.0,
-            count: 0.0,
+            first: first as u32,
+            counts: counts[first..=last].into(),
+            sum,
+            count,
         }
+    }
+
+    /// The count of bucket `i` (0 for a bucket outside the stored range).
+    #[inline]
+    pub fn bucket(&self, i: usize) -> f64 {
+        i.checked_sub(self.first as usize)
+            .and_then(|j| self.counts.get(j))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// One past the last bucket that may be non-empty.
+    pub fn slots(&self) -> usize {
+        if self.counts.is_empty() {
+            0
+        } else {
+            self.first as usize + self.counts.len()
+        }
+    }
+
+    /// The per-bucket counts from bucket 0 up to the last non-empty one (at least `slots` of them).
+    pub fn counts(&self, slots: usize) -> Vec<f64> {
+        (0..self.slots().max(slots)).map(|i| self.bucket(i)).collect()
+    }
+
+    /// Grows the stored range to cover buckets `lo..hi` too.
+    #[cold]
+    fn grow(&mut self, lo: usize, hi: usize) {
+        let (lo, hi) = if self.counts.is_empty() {
+            (lo, hi)
+        } else {
+            (lo.min(self.first as usize), hi.max(self.slots()))
+        };
+        let counts = (lo..hi).map(|i| self.bucket(i)).collect();
+        self.first = lo as u32;
+        self.counts = counts;
     }
 
     /// Records `v`: Prometheus `le` semantics, an observation equal to a bound falls in that bound's bucket.
@@ -50,17 +110,50 @@ impl Histogram {
     #[inline]
     pub fn observe_weighted(&mut self, bounds: &[f64], v: f64, weight: f64) {
         let i = bounds.partition_point(|&b| b < v);
-        self.counts[i] += weight;
+        // Below `first`, the subtraction wraps past the end: outside the range either way.
+        match self.counts.get_mut(i.wrapping_sub(self.first as usize)) {
+            Some(c) => *c += weight,
+            None => {
+                self.grow(i, i + 1);
+                self.counts[i - self.first as usize] += weight;
+            }
+        }
         self.sum += v * weight;
         self.count += weight;
     }
 
     pub fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
+        self.add(other, 1.0);
+    }
+
+    /// Adds `sign` times `other`, bucket by bucket (`sign` -1: takes an earlier state away).
+    pub fn add(&mut self, other: &Histogram, sign: f64) {
+        if !other.counts.is_empty() {
+            let (lo, hi) = (other.first as usize, other.slots());
+            if self.counts.is_empty() || lo < self.first as usize || hi > self.slots() {
+                self.grow(lo, hi);
+            }
+            let at = lo - self.first as usize;
+            for (a, b) in self.counts[at..].iter_mut().zip(&other.counts) {
+                *a += sign * b;
+            }
         }
-        self.sum += other.sum;
-        self.count += other.count;
+        self.sum += sign * other.sum;
+        self.count += sign * other.count;
+    }
+
+    /// What was added to `prev` to make `self` (`prev` an earlier state of the same counters), never
+    /// below zero.
+    pub fn since(&self, prev: Option<&Histogram>) -> Histogram {
+        let mut d = self.clone();
+        if let Some(p) = prev {
+            for (i, a) in d.counts.iter_mut().enumerate() {
+                *a = (*a - p.bucket(i + self.first as usize)).max(0.0);
+            }
+            d.sum = (d.sum - p.sum).max(0.0);
+            d.count = (d.count - p.count).max(0.0);
+        }
+        d
     }
 
     /// The q-quantile (0..=1) by linear interpolation inside the bucket, as PromQL's histogram_quantile does.
@@ -70,12 +163,13 @@ impl Histogram {
         }
         let rank = q.clamp(0.0, 1.0) * self.count;
         let mut seen = 0.0;
-        for (i, &c) in self.counts.iter().enumerate() {
+        for (j, &c) in self.counts.iter().enumerate() {
+            let i = j + self.first as usize;
             if c > 0.0 && seen + c >= rank {
-                let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
                 let Some(&hi) = bounds.get(i) else {
                     return bounds.last().copied();
                 };
+                let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
                 return Some(lo + (hi - lo) * ((rank - seen) / c));
             }
             seen += c;
@@ -103,7 +197,22 @@ pub struct RedRow {
     pub duration: Histogram,
 }
 
+/// The identity of a RED series, borrowed: orders as [`SeriesId`] does.
+pub type SeriesRef<'a> = (&'a str, &'a str, SpanKind, StatusCode, &'a [Arc<str>], bool);
+
 impl RedRow {
+    /// Identity of the series, borrowed (no reference counts touched): for sorting and merging rows.
+    pub fn id(&self) -> SeriesRef<'_> {
+        (
+            &self.service,
+            &self.span_name,
+            self.kind,
+            self.status,
+            &self.dims,
+            self.overflow,
+        )
+    }
+
     /// Identity of the series, for merging rows of several shards.
     pub fn key(&self) -> SeriesId {
         (
@@ -231,7 +340,6 @@ impl RedTable {
     }
 
     fn record_pod(&mut self, service: u32, pod: u32, span: &Span) {
-        let n = self.bounds.len();
         let full = self.pods.len() >= self.max_pods;
         let entry = match self.pods.get_mut(&(service, pod)) {
             Some(e) => e,
@@ -240,7 +348,7 @@ impl RedTable {
             None => self
                 .pods
                 .entry((service, pod))
-                .or_insert_with(|| (0, 0, Histogram::new(n))),
+                .or_insert_with(|| (0, 0, Histogram::default())),
         };
         entry.0 += 1;
         if span.status == StatusCode::Error {
@@ -251,8 +359,8 @@ impl RedTable {
             .observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
     }
 
-    /// Per-pod rows.
-    pub fn export_pods(&self, names: &Interner) -> Vec<PodRow> {
+    /// Per-pod rows, one at a time.
+    pub fn pod_rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = PodRow> + 'a {
         self.pods
             .iter()
             .map(|(&(service, pod), (calls, errors, h))| PodRow {
@@ -262,7 +370,11 @@ impl RedTable {
                 errors: *errors,
                 duration: h.clone(),
             })
-            .collect()
+    }
+
+    /// Per-pod rows.
+    pub fn export_pods(&self, names: &Interner) -> Vec<PodRow> {
+        self.pod_rows(names).collect()
     }
 
     /// A new series (its dimension values are in `scratch`), or the service's overflow series once the
@@ -308,11 +420,15 @@ impl RedTable {
 
     fn push(&mut self, key: Key) -> u32 {
         let i = self.series.len() as u32;
+        // Grown by half at a time rather than doubled: every shard keeps a table, each series is 64 bytes.
+        if self.series.len() == self.series.capacity() {
+            self.series.reserve_exact((self.series.len() / 2).max(16));
+        }
         self.series.push((
             key,
             Series {
                 calls: 0,
-                duration: Histogram::new(self.bounds.len()),
+                duration: Histogram::default(),
             },
         ));
         self.index.insert(key, i);
@@ -354,27 +470,29 @@ impl RedTable {
 
     /// Every series as an owned row.
     pub fn export(&self, names: &Interner) -> Vec<RedRow> {
-        self.series
-            .iter()
-            .map(|(k, s)| RedRow {
-                service: names.resolve(k.service).clone(),
-                span_name: names.resolve(k.name).clone(),
-                kind: k.kind,
-                status: k.status,
-                dims: if self.dims.is_empty() {
-                    Vec::new()
-                } else {
-                    self.dim_values
-                        .resolve(k.dims)
-                        .split('\u{1f}')
-                        .map(Arc::from)
-                        .collect()
-                },
-                overflow: k.overflow,
-                calls: s.calls,
-                duration: s.duration.clone(),
-            })
-            .collect()
+        self.rows(names).collect()
+    }
+
+    /// Every series as an owned row, one at a time.
+    pub fn rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = RedRow> + 'a {
+        self.series.iter().map(|(k, s)| RedRow {
+            service: names.resolve(k.service).clone(),
+            span_name: names.resolve(k.name).clone(),
+            kind: k.kind,
+            status: k.status,
+            dims: if self.dims.is_empty() {
+                Vec::new()
+            } else {
+                self.dim_values
+                    .resolve(k.dims)
+                    .split('\u{1f}')
+                    .map(Arc::from)
+                    .collect()
+            },
+            overflow: k.overflow,
+            calls: s.calls,
+            duration: s.duration.clone(),
+        })
     }
 }
 
@@ -444,9 +562,9 @@ mod tests {
         let ok = &rows[0];
         assert_eq!((ok.calls, ok.status), (3, StatusCode::Unset));
         // 5 ms and 10 ms in le=10, 50 ms in le=100, nothing past it.
-        assert_eq!(ok.duration.counts, vec![2.0, 1.0, 0.0]);
+        assert_eq!(ok.duration.counts(3), vec![2.0, 1.0, 0.0]);
         assert_eq!(ok.duration.sum, 65.0);
-        assert_eq!(rows[1].duration.counts, vec![0.0, 0.0, 1.0]);
+        assert_eq!(rows[1].duration.counts(3), vec![0.0, 0.0, 1.0]);
     }
 
     #[test]
@@ -522,14 +640,42 @@ mod tests {
     }
 
     #[test]
+    fn a_histogram_stores_only_its_non_empty_range() {
+        let bounds = [1.0, 2.0, 4.0, 8.0];
+        let mut h = Histogram::default();
+        h.observe(&bounds, 3.0);
+        assert_eq!((h.first, h.counts.len(), h.slots()), (2, 1, 3));
+        h.observe(&bounds, 1.5);
+        h.observe(&bounds, 100.0);
+        assert_eq!((h.first, h.counts.len()), (1, 4));
+        assert_eq!(h.counts(5), vec![0.0, 1.0, 1.0, 0.0, 1.0]);
+        // A histogram of a shorter range merges in, and equality is per bucket, not per stored range.
+        let mut low = Histogram::default();
+        low.observe(&bounds, 0.5);
+        let mut sum = low.clone();
+        sum.merge(&h);
+        assert_eq!(
+            sum,
+            Histogram::from_counts(&[1.0, 1.0, 1.0, 0.0, 1.0], 105.0, 4.0)
+        );
+        assert_eq!(sum.since(Some(&low)), h);
+        sum.add(&low, -1.0);
+        assert_eq!(
+            sum,
+            Histogram::from_counts(&[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], 104.5, 3.0)
+        );
+        assert_eq!(Histogram::from_counts(&[0.0; 3], 0.0, 0.0), Histogram::default());
+    }
+
+    #[test]
     fn quantile_interpolates_like_promql() {
         let bounds = [1.0, 2.0, 4.0];
-        let mut h = Histogram::new(3);
+        let mut h = Histogram::default();
         for v in [0.5, 1.5, 1.5, 3.0] {
             h.observe(&bounds, v);
         }
         // rank 2 of 4 falls in (1,2] holding 2 observations after 1: 1 + 1 * (1/2).
         assert_eq!(h.quantile(&bounds, 0.5), Some(1.5));
-        assert_eq!(Histogram::new(3).quantile(&bounds, 0.5), None);
+        assert_eq!(Histogram::default().quantile(&bounds, 0.5), None);
     }
 }

@@ -1,8 +1,9 @@
 //! A shard of the engine: its part of the state (RED table, service-graph store, signal counts) and a task
 //! that serves the messages of its bounded queue in order. The receivers' [`crate::ingest`] sends into the
 //! queues, or, when a shard's queue is empty and no one holds its state, aggregates a batch into it in place
-//! (no hand-off, no wake-up); the [`crate::engine`] starts the shards and merges their rows; both depend on
-//! this module, and it on neither.
+//! (no hand-off, no wake-up); the [`crate::engine`] starts the shards and collects their rows into a
+//! snapshot (each shard adds its own, [`Snapshot::add_red`] and its siblings); both depend on this module,
+//! and it on neither.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -13,11 +14,12 @@ use tokio::time::Instant;
 
 use crate::budget::SeriesBudget;
 use crate::config::AnalyzerConfig;
-use crate::graph::{EdgeRow, GraphCounters, GraphKeys, GraphStore};
+use crate::graph::{GraphKeys, GraphStore};
 use crate::intern::Interner;
 use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
-use crate::red::{PodRow, RedRow, RedTable};
-use crate::signals::{LogRow, MetricRow, Signals};
+use crate::red::RedTable;
+use crate::signals::Signals;
+use crate::snapshot::Snapshot;
 
 /// What travels down a shard's queue.
 pub(crate) enum ShardMsg {
@@ -25,19 +27,11 @@ pub(crate) enum ShardMsg {
     Spans(Arc<SpanBatch>, Option<Vec<u32>>),
     Metrics(MetricBatch),
     Logs(LogBatch),
-    Snapshot(oneshot::Sender<ShardRows>),
+    /// Add this shard's rows to the snapshot (which holds the rows of the shards asked before) and hand
+    /// it back.
+    Snapshot(Box<Snapshot>, oneshot::Sender<Box<Snapshot>>),
     /// Finish: everything queued before this is processed first.
     Stop,
-}
-
-/// One shard's rows, merged by [`Engine::snapshot`].
-pub(crate) struct ShardRows {
-    pub(crate) red: Vec<RedRow>,
-    pub(crate) pods: Vec<PodRow>,
-    pub(crate) edges: Vec<EdgeRow>,
-    pub(crate) graph: GraphCounters,
-    pub(crate) metrics: Vec<MetricRow>,
-    pub(crate) logs: Vec<LogRow>,
 }
 
 /// Counts kept by the engine itself.
@@ -135,9 +129,10 @@ impl Shard {
                     .fetch_add(l.records.len() as u64, Ordering::Relaxed);
                 self.signals.logs(&l);
             }
-            ShardMsg::Snapshot(reply) => {
+            ShardMsg::Snapshot(mut snap, reply) => {
                 self.expire();
-                let _ = reply.send(self.rows());
+                self.add_rows(&mut snap);
+                let _ = reply.send(snap);
             }
             ShardMsg::Stop => {}
         }
@@ -165,15 +160,14 @@ impl Shard {
         self.stats.spans.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn rows(&self) -> ShardRows {
-        ShardRows {
-            red: self.red.export(&self.names),
-            pods: self.red.export_pods(&self.names),
-            edges: self.graph.export(&self.names),
-            graph: self.graph.counters(),
-            metrics: self.signals.metric_rows(),
-            logs: self.signals.log_rows(),
-        }
+    /// Adds this shard's rows to `snap`, summing the series, pods and edges it holds already.
+    fn add_rows(&self, snap: &mut Snapshot) {
+        snap.add_red(self.red.rows(&self.names));
+        snap.add_pods(self.red.pod_rows(&self.names));
+        snap.add_edges(self.graph.rows(&self.names));
+        snap.graph.add(&self.graph.counters());
+        snap.metrics.extend(self.signals.metric_rows());
+        snap.logs.extend(self.signals.log_rows());
     }
 }
 

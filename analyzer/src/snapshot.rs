@@ -1,6 +1,7 @@
 //! [`Snapshot`]: an immutable picture of every shard's cumulative counters, merged. The engine takes them
 //! (for `/metrics`, and at every window close), the history turns two consecutive ones into a window.
 
+use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -49,5 +50,78 @@ impl Snapshot {
             metrics: Vec::new(),
             logs: Vec::new(),
         }
+    }
+}
+
+impl Snapshot {
+    /// Adds RED rows (one shard's: no two of one series) to the snapshot's, summing a series it holds.
+    pub(crate) fn add_red(&mut self, rows: impl ExactSizeIterator<Item = RedRow>) {
+        let order = |a: &RedRow, b: &RedRow| a.id().cmp(&b.id());
+        merge_into(&mut self.red, rows, order, |o, r| {
+            o.calls += r.calls;
+            o.duration.merge(&r.duration);
+        });
+    }
+
+    /// Adds per-pod rows (one shard's), summing a pod the snapshot holds: spans are split by trace, so
+    /// one pod's spans land on several shards.
+    pub(crate) fn add_pods(&mut self, rows: impl ExactSizeIterator<Item = PodRow>) {
+        let order = |a: &PodRow, b: &PodRow| (&a.service, &a.pod).cmp(&(&b.service, &b.pod));
+        merge_into(&mut self.pods, rows, order, |o, p| {
+            o.calls += p.calls;
+            o.errors += p.errors;
+            o.duration.merge(&p.duration);
+        });
+    }
+
+    /// Adds edge rows (one shard's), summing an edge the snapshot holds.
+    pub(crate) fn add_edges(&mut self, rows: impl ExactSizeIterator<Item = EdgeRow>) {
+        let order = |a: &EdgeRow, b: &EdgeRow| a.id().cmp(&b.id());
+        merge_into(&mut self.edges, rows, order, |o, e| o.merge(&e));
+    }
+}
+
+/// Adds `rows` (no two equal) to `acc` (in `order`, no two equal), keeping it in `order`: a row equal to
+/// one of `acc`'s is combined into it where it stands, the others are added and sorted in. Rows come one
+/// at a time, so a shard's rows are never held whole beside the snapshot's.
+fn merge_into<T>(
+    acc: &mut Vec<T>,
+    rows: impl ExactSizeIterator<Item = T>,
+    order: impl Fn(&T, &T) -> Ordering,
+    combine: impl Fn(&mut T, T),
+) {
+    if acc.is_empty() {
+        *acc = rows.collect();
+        acc.sort_unstable_by(order);
+        return;
+    }
+    let mut new = Vec::new();
+    for r in rows {
+        match acc.binary_search_by(|a| order(a, &r)) {
+            Ok(i) => combine(&mut acc[i], r),
+            Err(_) => new.push(r),
+        }
+    }
+    if !new.is_empty() {
+        acc.reserve_exact(new.len());
+        acc.append(&mut new);
+        acc.sort_unstable_by(order);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_merge_in_order_summing_equal_ones() {
+        let mut acc = Vec::new();
+        let sum = |a: &mut (u8, u32), b: (u8, u32)| a.1 += b.1;
+        let order = |a: &(u8, u32), b: &(u8, u32)| a.0.cmp(&b.0);
+        merge_into(&mut acc, [(3, 1), (1, 1)].into_iter(), order, sum);
+        assert_eq!(acc, vec![(1, 1), (3, 1)]);
+        merge_into(&mut acc, [(2, 5), (3, 2), (0, 7)].into_iter(), order, sum);
+        assert_eq!(acc, vec![(0, 7), (1, 1), (2, 5), (3, 3)]);
+        assert_eq!(acc.capacity(), 4, "no spare room kept");
     }
 }

@@ -475,6 +475,8 @@ impl From<StoredHalf> for PendingHalf {
 
 #[derive(Serialize, Deserialize)]
 struct StoredHistogram {
+    /// Per-bucket counts from bucket 0 up to the last non-empty one (checkpoints written before
+    /// 2026-11-30 hold every bucket, trailing empty ones too: both load the same).
     counts: Vec<f64>,
     sum: f64,
     count: f64,
@@ -517,7 +519,7 @@ struct StoredEdge {
 impl From<&Histogram> for StoredHistogram {
     fn from(h: &Histogram) -> StoredHistogram {
         StoredHistogram {
-            counts: h.counts.clone(),
+            counts: h.counts(0),
             sum: h.sum,
             count: h.count,
         }
@@ -526,11 +528,7 @@ impl From<&Histogram> for StoredHistogram {
 
 impl From<StoredHistogram> for Histogram {
     fn from(h: StoredHistogram) -> Histogram {
-        Histogram {
-            counts: h.counts,
-            sum: h.sum,
-            count: h.count,
-        }
+        Histogram::from_counts(&h.counts, h.sum, h.count)
     }
 }
 
@@ -721,22 +719,14 @@ mod tests {
                     dims: vec!["GET".into()],
                     overflow: false,
                     calls: spans,
-                    duration: Histogram {
-                        counts: vec![1.0, 4.0],
-                        sum: 0.5,
-                        count: 5.0,
-                    },
+                    duration: Histogram::from_counts(&[1.0, 4.0], 0.5, 5.0),
                 }],
                 pods: vec![PodRow {
                     service: "a".into(),
                     pod: "a-1".into(),
                     calls: spans,
                     errors: 1,
-                    duration: Histogram {
-                        counts: vec![2.0, 3.0],
-                        sum: 0.25,
-                        count: 5.0,
-                    },
+                    duration: Histogram::from_counts(&[2.0, 3.0], 0.25, 5.0),
                 }],
                 edges: Vec::new(),
                 graph: GraphCounters {

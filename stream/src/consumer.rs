@@ -540,7 +540,7 @@ mod tests {
     /// Every count of the totals; histogram sums are floats added in another order, so they are left out.
     fn exact(t: &Totals) -> Vec<(String, Vec<f64>)> {
         let h = |h: &tidewatch_analyzer::red::Histogram| {
-            h.counts.iter().copied().chain([h.count]).collect::<Vec<f64>>()
+            h.counts(0).into_iter().chain([h.count]).collect::<Vec<f64>>()
         };
         t.red
             .iter()

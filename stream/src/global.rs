@@ -97,11 +97,7 @@ mod tests {
                     dims: Vec::new(),
                     overflow: false,
                     calls,
-                    duration: Histogram {
-                        counts: vec![calls as f64, 0.0],
-                        sum: 0.0,
-                        count: calls as f64,
-                    },
+                    duration: Histogram::from_counts(&[calls as f64, 0.0], 0.0, calls as f64),
                 }],
                 ..Totals::default()
             },

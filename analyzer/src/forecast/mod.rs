@@ -128,7 +128,7 @@ mod tests {
             calls += (rate * 60.0) as u64;
             let mut s = Snapshot::empty(&cfg);
             s.taken_at = start + Duration::from_secs(60 * w as u64);
-            let mut hist = Histogram::new(s.red_bounds.len());
+            let mut hist = Histogram::default();
             hist.observe_weighted(&s.red_bounds, 0.01, calls as f64);
             s.red = vec![RedRow {
                 service: "checkout".into(),

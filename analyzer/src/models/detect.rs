@@ -502,7 +502,7 @@ impl PatternNovelty {
             len: len.clamp(1, PATTERN_MAX_LEN),
             stride: stride.max(1),
             quiet,
-            seen: vec![0; PATTERN_WORDS / 64],
+            seen: Vec::new(),
             bins: VecDeque::new(),
             since_new: 0,
         }
@@ -531,6 +531,10 @@ impl PatternNovelty {
             (w << PATTERN_BIN_BITS) | usize::from(self.bins[k * self.stride])
         });
         let (slot, bit) = (word / 64, 1u64 << (word % 64));
+        // The set is allocated with the first word (a series' first `span` rows need none).
+        if self.seen.is_empty() {
+            self.seen = vec![0; PATTERN_WORDS / 64];
+        }
         let new = self.seen[slot] & bit == 0;
         self.seen[slot] |= bit;
         if new && self.since_new >= self.quiet {
@@ -721,8 +725,9 @@ pub struct Tidewatch {
     pattern: PatternNovelty,
     /// Whether the latest row drew a new pattern (`Params::pattern_z`).
     new_pattern: bool,
-    /// Range of the values seen in each hour of the day, with the rows seen there.
-    phase_ranges: Vec<(RangeNovelty, usize)>,
+    /// Range of the values seen in each hour of the day (fading as `value_range`'s does), with the rows
+    /// seen there; allocated once the step between rows is known.
+    phase_ranges: Vec<(Option<(f64, f64)>, usize)>,
     /// The value of the level baseline (rolling median) before the latest row joined it.
     last_level: Option<f64>,
 }
@@ -769,7 +774,7 @@ impl Tidewatch {
                 p.pattern_confirm,
             ),
             new_pattern: false,
-            phase_ranges: vec![(RangeNovelty::new(p.range_decay, res), 0); PHASES],
+            phase_ranges: Vec::new(),
             last_level: None,
             p,
         }
@@ -829,8 +834,17 @@ impl Tidewatch {
                 .unwrap_or(0)
                 .min(PHASES - 1);
             let per_day = (DAY_MS / PHASES as i64) as f64 / step as f64;
-            let (range, seen) = &mut self.phase_ranges[bucket];
+            if self.phase_ranges.is_empty() {
+                self.phase_ranges = vec![(None, 0); PHASES];
+            }
+            let (stored, seen) = &mut self.phase_ranges[bucket];
+            // The hour's range fades and counts novelty as the whole series' range does.
+            let mut range = RangeNovelty {
+                range: *stored,
+                ..self.value_range
+            };
             let novelty = range.observe(value);
+            *stored = range.range;
             *seen += 1;
             let seasonal = matches!((self.seasonal.scale(self.changes.newest()), self.level.scale(self.values.newest())),
                 (Some(ss), Some(ls)) if ss < self.p.season_gain * ls);
@@ -1155,7 +1169,7 @@ mod tests {
             + d.recent.capacity() * size_of::<(usize, f64)>()
             + d.pattern.seen.capacity() * size_of::<u64>()
             + d.pattern.bins.capacity()
-            + d.phase_ranges.capacity() * size_of::<(RangeNovelty, usize)>()
+            + d.phase_ranges.capacity() * size_of::<(Option<(f64, f64)>, usize)>()
             + d.step.gaps.capacity() * size_of::<i64>()
     }
 

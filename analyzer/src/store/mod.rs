@@ -272,7 +272,7 @@ mod tests {
         let mut s = Snapshot::empty(&cfg);
         s.taken_at = at;
         let row = |status, calls: u64, ms: f64| {
-            let mut h = Histogram::new(s.red_bounds.len());
+            let mut h = Histogram::default();
             for _ in 0..calls {
                 h.observe(&s.red_bounds, ms);
             }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::tables::{Chunk, EDGES, Key, LOGS, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, Table};
-use crate::red::{Histogram, is_entry};
+use crate::graph::EdgeRow;
+use crate::red::{Histogram, RedRow, is_entry};
 use crate::signals::MetricKind;
 use crate::snapshot::Snapshot;
 
@@ -14,6 +15,8 @@ use crate::snapshot::Snapshot;
 struct Rows {
     width: usize,
     chunk: Chunk,
+    /// The labels key columns repeat (span kinds, connection types), one allocation each.
+    labels: Vec<Arc<str>>,
 }
 
 impl Rows {
@@ -21,7 +24,18 @@ impl Rows {
         Rows {
             width: table.width(),
             chunk: Chunk::default(),
+            labels: Vec::new(),
         }
+    }
+
+    /// `label` as a key column, shared by every row that has it.
+    fn label(&mut self, label: &'static str) -> Arc<str> {
+        if let Some(l) = self.labels.iter().find(|l| ***l == *label) {
+            return l.clone();
+        }
+        let l: Arc<str> = Arc::from(label);
+        self.labels.push(l.clone());
+        l
     }
 
     /// A row: its key columns and its values (`None`: missing).
@@ -34,7 +48,10 @@ impl Rows {
             .extend(values.iter().map(|v| v.unwrap_or(f64::NAN)));
     }
 
+    /// The window's chunk, holding no spare capacity: it is kept for the whole retention.
     fn chunk(mut self, ts_ms: i64, seconds: f64) -> Chunk {
+        self.chunk.keys.shrink_to_fit();
+        self.chunk.values.shrink_to_fit();
         self.chunk.ts = ts_ms;
         self.chunk.seconds = vec![seconds; self.chunk.keys.len()];
         self.chunk
@@ -46,16 +63,28 @@ pub(super) fn quantile_ms(h: &Histogram, bounds: &[f64], q: f64, to_ms: f64) -> 
     h.quantile(bounds, q).map(|v| v * to_ms)
 }
 
-pub(super) fn delta(cur: &Histogram, prev: Option<&Histogram>) -> Histogram {
-    let mut d = cur.clone();
-    if let Some(p) = prev {
-        for (a, b) in d.counts.iter_mut().zip(&p.counts) {
-            *a = (*a - b).max(0.0);
-        }
-        d.sum = (d.sum - p.sum).max(0.0);
-        d.count = (d.count - p.count).max(0.0);
+/// `rows` in the order of `key` (a merged snapshot's rows already are; other sources' may not be).
+fn in_order<'a, T, K: Ord>(rows: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
+    let mut v: Vec<&T> = rows.iter().collect();
+    if !v.is_sorted_by_key(|r| key(r)) {
+        v.sort_by_key(|r| key(r));
     }
-    d
+    v
+}
+
+/// Each row of `cur` with the row of `prev` that has its key (in `key` order): a walk over both, so a
+/// window close needs no index of the previous snapshot.
+fn paired<'a, T, K: Ord>(
+    prev: Option<&'a [T]>,
+    cur: &'a [T],
+    key: impl Fn(&'a T) -> K + Copy,
+) -> impl Iterator<Item = (&'a T, Option<&'a T>)> {
+    let mut prev = in_order(prev.unwrap_or_default(), key).into_iter().peekable();
+    in_order(cur, key).into_iter().map(move |r| {
+        let k = key(r);
+        while prev.next_if(|p| key(p) < k).is_some() {}
+        (r, prev.next_if(|p| key(p) == k))
+    })
 }
 
 /// The window rows between two snapshots, one chunk per table (in [`TABLES`](super::tables::TABLES) order).
@@ -103,97 +132,118 @@ impl Ms<'_> {
     }
 }
 
-/// RED per service (over its entry spans; all spans if it has none) and per operation.
+/// RED per service (over its entry spans; all spans if it has none) and per operation. Rows come in
+/// series order (service, span name, kind, ...), so each service's and each operation's series are
+/// neighbours: their totals are summed as the walk passes, with no map of every operation.
 fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
     let ms = Ms::of(cur);
-    let bounds = &cur.red_bounds;
-    let prev_red: HashMap<_, _> = prev
-        .map(|p| p.red.iter().map(|r| (r.key(), r)).collect())
-        .unwrap_or_default();
-    let mut ops: std::collections::BTreeMap<Labels, Totals> = Default::default();
-    let mut services: std::collections::BTreeMap<Arc<str>, [Totals; 2]> = Default::default();
-    for r in &cur.red {
+    let mut service_rows = Rows::new(&SERVICE_RED);
+    let mut op_rows = Rows::new(&OPERATION_RED);
+    // The service and span name at hand: its entry and other spans' totals, and its operations' per kind.
+    let mut service: Option<(Arc<str>, [Totals; 2])> = None;
+    let mut name: Option<Arc<str>> = None;
+    let mut ops: Vec<(&'static str, Totals)> = Vec::new();
+    let rows = paired(prev.map(|p| &p.red[..]), &cur.red, RedRow::id)
         // What services past the series budget sent is in the exposition and the budget's counters; the
         // history has no service to file it under.
-        if r.overflow && r.service.is_empty() {
-            continue;
+        .filter(|(r, _)| !(r.overflow && r.service.is_empty()));
+    for (r, p) in rows {
+        if name.as_ref().is_some_and(|n| *n != r.span_name)
+            || service.as_ref().is_some_and(|(s, _)| *s != r.service)
+        {
+            let service = service.as_ref().map(|s| &s.0);
+            operations(&mut op_rows, &ms, service, name.take(), &mut ops);
         }
-        let p = prev_red.get(&r.key());
+        if service.as_ref().is_some_and(|(s, _)| *s != r.service) {
+            service_row(&mut service_rows, &ms, service.take());
+        }
         let calls = r.calls.saturating_sub(p.map_or(0, |p| p.calls)) as f64;
         let errors = if r.status == crate::records::StatusCode::Error {
             calls
         } else {
             0.0
         };
-        let h = delta(&r.duration, p.map(|p| &p.duration));
-        let op = ops
-            .entry((r.service.clone(), r.span_name.clone(), r.kind.as_label()))
-            .or_insert_with(|| (0.0, 0.0, Histogram::new(bounds.len())));
+        let h = r.duration.since(p.map(|p| &p.duration));
+        name.get_or_insert_with(|| r.span_name.clone());
+        let kind = r.kind.as_label();
+        let op = match ops.iter().position(|(k, _)| *k == kind) {
+            Some(i) => &mut ops[i].1,
+            None => {
+                ops.push((kind, Totals::default()));
+                &mut ops.last_mut().expect("just pushed").1
+            }
+        };
         op.0 += calls;
         op.1 += errors;
         op.2.merge(&h);
-        let svc = services.entry(r.service.clone()).or_insert_with(|| {
-            [
-                (0.0, 0.0, Histogram::new(bounds.len())),
-                (0.0, 0.0, Histogram::new(bounds.len())),
-            ]
-        });
+        let (_, svc) = service.get_or_insert_with(|| (r.service.clone(), Default::default()));
         let slot = &mut svc[usize::from(!is_entry(r.kind))];
         slot.0 += calls;
         slot.1 += errors;
         slot.2.merge(&h);
     }
-    let mut service_rows = Rows::new(&SERVICE_RED);
-    for (service, [entry, other]) in &services {
-        let (n, e, h) = if entry.2.count > 0.0 || other.2.count == 0.0 {
-            entry
-        } else {
-            other
-        };
-        service_rows.push(
-            [service.clone()],
-            &[
-                Some(*n),
-                Some(*e),
-                ms.q(h, 0.5),
-                ms.q(h, 0.95),
-                ms.q(h, 0.99),
-                ms.mean(h),
-            ],
-        );
-    }
-    let mut op_rows = Rows::new(&OPERATION_RED);
-    // Operations and pods are the many series: a row only for a window they had requests in, so the history
-    // grows with activity rather than with every series ever seen.
-    for ((service, name, kind), (n, e, h)) in ops.iter().filter(|(_, (n, _, _))| *n > 0.0) {
-        op_rows.push(
-            [service.clone(), name.clone(), Arc::from(*kind)],
-            &[Some(*n), Some(*e), ms.q(h, 0.95), ms.mean(h)],
-        );
-    }
+    operations(&mut op_rows, &ms, service.as_ref().map(|s| &s.0), name, &mut ops);
+    service_row(&mut service_rows, &ms, service.take());
     (service_rows, op_rows)
+}
+
+/// The row of a service: its entry spans' RED, or all its spans' when it had no entry spans.
+fn service_row(rows: &mut Rows, ms: &Ms, service: Option<(Arc<str>, [Totals; 2])>) {
+    let Some((service, [entry, other])) = service else {
+        return;
+    };
+    let (n, e, h) = if entry.2.count > 0.0 || other.2.count == 0.0 {
+        entry
+    } else {
+        other
+    };
+    rows.push(
+        [service],
+        &[
+            Some(n),
+            Some(e),
+            ms.q(&h, 0.5),
+            ms.q(&h, 0.95),
+            ms.q(&h, 0.99),
+            ms.mean(&h),
+        ],
+    );
+}
+
+/// The rows of one span name's operations (`ops`: one per kind, taken out; in label order). Operations
+/// and pods are the many series: a row only for a window they had requests in, so the history grows with
+/// activity rather than with every series ever seen.
+fn operations(
+    rows: &mut Rows,
+    ms: &Ms,
+    service: Option<&Arc<str>>,
+    name: Option<Arc<str>>,
+    ops: &mut Vec<(&'static str, Totals)>,
+) {
+    let (Some(service), Some(name)) = (service, name) else {
+        return;
+    };
+    ops.sort_by_key(|(kind, _)| *kind);
+    for (kind, (n, e, h)) in ops.drain(..).filter(|(_, (n, _, _))| *n > 0.0) {
+        let kind = rows.label(kind);
+        rows.push(
+            [service.clone(), name.clone(), kind],
+            &[Some(n), Some(e), ms.q(&h, 0.95), ms.mean(&h)],
+        );
+    }
 }
 
 /// RED per pod, for the pods that had requests in the window.
 fn pod_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
     let ms = Ms::of(cur);
-    let prev_pods: HashMap<_, _> = prev
-        .map(|p| {
-            p.pods
-                .iter()
-                .map(|r| ((r.service.clone(), r.pod.clone()), r))
-                .collect()
-        })
-        .unwrap_or_default();
     let mut pod_rows = Rows::new(&POD_RED);
-    for r in &cur.pods {
-        let p = prev_pods.get(&(r.service.clone(), r.pod.clone()));
+    for (r, p) in paired(prev.map(|p| &p.pods[..]), &cur.pods, |r| (&*r.service, &*r.pod)) {
         let n = r.calls.saturating_sub(p.map_or(0, |p| p.calls)) as f64;
         let e = r.errors.saturating_sub(p.map_or(0, |p| p.errors)) as f64;
         if n == 0.0 {
             continue;
         }
-        let h = delta(&r.duration, p.map(|p| &p.duration));
+        let h = r.duration.since(p.map(|p| &p.duration));
         pod_rows.push(
             [r.service.clone(), r.pod.clone()],
             &[Some(n), Some(e), ms.q(&h, 0.95), ms.mean(&h)],
@@ -204,26 +254,23 @@ fn pod_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
 
 /// Requests, failures and server p95 per edge (client, server, connection type).
 fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
-    let prev_edges: HashMap<_, _> = prev
-        .map(|p| p.edges.iter().map(|e| (e.key(), e)).collect())
-        .unwrap_or_default();
     let mut edge_rows = Rows::new(&EDGES);
     // Edges with the same client, server and type but other dimension values are one edge here.
     let mut edges: std::collections::BTreeMap<Labels, Totals> = Default::default();
-    for e in &cur.edges {
-        let p = prev_edges.get(&e.key());
+    for (e, p) in paired(prev.map(|p| &p.edges[..]), &cur.edges, EdgeRow::id) {
         let entry = edges
             .entry((e.client.clone(), e.server.clone(), e.connection_type.as_label()))
-            .or_insert_with(|| (0.0, 0.0, Histogram::new(cur.graph_bounds.len())));
+            .or_default();
         entry.0 += (e.total - p.map_or(0.0, |p| p.total)).max(0.0);
         entry.1 += (e.failed - p.map_or(0.0, |p| p.failed)).max(0.0);
         entry
             .2
-            .merge(&delta(&e.server_latency, p.map(|p| &p.server_latency)));
+            .merge(&e.server_latency.since(p.map(|p| &p.server_latency)));
     }
     for ((client, server, conn), (n, f, h)) in &edges {
+        let conn = edge_rows.label(conn);
         edge_rows.push(
-            [client.clone(), server.clone(), Arc::from(*conn)],
+            [client.clone(), server.clone(), conn],
             &[Some(*n), Some(*f), quantile_ms(h, &cur.graph_bounds, 0.95, 1e3)],
         );
     }
@@ -272,10 +319,33 @@ fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
             .get(&(l.service.clone(), l.severity))
             .copied()
             .unwrap_or(0);
+        let severity = log_rows.label(l.severity);
         log_rows.push(
-            [l.service.clone(), Arc::from(l.severity)],
+            [l.service.clone(), severity],
             &[Some(l.records.saturating_sub(before) as f64)],
         );
     }
     log_rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_pair_with_the_previous_row_of_their_key_in_any_order() {
+        let prev = [("b", 2), ("a", 1), ("d", 4)];
+        let cur = [("c", 30), ("a", 10), ("b", 20)];
+        let got: Vec<_> = paired(Some(&prev[..]), &cur, |r: &(&str, i32)| r.0)
+            .map(|(r, p)| (r.1, p.map(|p| p.1)))
+            .collect();
+        // In key order; "c" is new, "d" is gone.
+        assert_eq!(got, vec![(10, Some(1)), (20, Some(2)), (30, None)]);
+        assert_eq!(
+            paired(None, &cur, |r: &(&str, i32)| r.0)
+                .filter(|(_, p)| p.is_some())
+                .count(),
+            0
+        );
+    }
 }
