@@ -1,5 +1,6 @@
-//! The engine: N shards, each a task that alone owns its state (RED table, service-graph store, signal
-//! counts), fed through its own bounded queue. No locks on the per-span path.
+//! The engine: N shards, each a state (RED table, service-graph store, signal counts) held by one party at a
+//! time and a task fed through its own bounded queue. A receiver that finds every shard of a batch idle
+//! aggregates it in place instead (`Ingest::try_send_spans`); nobody ever waits on a shard's lock.
 //!
 //! Readers never touch shard state. They ask for a [`Snapshot`]: a message that goes down each shard's
 //! queue *behind* the batches already there, so a snapshot taken after a request was answered always
