@@ -224,31 +224,9 @@ mod tests {
 
     /// `n` server spans of service `svc`, trace ids spread over the shards.
     fn spans(svc: &str, n: u8) -> SpanBatch {
-        use crate::records::{Resource, Span, SpanKind};
-        let mut b = SpanBatch::default();
-        let service = b.push_text(svc);
-        let empty = b.push_text("");
-        b.resources.push(Resource {
-            service,
-            pod: empty,
-            namespace: empty,
-            attr_start: 0,
-            attr_len: 0,
-        });
-        for i in 0..n {
-            let name = b.push_text("op");
-            let mut s = Span {
-                name,
-                kind: SpanKind::Server,
-                start_ns: 1_000_000,
-                end_ns: 6_000_000,
-                ..Span::default()
-            };
-            s.trace_id = [i + 1; 16];
-            s.span_id = [i + 1; 8];
-            b.spans.push(s);
-        }
-        b
+        use crate::records::SpanKind;
+        let spans: Vec<_> = (1..=n).map(|i| (i, i, SpanKind::Server, 0)).collect();
+        SpanBatch::of_spans(svc, &spans)
     }
 
     /// On a current-thread runtime the shard tasks run only when this test yields, so a batch counted

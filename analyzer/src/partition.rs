@@ -292,36 +292,15 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{Resource, Span, SpanKind};
+    use crate::records::SpanKind;
 
+    /// Spans of one trace.
     fn batch(service: &str, spans: &[(u8, SpanKind, u8)]) -> SpanBatch {
-        let mut b = SpanBatch::default();
-        let service = b.push_text(service);
-        let empty = b.push_text("");
-        b.resources.push(Resource {
-            service,
-            pod: empty,
-            namespace: empty,
-            attr_start: 0,
-            attr_len: 0,
-        });
-        for &(id, kind, parent) in spans {
-            let name = b.push_text("op");
-            let mut s = Span {
-                name,
-                kind,
-                start_ns: 1_000_000,
-                end_ns: 6_000_000,
-                ..Span::default()
-            };
-            s.trace_id = [7; 16];
-            s.span_id = [id; 8];
-            if parent != 0 {
-                s.parent_span_id = [parent; 8];
-            }
-            b.spans.push(s);
-        }
-        b
+        let spans: Vec<_> = spans
+            .iter()
+            .map(|&(id, kind, parent)| (7, id, kind, parent))
+            .collect();
+        SpanBatch::of_spans(service, &spans)
     }
 
     #[test]

@@ -397,6 +397,41 @@ impl LogBatch {
     }
 }
 
+/// Test batches: one resource (`service`, no pod) and spans named "op" lasting 5 ms.
+#[cfg(test)]
+impl SpanBatch {
+    /// One span per `(trace id byte, span id byte, kind, parent span id byte or 0)`.
+    pub(crate) fn of_spans(service: &str, spans: &[(u8, u8, SpanKind, u8)]) -> SpanBatch {
+        let mut b = SpanBatch::default();
+        let service = b.push_text(service);
+        let empty = b.push_text("");
+        b.resources.push(Resource {
+            service,
+            pod: empty,
+            namespace: empty,
+            attr_start: 0,
+            attr_len: 0,
+        });
+        for &(trace, id, kind, parent) in spans {
+            let name = b.push_text("op");
+            let mut s = Span {
+                name,
+                kind,
+                start_ns: 1_000_000,
+                end_ns: 6_000_000,
+                ..Span::default()
+            };
+            s.trace_id = [trace; 16];
+            s.span_id = [id; 8];
+            if parent != 0 {
+                s.parent_span_id = [parent; 8];
+            }
+            b.spans.push(s);
+        }
+        b
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
