@@ -163,15 +163,10 @@ async fn export<S: OtlpSpec>(rx: &Receiver, req: http::Request<Body>) -> http::R
                 .map(HeaderValue::as_bytes),
         )?;
         let encoding = message_encoding(req.headers())?;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         // An overdrawn budget fails the read with UNAVAILABLE, so the client retries.
         let limit = rx.max_body().saturating_add(PREFIX);
-        let body = rx
-            .read_body(req.into_body(), Protocol::Grpc, declared, limit)
-            .await?;
+        let (parts, body) = req.into_parts();
+        let body = rx.read_body(&parts.headers, body, Protocol::Grpc, limit).await?;
         wire_bytes = body.len();
         let message = unframe(body, encoding, rx.max_body())?;
         rx.export(S::SIGNAL, Format::Protobuf, message).await

@@ -45,11 +45,8 @@ async fn handle(State(rx): State<Receiver>, headers: HeaderMap, body: Body, sign
                 .get(header::CONTENT_ENCODING)
                 .and_then(|v| v.to_str().ok()),
         )?;
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let raw = rx
-            .read_body(body, Protocol::Http, declared, rx.max_body())
+            .read_body(&headers, body, Protocol::Http, rx.max_body())
             .await?;
         wire_bytes = raw.len();
         let body = decompress(encoding, raw, rx.max_body())?;

@@ -80,14 +80,14 @@ impl Receiver {
     }
 
     /// Reads a request body whole, under the shared budget and within `limit` bytes: refused at once when
-    /// the `declared` length (its `Content-Length`, if any) is over the limit, otherwise as soon as the
-    /// bytes read pass it. Both receivers read their bodies here. A body that arrives in one frame is
-    /// handed over as it is, without a copy.
+    /// its `Content-Length` (in `headers`, if any) is over the limit, otherwise as soon as the bytes read
+    /// pass it. Both receivers read their bodies here. A body that arrives in one frame is handed over as
+    /// it is, without a copy.
     pub async fn read_body<B>(
         &self,
+        headers: &http::HeaderMap,
         body: B,
         protocol: Protocol,
-        declared: Option<u64>,
         limit: usize,
     ) -> Result<Bytes>
     where
@@ -97,6 +97,9 @@ impl Receiver {
         let too_large = || Error::TooLarge {
             limit: ByteSize(limit as u64),
         };
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
