@@ -104,8 +104,9 @@ impl Ingest {
     }
 
     /// Aggregates `parts` of `batch` into their shards here if every one of them is idle: its queue empty
-    /// (nothing accepted before is overtaken) and open, its state free. All or none: false leaves every
-    /// shard untouched.
+    /// (nothing still queued is overtaken; a message the shard's task has just taken off the queue and not
+    /// yet served may be, which changes no count and only adds to a snapshot) and open, its state free. All
+    /// or none: false leaves every shard untouched.
     fn aggregate_in_place(&self, batch: &SpanBatch, parts: &[(usize, Option<Vec<u32>>)]) -> bool {
         let mut held = Vec::with_capacity(parts.len());
         for &(shard, _) in parts {
