@@ -6,7 +6,7 @@ loadgen` (the same load for all: the simulated shop's traces, 4 requests in flig
 flat out, over OTLP/gRPC and OTLP/HTTP protobuf. A rate may name its request size: `10000:512` is 10k spans/s
 in 512-span requests (the SDKs' default batch, as the Collector's contrib testbed sends); without one,
 1,000-span requests. Per run it records what the load generator saw accepted and refused, and, from /proc,
-the target process's CPU time and peak RSS. "spans per CPU-second" is accepted spans divided by the
+the target process's CPU time (to the nanosecond, summed over its threads) and peak RSS. "spans per CPU-second" is accepted spans divided by the
 target's own CPU seconds: the throughput one core would give. The load generator runs on the same two
 cores, so flat-out wall-clock rates are shared-machine figures.
 
@@ -21,7 +21,8 @@ Targets and the work they do:
 With `--runs N` the whole matrix runs N times (interleaved, so a burst of load elsewhere on the machine hits
 every target alike) and the table shows each figure as the median with the min-max spread.
 
-Needs: a release build (`cargo build --release`) and the peers (`bench/peers/install.sh rotel otelcol`).
+Needs: a release build (`cargo build --release`; `BENCH_TIDEWATCH_BIN=path` runs another build, for an A/B comparison)
+and the peers (`bench/peers/install.sh rotel otelcol`).
 """
 
 import argparse
@@ -33,13 +34,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.environ.get("TIDEWATCH_PEERS", os.path.expanduser("~/.cache/tidewatch-peers"))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-TIDEWATCH = os.path.join(TARGET_DIR, "release", "tidewatch")
+TIDEWATCH = os.environ.get("BENCH_TIDEWATCH_BIN", os.path.join(TARGET_DIR, "release", "tidewatch"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,10 +52,57 @@ def free_port():
 
 
 def cpu_seconds(pid):
-    """User + system CPU of a process and its threads, from /proc/PID/stat."""
+    """User + system CPU of a process and its threads (the exited ones too), from /proc/PID/stat: in clock
+    ticks (10 ms), too coarse for a run that uses a few hundred milliseconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_ns(pid):
+    """Each live thread's CPU time in nanoseconds, from /proc/PID/task/TID/schedstat."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread has just exited
+    return out
+
+
+class CpuMeter:
+    """A process's CPU time over a window, to the nanosecond: the sum over its threads of the time each ran
+    (schedstat), sampled every 50 ms so that a thread which exits during the window still counts with what
+    it had used when last seen (it can only lose the last 50 ms of a thread that exits, and the threads that
+    exit here are idle pool threads). Cross-checked against /proc/PID/stat's clock ticks, which include every
+    exited thread: a precise figure more than three ticks below them (each reading of utime and stime
+    truncates) means CPU was lost, and the ticks are used instead."""
+
+    def __init__(self, pid):
+        self.pid, self.seen, self.stop_flag = pid, {}, threading.Event()
+        self.start = thread_cpu_ns(pid)
+        self.ticks0 = cpu_seconds(pid)
+        self.seen.update(self.start)
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self):
+        while not self.stop_flag.wait(0.05):
+            self.seen.update(thread_cpu_ns(self.pid))
+
+    def seconds(self):
+        """CPU seconds since the meter started: the precise figure and the process's clock ticks."""
+        self.stop_flag.set()
+        self.thread.join()
+        self.seen.update(thread_cpu_ns(self.pid))
+        ticks = cpu_seconds(self.pid) - self.ticks0
+        precise = (sum(self.seen.values()) - sum(self.start.values())) / 1e9
+        if precise < ticks - 3 / CLK_TCK:
+            print(f"warning: {precise:.3f} CPU-s from the threads but {ticks:.2f} from the process's ticks; "
+                  "using the ticks", file=sys.stderr)
+            return ticks, ticks
+        return precise, ticks
 
 
 def peak_rss_mib(pid):
@@ -151,11 +200,11 @@ def run_one(name, protocol, rate, batch, duration, tmp):
     try:
         pid = t.proc.pid
         idle_rss, _ = rss_parts_mib(pid)
-        cpu0, wall0 = cpu_seconds(pid), time.time()
+        meter, wall0 = CpuMeter(pid), time.time()
         r = loadgen(protocol, t.grpc if protocol == "grpc" else t.http, rate, batch, duration)
         # Let the target finish what it accepted before reading its CPU (Tidewatch answers after enqueueing).
         time.sleep(1.0)
-        cpu = cpu_seconds(pid) - cpu0
+        cpu, cpu_ticks = meter.seconds()
         wall = time.time() - wall0
         rss = peak_rss_mib(pid)
         end_rss, end_anon = rss_parts_mib(pid)
@@ -166,7 +215,7 @@ def run_one(name, protocol, rate, batch, duration, tmp):
         "target": name, "protocol": protocol, "rate": rate or "max", "batch": batch,
         "accepted_per_s": round(r["spans_accepted"] / r["seconds"]),
         "accepted": r["spans_accepted"], "refused": r["spans_refused"], "failed": r["spans_failed"],
-        "cpu_cores": round(cpu / wall, 2),
+        "cpu_cores": round(cpu / wall, 2), "cpu_s": round(cpu, 4), "cpu_ticks_s": round(cpu_ticks, 2),
         "spans_per_cpu_s": round(r["spans_accepted"] / cpu) if cpu > 0 else None,
         "peak_rss_mib": round(rss, 1), "idle_rss_mib": round(idle_rss, 1),
         "end_rss_mib": round(end_rss, 1), "end_file_rss_mib": round(end_rss - end_anon, 1),
