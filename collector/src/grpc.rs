@@ -1,8 +1,9 @@
 //! OTLP/gRPC: the Export method of TraceService, MetricsService and LogsService.
 //!
-//! The services are written by hand on tonic's server (its transport, HTTP/2 settings and routing) rather
-//! than generated: a generated service decodes with prost into owned messages before our code runs, and
-//! tonic's own unary handling copies each message into a buffer it grows as frames arrive. Here the body
+//! The services are written by hand as one tower service on tonic's server (its transport and HTTP/2
+//! settings; not its router: the three Export paths are told apart here) rather than generated: a
+//! generated service decodes with prost into owned messages before our code runs, and tonic's own unary
+//! handling copies each message into a buffer it grows as frames arrive. Here the body
 //! is read like an OTLP/HTTP body (`Receiver::read_body`: the shared budget, the limit, no copy when it
 //! arrives in one HTTP/2 frame), the gRPC message is the body past its 5-byte prefix, decompressed by the
 //! HTTP receiver's code when `grpc-encoding` says so, and traces take the same zero-copy walk as OTLP/HTTP
@@ -10,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -28,7 +28,6 @@ use prost::Message;
 use tidewatch_analyzer::config::ByteSize;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::server::NamedService;
 
 use crate::body::{Encoding, decompress};
 use crate::decode::{Format, Rejections, Signal};
@@ -44,7 +43,8 @@ const ACCEPTED: &str = "gzip,zstd";
 
 /// What differs between the three OTLP services.
 pub trait OtlpSpec: Send + Sync + 'static {
-    const NAME: &'static str;
+    /// The request path of the service's Export method.
+    const PATH: &'static str;
     const SIGNAL: Signal;
     type Response: Message + Default + Send + 'static;
     fn respond(rejected: &Rejections) -> Self::Response;
@@ -58,7 +58,7 @@ pub struct Metrics;
 pub struct Logs;
 
 impl OtlpSpec for Traces {
-    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     const SIGNAL: Signal = Signal::Traces;
     type Response = ExportTraceServiceResponse;
     fn respond(r: &Rejections) -> Self::Response {
@@ -72,7 +72,7 @@ impl OtlpSpec for Traces {
 }
 
 impl OtlpSpec for Metrics {
-    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     const SIGNAL: Signal = Signal::Metrics;
     type Response = ExportMetricsServiceResponse;
     fn respond(r: &Rejections) -> Self::Response {
@@ -86,7 +86,7 @@ impl OtlpSpec for Metrics {
 }
 
 impl OtlpSpec for Logs {
-    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     const SIGNAL: Signal = Signal::Logs;
     type Response = ExportLogsServiceResponse;
     fn respond(r: &Rejections) -> Self::Response {
@@ -99,34 +99,23 @@ impl OtlpSpec for Logs {
     }
 }
 
-/// One OTLP gRPC service (its Export method), ready for `tonic::transport::Server::add_service`.
-pub struct OtlpGrpc<S> {
+/// The three OTLP services' Export methods as one service for tonic's server. The method is told apart by
+/// the request's path here, so a request passes through no router (tonic's `Routes`, an axum router)
+/// before its body is read.
+#[derive(Clone)]
+pub struct OtlpGrpc {
     rx: Receiver,
-    spec: PhantomData<fn() -> S>,
 }
 
-impl<S> OtlpGrpc<S> {
-    pub fn new(rx: Receiver) -> OtlpGrpc<S> {
-        OtlpGrpc {
-            rx,
-            spec: PhantomData,
-        }
+impl OtlpGrpc {
+    pub fn new(rx: Receiver) -> OtlpGrpc {
+        OtlpGrpc { rx }
     }
-}
-
-impl<S> Clone for OtlpGrpc<S> {
-    fn clone(&self) -> Self {
-        OtlpGrpc::new(self.rx.clone())
-    }
-}
-
-impl<S: OtlpSpec> NamedService for OtlpGrpc<S> {
-    const NAME: &'static str = S::NAME;
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S: OtlpSpec> tower::Service<http::Request<Body>> for OtlpGrpc<S> {
+impl tower::Service<http::Request<Body>> for OtlpGrpc {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
@@ -139,11 +128,14 @@ impl<S: OtlpSpec> tower::Service<http::Request<Body>> for OtlpGrpc<S> {
         let rx = self.rx.clone();
         Box::pin(async move {
             let path = req.uri().path();
-            let export_path = path.strip_prefix('/').and_then(|p| p.strip_prefix(S::NAME));
-            let mut answer = if export_path == Some("/Export") {
-                export::<S>(&rx, req).await
+            let mut answer = if path == Traces::PATH {
+                export::<Traces>(&rx, req).await
+            } else if path == Metrics::PATH {
+                export::<Metrics>(&rx, req).await
+            } else if path == Logs::PATH {
+                export::<Logs>(&rx, req).await
             } else {
-                Status::unimplemented("only Export is served").into_http()
+                Status::unimplemented("only the OTLP services' Export methods are served").into_http()
             };
             answer
                 .headers_mut()
@@ -216,13 +208,20 @@ fn unframe(body: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes> {
 
 /// A successful answer: `msg` as one uncompressed message, then `grpc-status: 0` in the trailers.
 fn answer<M: Message>(msg: &M) -> http::Response<Body> {
-    let mut frame = Vec::with_capacity(PREFIX + msg.encoded_len());
-    frame.put_u8(0);
-    frame.put_u32(msg.encoded_len() as u32);
-    msg.encode_raw(&mut frame);
+    let len = msg.encoded_len();
+    // Full success (no partial_success) is an empty message: its frame is the prefix alone.
+    let frame = if len == 0 {
+        Bytes::from_static(&[0; PREFIX])
+    } else {
+        let mut frame = Vec::with_capacity(PREFIX + len);
+        frame.put_u8(0);
+        frame.put_u32(len as u32);
+        msg.encode_raw(&mut frame);
+        Bytes::from(frame)
+    };
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let body = Full::new(Bytes::from(frame)).with_trailers(std::future::ready(Some(Ok(trailers))));
+    let body = Full::new(frame).with_trailers(std::future::ready(Some(Ok(trailers))));
     let mut response = http::Response::new(Body::new(body));
     response
         .headers_mut()

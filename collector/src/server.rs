@@ -15,7 +15,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tower::ServiceExt;
 
 use crate::config::TlsConfig;
-use crate::grpc::{Logs, Metrics, OtlpGrpc, Traces};
+use crate::grpc::OtlpGrpc;
 use crate::limit::ConnLimit;
 use crate::receiver::Receiver;
 use crate::{Error, Result};
@@ -66,7 +66,7 @@ pub fn rustls_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(cfg))
 }
 
-/// Serves the three OTLP gRPC services on `listener`, with at most `limit` connections, until `shutdown`
+/// Serves the three OTLP gRPC services (one `OtlpGrpc`) on `listener`, with at most `limit` connections, until `shutdown`
 /// resolves.
 pub async fn serve_grpc(
     listener: TcpListener,
@@ -86,10 +86,7 @@ pub async fn serve_grpc(
         builder = builder.tls_config(cfg).map_err(|e| Error::Tls(e.to_string()))?;
     }
     builder
-        .add_service(OtlpGrpc::<Traces>::new(rx.clone()))
-        .add_service(OtlpGrpc::<Metrics>::new(rx.clone()))
-        .add_service(OtlpGrpc::<Logs>::new(rx))
-        .serve_with_incoming_shutdown(limit.incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(OtlpGrpc::new(rx), limit.incoming(listener), shutdown)
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))
 }

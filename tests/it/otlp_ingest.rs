@@ -408,6 +408,61 @@ fn grpc_refuses_malformed_and_oversized_messages() {
     good_kept(&tw, 1.0);
 }
 
+/// The `grpc-status` a server answers to one unary call on `path` (an empty message), from the headers of
+/// a trailers-only answer or from the trailers.
+async fn grpc_status_of_call(addr: &str, path: &str) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(&[0; 5]), true).unwrap();
+    let response = response.await.unwrap();
+    let status_of = |h: &http::HeaderMap| h.get("grpc-status")?.to_str().ok()?.parse::<u16>().ok();
+    if let Some(code) = status_of(response.headers()) {
+        return code;
+    }
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        let _ = body.flow_control().release_capacity(data.unwrap().len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    status_of(&trailers).expect("grpc-status in the trailers")
+}
+
+#[test]
+fn grpc_serves_the_three_export_methods_and_answers_unimplemented_to_others() {
+    let tw = Tidewatch::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let call = |path: &str| rt.block_on(grpc_status_of_call(&tw.grpc, path));
+    // An empty Export request is a valid one: OK on each of the three services.
+    for service in [
+        "trace.v1.TraceService",
+        "metrics.v1.MetricsService",
+        "logs.v1.LogsService",
+    ] {
+        assert_eq!(
+            call(&format!("/opentelemetry.proto.collector.{service}/Export")),
+            0,
+            "{service}"
+        );
+    }
+    // UNIMPLEMENTED (12) for another method of an OTLP service, another service, or no service at all.
+    for path in [
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Other",
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export/more",
+        "/grpc.health.v1.Health/Check",
+        "/",
+    ] {
+        assert_eq!(call(path), 12, "{path}");
+    }
+}
+
 #[test]
 fn a_full_queue_refuses_with_retry_after_and_keeps_the_count() {
     // A tiny engine: one shard, one queued batch, 1 MiB in flight. Many concurrent 400 KiB requests cannot
