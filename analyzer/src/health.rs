@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use crate::config::AnalyzerConfig;
 use crate::models::detect::{AnomalyDetector, Params, Tidewatch};
 use crate::models::multivariate::{GmmConfig, GmmDetector, VectorDetector, red_features};
-use crate::rootcause::{Cause, Learning, PodState, ServiceState, localise};
+use crate::rootcause::{Cause, Learning, Outlier, PodState, ServiceState, localise, outliers};
 use crate::store::{HistoryView, RedSummary, ServiceKey};
 
 /// Settings of the online monitor.
@@ -202,6 +202,9 @@ pub struct Monitor {
     /// Boxed: a service's models are 4.6 KB, and a map's nodes hold eleven values inline whether used or
     /// not (8.3 MB instead of 4.6 at 1,000 services).
     services: BTreeMap<String, Box<ServiceModels>>,
+    /// The pod that stood out among its siblings, per service, at the window before (a cause names a pod
+    /// only when it stands out two windows running).
+    outliers: BTreeMap<String, Outlier>,
 }
 
 impl Monitor {
@@ -210,6 +213,7 @@ impl Monitor {
             cfg: cfg.clone(),
             latency_bounds_ms: Vec::new(),
             services: BTreeMap::new(),
+            outliers: BTreeMap::new(),
         }
     }
 
@@ -261,7 +265,9 @@ impl Monitor {
         }
         let forget = self.cfg.forget_after_windows;
         self.services.retain(|_, m| m.idle < forget);
-        let causes = localise(&states, &edges, &pods, &self.latency_bounds_ms);
+        let now = outliers(&pods, &self.latency_bounds_ms);
+        let causes = localise(&states, &edges, &now, &self.outliers);
+        self.outliers = now;
         Ok(HealthReport {
             ts: ts_ms,
             services: states,
