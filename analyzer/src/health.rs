@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::config::AnalyzerConfig;
 use crate::models::detect::{AnomalyDetector, Params, Tidewatch};
 use crate::models::multivariate::{GmmConfig, GmmDetector, VectorDetector, red_features};
-use crate::rootcause::{Cause, Learning, PodState, ServiceState, localise};
+use crate::rootcause::{Cause, Learning, Outlier, PodState, ServiceState, localise, outliers};
 use crate::store::{HistoryView, RedSummary, ServiceKey};
 
 /// Settings of the online monitor.
@@ -210,6 +210,9 @@ pub struct Monitor {
     services: BTreeMap<String, Box<ServiceModels>>,
     /// The detectors' parameters ([`Params::default`]), one copy shared by every detector.
     params: Arc<Params>,
+    /// The pod that stood out among its siblings, per service, at the window before (a cause names a pod
+    /// only when it stands out two windows running).
+    outliers: BTreeMap<String, Outlier>,
 }
 
 impl Monitor {
@@ -219,6 +222,7 @@ impl Monitor {
             latency_bounds_ms: Vec::new(),
             services: BTreeMap::new(),
             params: Arc::new(Params::default()),
+            outliers: BTreeMap::new(),
         }
     }
 
@@ -270,7 +274,9 @@ impl Monitor {
         }
         let forget = self.cfg.forget_after_windows;
         self.services.retain(|_, m| m.idle < forget);
-        let causes = localise(&states, &edges, &pods, &self.latency_bounds_ms);
+        let now = outliers(&pods, &self.latency_bounds_ms);
+        let causes = localise(&states, &edges, &now, &self.outliers);
+        self.outliers = now;
         Ok(HealthReport {
             ts: ts_ms,
             services: states,
