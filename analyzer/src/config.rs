@@ -129,7 +129,8 @@ pub struct RedConfig {
     pub dimensions: Vec<String>,
     /// Series one service may create; spans past it land in the service's overflow series.
     pub max_series_per_service: usize,
-    /// (service, pod) pairs tracked for per-pod RED; new pods past it are not tracked per pod.
+    /// (service, pod) pairs each shard tracks for per-pod RED (a service's pods are on its shard); new pods
+    /// past it are not tracked per pod.
     pub max_pods: usize,
 }
 

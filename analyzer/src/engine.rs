@@ -444,7 +444,7 @@ mod tests {
                 span_name: "op".into(),
                 kind: SpanKind::Server,
                 status: StatusCode::Unset,
-                dims: Vec::new(),
+                dims: Arc::default(),
                 overflow: false,
                 calls,
                 duration: Histogram::from_counts(&[calls as f64; 1], 0.0, calls as f64),

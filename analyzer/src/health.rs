@@ -19,11 +19,12 @@
 //! window with fewer than `min_requests` requests is not fed to the detectors (too few to measure).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::AnalyzerConfig;
 use crate::models::detect::{AnomalyDetector, Params, Tidewatch};
 use crate::models::multivariate::{GmmConfig, GmmDetector, VectorDetector, red_features};
-use crate::rootcause::{Cause, Learning, PodState, ServiceState, localise};
+use crate::rootcause::{Cause, Learning, Outlier, PodState, ServiceState, localise, outliers};
 use crate::store::{HistoryView, RedSummary, ServiceKey};
 
 /// Settings of the online monitor.
@@ -102,7 +103,7 @@ struct Verdict {
 }
 
 impl Signal {
-    fn new(kind: Kind) -> Signal {
+    fn new(kind: Kind, params: &Arc<Params>) -> Signal {
         let res = if kind == Kind::Joint {
             JOINT_RESOLUTION
         } else {
@@ -110,7 +111,7 @@ impl Signal {
         };
         Signal {
             kind,
-            detector: Tidewatch::with_resolution(Params::default(), res),
+            detector: Tidewatch::with_resolution(params.clone(), res),
         }
     }
 
@@ -166,12 +167,17 @@ struct ServiceModels {
 }
 
 impl ServiceModels {
-    fn new(joint: bool) -> ServiceModels {
+    fn new(joint: bool, params: &Arc<Params>) -> ServiceModels {
         ServiceModels {
-            rate: Signal::new(Kind::Rate),
-            errors: Signal::new(Kind::Errors),
-            latency: Signal::new(Kind::Latency),
-            joint: joint.then(|| (GmmDetector::new(GmmConfig::default()), Signal::new(Kind::Joint))),
+            rate: Signal::new(Kind::Rate, params),
+            errors: Signal::new(Kind::Errors, params),
+            latency: Signal::new(Kind::Latency, params),
+            joint: joint.then(|| {
+                (
+                    GmmDetector::new(GmmConfig::default()),
+                    Signal::new(Kind::Joint, params),
+                )
+            }),
             ongoing: None,
             idle: 0,
         }
@@ -199,9 +205,14 @@ pub struct Monitor {
     cfg: HealthConfig,
     /// Upper bounds (ms) of the latency histogram the pods' p95 comes from, for root-cause localisation.
     latency_bounds_ms: Vec<f64>,
-    /// Boxed: a service's models are 4.6 KB, and a map's nodes hold eleven values inline whether used or
-    /// not (8.3 MB instead of 4.6 at 1,000 services).
+    /// Boxed: a service's models are 3.8 KB, and a map's nodes hold eleven values inline whether used or
+    /// not.
     services: BTreeMap<String, Box<ServiceModels>>,
+    /// The detectors' parameters ([`Params::default`]), one copy shared by every detector.
+    params: Arc<Params>,
+    /// The pod that stood out among its siblings, per service, at the window before (a cause names a pod
+    /// only when it stands out two windows running).
+    outliers: BTreeMap<String, Outlier>,
 }
 
 impl Monitor {
@@ -210,6 +221,8 @@ impl Monitor {
             cfg: cfg.clone(),
             latency_bounds_ms: Vec::new(),
             services: BTreeMap::new(),
+            params: Arc::new(Params::default()),
+            outliers: BTreeMap::new(),
         }
     }
 
@@ -261,7 +274,9 @@ impl Monitor {
         }
         let forget = self.cfg.forget_after_windows;
         self.services.retain(|_, m| m.idle < forget);
-        let causes = localise(&states, &edges, &pods, &self.latency_bounds_ms);
+        let now = outliers(&pods, &self.latency_bounds_ms);
+        let causes = localise(&states, &edges, &now, &self.outliers);
+        self.outliers = now;
         Ok(HealthReport {
             ts: ts_ms,
             services: states,
@@ -274,11 +289,11 @@ impl Monitor {
         if s.requests < self.cfg.min_requests {
             return None;
         }
-        let joint = self.cfg.joint;
+        let (joint, params) = (self.cfg.joint, &self.params);
         let m = self
             .services
             .entry(name.to_owned())
-            .or_insert_with(|| Box::new(ServiceModels::new(joint)));
+            .or_insert_with(|| Box::new(ServiceModels::new(joint, params)));
         m.idle = 0;
         let p95 = s.p95_ms.unwrap_or(0.0);
         let [rate, errors, latency] = red_features(s.rate, error_ratio_floor(s), p95);
@@ -417,6 +432,21 @@ mod tests {
         }
         let s = m.score("api", 300 * MINUTE, &summary("api", 21.0, 0.30)).unwrap();
         assert!(s.anomalous && s.reason.starts_with("errors 30%"), "{s:?}");
+    }
+
+    #[test]
+    fn every_detector_shares_the_monitors_parameters() {
+        let mut m = Monitor::new(&HealthConfig::default());
+        for name in ["api", "db"] {
+            m.score(name, 0, &summary(name, 20.0, 0.01)).unwrap();
+        }
+        // The monitor's copy and four detectors (rate, errors, latency, joint) per service.
+        assert_eq!(Arc::strong_count(&m.params), 1 + 2 * 4);
+        let size = std::mem::size_of::<ServiceModels>();
+        assert!(
+            size < 4000,
+            "a service's models are {size} bytes before any window"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! The analyzer owns the queues, so it owns this type (the consumer owns its channel). Two limits keep memory
 //! bounded under any load, and both answer at once rather than wait, so a receiver can tell its client to
 //! retry: a bounded queue per shard, and a cap on the bytes held by batches that are queued or being worked on
-//! ([`Inflight`]). A batch of spans is split by trace id over the shards; it goes in whole or not at all.
+//! ([`Inflight`]). A batch of spans is split over the shards (each span's RED to its service's shard, its
+//! service-graph half to its trace's); it goes in whole or not at all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 
 pub use crate::inflight::{Inflight, InflightPermit, Refused};
 use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
-use crate::shard::{Shard, ShardMsg, SharedShard};
+use crate::shard::{Shard, ShardMsg, SharedShard, SpanPart};
 
 /// Counters of what went through [`Ingest`], read by the self-metrics.
 #[derive(Debug, Default)]
@@ -58,7 +59,7 @@ impl Ingest {
         })
     }
 
-    /// Hands a batch of spans to the engine, split over the shards by trace id; all or nothing. When every
+    /// Hands a batch of spans to the engine, split over the shards ([`split`]); all or nothing. When every
     /// shard it needs is idle (nothing queued, its state free), the batch is aggregated right here, on the
     /// receiver's task, while it is still in this core's cache: no hand-off and no shard task to wake, which
     /// at a few requests a second is most of a request's fixed cost. Otherwise it is queued.
@@ -69,21 +70,7 @@ impl Ingest {
         if n == 0 {
             return Err(Refused::ShuttingDown);
         }
-        // (shard, the indexes of its spans; `None`: all of them)
-        let parts: Vec<(usize, Option<Vec<u32>>)> = if n == 1 {
-            vec![(0, None)]
-        } else {
-            let mut split: Vec<Vec<u32>> = vec![Vec::with_capacity(batch.spans.len() / n + 16); n];
-            for (i, s) in batch.spans.iter().enumerate() {
-                split[shard_of(&s.trace_id, n)].push(i as u32);
-            }
-            split
-                .into_iter()
-                .enumerate()
-                .filter(|(_, part)| !part.is_empty())
-                .map(|(shard, part)| (shard, Some(part)))
-                .collect()
-        };
+        let parts = split(&batch, n);
         if self.aggregate_in_place(&batch, &parts) {
             return Ok(());
         }
@@ -107,7 +94,7 @@ impl Ingest {
     /// (nothing still queued is overtaken; a message the shard's task has just taken off the queue and not
     /// yet served may be, which changes no count and only adds to a snapshot) and open, its state free. All
     /// or none: false leaves every shard untouched.
-    fn aggregate_in_place(&self, batch: &SpanBatch, parts: &[(usize, Option<Vec<u32>>)]) -> bool {
+    fn aggregate_in_place(&self, batch: &SpanBatch, parts: &[(usize, Option<SpanPart>)]) -> bool {
         let mut held = Vec::with_capacity(parts.len());
         for &(shard, _) in parts {
             let queue = &self.shards[shard];
@@ -120,8 +107,8 @@ impl Ingest {
                 Err(std::sync::TryLockError::WouldBlock) => return false,
             }
         }
-        for ((_, idx), state) in parts.iter().zip(&mut held) {
-            Shard::spans(state, batch, idx.as_deref());
+        for ((_, part), state) in parts.iter().zip(&mut held) {
+            Shard::spans(state, batch, part.as_ref());
         }
         true
     }
@@ -183,12 +170,50 @@ impl Ingest {
     }
 }
 
+/// Which shards count which spans of `batch` (`None`: one shard counts all of it): a span's RED goes to
+/// its service's shard, its service-graph half to its trace's. Only the shards with something to count
+/// are listed.
+fn split(batch: &SpanBatch, n: usize) -> Vec<(usize, Option<SpanPart>)> {
+    if n == 1 {
+        return vec![(0, None)];
+    }
+    let red_shards: Vec<usize> = batch
+        .resources
+        .iter()
+        .map(|r| shard_of_service(batch.bytes(r.service), n))
+        .collect();
+    let mut parts = vec![SpanPart::with_capacity(batch.spans.len() / n + 16); n];
+    for (i, s) in batch.spans.iter().enumerate() {
+        let (red, graph) = (red_shards[s.resource as usize], shard_of(&s.trace_id, n));
+        if red == graph {
+            parts[red].push(i as u32, SpanPart::RED | SpanPart::GRAPH);
+        } else {
+            parts[red].push(i as u32, SpanPart::RED);
+            parts[graph].push(i as u32, SpanPart::GRAPH);
+        }
+    }
+    parts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, part)| !part.is_empty())
+        .map(|(shard, part)| (shard, Some(part)))
+        .collect()
+}
+
 /// The shard that owns a trace: client and server spans of one trace meet in one place, so the service
 /// graph pairs them without locks. Trace ids are random, so their low bytes spread evenly.
 pub(crate) fn shard_of(trace_id: &[u8; 16], shards: usize) -> usize {
     let mut low = [0u8; 8];
     low.copy_from_slice(&trace_id[8..]);
     (u64::from_le_bytes(low) % shards as u64) as usize
+}
+
+/// The shard that keeps a service's RED series and pods, by its name: each series is kept once, not by
+/// every shard its traces land on.
+pub(crate) fn shard_of_service(name: &[u8], shards: usize) -> usize {
+    use std::hash::BuildHasher;
+    let h = foldhash::fast::FixedState::default().hash_one(name);
+    ((u128::from(h) * shards as u128) >> 64) as usize
 }
 
 #[cfg(test)]
@@ -272,6 +297,76 @@ mod tests {
         assert_eq!(ingest.queue_depth(), 0);
         engine.shutdown().await;
         assert_eq!(send(spans("a", 8)), Err(Refused::ShuttingDown));
+    }
+
+    /// `n` server spans in traces spread over the shards, the first half of service `a`, the rest of `b`.
+    fn two_services(n: u8) -> SpanBatch {
+        let mut b = spans("a", n);
+        let service = b.push_text("b");
+        b.resources.push(crate::records::Resource {
+            service,
+            ..b.resources[0]
+        });
+        for s in b.spans.iter_mut().skip(usize::from(n / 2)) {
+            s.resource = 1;
+        }
+        b
+    }
+
+    #[test]
+    fn a_spans_red_goes_to_its_services_shard_and_its_graph_half_to_its_traces() {
+        let b = two_services(32);
+        for n in [2, 3] {
+            let mut red = vec![Vec::new(); b.spans.len()];
+            let mut graph = vec![Vec::new(); b.spans.len()];
+            for (shard, part) in split(&b, n) {
+                for (i, with_red, with_graph) in part.expect("a part per shard").iter() {
+                    if with_red {
+                        red[i].push(shard);
+                    }
+                    if with_graph {
+                        graph[i].push(shard);
+                    }
+                }
+            }
+            for (i, s) in b.spans.iter().enumerate() {
+                let service = b.bytes(b.resources[s.resource as usize].service);
+                assert_eq!(red[i], vec![shard_of_service(service, n)], "span {i} of {n}");
+                assert_eq!(graph[i], vec![shard_of(&s.trace_id, n)], "span {i} of {n}");
+            }
+        }
+        assert_eq!(split(&b, 1), vec![(0, None)]);
+    }
+
+    /// Each RED series is kept by one shard, so shards change neither the rows nor what the series
+    /// budget counts.
+    #[tokio::test]
+    async fn a_red_series_is_kept_once_however_many_shards() {
+        let mut seen = Vec::new();
+        for shards in [1, 2, 3] {
+            let cfg = crate::config::AnalyzerConfig {
+                shards,
+                window: std::time::Duration::from_secs(3600),
+                store: crate::config::StoreConfig {
+                    data_dir: None,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let (ingest, engine) = crate::engine::start(&cfg);
+            for _ in 0..3 {
+                ingest
+                    .try_send_spans(two_services(32), ingest.reserve(1).unwrap())
+                    .unwrap();
+            }
+            let snap = engine.snapshot().await.unwrap();
+            let used = engine.series_budget().expect("shards admit series").active;
+            seen.push((snap.red, used));
+            engine.shutdown().await;
+        }
+        assert_eq!(seen[0].0.len(), 2, "a series per service");
+        assert_eq!(seen[0].0.iter().map(|r| r.calls).sum::<u64>(), 96);
+        assert!(seen.iter().all(|s| *s == seen[0]), "{seen:?}");
     }
 
     #[test]

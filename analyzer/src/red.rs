@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::{HashMap, HashTable};
 
 use crate::budget::SeriesBudget;
 use crate::config::RedConfig;
@@ -179,7 +181,7 @@ impl Histogram {
 }
 
 /// The identity of a RED series: service, span name, kind, status, dimension values, overflow.
-pub type SeriesId = (Arc<str>, Arc<str>, SpanKind, StatusCode, Vec<Arc<str>>, bool);
+pub type SeriesId = (Arc<str>, Arc<str>, SpanKind, StatusCode, Arc<[Arc<str>]>, bool);
 
 /// One RED series, labelled with owned strings: what snapshots and the exposition read.
 #[derive(Clone, Debug, PartialEq)]
@@ -188,8 +190,9 @@ pub struct RedRow {
     pub span_name: Arc<str>,
     pub kind: SpanKind,
     pub status: StatusCode,
-    /// Values of the configured dimensions, in config order (empty string: absent).
-    pub dims: Vec<Arc<str>>,
+    /// Values of the configured dimensions, in config order (empty string: absent); shared by every row
+    /// of the series' combination of values.
+    pub dims: Arc<[Arc<str>]>,
     /// The series that collects what a service sends past its cardinality cap (or, with an empty
     /// `service`, what services past the global series budget send).
     pub overflow: bool,
@@ -252,11 +255,15 @@ pub struct RedTable {
     unit_ns: f64,
     dims: Vec<u16>,
     max_per_service: usize,
-    index: HashMap<Key, u32, foldhash::fast::FixedState>,
+    /// Each series' place in `series`, found by its key there (the key is not kept twice).
+    index: HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
     series: Vec<(Key, Series)>,
     per_service: HashMap<u32, usize, foldhash::fast::FixedState>,
     /// Joined dimension values, interned ("\u{1f}" between values).
     dim_values: Interner,
+    /// The values of each interned join (by its id), as rows carry them: split once, shared by rows.
+    dim_rows: Vec<Arc<[Arc<str>]>>,
     scratch: String,
     /// Per (service, pod) entry-span RED; pods are bounded by what a cluster runs.
     pods: HashMap<(u32, u32), (u64, u64, Histogram), foldhash::fast::FixedState>,
@@ -268,17 +275,25 @@ impl RedTable {
     /// `dim_keys` are the attribute indexes of the configured dimensions (see [`crate::records::AttrKeys`]).
     pub fn new(cfg: &RedConfig, dim_keys: Vec<u16>, budget: Arc<SeriesBudget>) -> RedTable {
         let mut dim_values = Interner::default();
-        // Id 0: no dimension values (what `dims_id` answers when none are configured).
+        // Id 0: no dimension values (what `dims_id` answers when none are configured, and the overflow
+        // series' values): no values without dimensions, else the join of "" (one empty value).
         dim_values.id(b"");
+        let none: Arc<[Arc<str>]> = if dim_keys.is_empty() {
+            Arc::default()
+        } else {
+            Arc::from([Arc::from("")])
+        };
         RedTable {
             bounds: cfg.bounds().into(),
             unit_ns: cfg.unit.nanos(),
             dims: dim_keys,
             max_per_service: cfg.max_series_per_service,
-            index: HashMap::default(),
+            index: HashTable::new(),
+            hasher: foldhash::fast::FixedState::default(),
             series: Vec::new(),
             per_service: HashMap::default(),
             dim_values,
+            dim_rows: vec![none],
             scratch: String::new(),
             pods: HashMap::default(),
             max_pods: cfg.max_pods,
@@ -323,17 +338,14 @@ impl RedTable {
         let name_bytes = batch.bytes(span.name);
         let dims = self.dims_id(batch, span);
         let found = match (names.get(name_bytes), dims) {
-            (Some(name), Some(dims)) => self
-                .index
-                .get(&Key {
-                    service,
-                    name,
-                    kind: span.kind,
-                    status: span.status,
-                    dims,
-                    overflow: false,
-                })
-                .copied(),
+            (Some(name), Some(dims)) => self.find(&Key {
+                service,
+                name,
+                kind: span.kind,
+                status: span.status,
+                dims,
+                overflow: false,
+            }),
             _ => None,
         };
         found.unwrap_or_else(|| self.insert(names, name_bytes, service, span))
@@ -390,10 +402,10 @@ impl RedTable {
             name: names.id(name),
             kind: span.kind,
             status: span.status,
-            dims: self.dim_values.id(self.scratch.as_bytes()),
+            dims: self.dims_of(),
             overflow: false,
         };
-        if let Some(&i) = self.index.get(&key) {
+        if let Some(i) = self.find(&key) {
             return i;
         }
         *self.per_service.entry(service).or_default() += 1;
@@ -409,13 +421,22 @@ impl RedTable {
             name: empty,
             kind: SpanKind::Unspecified,
             status: StatusCode::Unset,
-            dims: self.dim_values.id(b""),
+            dims: 0,
             overflow: true,
         };
-        match self.index.get(&key) {
-            Some(&i) => i,
+        match self.find(&key) {
+            Some(i) => i,
             None => self.push(key),
         }
+    }
+
+    /// The index of the series `key` names, if it is kept.
+    #[inline]
+    fn find(&self, key: &Key) -> Option<u32> {
+        let h = self.hasher.hash_one(key);
+        self.index
+            .find(h, |&i| self.series[i as usize].0 == *key)
+            .copied()
     }
 
     fn push(&mut self, key: Key) -> u32 {
@@ -431,8 +452,23 @@ impl RedTable {
                 duration: Histogram::default(),
             },
         ));
-        self.index.insert(key, i);
+        let (series, hasher) = (&self.series, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(key), i, |&j| {
+            hasher.hash_one(series[j as usize].0)
+        });
         i
+    }
+
+    /// The interned id of the joined dimension values in `scratch`, interning them (and their values as
+    /// rows carry them) when new.
+    fn dims_of(&mut self) -> u32 {
+        let id = self.dim_values.id(self.scratch.as_bytes());
+        if id as usize == self.dim_rows.len() {
+            let joined = self.dim_values.resolve(id);
+            self.dim_rows
+                .push(joined.split('\u{1f}').map(Arc::from).collect());
+        }
+        id
     }
 
     /// The interned id of the span's joined dimension values, if they were seen before (`Some(0)` without
@@ -480,15 +516,7 @@ impl RedTable {
             span_name: names.resolve(k.name).clone(),
             kind: k.kind,
             status: k.status,
-            dims: if self.dims.is_empty() {
-                Vec::new()
-            } else {
-                self.dim_values
-                    .resolve(k.dims)
-                    .split('\u{1f}')
-                    .map(Arc::from)
-                    .collect()
-            },
+            dims: self.dim_rows[k.dims as usize].clone(),
             overflow: k.overflow,
             calls: s.calls,
             duration: s.duration.clone(),
@@ -637,6 +665,31 @@ mod tests {
         let rows = run(&cfg, &b, vec![keys.get("http.method").unwrap()]);
         let got: Vec<_> = rows.iter().map(|r| (r.dims[0].to_string(), r.calls)).collect();
         assert_eq!(got, vec![("".into(), 1), ("GET".into(), 2), ("POST".into(), 1)]);
+    }
+
+    #[test]
+    fn rows_share_their_dimension_values() {
+        let keys = AttrKeys::new(["http.method"]);
+        let mut names = Interner::default();
+        let budget = Arc::new(SeriesBudget::new(1000));
+        let dims = vec![keys.get("http.method").unwrap()];
+        let mut t = RedTable::new(&RedConfig::default(), dims, budget);
+        let b = batch(&[
+            ("a", 1, StatusCode::Unset, Some("GET")),
+            ("b", 1, StatusCode::Unset, Some("GET")),
+            ("c", 1, StatusCode::Unset, None),
+        ]);
+        let svc = names.id(b"checkout");
+        for s in &b.spans {
+            t.record(&mut names, &b, s, Some(svc), None);
+        }
+        let (first, second) = (t.export(&names), t.export(&names));
+        // One allocation for "GET" across series and snapshots; absent is one empty value.
+        assert!(Arc::ptr_eq(&first[0].dims, &first[1].dims));
+        assert!(Arc::ptr_eq(&first[0].dims, &second[0].dims));
+        assert_eq!(first[2].dims, Arc::from([Arc::from("")]));
+        let none = RedTable::new(&RedConfig::default(), vec![], Arc::new(SeriesBudget::new(9)));
+        assert!(none.dim_rows[0].is_empty(), "no dimensions, no values");
     }
 
     #[test]

@@ -52,18 +52,24 @@ pub struct Cause {
     pub explanation: String,
 }
 
+/// A pod far off its siblings in one window, and why (see [`outliers`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outlier {
+    pub pod: String,
+    pub why: String,
+}
+
 /// Ranks the anomalous services of `states` into causes. `edges` are (client, server) pairs.
 ///
-/// `latency_bounds_ms` are the upper bounds of the latency histogram the pods' p95 was read from (empty:
-/// take the p95 values as exact). A p95 read from a histogram is only known to lie within its bucket,
-/// so a pod is singled out for latency only when even the bottom of its bucket is far above the top of
-/// its siblings': with the connector's default buckets a healthy pod at 10.5 ms next to siblings at 9 ms
-/// interpolates to about 31 ms, and must not be restarted for it.
+/// A cause names a pod only when the same pod stood out among its siblings in this window (`outliers`)
+/// and in the one before (`before`): one window can single out a healthy pod by the luck of which
+/// requests it served (an incident that starts near the end of a window slows the 5 % of requests that
+/// make one pod's p95 and not its siblings'), two running cannot.
 pub fn localise(
     states: &[ServiceState],
     edges: &[(String, String)],
-    pods: &[PodState],
-    latency_bounds_ms: &[f64],
+    outliers: &BTreeMap<String, Outlier>,
+    before: &BTreeMap<String, Outlier>,
 ) -> Vec<Cause> {
     let anomalous: BTreeMap<&str, &ServiceState> = states
         .iter()
@@ -87,18 +93,23 @@ pub fn localise(
         })
         .map(|s| {
             let symptoms = symptoms_of(&s.service, &upstream, &anomalous);
-            let pod = bad_pod(&s.service, pods, latency_bounds_ms);
+            let outlier = outliers.get(&s.service);
+            let again = outlier.filter(|o| before.get(&s.service).is_some_and(|b| b.pod == o.pod));
+            let pod_note = outlier.map(|o| {
+                if again.is_some() {
+                    format!("{}, as in the window before", o.why)
+                } else {
+                    format!(
+                        "{} (this window only: a pod is named once it stands out two windows running)",
+                        o.why
+                    )
+                }
+            });
             Cause {
                 service: s.service.clone(),
-                pod: pod.as_ref().map(|(p, _)| p.clone()),
+                pod: again.map(|o| o.pod.clone()),
                 score: s.score,
-                explanation: explain(
-                    s,
-                    &symptoms,
-                    &anomalous,
-                    &downstream,
-                    pod.as_ref().map(|(_, why)| why.as_str()),
-                ),
+                explanation: explain(s, &symptoms, &anomalous, &downstream, pod_note.as_deref()),
                 symptoms,
             }
         })
@@ -131,10 +142,31 @@ fn symptoms_of(
     seen.into_iter().map(str::to_owned).collect()
 }
 
-/// A pod far off its siblings: error ratio at least 3x their median and 10 points above it, or p95
-/// latency at least 3x theirs beyond the histogram's resolution (the bottom of the pod's bucket at least
-/// 3x the top of the siblings' median's bucket). Needs at least two other pods with traffic to compare with.
-fn bad_pod(service: &str, pods: &[PodState], bounds: &[f64]) -> Option<(String, String)> {
+/// A p95 of fewer requests than this is little more than the slowest of them.
+const P95_MIN_REQUESTS: f64 = 20.0;
+
+/// How unlikely by chance a pod's share of failures must be to single it out.
+const CHANCE: f64 = 1e-4;
+
+/// Per service, the pod of `pods` farthest off its siblings in this window, if one is far off:
+/// - its error ratio at least 3x their median and 10 points above it, and more failures than chance
+///   allows at the siblings' rate ([`beyond_chance`]: one failure in three requests is not a bad pod);
+/// - or, with at least [`P95_MIN_REQUESTS`] requests, its p95 latency at least 3x theirs beyond the
+///   histogram's resolution: the bottom of its bucket at least 3x the top of the siblings' median's.
+///
+/// `bounds` are the upper bounds of the latency histogram the pods' p95 was read from (empty: take the
+/// p95 values as exact). A p95 read from a histogram is only known to lie within its bucket: with the
+/// connector's default buckets a healthy pod at 10.5 ms next to siblings at 9 ms interpolates to about
+/// 31 ms. A service needs at least three pods with traffic (two to compare each with).
+pub fn outliers(pods: &[PodState], bounds: &[f64]) -> BTreeMap<String, Outlier> {
+    let services: BTreeSet<&str> = pods.iter().map(|p| p.service.as_str()).collect();
+    services
+        .into_iter()
+        .filter_map(|s| Some((s.to_owned(), bad_pod(s, pods, bounds)?)))
+        .collect()
+}
+
+fn bad_pod(service: &str, pods: &[PodState], bounds: &[f64]) -> Option<Outlier> {
     let mine: Vec<&PodState> = pods
         .iter()
         .filter(|p| p.service == service && p.requests > 0.0)
@@ -146,13 +178,21 @@ fn bad_pod(service: &str, pods: &[PodState], bounds: &[f64]) -> Option<(String, 
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mut worst: Option<(f64, String, String)> = None;
+    let mut worst: Option<(f64, Outlier)> = None;
     for p in &mine {
         let others: Vec<&&PodState> = mine.iter().filter(|o| o.pod != p.pod).collect();
         let err_med = median(others.iter().map(|o| o.error_ratio).collect());
+        let (failed, served) = others.iter().fold((0.0, 0.0), |(e, n), o| {
+            (e + o.error_ratio * o.requests, n + o.requests)
+        });
+        // The siblings' rate with one failure and one success added: none failing is not a rate of 0.
+        let siblings_rate = (failed + 1.0) / (served + 2.0);
         let lat: Vec<f64> = others.iter().filter_map(|o| o.p95_ms).collect();
         let mut found = None;
-        if p.error_ratio >= 3.0 * err_med && p.error_ratio - err_med >= 0.10 {
+        if p.error_ratio >= 3.0 * err_med
+            && p.error_ratio - err_med >= 0.10
+            && beyond_chance(p.error_ratio * p.requests, p.requests, siblings_rate)
+        {
             found = Some((
                 p.error_ratio / err_med.max(0.001),
                 format!(
@@ -162,7 +202,9 @@ fn bad_pod(service: &str, pods: &[PodState], bounds: &[f64]) -> Option<(String, 
                     err_med * 100.0
                 ),
             ));
-        } else if let (Some(mine_p95), false) = (p.p95_ms, lat.is_empty()) {
+        } else if let (Some(mine_p95), false) = (p.p95_ms, lat.is_empty())
+            && p.requests >= P95_MIN_REQUESTS
+        {
             let lat_med = median(lat);
             let (floor, ceiling) = (bucket_floor(bounds, mine_p95), bucket_ceiling(bounds, lat_med));
             if lat_med > 0.0 && floor >= 3.0 * ceiling {
@@ -175,10 +217,30 @@ fn bad_pod(service: &str, pods: &[PodState], bounds: &[f64]) -> Option<(String, 
         if let Some((how_far, why)) = found
             && worst.as_ref().is_none_or(|w| how_far > w.0)
         {
-            worst = Some((how_far, p.pod.clone(), why));
+            worst = Some((
+                how_far,
+                Outlier {
+                    pod: p.pod.clone(),
+                    why,
+                },
+            ));
         }
     }
-    worst.map(|(_, pod, why)| (pod, why))
+    worst.map(|(_, o)| o)
+}
+
+/// Whether `k` failures in `n` requests are more than chance allows at the rate `p`: the Chernoff bound
+/// on the binomial tail, P(X ≥ k) ≤ exp(−n·KL(k/n ‖ p)), is below [`CHANCE`]. The bound is above the
+/// exact tail, so what it calls beyond chance is.
+fn beyond_chance(k: f64, n: f64, p: f64) -> bool {
+    if n <= 0.0 || !(0.0..1.0).contains(&p) || k <= n * p {
+        return false;
+    }
+    let q = (k / n).min(1.0);
+    // x·ln(x/y), 0 at x = 0.
+    let term = |x: f64, y: f64| if x > 0.0 { x * (x / y).ln() } else { 0.0 };
+    let kl = term(q, p) + term(1.0 - q, 1.0 - p);
+    n * kl > -CHANCE.ln()
 }
 
 /// The largest latency a p95 read as `v` from a histogram with upper bounds `bounds` is sure to exceed:
@@ -258,6 +320,16 @@ mod tests {
         }
     }
 
+    /// Causes at a window where `pods` stood as they do in the window before too.
+    fn twice(states: &[ServiceState], pods: &[PodState], bounds: &[f64]) -> Vec<Cause> {
+        let o = outliers(pods, bounds);
+        localise(states, &shop(), &o, &o)
+    }
+
+    fn no_pods() -> BTreeMap<String, Outlier> {
+        BTreeMap::new()
+    }
+
     fn shop() -> Vec<(String, String)> {
         [
             ("frontend", "checkout"),
@@ -278,7 +350,7 @@ mod tests {
             st("payment", 0.95, "p95 latency 8.0x its usual"),
             st("inventory", 0.1, ""),
         ];
-        let causes = localise(&states, &shop(), &[], &[]);
+        let causes = localise(&states, &shop(), &no_pods(), &no_pods());
         assert_eq!(causes.len(), 1);
         let c = &causes[0];
         assert_eq!(
@@ -299,8 +371,13 @@ mod tests {
 
     #[test]
     fn healthy_means_no_cause_and_callers_alone_are_their_own_cause() {
-        assert!(localise(&[st("frontend", 0.1, "")], &shop(), &[], &[]).is_empty());
-        let causes = localise(&[st("checkout", 0.9, "errors 30%")], &shop(), &[], &[]);
+        assert!(localise(&[st("frontend", 0.1, "")], &shop(), &no_pods(), &no_pods()).is_empty());
+        let causes = localise(
+            &[st("checkout", 0.9, "errors 30%")],
+            &shop(),
+            &no_pods(),
+            &no_pods(),
+        );
         assert_eq!(causes[0].service, "checkout");
         assert!(causes[0].symptoms.is_empty());
     }
@@ -319,7 +396,7 @@ mod tests {
             pod("inventory-b", 0.01),
             pod("inventory-c", 0.0),
         ];
-        let causes = localise(&[st("inventory", 0.9, "errors 17%")], &shop(), &pods, &[]);
+        let causes = twice(&[st("inventory", 0.9, "errors 17%")], &pods, &[]);
         assert_eq!(causes[0].pod.as_deref(), Some("inventory-a"));
         assert!(
             causes[0].explanation.contains("pod inventory-a fails 50%"),
@@ -328,10 +405,7 @@ mod tests {
         );
         // Siblings that all fail alike single out nobody.
         let even = [pod("a", 0.3), pod("b", 0.3), pod("c", 0.3)];
-        assert_eq!(
-            localise(&[st("inventory", 0.9, "")], &shop(), &even, &[])[0].pod,
-            None
-        );
+        assert_eq!(twice(&[st("inventory", 0.9, "")], &even, &[])[0].pod, None);
     }
 
     #[test]
@@ -352,17 +426,109 @@ mod tests {
         // 10.5 ms interpolates to ~31 ms in the 10–50 ms bucket: 3.4x siblings at 9 ms, but not beyond
         // what the buckets can tell apart. No pod is singled out (so none is restarted).
         let healthy = [pod("a", 31.0), pod("b", 9.0), pod("c", 9.0)];
-        assert_eq!(localise(&slow, &shop(), &healthy, &bounds)[0].pod, None);
+        assert_eq!(twice(&slow, &healthy, &bounds)[0].pod, None);
         // Without the histogram's bounds the same numbers would single it out.
-        assert_eq!(
-            localise(&slow, &shop(), &healthy, &[])[0].pod.as_deref(),
-            Some("a")
-        );
+        assert_eq!(twice(&slow, &healthy, &[])[0].pod.as_deref(), Some("a"));
         // A pod really far off (its bucket starts at 200 ms, the siblings' ends at 10 ms) is.
         let bad = [pod("a", 300.0), pod("b", 9.0), pod("c", 9.0)];
-        assert_eq!(
-            localise(&slow, &shop(), &bad, &bounds)[0].pod.as_deref(),
-            Some("a")
+        assert_eq!(twice(&slow, &bad, &bounds)[0].pod.as_deref(), Some("a"));
+    }
+
+    fn pod(p: &str, requests: f64, error_ratio: f64, p95_ms: f64) -> PodState {
+        PodState {
+            service: "payment".into(),
+            pod: p.into(),
+            requests,
+            error_ratio,
+            p95_ms: Some(p95_ms),
+        }
+    }
+
+    #[test]
+    fn a_pod_that_stands_out_in_one_window_only_is_not_named() {
+        let slow = [st("payment", 0.9, "p95 latency 3.0x its usual")];
+        // Payment slows down near the end of a window: one pod served 3 of its 40 requests after that
+        // (its p95 is among them), its siblings 1 each. Not a bad pod: the luck of the draw.
+        let luck = [
+            pod("payment-a", 40.0, 0.0, 3000.0),
+            pod("payment-b", 40.0, 0.0, 20.0),
+            pod("payment-c", 40.0, 0.0, 20.0),
+        ];
+        let first = outliers(&luck, &[]);
+        assert_eq!(first["payment"].pod, "payment-a");
+        let causes = localise(&slow, &shop(), &first, &no_pods());
+        assert_eq!(causes[0].pod, None);
+        assert!(
+            causes[0].explanation.contains("this window only"),
+            "{}",
+            causes[0].explanation
         );
+        // The window after, every pod is slow alike: nobody stands out, so nobody was named.
+        let even = [
+            pod("payment-a", 40.0, 0.0, 3000.0),
+            pod("payment-b", 40.0, 0.0, 3000.0),
+            pod("payment-c", 40.0, 0.0, 3000.0),
+        ];
+        let second = outliers(&even, &[]);
+        assert!(second.is_empty());
+        assert_eq!(localise(&slow, &shop(), &second, &first)[0].pod, None);
+        // A pod that stands out two windows running is named.
+        let causes = localise(&slow, &shop(), &first, &first);
+        assert_eq!(causes[0].pod.as_deref(), Some("payment-a"));
+        assert!(
+            causes[0].explanation.contains("as in the window before"),
+            "{}",
+            causes[0].explanation
+        );
+        // Another pod standing out the window after is not the same finding.
+        let other = outliers(
+            &[
+                pod("payment-a", 40.0, 0.0, 20.0),
+                pod("payment-b", 40.0, 0.0, 3000.0),
+                pod("payment-c", 40.0, 0.0, 20.0),
+            ],
+            &[],
+        );
+        assert_eq!(localise(&slow, &shop(), &other, &first)[0].pod, None);
+    }
+
+    #[test]
+    fn a_few_failures_among_few_requests_are_chance() {
+        // One failure in the 3 requests a pod served as it started: 33 %, but likely at any rate.
+        let few = [
+            pod("payment-a", 3.0, 1.0 / 3.0, 20.0),
+            pod("payment-b", 60.0, 0.0, 20.0),
+            pod("payment-c", 60.0, 0.0, 20.0),
+        ];
+        assert!(outliers(&few, &[]).is_empty());
+        // Half of 20 is not.
+        let bad = [
+            pod("payment-a", 20.0, 0.5, 20.0),
+            pod("payment-b", 60.0, 0.0, 20.0),
+            pod("payment-c", 60.0, 0.0, 20.0),
+        ];
+        assert_eq!(outliers(&bad, &[])["payment"].pod, "payment-a");
+        // The bound is conservative: 4 of 40 at siblings' 1 % is about 1 in 1,000 by chance, not named.
+        assert!(!beyond_chance(4.0, 40.0, 0.01));
+        assert!(beyond_chance(10.0, 40.0, 0.01));
+        assert!(!beyond_chance(0.0, 40.0, 0.0));
+        assert!(beyond_chance(5.0, 5.0, 0.01));
+    }
+
+    #[test]
+    fn a_p95_of_few_requests_is_not_compared() {
+        // Below 20 requests a p95 is about the slowest request: one slow request is not a slow pod.
+        let few = [
+            pod("payment-a", 5.0, 0.0, 300.0),
+            pod("payment-b", 60.0, 0.0, 20.0),
+            pod("payment-c", 60.0, 0.0, 20.0),
+        ];
+        assert!(outliers(&few, &[]).is_empty());
+        let enough = [
+            pod("payment-a", 20.0, 0.0, 300.0),
+            pod("payment-b", 60.0, 0.0, 20.0),
+            pod("payment-c", 60.0, 0.0, 20.0),
+        ];
+        assert_eq!(outliers(&enough, &[])["payment"].pod, "payment-a");
     }
 }

@@ -23,8 +23,8 @@ use crate::snapshot::Snapshot;
 
 /// What travels down a shard's queue.
 pub(crate) enum ShardMsg {
-    /// A batch and the indexes of the spans this shard owns (`None`: all of them).
-    Spans(Arc<SpanBatch>, Option<Vec<u32>>),
+    /// A batch and the spans of it this shard counts (`None`: all of them, RED and graph).
+    Spans(Arc<SpanBatch>, Option<SpanPart>),
     Metrics(MetricBatch),
     Logs(LogBatch),
     /// Add this shard's rows to the snapshot (which holds the rows of the shards asked before) and hand
@@ -32,6 +32,43 @@ pub(crate) enum ShardMsg {
     Snapshot(Box<Snapshot>, oneshot::Sender<Box<Snapshot>>),
     /// Finish: everything queued before this is processed first.
     Stop,
+}
+
+/// The spans of a batch one shard counts, each with what it counts of it: its RED, on the shard of its
+/// service (so a RED series and a pod are kept by one shard), and its half of a service-graph edge, on the
+/// shard of its trace (so a client and a server span of one trace meet). Each span is counted by one shard
+/// for each, which may be the same one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SpanPart(Vec<u32>);
+
+impl SpanPart {
+    /// The span's RED is counted here.
+    pub(crate) const RED: u32 = 1 << 31;
+    /// The span's service-graph half is counted here.
+    pub(crate) const GRAPH: u32 = 1 << 30;
+    pub(crate) fn with_capacity(n: usize) -> SpanPart {
+        SpanPart(Vec::with_capacity(n))
+    }
+
+    /// Span `i` of the batch, for what `what` flags. A batch has fewer than 2^30 spans (a request is at
+    /// most 2 GiB, `collector.max_body`, and a span takes at least 2 bytes of it), so the flags' bits are
+    /// free.
+    #[inline]
+    pub(crate) fn push(&mut self, i: u32, what: u32) {
+        self.0.push(i | what);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each span's index, whether its RED is counted here, whether its graph half is.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, bool, bool)> + '_ {
+        let index = !(Self::RED | Self::GRAPH);
+        self.0
+            .iter()
+            .map(move |&e| ((e & index) as usize, e & Self::RED != 0, e & Self::GRAPH != 0))
+    }
 }
 
 /// Counts kept by the engine itself.
@@ -116,7 +153,7 @@ impl Shard {
 
     fn serve(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Spans(batch, idx) => self.spans(&batch, idx.as_deref()),
+            ShardMsg::Spans(batch, part) => self.spans(&batch, part.as_ref()),
             ShardMsg::Metrics(m) => {
                 self.stats
                     .metric_points
@@ -143,21 +180,30 @@ impl Shard {
         self.graph.expire(&mut self.names, Instant::now());
     }
 
-    /// Aggregates the spans of `batch` at `idx` (`None`: all of them).
-    pub(crate) fn spans(&mut self, batch: &SpanBatch, idx: Option<&[u32]>) {
+    /// Aggregates `part` of `batch` (`None`: all of it, RED and graph).
+    pub(crate) fn spans(&mut self, batch: &SpanBatch, part: Option<&SpanPart>) {
         let now = Instant::now();
         admit_resources(&mut self.names, &self.budget, batch, &mut self.scratch);
-        let mut record = |s: &crate::records::Span| {
-            let (service, pod) = self.scratch[s.resource as usize];
-            self.red.record(&mut self.names, batch, s, service, pod);
-            self.graph.record(&mut self.names, batch, s, service, now);
+        let (names, red, graph, resources) = (&mut self.names, &mut self.red, &mut self.graph, &self.scratch);
+        let mut graphed = 0;
+        let mut count = |s: &crate::records::Span, with_red: bool, with_graph: bool| {
+            let (service, pod) = resources[s.resource as usize];
+            if with_red {
+                red.record(names, batch, s, service, pod);
+            }
+            if with_graph {
+                graph.record(names, batch, s, service, now);
+                graphed += 1;
+            }
         };
-        match idx {
-            None => batch.spans.iter().for_each(&mut record),
-            Some(idx) => idx.iter().for_each(|&i| record(&batch.spans[i as usize])),
+        match part {
+            None => batch.spans.iter().for_each(|s| count(s, true, true)),
+            Some(part) => part
+                .iter()
+                .for_each(|(i, with_red, with_graph)| count(&batch.spans[i], with_red, with_graph)),
         }
-        let n = idx.map_or(batch.spans.len(), <[u32]>::len);
-        self.stats.spans.fetch_add(n as u64, Ordering::Relaxed);
+        // Every span has its graph half counted by exactly one shard: the spans are counted there.
+        self.stats.spans.fetch_add(graphed, Ordering::Relaxed);
     }
 
     /// Adds this shard's rows to `snap`, summing the series, pods and edges it holds already.

@@ -83,30 +83,27 @@ impl Snapshot {
 
 /// Adds `rows` (no two equal) to `acc` (in `order`, no two equal), keeping it in `order`: a row equal to
 /// one of `acc`'s is combined into it where it stands, the others are added and sorted in. Rows come one
-/// at a time, so a shard's rows are never held whole beside the snapshot's.
+/// at a time, so a shard's rows are never held whole beside the snapshot's; room is made for them at
+/// once (each shard keeps its own services' RED series and pods, so most rows are new), and what is left
+/// over when some were combined is given back.
 fn merge_into<T>(
     acc: &mut Vec<T>,
     rows: impl ExactSizeIterator<Item = T>,
     order: impl Fn(&T, &T) -> Ordering,
     combine: impl Fn(&mut T, T),
 ) {
-    if acc.is_empty() {
-        *acc = rows.collect();
-        acc.sort_unstable_by(order);
-        return;
-    }
-    let mut new = Vec::new();
+    let before = acc.len();
+    acc.reserve_exact(rows.len());
     for r in rows {
-        match acc.binary_search_by(|a| order(a, &r)) {
+        match acc[..before].binary_search_by(|a| order(a, &r)) {
             Ok(i) => combine(&mut acc[i], r),
-            Err(_) => new.push(r),
+            Err(_) => acc.push(r),
         }
     }
-    if !new.is_empty() {
-        acc.reserve_exact(new.len());
-        acc.append(&mut new);
+    if acc.len() > before {
         acc.sort_unstable_by(order);
     }
+    acc.shrink_to_fit();
 }
 
 #[cfg(test)]
@@ -122,6 +119,9 @@ mod tests {
         assert_eq!(acc, vec![(1, 1), (3, 1)]);
         merge_into(&mut acc, [(2, 5), (3, 2), (0, 7)].into_iter(), order, sum);
         assert_eq!(acc, vec![(0, 7), (1, 1), (2, 5), (3, 3)]);
+        assert_eq!(acc.capacity(), 4, "no spare room kept");
+        merge_into(&mut acc, [(1, 1), (3, 1)].into_iter(), order, sum);
+        assert_eq!(acc, vec![(0, 7), (1, 2), (2, 5), (3, 4)]);
         assert_eq!(acc.capacity(), 4, "no spare room kept");
     }
 }

@@ -716,7 +716,7 @@ mod tests {
                     span_name: "op".into(),
                     kind: SpanKind::Server,
                     status: StatusCode::Error,
-                    dims: vec!["GET".into()],
+                    dims: Arc::from([Arc::from("GET")]),
                     overflow: false,
                     calls: spans,
                     duration: Histogram::from_counts(&[1.0, 4.0], 0.5, 5.0),

@@ -431,7 +431,7 @@ pub fn snapshot(cfg: &AnalyzerConfig, parts: &BTreeMap<PartitionId, Totals>) -> 
     for ((_, p), t) in parts {
         let p: Arc<str> = p.to_string().into();
         snap.red.extend(t.red.iter().cloned().map(|mut r| {
-            r.dims.push(p.clone());
+            r.dims = r.dims.iter().cloned().chain([p.clone()]).collect();
             r
         }));
         snap.edges.extend(t.edges.iter().cloned().map(|mut e| {

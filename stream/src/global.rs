@@ -94,7 +94,7 @@ mod tests {
                     span_name: "op".into(),
                     kind: SpanKind::Server,
                     status: StatusCode::Unset,
-                    dims: Vec::new(),
+                    dims: Default::default(),
                     overflow: false,
                     calls,
                     duration: Histogram::from_counts(&[calls as f64, 0.0], 0.0, calls as f64),

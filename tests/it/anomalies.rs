@@ -173,7 +173,10 @@ async fn a_slow_downstream_service_is_blamed_not_its_callers() {
 async fn an_error_burst_on_one_pod_is_localised_to_that_pod() {
     let mut r = Replay::new(&["bad-pod:inventory@30h"]);
     r.calm(30 * PER_HOUR).await;
-    let report = r.first_cause(3).await;
+    let first = r.first_cause(3).await;
+    assert_eq!(first.causes[0].service, "inventory", "{first:?}");
+    // A pod is named once it stands out two windows running: at the window after.
+    let report = r.window().await;
     let cause = &report.causes[0];
     assert_eq!(cause.service, "inventory", "{report:?}");
     // The shop's first inventory pod is the bad one.

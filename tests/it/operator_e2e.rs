@@ -298,19 +298,23 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
         );
     }
 
-    // Events on the policy, status conditions and the decision log tell the story.
+    // Events on the policy, status conditions and the decision log tell the story. A reconcile reports
+    // after it acts: the pod can be gone a moment before its Event is written.
     let events: Api<Event> = Api::namespaced(admin.clone(), NS);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("inventory"))
-        .filter_map(|e| e.reason.clone())
-        .collect();
+    let reasons = eventually("the restart's Event", Duration::from_secs(30), async || {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("inventory"))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        reasons.iter().any(|r| r == "PodRestarted").then_some(reasons)
+    })
+    .await;
     assert!(reasons.iter().any(|r| r == "ScaledUp"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "PodRestarted"), "{reasons:?}");
     let p = policies.get("inventory").await.unwrap();
     let status = &p.data["status"];
     let cond = |t: &str| {
@@ -321,18 +325,21 @@ async fn the_operator_scales_the_deployment_and_evicts_only_the_bad_pod() {
     };
     assert_eq!(cond("Ready")["status"], "True", "{status}");
     assert!(status["desiredReplicas"].as_i64().unwrap_or(0) > 3, "{status}");
-    let decisions = web(tw, "/api/decisions?policy=shop/inventory").expect("decisions");
-    let list = decisions["decisions"].as_array().unwrap();
+    // The decision log is written just after the Events.
+    let evicted = format!("evict {bad}");
+    let list = eventually("the eviction logged", Duration::from_secs(30), async || {
+        let decisions = web(tw, "/api/decisions?policy=shop/inventory")?;
+        let list = decisions["decisions"].as_array()?.clone();
+        list.iter()
+            .any(|d| d["kind"] == "heal" && d["action"] == evicted)
+            .then_some(list)
+    })
+    .await;
     assert!(
         list.iter().any(|d| d["kind"] == "scale"
             && d["outcome"] == "ok"
             && d["action"].as_str().unwrap().starts_with("scale 3→")),
-        "{decisions}"
-    );
-    assert!(
-        list.iter()
-            .any(|d| d["kind"] == "heal" && d["action"] == format!("evict {bad}")),
-        "{decisions}"
+        "{list:?}"
     );
     // The operator held the lease.
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(admin.clone(), "tidewatch");

@@ -135,7 +135,7 @@ mod tests {
                 span_name: "POST /".into(),
                 kind: SpanKind::Server,
                 status: StatusCode::Unset,
-                dims: vec![],
+                dims: Default::default(),
                 overflow: false,
                 calls,
                 duration: hist,

@@ -4,6 +4,7 @@
 //! (not even the series' length or range, which NAB hands its detectors and we do not use).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::ring::Ring;
 
@@ -699,7 +700,8 @@ impl Likelihood {
 /// 6. `z / (z + squash)`, so scores stay in [0, 1) without ties at the top.
 #[derive(Clone, Debug)]
 pub struct Tidewatch {
-    p: Params,
+    /// Shared by the detectors made with the same parameters (the health monitor's four per service).
+    p: Arc<Params>,
     rows: usize,
     step: StepEstimate,
     period: Option<usize>,
@@ -740,7 +742,7 @@ const PHASES: usize = 24;
 
 impl Tidewatch {
     /// The detector `tidewatch nab` scores: no resolution, since NAB's series come without units.
-    pub fn new(p: Params) -> Self {
+    pub fn new(p: impl Into<Arc<Params>>) -> Self {
         Self::with_resolution(p, 0.0)
     }
 
@@ -748,7 +750,8 @@ impl Tidewatch {
     /// matter: every robust scale is at least `res`, and a new extreme counts as novel only by how far
     /// it passes the range plus `res`. The health monitor feeds RED signals in units of a noticeable
     /// change with `res` = 1 (`health::Signal`); `res` = 0 is exactly [`Tidewatch::new`].
-    pub fn with_resolution(p: Params, res: f64) -> Self {
+    pub fn with_resolution(p: impl Into<Arc<Params>>, res: f64) -> Self {
+        let p = p.into();
         let res = if res.is_finite() { res.max(0.0) } else { 0.0 };
         Self {
             rows: 0,

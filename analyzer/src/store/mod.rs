@@ -108,7 +108,7 @@ impl History {
                 .map_or(0.0, |d| d.as_secs_f64()),
             None => self.window.as_secs_f64(),
         };
-        let chunks = window_chunks(self.prev.as_deref(), &cur, ts_ms, seconds.max(1e-3));
+        let chunks = window_chunks(self.prev.as_deref(), &cur, &self.series, ts_ms, seconds.max(1e-3));
         for (i, chunk) in chunks.into_iter().enumerate() {
             self.add(i, Tier::Raw, chunk);
         }
@@ -281,7 +281,7 @@ mod tests {
                 span_name: "POST /".into(),
                 kind: SpanKind::Server,
                 status,
-                dims: vec![],
+                dims: Default::default(),
                 overflow: false,
                 calls,
                 duration: h,

@@ -11,20 +11,32 @@ use crate::red::{Histogram, RedRow, is_entry};
 use crate::signals::MetricKind;
 use crate::snapshot::Snapshot;
 
+/// The series each table of the history holds rows of (in [`TABLES`](super::tables::TABLES) order), by
+/// their shared keys.
+pub(super) type Known = [HashMap<Key, usize>];
+
 /// Rows of one window for one table.
-struct Rows {
+struct Rows<'a> {
     width: usize,
     chunk: Chunk,
     /// The labels key columns repeat (span kinds, connection types), one allocation each.
     labels: Vec<Arc<str>>,
+    /// The series the history's table already holds: a row of one of them takes its key, allocating none.
+    known: &'a HashMap<Key, usize>,
 }
 
-impl Rows {
-    fn new(table: &Table) -> Rows {
+impl<'a> Rows<'a> {
+    /// Rows of `table`, with room for `at_most` of them made at once (the chunk is not regrown while it
+    /// fills; what is left over is given back by [`Rows::chunk`]).
+    fn new(table: &Table, known: &'a Known, at_most: usize) -> Rows<'a> {
+        let mut chunk = Chunk::default();
+        chunk.keys.reserve_exact(at_most);
+        chunk.values.reserve_exact(at_most * table.width());
         Rows {
             width: table.width(),
-            chunk: Chunk::default(),
+            chunk,
             labels: Vec::new(),
+            known: &known[table.index()],
         }
     }
 
@@ -41,7 +53,10 @@ impl Rows {
     /// A row: its key columns and its values (`None`: missing).
     fn push<const N: usize>(&mut self, keys: [Arc<str>; N], values: &[Option<f64>]) {
         debug_assert_eq!(values.len(), self.width);
-        let key: Key = keys.into();
+        let key = match self.known.get_key_value(&keys[..]) {
+            Some((known, _)) => known.clone(),
+            None => Key::from(keys),
+        };
         self.chunk.keys.push(key);
         self.chunk
             .values
@@ -63,13 +78,15 @@ pub(super) fn quantile_ms(h: &Histogram, bounds: &[f64], q: f64, to_ms: f64) -> 
     h.quantile(bounds, q).map(|v| v * to_ms)
 }
 
-/// `rows` in the order of `key` (a merged snapshot's rows already are; other sources' may not be).
-fn in_order<'a, T, K: Ord>(rows: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
-    let mut v: Vec<&T> = rows.iter().collect();
-    if !v.is_sorted_by_key(|r| key(r)) {
-        v.sort_by_key(|r| key(r));
+/// `rows` in the order of `key`: a merged snapshot's rows already are, and are walked as they stand (no
+/// vector of references to every row); other sources' may not be.
+fn in_order<'a, T, K: Ord>(rows: &'a [T], key: impl Fn(&'a T) -> K) -> Box<dyn Iterator<Item = &'a T> + 'a> {
+    if rows.is_sorted_by_key(&key) {
+        return Box::new(rows.iter());
     }
-    v
+    let mut v: Vec<&T> = rows.iter().collect();
+    v.sort_by_key(|r| key(r));
+    Box::new(v.into_iter())
 }
 
 /// Each row of `cur` with the row of `prev` that has its key (in `key` order): a walk over both, so a
@@ -79,8 +96,8 @@ fn paired<'a, T, K: Ord>(
     cur: &'a [T],
     key: impl Fn(&'a T) -> K + Copy,
 ) -> impl Iterator<Item = (&'a T, Option<&'a T>)> {
-    let mut prev = in_order(prev.unwrap_or_default(), key).into_iter().peekable();
-    in_order(cur, key).into_iter().map(move |r| {
+    let mut prev = in_order(prev.unwrap_or_default(), key).peekable();
+    in_order(cur, key).map(move |r| {
         let k = key(r);
         while prev.next_if(|p| key(p) < k).is_some() {}
         (r, prev.next_if(|p| key(p) == k))
@@ -88,15 +105,22 @@ fn paired<'a, T, K: Ord>(
 }
 
 /// The window rows between two snapshots, one chunk per table (in [`TABLES`](super::tables::TABLES) order).
-pub(super) fn window_chunks(prev: Option<&Snapshot>, cur: &Snapshot, ts_ms: i64, seconds: f64) -> Vec<Chunk> {
-    let (service_rows, op_rows) = red_rows(prev, cur);
+/// `known`: the series the history holds rows of, whose keys the rows share.
+pub(super) fn window_chunks(
+    prev: Option<&Snapshot>,
+    cur: &Snapshot,
+    known: &Known,
+    ts_ms: i64,
+    seconds: f64,
+) -> Vec<Chunk> {
+    let (service_rows, op_rows) = red_rows(prev, cur, known);
     [
         service_rows,
         op_rows,
-        pod_rows(prev, cur),
-        edge_rows(prev, cur),
-        metric_rows(prev, cur, seconds),
-        log_rows(prev, cur),
+        pod_rows(prev, cur, known),
+        edge_rows(prev, cur, known),
+        metric_rows(prev, cur, known, seconds),
+        log_rows(prev, cur, known),
     ]
     .into_iter()
     .map(|r| r.chunk(ts_ms, seconds))
@@ -135,10 +159,10 @@ impl Ms<'_> {
 /// RED per service (over its entry spans; all spans if it has none) and per operation. Rows come in
 /// series order (service, span name, kind, ...), so each service's and each operation's series are
 /// neighbours: their totals are summed as the walk passes, with no map of every operation.
-fn red_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> (Rows, Rows) {
+fn red_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> (Rows<'k>, Rows<'k>) {
     let ms = Ms::of(cur);
-    let mut service_rows = Rows::new(&SERVICE_RED);
-    let mut op_rows = Rows::new(&OPERATION_RED);
+    let mut service_rows = Rows::new(&SERVICE_RED, known, 0);
+    let mut op_rows = Rows::new(&OPERATION_RED, known, cur.red.len());
     // The service and span name at hand: its entry and other spans' totals, and its operations' per kind.
     let mut service: Option<(Arc<str>, [Totals; 2])> = None;
     let mut name: Option<Arc<str>> = None;
@@ -234,9 +258,9 @@ fn operations(
 }
 
 /// RED per pod, for the pods that had requests in the window.
-fn pod_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
+fn pod_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> Rows<'k> {
     let ms = Ms::of(cur);
-    let mut pod_rows = Rows::new(&POD_RED);
+    let mut pod_rows = Rows::new(&POD_RED, known, cur.pods.len());
     for (r, p) in paired(prev.map(|p| &p.pods[..]), &cur.pods, |r| (&*r.service, &*r.pod)) {
         let n = r.calls.saturating_sub(p.map_or(0, |p| p.calls)) as f64;
         let e = r.errors.saturating_sub(p.map_or(0, |p| p.errors)) as f64;
@@ -253,8 +277,8 @@ fn pod_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
 }
 
 /// Requests, failures and server p95 per edge (client, server, connection type).
-fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
-    let mut edge_rows = Rows::new(&EDGES);
+fn edge_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> Rows<'k> {
+    let mut edge_rows = Rows::new(&EDGES, known, cur.edges.len());
     // Edges with the same client, server and type but other dimension values are one edge here.
     let mut edges: std::collections::BTreeMap<Labels, Totals> = Default::default();
     for (e, p) in paired(prev.map(|p| &p.edges[..]), &cur.edges, EdgeRow::id) {
@@ -278,7 +302,7 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
 }
 
 /// A level per gauge, a per-second rate per counter.
-fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, seconds: f64) -> Rows {
+fn metric_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known, seconds: f64) -> Rows<'k> {
     let prev_metrics: HashMap<_, _> = prev
         .map(|p| {
             p.metrics
@@ -287,7 +311,7 @@ fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, seconds: f64) -> Rows {
                 .collect()
         })
         .unwrap_or_default();
-    let mut metric_rows = Rows::new(&METRICS);
+    let mut metric_rows = Rows::new(&METRICS, known, cur.metrics.len());
     for m in &cur.metrics {
         let value = match m.kind {
             MetricKind::Gauge => m.last_value,
@@ -304,7 +328,7 @@ fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, seconds: f64) -> Rows {
 }
 
 /// Log records per service and severity.
-fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
+fn log_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> Rows<'k> {
     let prev_logs: HashMap<_, _> = prev
         .map(|p| {
             p.logs
@@ -313,7 +337,7 @@ fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot) -> Rows {
                 .collect()
         })
         .unwrap_or_default();
-    let mut log_rows = Rows::new(&LOGS);
+    let mut log_rows = Rows::new(&LOGS, known, cur.logs.len());
     for l in &cur.logs {
         let before = prev_logs
             .get(&(l.service.clone(), l.severity))
