@@ -25,7 +25,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-TIDEWATCH = os.path.join(TARGET_DIR, "release", "tidewatch")
+TIDEWATCH = os.environ.get("BENCH_TIDEWATCH_BIN", os.path.join(TARGET_DIR, "release", "tidewatch"))
 
 
 def free_port():

@@ -164,8 +164,13 @@ class Target:
         else:
             raise ValueError(self.name)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-        wait_port(self.grpc)
-        wait_port(self.http)
+        try:
+            wait_port(self.grpc)
+            wait_port(self.http)
+        except RuntimeError as e:
+            self.stop()
+            tail = open(log.name).read()[-2000:]
+            raise RuntimeError(f"{self.name} did not start ({e}); its log ends with:\n{tail}") from e
         time.sleep(0.5)
 
     def derived_series(self):
@@ -194,9 +199,20 @@ def loadgen(protocol, port, rate, batch, duration):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def started(name, tmp):
+    """A started target. A port picked free can be taken before the target binds it: one retry, on new ports."""
+    try:
+        t = Target(name, tmp)
+        t.start()
+    except RuntimeError as e:
+        print(f"retrying on new ports: {e}", file=sys.stderr)
+        t = Target(name, tmp)
+        t.start()
+    return t
+
+
 def run_one(name, protocol, rate, batch, duration, tmp):
-    t = Target(name, tmp)
-    t.start()
+    t = started(name, tmp)
     try:
         pid = t.proc.pid
         idle_rss, _ = rss_parts_mib(pid)
