@@ -255,19 +255,24 @@ mod tests {
         SpanBatch::of_spans(svc, &spans)
     }
 
-    /// On a current-thread runtime the shard tasks run only when this test yields, so a batch counted
-    /// right after `try_send_spans` returns was aggregated in place.
-    #[tokio::test]
-    async fn an_idle_shard_aggregates_in_place_and_a_busy_one_takes_the_batch_through_its_queue() {
-        let cfg = crate::config::AnalyzerConfig {
-            shards: 2,
+    /// An engine of `shards` shards whose window never closes during a test, keeping nothing on disk.
+    fn engine_cfg(shards: usize) -> crate::config::AnalyzerConfig {
+        crate::config::AnalyzerConfig {
+            shards,
             window: std::time::Duration::from_secs(3600),
             store: crate::config::StoreConfig {
                 data_dir: None,
                 ..Default::default()
             },
             ..Default::default()
-        };
+        }
+    }
+
+    /// On a current-thread runtime the shard tasks run only when this test yields, so a batch counted
+    /// right after `try_send_spans` returns was aggregated in place.
+    #[tokio::test]
+    async fn an_idle_shard_aggregates_in_place_and_a_busy_one_takes_the_batch_through_its_queue() {
+        let cfg = engine_cfg(2);
         let (ingest, engine) = crate::engine::start(&cfg);
         let counted = || engine.stats().spans.load(Ordering::Relaxed);
         let send = |b: SpanBatch| ingest.try_send_spans(b, ingest.reserve(1).unwrap());
@@ -344,15 +349,7 @@ mod tests {
     async fn a_red_series_is_kept_once_however_many_shards() {
         let mut seen = Vec::new();
         for shards in [1, 2, 3] {
-            let cfg = crate::config::AnalyzerConfig {
-                shards,
-                window: std::time::Duration::from_secs(3600),
-                store: crate::config::StoreConfig {
-                    data_dir: None,
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
+            let cfg = engine_cfg(shards);
             let (ingest, engine) = crate::engine::start(&cfg);
             for _ in 0..3 {
                 ingest
