@@ -63,8 +63,7 @@ impl Snapshot {
         });
     }
 
-    /// Adds per-pod rows (one shard's), summing a pod the snapshot holds: spans are split by trace, so
-    /// one pod's spans land on several shards.
+    /// Adds per-pod rows (one shard's), summing a pod the snapshot already holds.
     pub(crate) fn add_pods(&mut self, rows: impl ExactSizeIterator<Item = PodRow>) {
         let order = |a: &PodRow, b: &PodRow| (&a.service, &a.pod).cmp(&(&b.service, &b.pod));
         merge_into(&mut self.pods, rows, order, |o, p| {
