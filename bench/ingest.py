@@ -6,8 +6,8 @@ loadgen` (the same load for all: the simulated shop's traces, 4 requests in flig
 flat out, over OTLP/gRPC and OTLP/HTTP protobuf. A rate may name its request size: `10000:512` is 10k spans/s
 in 512-span requests (the SDKs' default batch, as the Collector's contrib testbed sends); without one,
 1,000-span requests. Per run it records what the load generator saw accepted and refused, and, from /proc,
-the target process's CPU time (to the nanosecond, summed over its threads) and peak RSS. "spans per CPU-second" is accepted spans divided by the
-target's own CPU seconds: the throughput one core would give. The load generator runs on the same two
+the target process's CPU time (to the nanosecond, summed over its threads) and peak RSS. "spans per
+CPU-second" is accepted spans divided by the target's own CPU seconds: the throughput one core would give. The load generator runs on the same two
 cores, so flat-out wall-clock rates are shared-machine figures.
 
 Targets and the work they do:
@@ -21,8 +21,8 @@ Targets and the work they do:
 With `--runs N` the whole matrix runs N times (interleaved, so a burst of load elsewhere on the machine hits
 every target alike) and the table shows each figure as the median with the min-max spread.
 
-Needs: a release build (`cargo build --release`; `BENCH_TIDEWATCH_BIN=path` runs another build, for an A/B comparison)
-and the peers (`bench/peers/install.sh rotel otelcol`).
+Needs: a release build (`cargo build --release`; `BENCH_TIDEWATCH_BIN=path` runs another build, for an A/B
+comparison) and the peers (`bench/peers/install.sh rotel otelcol`).
 """
 
 import argparse

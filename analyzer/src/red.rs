@@ -216,7 +216,7 @@ impl RedRow {
         )
     }
 
-    /// Identity of the series, for merging rows of several shards.
+    /// Identity of the series, owned: for maps of rows from several sources (partitions' totals).
     pub fn key(&self) -> SeriesId {
         (
             self.service.clone(),

@@ -66,8 +66,8 @@ pub fn rustls_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(cfg))
 }
 
-/// Serves the three OTLP gRPC services (one `OtlpGrpc`) on `listener`, with at most `limit` connections, until `shutdown`
-/// resolves.
+/// Serves the three OTLP gRPC services (one `OtlpGrpc`) on `listener`, with at most `limit` connections,
+/// until `shutdown` resolves.
 pub async fn serve_grpc(
     listener: TcpListener,
     rx: Receiver,
