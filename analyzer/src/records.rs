@@ -161,6 +161,9 @@ pub struct Attr {
 #[derive(Clone, Debug, Default)]
 pub struct AttrKeys {
     keys: Vec<String>,
+    /// Bit `min(len, 127)` is set for every wanted key's length: most attributes on the wire are rejected
+    /// by this one test, without touching the keys.
+    lens: u128,
 }
 
 impl AttrKeys {
@@ -178,13 +181,17 @@ impl AttrKeys {
             return i as u16;
         }
         self.keys.push(key.to_owned());
+        self.lens |= len_bit(key.len());
         (self.keys.len() - 1) as u16
     }
 
-    /// The index of `key` if it is wanted. A linear scan: the set is a dozen short keys, and comparing the
-    /// length first rejects almost every attribute on the wire with one integer compare.
+    /// The index of `key` if it is wanted. A key of no wanted length is rejected at once; otherwise a linear
+    /// scan (the set is a dozen short keys, each compared by length first).
     #[inline]
     pub fn find(&self, key: &[u8]) -> Option<u16> {
+        if self.lens & len_bit(key.len()) == 0 {
+            return None;
+        }
         self.keys
             .iter()
             .position(|k| k.len() == key.len() && k.as_bytes() == key)
@@ -202,6 +209,11 @@ impl AttrKeys {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// The bit of [`AttrKeys::lens`] for keys of `len` bytes (all lengths from 127 up share the top bit).
+fn len_bit(len: usize) -> u128 {
+    1 << len.min(127)
 }
 
 /// A request's worth of spans.

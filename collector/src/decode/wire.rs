@@ -84,8 +84,22 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field number and wire type.
-    #[inline]
+    #[inline(always)]
     fn key(&mut self) -> Result<(u32, u8)> {
+        // Every key OTLP defines (fields 1 to 15) is one byte: decode it here, where the caller's match sees it.
+        if let Some(&b) = self.buf[..self.end].get(self.pos)
+            && b < 0x80
+            && b >= 8
+        {
+            self.pos += 1;
+            self.field = u32::from(b >> 3);
+            return Ok((self.field, b & 7));
+        }
+        self.key_slow()
+    }
+
+    #[cold]
+    fn key_slow(&mut self) -> Result<(u32, u8)> {
         let k = self.varint()?;
         let field = u32::try_from(k >> 3).map_err(|_| self.err("field number out of range"))?;
         if field == 0 {
@@ -274,7 +288,7 @@ fn parse_span(
             (4, LEN) => parent = slice(buf, r.len_delimited()?),
             (5, LEN) => {
                 let (s, e) = r.len_delimited()?;
-                bad_utf8 |= std::str::from_utf8(&buf[s..e]).is_err();
+                bad_utf8 |= !is_utf8(&buf[s..e]);
                 span.name = Text::wire(s, e - s);
             }
             (6, VARINT) => span.kind = SpanKind::from_i32(r.varint()? as i32),
@@ -420,6 +434,13 @@ fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut 
     }
 }
 
+/// Whether `bytes` are valid UTF-8. Names and values are nearly always ASCII, which is checked a word at a
+/// time inline; anything else takes the full check.
+#[inline]
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
 /// Whether the AnyValue is a string (`Some(valid UTF-8?)`) or not (`None`).
 fn utf8_string(buf: &[u8], start: usize, end: usize) -> Result<Option<bool>> {
     let mut r = Reader::new(buf, start, end);
@@ -428,7 +449,7 @@ fn utf8_string(buf: &[u8], start: usize, end: usize) -> Result<Option<bool>> {
         let (field, wt) = r.key()?;
         if (field, wt) == (1, LEN) {
             let (s, e) = r.len_delimited()?;
-            out = Some(std::str::from_utf8(&buf[s..e]).is_ok());
+            out = Some(is_utf8(&buf[s..e]));
         } else {
             r.skip(wt)?;
         }
@@ -446,7 +467,7 @@ fn any_value_text(buf: &[u8], start: usize, end: usize, batch: &mut SpanBatch) -
         out = match (field, wt) {
             (1, LEN) => {
                 let (s, e) = r.len_delimited()?;
-                std::str::from_utf8(&buf[s..e]).ok().map(|_| Text::wire(s, e - s))
+                is_utf8(&buf[s..e]).then(|| Text::wire(s, e - s))
             }
             (2, VARINT) => Some(batch.push_text(if r.varint()? != 0 { "true" } else { "false" })),
             (3, VARINT) => Some(batch.push_display(r.varint()? as i64)),
