@@ -466,6 +466,14 @@ mod tests {
         assert_eq!(keys.find(b"db.name"), Some(1));
         assert_eq!(keys.find(b"db.nam"), None);
         assert_eq!(keys.find(b"http.method"), None);
+        // Same length as a wanted key, other bytes.
+        assert_eq!(keys.find(b"peer.servicf"), None);
+        // Keys of 127 bytes and more share one length bit: each is still told apart by its bytes.
+        let (long, longer) = ("k".repeat(200), "k".repeat(300));
+        let keys = AttrKeys::new([long.as_str(), "db.name"]);
+        assert_eq!(keys.find(long.as_bytes()), Some(0));
+        assert_eq!(keys.find(longer.as_bytes()), None);
+        assert_eq!(keys.find(&long.as_bytes()[..127]), None);
     }
 
     #[test]

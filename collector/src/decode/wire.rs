@@ -654,6 +654,32 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_text_is_kept_and_invalid_utf8_rejects_its_span() {
+        let keys = AttrKeys::new(["peer.service"]);
+        let mut named = span(1, 1);
+        named.name = "GET /caf\u{e9}".into();
+        let mut valued = span(2, 2);
+        valued.attributes[1] = kv("peer.service", Value::StringValue("pa\u{ef}ment".into()));
+        let body = request(vec![named, valued, span(3, 3)]);
+        let (b, rej) = decode_traces(body.clone(), &keys).unwrap();
+        assert_eq!((b.spans.len(), rej.count), (3, 0));
+        assert_eq!(b.str(b.spans[0].name), "GET /caf\u{e9}");
+        assert_eq!(b.str(b.span_attrs(&b.spans[1])[0].value), "pa\u{ef}ment");
+        // The same bytes with each two-byte character turned into bytes that are not UTF-8.
+        let mut broken = body.to_vec();
+        for ch in ["\u{e9}", "\u{ef}"] {
+            let at = broken
+                .windows(2)
+                .position(|w| w == ch.as_bytes())
+                .expect("present");
+            broken[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+        }
+        let (b, rej) = decode_traces(broken.into(), &keys).unwrap();
+        assert_eq!((b.spans.len(), rej.count), (1, 2));
+        assert!(rej.message().contains("not valid UTF-8"), "{}", rej.message());
+    }
+
+    #[test]
     fn malformed_input_fails_cleanly() {
         let good = request(vec![span(1, 1)]);
         for cut in [1, 5, good.len() / 2, good.len() - 1] {
