@@ -88,8 +88,7 @@ impl<'a> Reader<'a> {
     fn key(&mut self) -> Result<(u32, u8)> {
         // Every key OTLP defines (fields 1 to 15) is one byte: decode it here, where the caller's match sees it.
         if let Some(&b) = self.buf[..self.end].get(self.pos)
-            && b < 0x80
-            && b >= 8
+            && (8..0x80).contains(&b)
         {
             self.pos += 1;
             self.field = u32::from(b >> 3);
