@@ -26,7 +26,7 @@ mod window;
 use files::{read_parquet, save_tables};
 use tables::{Chunk, Key, SERVICE_RED, TABLES, TableRows};
 use view::{aggregate, bucket, rows};
-use window::window_chunks;
+use window::Window;
 
 pub use view::{
     EdgeKey, HistoryView, OperationKey, PodKey, RedPoint, RedSummary, SeriesKey, SeriesPoint, ServiceKey,
@@ -48,7 +48,10 @@ pub struct History {
     /// Per table, every series it holds rows of and how many: each series' key is allocated once and
     /// shared by all its rows, and a series whose last row goes is forgotten.
     series: Vec<HashMap<Key, usize>>,
-    prev: Option<Arc<Snapshot>>,
+    /// The counters the next window starts from.
+    prev: Option<Snapshot>,
+    /// The window being closed, while its parts come in.
+    closing: Option<Window>,
     /// The services `tables` hold, kept with them so a view's lookups need no scan.
     services: Arc<BTreeSet<Arc<str>>>,
 }
@@ -63,6 +66,7 @@ impl History {
             tables: vec![TableRows::default(); TABLES.len()],
             series: vec![HashMap::new(); TABLES.len()],
             prev: None,
+            closing: None,
             services: Arc::default(),
         };
         if let Some(dir) = cfg.data_dir.clone() {
@@ -90,7 +94,10 @@ impl History {
     /// Takes `cur` as the counters the next window starts from, adding no rows: for counters that began
     /// before this history did (the global view of a deployment on Kafka), whose first snapshot holds
     /// everything counted before.
-    pub fn baseline(&mut self, cur: Arc<Snapshot>) {
+    pub fn baseline(&mut self, mut cur: Snapshot) {
+        cur.red.sort_unstable_by(|a, b| a.id().cmp(&b.id()));
+        cur.pods
+            .sort_unstable_by(|a, b| (&a.service, &a.pod).cmp(&(&b.service, &b.pod)));
         self.prev = Some(cur);
     }
 
@@ -99,16 +106,44 @@ impl History {
         self.prev.is_some()
     }
 
-    /// Adds the window that ends with `cur` (taken at `ts_ms`), then applies rollup and retention.
-    pub fn append(&mut self, cur: Arc<Snapshot>, ts_ms: i64) -> Result<()> {
+    /// How many RED series the last window close counted.
+    pub fn series(&self) -> usize {
+        self.prev.as_ref().map_or(0, |p| p.red.len())
+    }
+
+    /// Adds the window that ends with `cur` (taken at its `taken_at`, stamped `ts_ms`), then applies
+    /// rollup and retention.
+    pub fn append(&mut self, cur: Snapshot, ts_ms: i64) -> Result<()> {
+        let taken_at = cur.taken_at;
+        self.add_part(cur);
+        self.close(taken_at, ts_ms)
+    }
+
+    /// Adds a part of the counters of the window being closed: every RED series and pod of some
+    /// services (no other part holds one of theirs), and some or all of the edges, metrics and logs. The
+    /// previous snapshot's rows are brought up to date in place, so a window close never holds two.
+    pub fn add_part(&mut self, part: Snapshot) {
+        let prev = self.prev.as_mut();
+        match &mut self.closing {
+            Some(w) => w.add(prev, part, &self.series),
+            None => self.closing = Some(Window::new(prev, part, &self.series)),
+        }
+    }
+
+    /// Closes the window whose parts were added, taken at `taken_at` and stamped `ts_ms`, then applies
+    /// rollup and retention. Without parts, nothing happens.
+    pub fn close(&mut self, taken_at: std::time::SystemTime, ts_ms: i64) -> Result<()> {
+        let Some(window) = self.closing.take() else {
+            return Ok(());
+        };
         let seconds = match &self.prev {
-            Some(p) => cur
-                .taken_at
+            Some(p) => taken_at
                 .duration_since(p.taken_at)
                 .map_or(0.0, |d| d.as_secs_f64()),
             None => self.window.as_secs_f64(),
         };
-        let chunks = window_chunks(self.prev.as_deref(), &cur, &self.series, ts_ms, seconds.max(1e-3));
+        let prev = self.prev.take();
+        let (chunks, cur) = window.finish(prev, taken_at, &self.series, ts_ms, seconds.max(1e-3));
         for (i, chunk) in chunks.into_iter().enumerate() {
             self.add(i, Tier::Raw, chunk);
         }
@@ -267,7 +302,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, SystemTime};
 
-    fn snap(calls_ok: u64, calls_err: u64, at: SystemTime) -> Arc<Snapshot> {
+    fn snap(calls_ok: u64, calls_err: u64, at: SystemTime) -> Snapshot {
         let cfg = AnalyzerConfig::default();
         let mut s = Snapshot::empty(&cfg);
         s.taken_at = at;
@@ -292,7 +327,7 @@ mod tests {
             row(StatusCode::Unset, calls_ok, 0.005),
             row(StatusCode::Error, calls_err, 0.05),
         ];
-        Arc::new(s)
+        s
     }
 
     fn rows_of(chunks: &[Arc<Chunk>]) -> usize {
@@ -373,7 +408,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let base = 1_700_000_000_000i64;
         // One snapshot of 300 operations, then windows in which none of them has a request.
-        let mut wide = (*snap(10, 0, t0)).clone();
+        let mut wide = snap(10, 0, t0);
         let template = wide.red[0].clone();
         wide.red = (0..300)
             .map(|i| RedRow {
@@ -381,12 +416,11 @@ mod tests {
                 ..template.clone()
             })
             .collect();
-        h.append(Arc::new(wide.clone()), base).unwrap();
+        h.append(wide.clone(), base).unwrap();
         assert_eq!(rows_of(&h.tables[1].raw), 300);
         for i in 1..6u64 {
             wide.taken_at = t0 + Duration::from_secs(10 * i);
-            h.append(Arc::new(wide.clone()), base + 10_000 * i as i64)
-                .unwrap();
+            h.append(wide.clone(), base + 10_000 * i as i64).unwrap();
         }
         // Idle operations: no new rows; the service keeps one row per window.
         assert_eq!(rows_of(&h.tables[1].raw), 300);
@@ -397,13 +431,143 @@ mod tests {
                 r.calls += 1;
             }
             wide.taken_at = t0 + Duration::from_secs(10 * i);
-            h.append(Arc::new(wide.clone()), base + 10_000 * i as i64)
-                .unwrap();
+            h.append(wide.clone(), base + 10_000 * i as i64).unwrap();
             assert!(h.rows() <= 1000, "{} rows after window {i}", h.rows());
         }
         assert_eq!(h.view().latest_ts(), Some(base + 190_000));
         let ops = h.tables[1].raw.iter().map(|c| c.ts).min().unwrap();
         assert!(ops > base + 60_000, "oldest operation row at {ops}");
+    }
+
+    /// Cumulative counters after window `w` (1, 2, 3): six services, two operations each, server and
+    /// client spans, a pod per service; service 5 first counts in window 2, and an operation of
+    /// service 0 is gone from window 3 (as from a source that restarted), so rows come, stay and go.
+    fn counters(w: u64, at: SystemTime) -> Snapshot {
+        let mut s = snap(0, 0, at);
+        let template = s.red[0].clone();
+        s.red.clear();
+        for svc in 0..6u64 {
+            if svc == 5 && w < 2 {
+                continue;
+            }
+            let service: Arc<str> = format!("svc {svc}").into();
+            for (op, kind) in [
+                ("GET /a", SpanKind::Server),
+                ("GET /b", SpanKind::Server),
+                ("GET /a", SpanKind::Client),
+            ] {
+                if svc == 0 && op == "GET /b" && w == 3 {
+                    continue;
+                }
+                let calls = 10 * w * (svc + 1) + op.len() as u64;
+                let mut duration = Histogram::default();
+                duration.observe(&s.red_bounds, 0.005 * w as f64);
+                duration.count = calls as f64;
+                s.red.push(RedRow {
+                    service: service.clone(),
+                    span_name: op.into(),
+                    kind,
+                    calls,
+                    duration,
+                    ..template.clone()
+                });
+            }
+            s.pods.push(crate::red::PodRow {
+                service,
+                pod: "pod-0".into(),
+                calls: 7 * w * (svc + 1),
+                errors: w,
+                // Not empty: a window's latency of a pod without requests is NaN, never equal to itself.
+                duration: {
+                    let mut h = Histogram::default();
+                    h.observe(&s.red_bounds, 0.002 * w as f64);
+                    h.count = (7 * w * (svc + 1)) as f64;
+                    h
+                },
+            });
+        }
+        s.red.sort_by(|a, b| a.id().cmp(&b.id()));
+        s
+    }
+
+    /// `cur` as parts of services (`parts` of them, the i-th of services `svc % parts == i`), the
+    /// first with the rest of the snapshot, as a window close takes them from the shards.
+    fn parts(cur: &Snapshot, parts: usize) -> Vec<Snapshot> {
+        let part_of = |service: &str| service.bytes().last().map_or(0, |b| b as usize) % parts;
+        (0..parts)
+            .map(|i| {
+                let mut p = if i == 0 {
+                    cur.clone()
+                } else {
+                    Snapshot::empty(&AnalyzerConfig::default())
+                };
+                p.red = cur
+                    .red
+                    .iter()
+                    .filter(|r| part_of(&r.service) == i)
+                    .cloned()
+                    .collect();
+                p.pods = cur
+                    .pods
+                    .iter()
+                    .filter(|r| part_of(&r.service) == i)
+                    .cloned()
+                    .collect();
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_closed_in_parts_counts_every_series_once() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let base = 1_700_000_000_000i64;
+        let mut whole = History::open(&store(None), Duration::from_secs(10));
+        let mut in_parts = History::open(&store(None), Duration::from_secs(10));
+        for w in 1..=3u64 {
+            let at = t0 + Duration::from_secs(10 * w);
+            let cur = counters(w, at);
+            whole.append(cur.clone(), base + 10_000 * w as i64).unwrap();
+            // The parts in another order each window.
+            let mut ps = parts(&cur, 3);
+            ps.rotate_left(w as usize % 3);
+            for p in ps {
+                in_parts.add_part(p);
+            }
+            in_parts.close(at, base + 10_000 * w as i64).unwrap();
+            assert_eq!(in_parts.tables, whole.tables, "window {w}");
+            assert_eq!(in_parts.prev.as_ref().unwrap().red, cur.red, "window {w}");
+            assert_eq!(in_parts.prev.as_ref().unwrap().pods, cur.pods, "window {w}");
+        }
+        // Every call is counted once: the operations' rows add up to the last counts, and those of the
+        // operation that went before window 3.
+        let gone = counters(2, t0)
+            .red
+            .iter()
+            .find(|r| &*r.service == "svc 0" && &*r.span_name == "GET /b")
+            .unwrap()
+            .calls;
+        let last: u64 = counters(3, t0).red.iter().map(|r| r.calls).sum();
+        let view = in_parts.view();
+        let services = view.services(0, i64::MAX).unwrap();
+        let all: f64 = services
+            .iter()
+            .flat_map(|s| view.operations(&s.key.service, 0, i64::MAX).unwrap())
+            .map(|o| o.requests)
+            .sum();
+        assert_eq!(all, (last + gone) as f64);
+        let ops = view.operations("svc 3", 0, i64::MAX).unwrap();
+        let a = ops
+            .iter()
+            .find(|o| o.key.span_name == "GET /b")
+            .expect("svc 3's GET /b");
+        assert_eq!(a.requests, (10 * 3 * 4 + 6) as f64);
+        let svc5 = services.iter().find(|s| s.key.service == "svc 5").unwrap();
+        assert_eq!(
+            svc5.requests,
+            (2 * (10 * 3 * 6 + 6)) as f64,
+            "two server operations, from window 2"
+        );
     }
 
     #[test]
