@@ -23,6 +23,11 @@ impl<T: Copy> Ring<T> {
         }
     }
 
+    /// Keeps at least the latest `cap` items from now on.
+    pub fn reach(&mut self, cap: usize) {
+        self.cap = self.cap.max(cap);
+    }
+
     /// Appends `x`; returns the oldest item when the ring was full.
     pub fn push(&mut self, x: T) -> Option<T> {
         let dropped = if self.items.len() == self.cap {
