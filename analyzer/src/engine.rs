@@ -85,8 +85,14 @@ impl Source {
     /// `Ok(false)`: the snapshot was a followed source's first, taken as the history's baseline.
     async fn take_into(&self, history: &mut History) -> Result<bool> {
         match self {
-            Source::Shards { shards, template, .. } => {
-                let of = history.series().div_ceil(shards.len() * PART).clamp(1, 64) as u32;
+            Source::Shards {
+                shards,
+                template,
+                budget,
+            } => {
+                // The series counted so far (RED series, pods, edges...): enough to size the parts by,
+                // including at the first close.
+                let of = budget.status().active.div_ceil(shards.len() * PART).clamp(1, 64) as u32;
                 for s in shards.iter() {
                     for index in 0..of {
                         let part = ask(s, Box::new(template.as_ref().clone()), Group { index, of }).await?;

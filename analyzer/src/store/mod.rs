@@ -106,11 +106,6 @@ impl History {
         self.prev.is_some()
     }
 
-    /// How many RED series the last window close counted.
-    pub fn series(&self) -> usize {
-        self.prev.as_ref().map_or(0, |p| p.red.len())
-    }
-
     /// Adds the window that ends with `cur` (taken at its `taken_at`, stamped `ts_ms`), then applies
     /// rollup and retention.
     pub fn append(&mut self, cur: Snapshot, ts_ms: i64) -> Result<()> {

@@ -267,9 +267,15 @@ fn replace<T>(
 }
 
 /// The `seen` rows of `rows` and the `new` ones, in `order`.
-fn kept<T>(mut rows: Vec<T>, seen: &[bool], new: Vec<T>, order: fn(&T, &T) -> Ordering) -> Vec<T> {
+fn kept<T>(mut rows: Vec<T>, seen: &[bool], mut new: Vec<T>, order: fn(&T, &T) -> Ordering) -> Vec<T> {
     let mut seen = seen.iter();
     rows.retain(|_| seen.next().copied().unwrap_or(false));
+    if rows.is_empty() {
+        // The first window: every row is new, and not copied again.
+        new.sort_unstable_by(order);
+        new.shrink_to_fit();
+        return new;
+    }
     if !new.is_empty() {
         rows.reserve_exact(new.len());
         rows.extend(new);
