@@ -65,20 +65,11 @@ impl Rows {
             .extend(values.iter().map(|v| v.unwrap_or(f64::NAN)));
     }
 
-    /// The window's chunk in key order, holding no spare capacity: it is kept for the whole retention.
-    /// Rows added a group of services at a time are put in order here.
+    /// The window's chunk, holding no spare capacity: it is kept for the whole retention. Rows added a
+    /// group of services at a time are in no overall order; nothing reads a chunk in order (queries and
+    /// rollups group rows by key).
     fn chunk(mut self, ts_ms: i64, seconds: f64) -> Chunk {
         let c = &mut self.chunk;
-        if !c.keys.is_sorted() {
-            let mut order: Vec<usize> = (0..c.keys.len()).collect();
-            order.sort_unstable_by(|&a, &b| c.keys[a].cmp(&c.keys[b]));
-            c.keys = order.iter().map(|&i| c.keys[i].clone()).collect();
-            let w = self.width;
-            c.values = order
-                .iter()
-                .flat_map(|&i| c.values[i * w..(i + 1) * w].iter().copied())
-                .collect();
-        }
         c.keys.shrink_to_fit();
         c.values.shrink_to_fit();
         c.ts = ts_ms;
