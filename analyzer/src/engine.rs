@@ -20,7 +20,6 @@ use crate::config::AnalyzerConfig;
 use crate::forecast::Forecasts;
 use crate::health::{HealthReport, Monitor};
 use crate::ingest::{Inflight, Ingest, IngestStats};
-use crate::red::Group;
 pub use crate::shard::EngineStats;
 use crate::shard::{Shard, ShardMsg, wanted_keys};
 use crate::snapshot::Snapshot;
@@ -78,45 +77,7 @@ impl Source {
             Source::Follow(f) => f().await,
         }
     }
-
-    /// Adds the counters as they are now to the window `history` is closing: each shard's a group of
-    /// its services at a time (a group is a part of the window: about [`PART`] RED series, so only one
-    /// part is held beside the history's previous snapshot), or a followed source's whole snapshot.
-    /// `Ok(false)`: the snapshot was a followed source's first, taken as the history's baseline.
-    async fn take_into(&self, history: &mut History) -> Result<bool> {
-        match self {
-            Source::Shards {
-                shards,
-                template,
-                budget,
-            } => {
-                // The series counted so far (RED series, pods, edges...): enough to size the parts by,
-                // including at the first close.
-                let of = budget.status().active.div_ceil(shards.len() * PART).clamp(1, 64) as u32;
-                for s in shards.iter() {
-                    for index in 0..of {
-                        let part = ask(s, Box::new(template.as_ref().clone()), Group { index, of }).await?;
-                        history.add_part(*part);
-                    }
-                }
-                Ok(true)
-            }
-            Source::Follow(f) => {
-                let snap = f().await?;
-                if !history.has_baseline() {
-                    history.baseline(snap);
-                    return Ok(false);
-                }
-                history.add_part(snap);
-                Ok(true)
-            }
-        }
-    }
 }
-
-/// About how many RED series a part of a window close holds (the parts of a shard are groups of its
-/// services, as many as it takes).
-const PART: usize = 2048;
 
 /// Starts the shards on the current tokio runtime; returns the handle receivers send into and the engine.
 pub fn start(cfg: &AnalyzerConfig) -> (Ingest, Engine) {
@@ -322,19 +283,14 @@ impl Engine {
 async fn collect(shards: &[mpsc::Sender<ShardMsg>], template: &Snapshot) -> Result<Snapshot> {
     let mut snap = Box::new(template.clone());
     for s in shards {
-        snap = ask(s, snap, Group::ALL).await?;
+        let (tx, rx) = oneshot::channel();
+        s.send(ShardMsg::Snapshot(snap, tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        snap = rx.await.map_err(|_| Error::Stopped)?;
     }
     snap.taken_at = SystemTime::now();
     Ok(*snap)
-}
-
-/// Asks shard `s` to add its rows of the services in `group` to `snap`.
-async fn ask(s: &mpsc::Sender<ShardMsg>, snap: Box<Snapshot>, group: Group) -> Result<Box<Snapshot>> {
-    let (tx, rx) = oneshot::channel();
-    s.send(ShardMsg::Snapshot(snap, group, tx))
-        .await
-        .map_err(|_| Error::Stopped)?;
-    rx.await.map_err(|_| Error::Stopped)
 }
 
 /// The window task: every `window`, a snapshot becomes a window of history; the history is saved every
@@ -395,23 +351,8 @@ impl Windows {
                 None if backfilling && !stopping => continue,
                 None => (None, None),
             };
-            // The window's end: now, or the backfilled window's stamp.
-            let taken_at = match at {
-                Some(ts) => SystemTime::UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64),
-                None => SystemTime::now(),
-            };
-            match self.source.take_into(&mut history).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    // A followed source's first snapshot: the baseline, no window.
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(()));
-                    }
-                    if stopping {
-                        break;
-                    }
-                    continue;
-                }
+            let mut snap = match self.source.take().await {
+                Ok(snap) => snap,
                 Err(e @ Error::Source(_)) if !stopping => {
                     // The next window tries again; what it counts lands in that window.
                     tracing::warn!(error = %e, "window skipped");
@@ -421,14 +362,30 @@ impl Windows {
                     continue;
                 }
                 Err(_) => break,
+            };
+            if matches!(self.source, Source::Follow(_)) && !history.has_baseline() {
+                history.baseline(Arc::new(snap));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+                if stopping {
+                    break;
+                }
+                continue;
             }
-            let ts_ms = taken_at
+            if let Some(ts) = at {
+                snap.taken_at = SystemTime::UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64);
+            }
+            let snap = Arc::new(snap);
+            let ts_ms = snap
+                .taken_at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
             last_ts = last_ts.max(ts_ms);
-            // The close runs off the async threads; the history comes back with the window added.
+            // The append runs off the async threads; the history comes back with the window added.
+            let cur = snap.clone();
             let appended = tokio::task::spawn_blocking(move || {
-                let r = history.close(taken_at, ts_ms);
+                let r = history.append(cur, ts_ms);
                 (history, r)
             })
             .await;

@@ -244,31 +244,6 @@ pub struct PodRow {
     pub duration: Histogram,
 }
 
-/// The services a snapshot asks a shard for: those whose interned id is `index` modulo `of` (all of them
-/// when `of` is 1). A window close asks for a shard's services a group at a time, so a shard's rows are
-/// never all copied out at once beside the history's previous snapshot; a service's RED series and pods
-/// are all on one shard, so a group holds every series of its services.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Group {
-    pub index: u32,
-    pub of: u32,
-}
-
-impl Group {
-    pub const ALL: Group = Group { index: 0, of: 1 };
-
-    /// Whether the service with interned id `service` is in the group.
-    #[inline]
-    pub fn has(self, service: u32) -> bool {
-        service % self.of == self.index
-    }
-
-    /// The group that also carries what is not kept per service (edges, graph counters, metrics, logs).
-    pub fn is_first(self) -> bool {
-        self.index == 0
-    }
-}
-
 /// Whether a span is where a request enters a service (its RED is the service's RED).
 pub fn is_entry(kind: SpanKind) -> bool {
     matches!(kind, SpanKind::Server | SpanKind::Consumer)
@@ -396,11 +371,10 @@ impl RedTable {
             .observe(&self.bounds, span.duration_ns() as f64 / self.unit_ns);
     }
 
-    /// Per-pod rows of the services in `group`, one at a time.
-    pub fn pod_rows<'a>(&'a self, names: &'a Interner, group: Group) -> impl Iterator<Item = PodRow> + 'a {
+    /// Per-pod rows, one at a time.
+    pub fn pod_rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = PodRow> + 'a {
         self.pods
             .iter()
-            .filter(move |((service, _), _)| group.has(*service))
             .map(|(&(service, pod), (calls, errors, h))| PodRow {
                 service: names.resolve(service).clone(),
                 pod: names.resolve(pod).clone(),
@@ -412,7 +386,7 @@ impl RedTable {
 
     /// Per-pod rows.
     pub fn export_pods(&self, names: &Interner) -> Vec<PodRow> {
-        self.pod_rows(names, Group::ALL).collect()
+        self.pod_rows(names).collect()
     }
 
     /// A new series (its dimension values are in `scratch`), or the service's overflow series once the
@@ -532,27 +506,12 @@ impl RedTable {
 
     /// Every series as an owned row.
     pub fn export(&self, names: &Interner) -> Vec<RedRow> {
-        self.rows(names, Group::ALL).collect()
+        self.rows(names).collect()
     }
 
-    /// How many series and pods the services in `group` have.
-    pub fn count(&self, group: Group) -> (usize, usize) {
-        if group == Group::ALL {
-            return (self.series.len(), self.pods.len());
-        }
-        let series = self.series.iter().filter(|(k, _)| group.has(k.service)).count();
-        let pods = self
-            .pods
-            .keys()
-            .filter(|(service, _)| group.has(*service))
-            .count();
-        (series, pods)
-    }
-
-    /// The series of the services in `group` as owned rows, one at a time.
-    pub fn rows<'a>(&'a self, names: &'a Interner, group: Group) -> impl Iterator<Item = RedRow> + 'a {
-        let series = self.series.iter().filter(move |(k, _)| group.has(k.service));
-        series.map(|(k, s)| RedRow {
+    /// Every series as an owned row, one at a time.
+    pub fn rows<'a>(&'a self, names: &'a Interner) -> impl ExactSizeIterator<Item = RedRow> + 'a {
+        self.series.iter().map(|(k, s)| RedRow {
             service: names.resolve(k.service).clone(),
             span_name: names.resolve(k.name).clone(),
             kind: k.kind,
@@ -611,45 +570,6 @@ mod tests {
         let mut rows = t.export(&names);
         rows.sort_by_key(|r| r.key());
         rows
-    }
-
-    #[test]
-    fn groups_of_services_split_the_series_and_pods_between_them() {
-        let cfg = RedConfig::default();
-        let b = batch(&[
-            ("GET /", 5, StatusCode::Unset, None),
-            ("POST /", 5, StatusCode::Error, None),
-        ]);
-        let mut names = Interner::default();
-        let mut t = RedTable::new(&cfg, vec![], Arc::new(SeriesBudget::new(1000)));
-        for i in 0..7 {
-            let svc = names.id(format!("svc {i}").as_bytes());
-            let pod = names.id(format!("pod {i}").as_bytes());
-            for s in &b.spans {
-                t.record(&mut names, &b, s, Some(svc), Some(pod));
-            }
-        }
-        let mut all = t.export(&names);
-        all.sort_by_key(|r| r.key());
-        let of = 3;
-        let mut grouped = Vec::new();
-        let mut pods = 0;
-        for index in 0..of {
-            let group = Group { index, of };
-            let rows: Vec<_> = t.rows(&names, group).collect();
-            let services: std::collections::HashSet<_> = rows.iter().map(|r| r.service.clone()).collect();
-            let in_group: Vec<_> = t.pod_rows(&names, group).collect();
-            assert_eq!(t.count(group), (rows.len(), in_group.len()));
-            assert!(
-                in_group.iter().all(|p| services.contains(&p.service)),
-                "a pod with its service"
-            );
-            pods += in_group.len();
-            grouped.extend(rows);
-        }
-        grouped.sort_by_key(|r| r.key());
-        assert_eq!(grouped, all, "every series in exactly one group");
-        assert_eq!((pods, t.count(Group::ALL)), (7, (14, 7)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::AnalyzerConfig;
 use crate::graph::{GraphKeys, GraphStore};
 use crate::intern::Interner;
 use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
-use crate::red::{Group, RedTable};
+use crate::red::RedTable;
 use crate::signals::Signals;
 use crate::snapshot::Snapshot;
 
@@ -27,9 +27,9 @@ pub(crate) enum ShardMsg {
     Spans(Arc<SpanBatch>, Option<SpanPart>),
     Metrics(MetricBatch),
     Logs(LogBatch),
-    /// Add this shard's rows of a group of its services to the snapshot (which holds the rows of the
-    /// shards asked before) and hand it back.
-    Snapshot(Box<Snapshot>, Group, oneshot::Sender<Box<Snapshot>>),
+    /// Add this shard's rows to the snapshot (which holds the rows of the shards asked before) and hand
+    /// it back.
+    Snapshot(Box<Snapshot>, oneshot::Sender<Box<Snapshot>>),
     /// Finish: everything queued before this is processed first.
     Stop,
 }
@@ -166,9 +166,9 @@ impl Shard {
                     .fetch_add(l.records.len() as u64, Ordering::Relaxed);
                 self.signals.logs(&l);
             }
-            ShardMsg::Snapshot(mut snap, group, reply) => {
+            ShardMsg::Snapshot(mut snap, reply) => {
                 self.expire();
-                self.add_rows(&mut snap, group);
+                self.add_rows(&mut snap);
                 let _ = reply.send(snap);
             }
             ShardMsg::Stop => {}
@@ -206,15 +206,10 @@ impl Shard {
         self.stats.spans.fetch_add(graphed, Ordering::Relaxed);
     }
 
-    /// Adds this shard's rows of the services in `group` to `snap`, summing the series, pods and edges it
-    /// holds already; the first group also carries the edges, graph counters, metrics and logs.
-    fn add_rows(&self, snap: &mut Snapshot, group: Group) {
-        let (series, pods) = self.red.count(group);
-        snap.add_red(self.red.rows(&self.names, group), series);
-        snap.add_pods(self.red.pod_rows(&self.names, group), pods);
-        if !group.is_first() {
-            return;
-        }
+    /// Adds this shard's rows to `snap`, summing the series, pods and edges it holds already.
+    fn add_rows(&self, snap: &mut Snapshot) {
+        snap.add_red(self.red.rows(&self.names));
+        snap.add_pods(self.red.pod_rows(&self.names));
         snap.add_edges(self.graph.rows(&self.names));
         snap.graph.add(&self.graph.counters());
         snap.metrics.extend(self.signals.metric_rows());

@@ -54,19 +54,19 @@ impl Snapshot {
 }
 
 impl Snapshot {
-    /// Adds `n` RED rows (one shard's: no two of one series) to the snapshot's, summing a series it holds.
-    pub(crate) fn add_red(&mut self, rows: impl Iterator<Item = RedRow>, n: usize) {
+    /// Adds RED rows (one shard's: no two of one series) to the snapshot's, summing a series it holds.
+    pub(crate) fn add_red(&mut self, rows: impl ExactSizeIterator<Item = RedRow>) {
         let order = |a: &RedRow, b: &RedRow| a.id().cmp(&b.id());
-        merge_into(&mut self.red, rows, n, order, |o, r| {
+        merge_into(&mut self.red, rows, order, |o, r| {
             o.calls += r.calls;
             o.duration.merge(&r.duration);
         });
     }
 
-    /// Adds `n` per-pod rows (one shard's), summing a pod the snapshot already holds.
-    pub(crate) fn add_pods(&mut self, rows: impl Iterator<Item = PodRow>, n: usize) {
+    /// Adds per-pod rows (one shard's), summing a pod the snapshot already holds.
+    pub(crate) fn add_pods(&mut self, rows: impl ExactSizeIterator<Item = PodRow>) {
         let order = |a: &PodRow, b: &PodRow| (&a.service, &a.pod).cmp(&(&b.service, &b.pod));
-        merge_into(&mut self.pods, rows, n, order, |o, p| {
+        merge_into(&mut self.pods, rows, order, |o, p| {
             o.calls += p.calls;
             o.errors += p.errors;
             o.duration.merge(&p.duration);
@@ -76,25 +76,23 @@ impl Snapshot {
     /// Adds edge rows (one shard's), summing an edge the snapshot holds.
     pub(crate) fn add_edges(&mut self, rows: impl ExactSizeIterator<Item = EdgeRow>) {
         let order = |a: &EdgeRow, b: &EdgeRow| a.id().cmp(&b.id());
-        let n = rows.len();
-        merge_into(&mut self.edges, rows, n, order, |o, e| o.merge(&e));
+        merge_into(&mut self.edges, rows, order, |o, e| o.merge(&e));
     }
 }
 
-/// Adds `rows` (`n` of them, no two equal) to `acc` (in `order`, no two equal), keeping it in `order`: a row equal to
+/// Adds `rows` (no two equal) to `acc` (in `order`, no two equal), keeping it in `order`: a row equal to
 /// one of `acc`'s is combined into it where it stands, the others are added and sorted in. Rows come one
 /// at a time, so a shard's rows are never held whole beside the snapshot's; room is made for them at
 /// once (each shard keeps its own services' RED series and pods, so most rows are new), and what is left
 /// over when some were combined is given back.
 fn merge_into<T>(
     acc: &mut Vec<T>,
-    rows: impl Iterator<Item = T>,
-    n: usize,
+    rows: impl ExactSizeIterator<Item = T>,
     order: impl Fn(&T, &T) -> Ordering,
     combine: impl Fn(&mut T, T),
 ) {
     let before = acc.len();
-    acc.reserve_exact(n);
+    acc.reserve_exact(rows.len());
     for r in rows {
         match acc[..before].binary_search_by(|a| order(a, &r)) {
             Ok(i) => combine(&mut acc[i], r),
@@ -116,12 +114,12 @@ mod tests {
         let mut acc = Vec::new();
         let sum = |a: &mut (u8, u32), b: (u8, u32)| a.1 += b.1;
         let order = |a: &(u8, u32), b: &(u8, u32)| a.0.cmp(&b.0);
-        merge_into(&mut acc, [(3, 1), (1, 1)].into_iter(), 2, order, sum);
+        merge_into(&mut acc, [(3, 1), (1, 1)].into_iter(), order, sum);
         assert_eq!(acc, vec![(1, 1), (3, 1)]);
-        merge_into(&mut acc, [(2, 5), (3, 2), (0, 7)].into_iter(), 3, order, sum);
+        merge_into(&mut acc, [(2, 5), (3, 2), (0, 7)].into_iter(), order, sum);
         assert_eq!(acc, vec![(0, 7), (1, 1), (2, 5), (3, 3)]);
         assert_eq!(acc.capacity(), 4, "no spare room kept");
-        merge_into(&mut acc, [(1, 1), (3, 1)].into_iter(), 2, order, sum);
+        merge_into(&mut acc, [(1, 1), (3, 1)].into_iter(), order, sum);
         assert_eq!(acc, vec![(0, 7), (1, 2), (2, 5), (3, 4)]);
         assert_eq!(acc.capacity(), 4, "no spare room kept");
     }

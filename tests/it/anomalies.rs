@@ -91,7 +91,7 @@ impl Replay {
         let ts_ms = EPOCH_MS + self.elapsed.as_millis() as i64;
         let mut snap = self.engine.snapshot().await.unwrap();
         snap.taken_at = SystemTime::UNIX_EPOCH + Duration::from_millis(ts_ms as u64);
-        self.history.append(snap, ts_ms).unwrap();
+        self.history.append(Arc::new(snap), ts_ms).unwrap();
         self.monitor
             .observe(&self.history.view(), ts_ms, WINDOW.as_millis() as i64)
             .unwrap()

@@ -141,7 +141,7 @@ mod tests {
                 duration: hist,
             }];
             ts = 1_700_000_000_000 + 60_000 * w as i64;
-            h.append(s, ts).unwrap();
+            h.append(std::sync::Arc::new(s), ts).unwrap();
         }
         (h, ts)
     }

@@ -26,7 +26,7 @@ mod window;
 use files::{read_parquet, save_tables};
 use tables::{Chunk, Key, SERVICE_RED, TABLES, TableRows};
 use view::{aggregate, bucket, rows};
-use window::Window;
+use window::window_chunks;
 
 pub use view::{
     EdgeKey, HistoryView, OperationKey, PodKey, RedPoint, RedSummary, SeriesKey, SeriesPoint, ServiceKey,
@@ -48,10 +48,7 @@ pub struct History {
     /// Per table, every series it holds rows of and how many: each series' key is allocated once and
     /// shared by all its rows, and a series whose last row goes is forgotten.
     series: Vec<HashMap<Key, usize>>,
-    /// The counters the next window starts from.
-    prev: Option<Snapshot>,
-    /// The window being closed, while its parts come in.
-    closing: Option<Window>,
+    prev: Option<Arc<Snapshot>>,
     /// The services `tables` hold, kept with them so a view's lookups need no scan.
     services: Arc<BTreeSet<Arc<str>>>,
 }
@@ -66,7 +63,6 @@ impl History {
             tables: vec![TableRows::default(); TABLES.len()],
             series: vec![HashMap::new(); TABLES.len()],
             prev: None,
-            closing: None,
             services: Arc::default(),
         };
         if let Some(dir) = cfg.data_dir.clone() {
@@ -94,10 +90,7 @@ impl History {
     /// Takes `cur` as the counters the next window starts from, adding no rows: for counters that began
     /// before this history did (the global view of a deployment on Kafka), whose first snapshot holds
     /// everything counted before.
-    pub fn baseline(&mut self, mut cur: Snapshot) {
-        cur.red.sort_unstable_by(|a, b| a.id().cmp(&b.id()));
-        cur.pods
-            .sort_unstable_by(|a, b| (&a.service, &a.pod).cmp(&(&b.service, &b.pod)));
+    pub fn baseline(&mut self, cur: Arc<Snapshot>) {
         self.prev = Some(cur);
     }
 
@@ -106,39 +99,16 @@ impl History {
         self.prev.is_some()
     }
 
-    /// Adds the window that ends with `cur` (taken at its `taken_at`, stamped `ts_ms`), then applies
-    /// rollup and retention.
-    pub fn append(&mut self, cur: Snapshot, ts_ms: i64) -> Result<()> {
-        let taken_at = cur.taken_at;
-        self.add_part(cur);
-        self.close(taken_at, ts_ms)
-    }
-
-    /// Adds a part of the counters of the window being closed: every RED series and pod of some
-    /// services (no other part holds one of theirs), and some or all of the edges, metrics and logs. The
-    /// previous snapshot's rows are brought up to date in place, so a window close never holds two.
-    pub fn add_part(&mut self, part: Snapshot) {
-        let prev = self.prev.as_mut();
-        match &mut self.closing {
-            Some(w) => w.add(prev, part, &self.series),
-            None => self.closing = Some(Window::new(prev, part, &self.series)),
-        }
-    }
-
-    /// Closes the window whose parts were added, taken at `taken_at` and stamped `ts_ms`, then applies
-    /// rollup and retention. Without parts, nothing happens.
-    pub fn close(&mut self, taken_at: std::time::SystemTime, ts_ms: i64) -> Result<()> {
-        let Some(window) = self.closing.take() else {
-            return Ok(());
-        };
+    /// Adds the window that ends with `cur` (taken at `ts_ms`), then applies rollup and retention.
+    pub fn append(&mut self, cur: Arc<Snapshot>, ts_ms: i64) -> Result<()> {
         let seconds = match &self.prev {
-            Some(p) => taken_at
+            Some(p) => cur
+                .taken_at
                 .duration_since(p.taken_at)
                 .map_or(0.0, |d| d.as_secs_f64()),
             None => self.window.as_secs_f64(),
         };
-        let prev = self.prev.take();
-        let (chunks, cur) = window.finish(prev, taken_at, &self.series, ts_ms, seconds.max(1e-3));
+        let chunks = window_chunks(self.prev.as_deref(), &cur, &self.series, ts_ms, seconds.max(1e-3));
         for (i, chunk) in chunks.into_iter().enumerate() {
             self.add(i, Tier::Raw, chunk);
         }
@@ -297,7 +267,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, SystemTime};
 
-    fn snap(calls_ok: u64, calls_err: u64, at: SystemTime) -> Snapshot {
+    fn snap(calls_ok: u64, calls_err: u64, at: SystemTime) -> Arc<Snapshot> {
         let cfg = AnalyzerConfig::default();
         let mut s = Snapshot::empty(&cfg);
         s.taken_at = at;
@@ -322,7 +292,7 @@ mod tests {
             row(StatusCode::Unset, calls_ok, 0.005),
             row(StatusCode::Error, calls_err, 0.05),
         ];
-        s
+        Arc::new(s)
     }
 
     fn rows_of(chunks: &[Arc<Chunk>]) -> usize {
@@ -403,7 +373,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let base = 1_700_000_000_000i64;
         // One snapshot of 300 operations, then windows in which none of them has a request.
-        let mut wide = snap(10, 0, t0);
+        let mut wide = (*snap(10, 0, t0)).clone();
         let template = wide.red[0].clone();
         wide.red = (0..300)
             .map(|i| RedRow {
@@ -411,11 +381,12 @@ mod tests {
                 ..template.clone()
             })
             .collect();
-        h.append(wide.clone(), base).unwrap();
+        h.append(Arc::new(wide.clone()), base).unwrap();
         assert_eq!(rows_of(&h.tables[1].raw), 300);
         for i in 1..6u64 {
             wide.taken_at = t0 + Duration::from_secs(10 * i);
-            h.append(wide.clone(), base + 10_000 * i as i64).unwrap();
+            h.append(Arc::new(wide.clone()), base + 10_000 * i as i64)
+                .unwrap();
         }
         // Idle operations: no new rows; the service keeps one row per window.
         assert_eq!(rows_of(&h.tables[1].raw), 300);
@@ -426,7 +397,8 @@ mod tests {
                 r.calls += 1;
             }
             wide.taken_at = t0 + Duration::from_secs(10 * i);
-            h.append(wide.clone(), base + 10_000 * i as i64).unwrap();
+            h.append(Arc::new(wide.clone()), base + 10_000 * i as i64)
+                .unwrap();
             assert!(h.rows() <= 1000, "{} rows after window {i}", h.rows());
         }
         assert_eq!(h.view().latest_ts(), Some(base + 190_000));
@@ -438,7 +410,7 @@ mod tests {
     /// client spans, a pod per service; service 5 first counts in window 2, and an operation of
     /// service 0 is gone from window 3 (as from a source that restarted), so rows come, stay and go.
     fn counters(w: u64, at: SystemTime) -> Snapshot {
-        let mut s = snap(0, 0, at);
+        let mut s = (*snap(0, 0, at)).clone();
         let template = s.red[0].clone();
         s.red.clear();
         for svc in 0..6u64 {
@@ -485,70 +457,15 @@ mod tests {
         s
     }
 
-    /// `cur` as parts of services (`parts` of them, the i-th of services `svc % parts == i`), the
-    /// first with the rest of the snapshot, as a window close takes them from the shards.
-    fn parts(cur: &Snapshot, parts: usize) -> Vec<Snapshot> {
-        let part_of = |service: &str| service.bytes().last().map_or(0, |b| b as usize) % parts;
-        (0..parts)
-            .map(|i| {
-                let mut p = if i == 0 {
-                    cur.clone()
-                } else {
-                    Snapshot::empty(&AnalyzerConfig::default())
-                };
-                p.red = cur
-                    .red
-                    .iter()
-                    .filter(|r| part_of(&r.service) == i)
-                    .cloned()
-                    .collect();
-                p.pods = cur
-                    .pods
-                    .iter()
-                    .filter(|r| part_of(&r.service) == i)
-                    .cloned()
-                    .collect();
-                p
-            })
-            .collect()
-    }
-
-    /// Every row of the history by table, timestamp and key (a window's rows come in no set order).
-    fn by_key(h: &History) -> std::collections::BTreeMap<(usize, i64, Key), Vec<u64>> {
-        let mut rows = std::collections::BTreeMap::new();
-        for (i, t) in h.tables.iter().enumerate() {
-            for c in t.raw.iter().chain(&t.rollup) {
-                for (r, key) in c.keys.iter().enumerate() {
-                    let values = c.row(r, TABLES[i].width()).iter().map(|v| v.to_bits()).collect();
-                    let seconds = c.seconds[r].to_bits();
-                    let old = rows.insert((i, c.ts, key.clone()), [values, vec![seconds]].concat());
-                    assert!(old.is_none(), "two rows of {key:?} at {}", c.ts);
-                }
-            }
-        }
-        rows
-    }
-
     #[test]
-    fn a_window_closed_in_parts_counts_every_series_once() {
+    fn every_call_is_counted_once_across_window_closes() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let base = 1_700_000_000_000i64;
-        let mut whole = History::open(&store(None), Duration::from_secs(10));
-        let mut in_parts = History::open(&store(None), Duration::from_secs(10));
+        let mut h = History::open(&store(None), Duration::from_secs(10));
         for w in 1..=3u64 {
             let at = t0 + Duration::from_secs(10 * w);
-            let cur = counters(w, at);
-            whole.append(cur.clone(), base + 10_000 * w as i64).unwrap();
-            // The parts in another order each window.
-            let mut ps = parts(&cur, 3);
-            ps.rotate_left(w as usize % 3);
-            for p in ps {
-                in_parts.add_part(p);
-            }
-            in_parts.close(at, base + 10_000 * w as i64).unwrap();
-            assert_eq!(by_key(&in_parts), by_key(&whole), "window {w}");
-            assert_eq!(in_parts.prev.as_ref().unwrap().red, cur.red, "window {w}");
-            assert_eq!(in_parts.prev.as_ref().unwrap().pods, cur.pods, "window {w}");
+            h.append(Arc::new(counters(w, at)), base + 10_000 * w as i64)
+                .unwrap();
         }
         // Every call is counted once: the operations' rows add up to the last counts, and those of the
         // operation that went before window 3.
@@ -559,7 +476,7 @@ mod tests {
             .unwrap()
             .calls;
         let last: u64 = counters(3, t0).red.iter().map(|r| r.calls).sum();
-        let view = in_parts.view();
+        let view = h.view();
         let services = view.services(0, i64::MAX).unwrap();
         let all: f64 = services
             .iter()

@@ -1,14 +1,13 @@
 //! One window of history from two consecutive snapshots: the deltas of the cumulative counters, one row
 //! per series and table.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
+
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::tables::{Chunk, EDGES, Key, LOGS, METRICS, OPERATION_RED, POD_RED, SERVICE_RED, Table};
 use crate::graph::EdgeRow;
-use crate::red::{Histogram, PodRow, RedRow, is_entry};
+use crate::red::{Histogram, RedRow, is_entry};
 use crate::signals::MetricKind;
 use crate::snapshot::Snapshot;
 
@@ -17,27 +16,27 @@ use crate::snapshot::Snapshot;
 pub(super) type Known = [HashMap<Key, usize>];
 
 /// Rows of one window for one table.
-struct Rows {
-    /// The table's place in [`TABLES`](super::tables::TABLES).
-    table: usize,
+struct Rows<'a> {
     width: usize,
     chunk: Chunk,
     /// The labels key columns repeat (span kinds, connection types), one allocation each.
     labels: Vec<Arc<str>>,
+    /// The series the history's table already holds: a row of one of them takes its key, allocating none.
+    known: &'a HashMap<Key, usize>,
 }
 
-impl Rows {
-    /// Rows of `table`, with room for `at_most` of them made at once (what is left over is given back by
-    /// [`Rows::chunk`]).
-    fn new(table: &Table, at_most: usize) -> Rows {
+impl<'a> Rows<'a> {
+    /// Rows of `table`, with room for `at_most` of them made at once (the chunk is not regrown while it
+    /// fills; what is left over is given back by [`Rows::chunk`]).
+    fn new(table: &Table, known: &'a Known, at_most: usize) -> Rows<'a> {
         let mut chunk = Chunk::default();
         chunk.keys.reserve_exact(at_most);
         chunk.values.reserve_exact(at_most * table.width());
         Rows {
-            table: table.index(),
             width: table.width(),
             chunk,
             labels: Vec::new(),
+            known: &known[table.index()],
         }
     }
 
@@ -51,11 +50,10 @@ impl Rows {
         l
     }
 
-    /// A row: its key columns and its values (`None`: missing). A row of a series the history's table
-    /// already holds (`known`) takes its key, allocating none.
-    fn push<const N: usize>(&mut self, known: &Known, keys: [Arc<str>; N], values: &[Option<f64>]) {
+    /// A row: its key columns and its values (`None`: missing).
+    fn push<const N: usize>(&mut self, keys: [Arc<str>; N], values: &[Option<f64>]) {
         debug_assert_eq!(values.len(), self.width);
-        let key = match known[self.table].get_key_value(&keys[..]) {
+        let key = match self.known.get_key_value(&keys[..]) {
             Some((known, _)) => known.clone(),
             None => Key::from(keys),
         };
@@ -65,15 +63,12 @@ impl Rows {
             .extend(values.iter().map(|v| v.unwrap_or(f64::NAN)));
     }
 
-    /// The window's chunk, holding no spare capacity: it is kept for the whole retention. Rows added a
-    /// group of services at a time are in no overall order; nothing reads a chunk in order (queries and
-    /// rollups group rows by key).
+    /// The window's chunk, holding no spare capacity: it is kept for the whole retention.
     fn chunk(mut self, ts_ms: i64, seconds: f64) -> Chunk {
-        let c = &mut self.chunk;
-        c.keys.shrink_to_fit();
-        c.values.shrink_to_fit();
-        c.ts = ts_ms;
-        c.seconds = vec![seconds; c.keys.len()];
+        self.chunk.keys.shrink_to_fit();
+        self.chunk.values.shrink_to_fit();
+        self.chunk.ts = ts_ms;
+        self.chunk.seconds = vec![seconds; self.chunk.keys.len()];
         self.chunk
     }
 }
@@ -109,171 +104,27 @@ fn paired<'a, T, K: Ord>(
     })
 }
 
-/// A window being closed: its rows so far, and what the previous snapshot's rows become. The counters
-/// come in parts (a group of one shard's services at a time, or a whole snapshot); each part's RED and pod
-/// rows are turned into window rows against the previous snapshot and then replace their rows there, so
-/// a window close holds the previous snapshot and one part, never two whole snapshots.
-pub(super) struct Window {
-    services: Rows,
-    operations: Rows,
-    pods: Rows,
-    /// Which of the previous snapshot's RED rows and pods a part has replaced.
-    seen_red: Vec<bool>,
-    seen_pods: Vec<bool>,
-    /// Series and pods the previous snapshot does not have.
-    new_red: Vec<RedRow>,
-    new_pods: Vec<PodRow>,
-    /// The parts' edges, graph counters, metrics and logs, with their units and bounds: the first part,
-    /// its RED and pod rows taken out, and the others' added to it.
-    rest: Snapshot,
-}
-
-impl Window {
-    /// A window of the rows of `part` (the first), against `prev`.
-    pub(super) fn new(prev: Option<&mut Snapshot>, part: Snapshot, known: &Known) -> Window {
-        let (red, pods) = prev.as_ref().map_or((0, 0), |p| (p.red.len(), p.pods.len()));
-        let mut rest = part;
-        let part = Snapshot {
-            red: std::mem::take(&mut rest.red),
-            pods: std::mem::take(&mut rest.pods),
-            edges: std::mem::take(&mut rest.edges),
-            metrics: std::mem::take(&mut rest.metrics),
-            logs: std::mem::take(&mut rest.logs),
-            graph: std::mem::take(&mut rest.graph),
-            ..rest.clone()
-        };
-        let mut w = Window {
-            services: Rows::new(&SERVICE_RED, 0),
-            operations: Rows::new(&OPERATION_RED, red),
-            pods: Rows::new(&POD_RED, pods),
-            seen_red: vec![false; red],
-            seen_pods: vec![false; pods],
-            new_red: Vec::new(),
-            new_pods: Vec::new(),
-            rest,
-        };
-        w.add(prev, part, known);
-        w
-    }
-
-    /// Adds the rows of `part`, whose services' RED series and pods no other part of the window holds.
-    pub(super) fn add(&mut self, prev: Option<&mut Snapshot>, mut part: Snapshot, known: &Known) {
-        let mut red = std::mem::take(&mut part.red);
-        // What services past the series budget sent is in the exposition and the budget's counters; the
-        // history has no service to file it under (and every shard may hold some of it).
-        red.retain(|r| !(r.overflow && r.service.is_empty()));
-        let pods = std::mem::take(&mut part.pods);
-        let ms = Ms::of(&part);
-        let (prev_red, prev_pods) = match &prev {
-            Some(p) => (Some(&p.red[..]), Some(&p.pods[..])),
-            None => (None, None),
-        };
-        let rows = (&mut self.services, &mut self.operations);
-        red_rows(prev_red, &red, &ms, known, rows);
-        pod_rows(prev_pods, &pods, &ms, known, &mut self.pods);
-        match prev {
-            Some(p) => {
-                replace(&mut p.red, &mut self.seen_red, &mut self.new_red, red, red_order);
-                replace(
-                    &mut p.pods,
-                    &mut self.seen_pods,
-                    &mut self.new_pods,
-                    pods,
-                    pod_order,
-                );
-            }
-            None => {
-                self.new_red.extend(red);
-                self.new_pods.extend(pods);
-            }
-        }
-        let rest = &mut self.rest;
-        rest.add_edges(part.edges.into_iter());
-        rest.graph.add(&part.graph);
-        rest.metrics.extend(part.metrics);
-        rest.logs.extend(part.logs);
-    }
-
-    /// The window's rows, one chunk per table (in [`TABLES`](super::tables::TABLES) order), and the
-    /// snapshot the next window starts from (taken at `taken_at`): `prev`'s rows as the parts replaced
-    /// them, and the new ones; a row no part had is gone, as it would be from a snapshot taken whole.
-    pub(super) fn finish(
-        self,
-        mut prev: Option<Snapshot>,
-        taken_at: SystemTime,
-        known: &Known,
-        ts_ms: i64,
-        seconds: f64,
-    ) -> (Vec<Chunk>, Snapshot) {
-        let mut cur = self.rest;
-        cur.taken_at = taken_at;
-        let (red, pods) = match prev.as_mut() {
-            Some(p) => (std::mem::take(&mut p.red), std::mem::take(&mut p.pods)),
-            None => Default::default(),
-        };
-        cur.red = kept(red, &self.seen_red, self.new_red, red_order);
-        cur.pods = kept(pods, &self.seen_pods, self.new_pods, pod_order);
-        let prev = prev.as_ref();
-        let chunks = [
-            self.services,
-            self.operations,
-            self.pods,
-            edge_rows(prev, &cur, known),
-            metric_rows(prev, &cur, known, seconds),
-            log_rows(prev, &cur, known),
-        ]
-        .into_iter()
-        .map(|r| r.chunk(ts_ms, seconds))
-        .collect();
-        (chunks, cur)
-    }
-}
-
-fn red_order(a: &RedRow, b: &RedRow) -> Ordering {
-    a.id().cmp(&b.id())
-}
-
-fn pod_order(a: &PodRow, b: &PodRow) -> Ordering {
-    (&a.service, &a.pod).cmp(&(&b.service, &b.pod))
-}
-
-/// Replaces each row of `part` in `prev` (in `order`), marking it `seen`; a row `prev` does not have goes
-/// to `new`.
-fn replace<T>(
-    prev: &mut [T],
-    seen: &mut [bool],
-    new: &mut Vec<T>,
-    part: Vec<T>,
-    order: fn(&T, &T) -> Ordering,
-) {
-    for r in part {
-        match prev.binary_search_by(|p| order(p, &r)) {
-            Ok(i) => {
-                prev[i] = r;
-                seen[i] = true;
-            }
-            Err(_) => new.push(r),
-        }
-    }
-}
-
-/// The `seen` rows of `rows` and the `new` ones, in `order`.
-fn kept<T>(mut rows: Vec<T>, seen: &[bool], mut new: Vec<T>, order: fn(&T, &T) -> Ordering) -> Vec<T> {
-    let mut seen = seen.iter();
-    rows.retain(|_| seen.next().copied().unwrap_or(false));
-    if rows.is_empty() {
-        // The first window: every row is new, and not copied again.
-        new.sort_unstable_by(order);
-        new.shrink_to_fit();
-        return new;
-    }
-    if !new.is_empty() {
-        rows.reserve_exact(new.len());
-        rows.extend(new);
-        rows.sort_unstable_by(order);
-    }
-    rows.shrink_to_fit();
-    rows
+/// The window rows between two snapshots, one chunk per table (in [`TABLES`](super::tables::TABLES) order).
+/// `known`: the series the history holds rows of, whose keys the rows share.
+pub(super) fn window_chunks(
+    prev: Option<&Snapshot>,
+    cur: &Snapshot,
+    known: &Known,
+    ts_ms: i64,
+    seconds: f64,
+) -> Vec<Chunk> {
+    let (service_rows, op_rows) = red_rows(prev, cur, known);
+    [
+        service_rows,
+        op_rows,
+        pod_rows(prev, cur, known),
+        edge_rows(prev, cur, known),
+        metric_rows(prev, cur, known, seconds),
+        log_rows(prev, cur, known),
+    ]
+    .into_iter()
+    .map(|r| r.chunk(ts_ms, seconds))
+    .collect()
 }
 
 /// Two names and a label: an operation (service, span name, kind) or an edge (client, server, type).
@@ -308,26 +159,27 @@ impl Ms<'_> {
 /// RED per service (over its entry spans; all spans if it has none) and per operation. Rows come in
 /// series order (service, span name, kind, ...), so each service's and each operation's series are
 /// neighbours: their totals are summed as the walk passes, with no map of every operation.
-fn red_rows(
-    prev: Option<&[RedRow]>,
-    cur: &[RedRow],
-    ms: &Ms,
-    known: &Known,
-    (service_rows, op_rows): (&mut Rows, &mut Rows),
-) {
+fn red_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> (Rows<'k>, Rows<'k>) {
+    let ms = Ms::of(cur);
+    let mut service_rows = Rows::new(&SERVICE_RED, known, 0);
+    let mut op_rows = Rows::new(&OPERATION_RED, known, cur.red.len());
     // The service and span name at hand: its entry and other spans' totals, and its operations' per kind.
     let mut service: Option<(Arc<str>, [Totals; 2])> = None;
     let mut name: Option<Arc<str>> = None;
     let mut ops: Vec<(&'static str, Totals)> = Vec::new();
-    for (r, p) in paired(prev, cur, RedRow::id) {
+    let rows = paired(prev.map(|p| &p.red[..]), &cur.red, RedRow::id)
+        // What services past the series budget sent is in the exposition and the budget's counters; the
+        // history has no service to file it under.
+        .filter(|(r, _)| !(r.overflow && r.service.is_empty()));
+    for (r, p) in rows {
         if name.as_ref().is_some_and(|n| *n != r.span_name)
             || service.as_ref().is_some_and(|(s, _)| *s != r.service)
         {
             let service = service.as_ref().map(|s| &s.0);
-            operations(op_rows, ms, known, service, name.take(), &mut ops);
+            operations(&mut op_rows, &ms, service, name.take(), &mut ops);
         }
         if service.as_ref().is_some_and(|(s, _)| *s != r.service) {
-            service_row(service_rows, ms, known, service.take());
+            service_row(&mut service_rows, &ms, service.take());
         }
         let calls = r.calls.saturating_sub(p.map_or(0, |p| p.calls)) as f64;
         let errors = if r.status == crate::records::StatusCode::Error {
@@ -354,12 +206,13 @@ fn red_rows(
         slot.1 += errors;
         slot.2.merge(&h);
     }
-    operations(op_rows, ms, known, service.as_ref().map(|s| &s.0), name, &mut ops);
-    service_row(service_rows, ms, known, service.take());
+    operations(&mut op_rows, &ms, service.as_ref().map(|s| &s.0), name, &mut ops);
+    service_row(&mut service_rows, &ms, service.take());
+    (service_rows, op_rows)
 }
 
 /// The row of a service: its entry spans' RED, or all its spans' when it had no entry spans.
-fn service_row(rows: &mut Rows, ms: &Ms, known: &Known, service: Option<(Arc<str>, [Totals; 2])>) {
+fn service_row(rows: &mut Rows, ms: &Ms, service: Option<(Arc<str>, [Totals; 2])>) {
     let Some((service, [entry, other])) = service else {
         return;
     };
@@ -369,7 +222,6 @@ fn service_row(rows: &mut Rows, ms: &Ms, known: &Known, service: Option<(Arc<str
         other
     };
     rows.push(
-        known,
         [service],
         &[
             Some(n),
@@ -388,7 +240,6 @@ fn service_row(rows: &mut Rows, ms: &Ms, known: &Known, service: Option<(Arc<str
 fn operations(
     rows: &mut Rows,
     ms: &Ms,
-    known: &Known,
     service: Option<&Arc<str>>,
     name: Option<Arc<str>>,
     ops: &mut Vec<(&'static str, Totals)>,
@@ -400,7 +251,6 @@ fn operations(
     for (kind, (n, e, h)) in ops.drain(..).filter(|(_, (n, _, _))| *n > 0.0) {
         let kind = rows.label(kind);
         rows.push(
-            known,
             [service.clone(), name.clone(), kind],
             &[Some(n), Some(e), ms.q(&h, 0.95), ms.mean(&h)],
         );
@@ -408,25 +258,27 @@ fn operations(
 }
 
 /// RED per pod, for the pods that had requests in the window.
-fn pod_rows(prev: Option<&[PodRow]>, cur: &[PodRow], ms: &Ms, known: &Known, rows: &mut Rows) {
-    for (r, p) in paired(prev, cur, |r| (&*r.service, &*r.pod)) {
+fn pod_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> Rows<'k> {
+    let ms = Ms::of(cur);
+    let mut pod_rows = Rows::new(&POD_RED, known, cur.pods.len());
+    for (r, p) in paired(prev.map(|p| &p.pods[..]), &cur.pods, |r| (&*r.service, &*r.pod)) {
         let n = r.calls.saturating_sub(p.map_or(0, |p| p.calls)) as f64;
         let e = r.errors.saturating_sub(p.map_or(0, |p| p.errors)) as f64;
         if n == 0.0 {
             continue;
         }
         let h = r.duration.since(p.map(|p| &p.duration));
-        rows.push(
-            known,
+        pod_rows.push(
             [r.service.clone(), r.pod.clone()],
             &[Some(n), Some(e), ms.q(&h, 0.95), ms.mean(&h)],
         );
     }
+    pod_rows
 }
 
 /// Requests, failures and server p95 per edge (client, server, connection type).
-fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known) -> Rows {
-    let mut edge_rows = Rows::new(&EDGES, cur.edges.len());
+fn edge_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> Rows<'k> {
+    let mut edge_rows = Rows::new(&EDGES, known, cur.edges.len());
     // Edges with the same client, server and type but other dimension values are one edge here.
     let mut edges: std::collections::BTreeMap<Labels, Totals> = Default::default();
     for (e, p) in paired(prev.map(|p| &p.edges[..]), &cur.edges, EdgeRow::id) {
@@ -442,7 +294,6 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known) -> Rows {
     for ((client, server, conn), (n, f, h)) in &edges {
         let conn = edge_rows.label(conn);
         edge_rows.push(
-            known,
             [client.clone(), server.clone(), conn],
             &[Some(*n), Some(*f), quantile_ms(h, &cur.graph_bounds, 0.95, 1e3)],
         );
@@ -451,7 +302,7 @@ fn edge_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known) -> Rows {
 }
 
 /// A level per gauge, a per-second rate per counter.
-fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known, seconds: f64) -> Rows {
+fn metric_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known, seconds: f64) -> Rows<'k> {
     let prev_metrics: HashMap<_, _> = prev
         .map(|p| {
             p.metrics
@@ -460,7 +311,7 @@ fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known, seconds: 
                 .collect()
         })
         .unwrap_or_default();
-    let mut metric_rows = Rows::new(&METRICS, cur.metrics.len());
+    let mut metric_rows = Rows::new(&METRICS, known, cur.metrics.len());
     for m in &cur.metrics {
         let value = match m.kind {
             MetricKind::Gauge => m.last_value,
@@ -471,17 +322,13 @@ fn metric_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known, seconds: 
                 (m.increase - before).max(0.0) / seconds.max(1e-9)
             }
         };
-        metric_rows.push(
-            known,
-            [m.service.clone(), m.pod.clone(), m.name.clone()],
-            &[Some(value)],
-        );
+        metric_rows.push([m.service.clone(), m.pod.clone(), m.name.clone()], &[Some(value)]);
     }
     metric_rows
 }
 
 /// Log records per service and severity.
-fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known) -> Rows {
+fn log_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> Rows<'k> {
     let prev_logs: HashMap<_, _> = prev
         .map(|p| {
             p.logs
@@ -490,7 +337,7 @@ fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known) -> Rows {
                 .collect()
         })
         .unwrap_or_default();
-    let mut log_rows = Rows::new(&LOGS, cur.logs.len());
+    let mut log_rows = Rows::new(&LOGS, known, cur.logs.len());
     for l in &cur.logs {
         let before = prev_logs
             .get(&(l.service.clone(), l.severity))
@@ -498,7 +345,6 @@ fn log_rows(prev: Option<&Snapshot>, cur: &Snapshot, known: &Known) -> Rows {
             .unwrap_or(0);
         let severity = log_rows.label(l.severity);
         log_rows.push(
-            known,
             [l.service.clone(), severity],
             &[Some(l.records.saturating_sub(before) as f64)],
         );
