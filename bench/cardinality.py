@@ -8,7 +8,10 @@ sees several observations. After the load it reads the process's resident memory
 of RED series and edges on /metrics, and reports bytes per series above an idle baseline and, from one row
 to the next, the marginal bytes per added series.
 
-    bench/cardinality.py [--shapes 10x10,100x10,100x100,1000x10]
+    bench/cardinality.py [--shapes 10x10,100x10,100x100,1000x10] [--windows 1]
+
+--windows N waits for N window closes after the load (the later ones with no new spans), so the figure
+includes what a steady-state window close holds rather than the first one's.
 
 Needs a release build (`cargo build --release`).
 """
@@ -75,7 +78,7 @@ def load(port, services, ops, repeats):
                  "scopeSpans": [{"spans": spans}]} for svc, spans in by_resource.items()]})
 
 
-def run(services, ops):
+def run(services, ops, windows=1):
     grpc, http, web = free_port(), free_port(), free_port()
     p = subprocess.Popen([TIDEWATCH, "run", "--set", f"collector.grpc.endpoint=127.0.0.1:{grpc}",
                           "--set", f"collector.http.endpoint=127.0.0.1:{http}", "--set", f"web.endpoint=127.0.0.1:{web}",
@@ -86,8 +89,8 @@ def run(services, ops):
         time.sleep(1.0)
         base = rss_mib(p.pid)
         load(http, services, ops, repeats=3)
-        # Let a window close, so the history holds a row per series too.
-        time.sleep(11)
+        # Let a window close (or `windows` of them), so the history holds a row per series too.
+        time.sleep(1 + 10 * windows)
         text = urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=60).read().decode()
         red = sum(1 for l in text.splitlines() if l.startswith("traces_span_metrics_calls_total{"))
         edges = sum(1 for l in text.splitlines() if l.startswith("traces_service_graph_request_total{"))
@@ -103,10 +106,11 @@ def run(services, ops):
 def main():
     a = argparse.ArgumentParser()
     a.add_argument("--shapes", default="10x10,100x10,100x100,1000x10")
+    a.add_argument("--windows", type=int, default=1)
     args = a.parse_args()
     if not os.access(TIDEWATCH, os.X_OK):
         sys.exit(f"no release build at {TIDEWATCH}: cargo build --release")
-    rows = [run(*map(int, s.split("x"))) for s in args.shapes.split(",")]
+    rows = [run(*map(int, s.split("x")), args.windows) for s in args.shapes.split(",")]
     # What each series costs once the first data has brought in the pools it needs once: RSS growth over
     # series growth from the previous row.
     for prev, r in zip(rows, rows[1:]):

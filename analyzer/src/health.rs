@@ -205,7 +205,7 @@ pub struct Monitor {
     cfg: HealthConfig,
     /// Upper bounds (ms) of the latency histogram the pods' p95 comes from, for root-cause localisation.
     latency_bounds_ms: Vec<f64>,
-    /// Boxed: a service's models are 3.8 KB, and a map's nodes hold eleven values inline whether used or
+    /// Boxed: a service's models are 3.7 KB, and a map's nodes hold eleven values inline whether used or
     /// not.
     services: BTreeMap<String, Box<ServiceModels>>,
     /// The detectors' parameters ([`Params::default`]), one copy shared by every detector.

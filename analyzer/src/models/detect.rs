@@ -578,6 +578,8 @@ impl StepEstimate {
             if self.gaps.len() >= 16 {
                 self.gaps.sort_unstable();
                 self.step = Some(self.gaps[self.gaps.len() / 2]);
+                // Never read again: every detector of every signal would keep them.
+                self.gaps = Vec::new();
             }
         }
         self.last_t = Some(t_ms);
@@ -705,15 +707,17 @@ pub struct Tidewatch {
     rows: usize,
     step: StepEstimate,
     period: Option<usize>,
-    /// The latest values, as many as the level window and the first-difference window need: both
-    /// windows read them.
+    /// The latest values, as many as the level window, the first-difference window and the seasonal
+    /// change (a period back) need: all of them read this one ring.
     values: Ring<f64>,
     level: RollingRobust,
     diffs: RollingRobust,
     /// The latest seasonal changes, the seasonal window's items.
     changes: Ring<f64>,
     seasonal: RollingRobust,
-    history: VecDeque<f64>,
+    /// How many of the latest values the first difference and the seasonal change may read: the last
+    /// one until the period is known, then up to a period of them, counted from then.
+    reach: usize,
     likelihood: Likelihood,
     recent: VecDeque<(usize, f64)>,
     /// Range of the values seen so far, and of the changes between rows.
@@ -729,7 +733,8 @@ pub struct Tidewatch {
     new_pattern: bool,
     /// Range of the values seen in each hour of the day (fading as `value_range`'s does), with the rows
     /// seen there; allocated once the step between rows is known.
-    phase_ranges: Vec<(Option<(f64, f64)>, usize)>,
+    /// A bucket's range is only read once it has seen a row (`seen` > 0).
+    phase_ranges: Vec<((f64, f64), u32)>,
     /// The value of the level baseline (rolling median) before the latest row joined it.
     last_level: Option<f64>,
 }
@@ -762,7 +767,7 @@ impl Tidewatch {
             diffs: RollingRobust::new(p.diff_window, p.scale_alpha, res),
             changes: Ring::new(p.diff_window),
             seasonal: RollingRobust::new(p.diff_window, p.scale_alpha, res),
-            history: VecDeque::new(),
+            reach: 0,
             likelihood: Likelihood::new(p.short, p.long, p.sigma_floor),
             recent: VecDeque::new(),
             value_range: RangeNovelty::new(p.range_decay, res),
@@ -803,9 +808,9 @@ impl Tidewatch {
         };
         let mut z_base = z_level.abs();
         if let (Some(p), true) = (self.period, self.seasonal.len() >= MIN_ROWS)
-            && self.history.len() >= p
+            && let Some(back) = self.back(p)
         {
-            let change = value - self.history[self.history.len() - p];
+            let change = value - back;
             let z_season = self.seasonal.z(change, self.changes.newest()).unwrap_or(0.0);
             if let (Some(ss), Some(ls)) = (
                 self.seasonal.scale(self.changes.newest()),
@@ -815,8 +820,8 @@ impl Tidewatch {
                 z_base = z_season.abs();
             }
         }
-        let z_diff = match self.history.back() {
-            Some(&last) if self.diffs.len() >= MIN_ROWS => self
+        let z_diff = match self.back(1) {
+            Some(last) if self.diffs.len() >= MIN_ROWS => self
                 .diffs
                 .z(value - last, self.values.newest_differences())
                 .unwrap_or(0.0),
@@ -838,17 +843,19 @@ impl Tidewatch {
                 .min(PHASES - 1);
             let per_day = (DAY_MS / PHASES as i64) as f64 / step as f64;
             if self.phase_ranges.is_empty() {
-                self.phase_ranges = vec![(None, 0); PHASES];
+                self.phase_ranges = vec![((0.0, 0.0), 0); PHASES];
             }
             let (stored, seen) = &mut self.phase_ranges[bucket];
             // The hour's range fades and counts novelty as the whole series' range does.
             let mut range = RangeNovelty {
-                range: *stored,
+                range: (*seen > 0).then_some(*stored),
                 ..self.value_range
             };
             let novelty = range.observe(value);
-            *stored = range.range;
-            *seen += 1;
+            if let Some(r) = range.range {
+                *stored = r;
+            }
+            *seen = seen.saturating_add(1);
             let seasonal = matches!((self.seasonal.scale(self.changes.newest()), self.level.scale(self.values.newest())),
                 (Some(ss), Some(ls)) if ss < self.p.season_gain * ls);
             if seasonal && *seen as f64 > self.p.phase_days * per_day {
@@ -862,25 +869,26 @@ impl Tidewatch {
         if warm { v.max(self.p.diff_novelty * d) } else { 0.0 }
     }
 
+    /// The value `rows` rows before the one being scored, if within reach.
+    fn back(&self, rows: usize) -> Option<f64> {
+        (rows <= self.reach).then(|| self.values.newest().nth(rows - 1))?
+    }
+
     /// The row joins the baselines.
     fn learn(&mut self, value: f64) {
+        let last = self.back(1);
+        let season = self.period.and_then(|p| self.back(p));
         self.values.push(value);
-        if let Some(&last) = self.history.back() {
+        if let Some(last) = last {
             self.diffs.push(value - last, self.values.newest_differences());
         }
-        if let Some(p) = self.period
-            && self.history.len() >= p
-        {
-            let change = value - self.history[self.history.len() - p];
+        if let Some(back) = season {
+            let change = value - back;
             self.changes.push(change);
             self.seasonal.push(change, self.changes.newest());
         }
         self.level.push(value, self.values.newest());
-        self.history.push_back(value);
-        let keep = self.period.unwrap_or(1).max(1);
-        while self.history.len() > keep {
-            self.history.pop_front();
-        }
+        self.reach = (self.reach + 1).min(self.period.unwrap_or(1).max(1));
     }
 }
 
@@ -895,6 +903,8 @@ impl AnomalyDetector for Tidewatch {
             let p = usize::try_from(DAY_MS / step).unwrap_or(usize::MAX);
             if (8..=MAX_PERIOD).contains(&p) {
                 self.period = Some(p);
+                // The seasonal change reads the value a period back.
+                self.values.reach(p);
             }
         }
         if !value.is_finite() {
@@ -1166,13 +1176,12 @@ mod tests {
         size_of::<Tidewatch>()
             + d.values.heap_bytes()
             + d.changes.heap_bytes()
-            + d.history.capacity() * size_of::<f64>()
             + d.likelihood.raw.capacity() * size_of::<f64>()
             + d.likelihood.blocks.heap_bytes()
             + d.recent.capacity() * size_of::<(usize, f64)>()
             + d.pattern.seen.capacity() * size_of::<u64>()
             + d.pattern.bins.capacity()
-            + d.phase_ranges.capacity() * size_of::<(Option<(f64, f64)>, usize)>()
+            + d.phase_ranges.capacity() * size_of::<((f64, f64), u32)>()
             + d.step.gaps.capacity() * size_of::<i64>()
     }
 

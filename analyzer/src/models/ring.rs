@@ -23,6 +23,11 @@ impl<T: Copy> Ring<T> {
         }
     }
 
+    /// Keeps at least the latest `cap` items from now on.
+    pub fn reach(&mut self, cap: usize) {
+        self.cap = self.cap.max(cap);
+    }
+
     /// Appends `x`; returns the oldest item when the ring was full.
     pub fn push(&mut self, x: T) -> Option<T> {
         let dropped = if self.items.len() == self.cap {
@@ -98,5 +103,12 @@ mod tests {
         assert!(r.newest_differences().all(|d| d == 1.0));
         assert_eq!(r.newest_differences().count(), 400);
         assert_eq!(Ring::<f64>::new(8).heap_bytes(), 0);
+        // A longer reach keeps more from then on, and never drops what the ring holds.
+        r.reach(500);
+        r.reach(10);
+        for i in 1000..1200 {
+            r.push(f64::from(i));
+        }
+        assert_eq!((r.len(), r.iter().next()), (500, Some(700.0)));
     }
 }

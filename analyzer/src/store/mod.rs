@@ -406,6 +406,98 @@ mod tests {
         assert!(ops > base + 60_000, "oldest operation row at {ops}");
     }
 
+    /// Cumulative counters after window `w` (1, 2, 3): six services, two operations each, server and
+    /// client spans, a pod per service; service 5 first counts in window 2, and an operation of
+    /// service 0 is gone from window 3 (as from a source that restarted), so rows come, stay and go.
+    fn counters(w: u64, at: SystemTime) -> Snapshot {
+        let mut s = (*snap(0, 0, at)).clone();
+        let template = s.red[0].clone();
+        s.red.clear();
+        for svc in 0..6u64 {
+            if svc == 5 && w < 2 {
+                continue;
+            }
+            let service: Arc<str> = format!("svc {svc}").into();
+            for (op, kind) in [
+                ("GET /a", SpanKind::Server),
+                ("GET /b", SpanKind::Server),
+                ("GET /a", SpanKind::Client),
+            ] {
+                if svc == 0 && op == "GET /b" && w == 3 {
+                    continue;
+                }
+                let calls = 10 * w * (svc + 1) + op.len() as u64;
+                let mut duration = Histogram::default();
+                duration.observe(&s.red_bounds, 0.005 * w as f64);
+                duration.count = calls as f64;
+                s.red.push(RedRow {
+                    service: service.clone(),
+                    span_name: op.into(),
+                    kind,
+                    calls,
+                    duration,
+                    ..template.clone()
+                });
+            }
+            s.pods.push(crate::red::PodRow {
+                service,
+                pod: "pod-0".into(),
+                calls: 7 * w * (svc + 1),
+                errors: w,
+                // Not empty: a window's latency of a pod without requests is NaN, never equal to itself.
+                duration: {
+                    let mut h = Histogram::default();
+                    h.observe(&s.red_bounds, 0.002 * w as f64);
+                    h.count = (7 * w * (svc + 1)) as f64;
+                    h
+                },
+            });
+        }
+        s.red.sort_by(|a, b| a.id().cmp(&b.id()));
+        s
+    }
+
+    #[test]
+    fn every_call_is_counted_once_across_window_closes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let base = 1_700_000_000_000i64;
+        let mut h = History::open(&store(None), Duration::from_secs(10));
+        for w in 1..=3u64 {
+            let at = t0 + Duration::from_secs(10 * w);
+            h.append(Arc::new(counters(w, at)), base + 10_000 * w as i64)
+                .unwrap();
+        }
+        // Every call is counted once: the operations' rows add up to the last counts, and those of the
+        // operation that went before window 3.
+        let gone = counters(2, t0)
+            .red
+            .iter()
+            .find(|r| &*r.service == "svc 0" && &*r.span_name == "GET /b")
+            .unwrap()
+            .calls;
+        let last: u64 = counters(3, t0).red.iter().map(|r| r.calls).sum();
+        let view = h.view();
+        let services = view.services(0, i64::MAX).unwrap();
+        let all: f64 = services
+            .iter()
+            .flat_map(|s| view.operations(&s.key.service, 0, i64::MAX).unwrap())
+            .map(|o| o.requests)
+            .sum();
+        assert_eq!(all, (last + gone) as f64);
+        let ops = view.operations("svc 3", 0, i64::MAX).unwrap();
+        let a = ops
+            .iter()
+            .find(|o| o.key.span_name == "GET /b")
+            .expect("svc 3's GET /b");
+        assert_eq!(a.requests, (10 * 3 * 4 + 6) as f64);
+        let svc5 = services.iter().find(|s| s.key.service == "svc 5").unwrap();
+        assert_eq!(
+            svc5.requests,
+            (2 * (10 * 3 * 6 + 6)) as f64,
+            "two server operations, from window 2"
+        );
+    }
+
     #[test]
     fn history_survives_a_restart_and_a_corrupt_file() {
         let dir = tempfile::tempdir().unwrap();
