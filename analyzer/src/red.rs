@@ -14,10 +14,36 @@ use crate::intern::Interner;
 use crate::records::{Span, SpanBatch, SpanKind, StatusCode};
 
 /// Series key: interned ids plus the enums. `dims` is the interned id of the joined dimension values.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Key {
     service: u32,
     name: u32,
+    kind: SpanKind,
+    status: StatusCode,
+    dims: u32,
+    overflow: bool,
+}
+
+impl Key {
+    /// The key with its span name's bytes in place of the name's id: what the index hashes.
+    fn probe<'a>(&self, names: &'a Interner) -> Probe<'a> {
+        Probe {
+            service: self.service,
+            name: names.resolve(self.name).as_bytes(),
+            kind: self.kind,
+            status: self.status,
+            dims: self.dims,
+            overflow: self.overflow,
+        }
+    }
+}
+
+/// A series key with the span name as bytes: a span's series is found by one lookup, without first
+/// looking up the name's id.
+#[derive(Hash)]
+struct Probe<'a> {
+    service: u32,
+    name: &'a [u8],
     kind: SpanKind,
     status: StatusCode,
     dims: u32,
@@ -255,7 +281,8 @@ pub struct RedTable {
     unit_ns: f64,
     dims: Vec<u16>,
     max_per_service: usize,
-    /// Each series' place in `series`, found by its key there (the key is not kept twice).
+    /// Each series' place in `series`, found by its key there (the key is not kept twice), hashed as its
+    /// [`Probe`].
     index: HashTable<u32>,
     hasher: foldhash::fast::FixedState,
     series: Vec<(Key, Series)>,
@@ -336,18 +363,17 @@ impl RedTable {
     #[inline]
     fn series_of(&mut self, names: &mut Interner, batch: &SpanBatch, span: &Span, service: u32) -> u32 {
         let name_bytes = batch.bytes(span.name);
-        let dims = self.dims_id(batch, span);
-        let found = match (names.get(name_bytes), dims) {
-            (Some(name), Some(dims)) => self.find(&Key {
+        let found = self.dims_id(batch, span).and_then(|dims| {
+            let probe = Probe {
                 service,
-                name,
+                name: name_bytes,
                 kind: span.kind,
                 status: span.status,
                 dims,
                 overflow: false,
-            }),
-            _ => None,
-        };
+            };
+            self.find(names, &probe)
+        });
         found.unwrap_or_else(|| self.insert(names, name_bytes, service, span))
     }
 
@@ -405,11 +431,11 @@ impl RedTable {
             dims: self.dims_of(),
             overflow: false,
         };
-        if let Some(i) = self.find(&key) {
+        if let Some(i) = self.find(names, &key.probe(names)) {
             return i;
         }
         *self.per_service.entry(service).or_default() += 1;
-        self.push(key)
+        self.push(names, key)
     }
 
     /// The overflow series of `service`, or with `None` the one of every service past the global budget
@@ -424,22 +450,30 @@ impl RedTable {
             dims: 0,
             overflow: true,
         };
-        match self.find(&key) {
+        match self.find(names, &key.probe(names)) {
             Some(i) => i,
-            None => self.push(key),
+            None => self.push(names, key),
         }
     }
 
-    /// The index of the series `key` names, if it is kept.
+    /// The index of the series `p` names, if it is kept.
     #[inline]
-    fn find(&self, key: &Key) -> Option<u32> {
-        let h = self.hasher.hash_one(key);
+    fn find(&self, names: &Interner, p: &Probe<'_>) -> Option<u32> {
+        let h = self.hasher.hash_one(p);
         self.index
-            .find(h, |&i| self.series[i as usize].0 == *key)
+            .find(h, |&i| {
+                let k = &self.series[i as usize].0;
+                k.service == p.service
+                    && k.kind == p.kind
+                    && k.status == p.status
+                    && k.dims == p.dims
+                    && k.overflow == p.overflow
+                    && names.resolve(k.name).as_bytes() == p.name
+            })
             .copied()
     }
 
-    fn push(&mut self, key: Key) -> u32 {
+    fn push(&mut self, names: &Interner, key: Key) -> u32 {
         let i = self.series.len() as u32;
         // Grown by half at a time rather than doubled: every shard keeps a table, each series is 64 bytes.
         if self.series.len() == self.series.capacity() {
@@ -453,8 +487,8 @@ impl RedTable {
             },
         ));
         let (series, hasher) = (&self.series, &self.hasher);
-        self.index.insert_unique(hasher.hash_one(key), i, |&j| {
-            hasher.hash_one(series[j as usize].0)
+        self.index.insert_unique(hasher.hash_one(key.probe(names)), i, |&j| {
+            hasher.hash_one(series[j as usize].0.probe(names))
         });
         i
     }
