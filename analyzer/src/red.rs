@@ -487,9 +487,10 @@ impl RedTable {
             },
         ));
         let (series, hasher) = (&self.series, &self.hasher);
-        self.index.insert_unique(hasher.hash_one(key.probe(names)), i, |&j| {
-            hasher.hash_one(series[j as usize].0.probe(names))
-        });
+        self.index
+            .insert_unique(hasher.hash_one(key.probe(names)), i, |&j| {
+                hasher.hash_one(series[j as usize].0.probe(names))
+            });
         i
     }
 

@@ -414,16 +414,39 @@ fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut 
             .ok()
             .and_then(|l| r.pos.checked_add(l))
             .filter(|&e| e <= end);
-        if let Some(key_end) = key
-            && keys.find(&buf[r.pos..key_end]).is_none()
-        {
-            return Ok(true);
+        if let Some(key_end) = key {
+            let Some(k) = keys.find(&buf[r.pos..key_end]) else {
+                return Ok(true);
+            };
+            // A wanted key followed by the value (field 2) and nothing else, as encoders write it: the
+            // key is not read a second time.
+            if let Some(v) = value_to_end(buf, key_end, end) {
+                return keep_value(buf, k, v, batch);
+            }
         }
     }
     let (key, value) = kv_ranges(buf, start, end)?;
     let (Some(k), Some(v)) = (keys.find(&buf[key.0..key.1]), value) else {
         return Ok(true);
     };
+    keep_value(buf, k, v, batch)
+}
+
+/// The range of a value (field 2, length-delimited) that starts at `at` and ends exactly at `end`, if
+/// that is what the bytes there are (anything else, malformed included, is `None`).
+#[inline]
+fn value_to_end(buf: &[u8], at: usize, end: usize) -> Option<Range> {
+    if at >= end || buf[at] != 0x12 {
+        return None;
+    }
+    let mut r = Reader::new(buf, at + 1, end);
+    let len = usize::try_from(r.varint().ok()?).ok()?;
+    (r.pos.checked_add(len) == Some(end)).then_some((r.pos, end))
+}
+
+/// Keeps the value `v` of wanted attribute `k`. Returns false when it is not valid UTF-8.
+#[inline]
+fn keep_value(buf: &[u8], k: u16, v: Range, batch: &mut SpanBatch) -> Result<bool> {
     match any_value_text(buf, v.0, v.1, batch)? {
         Some(value) => {
             batch.attrs.push(Attr { key: k, value });
