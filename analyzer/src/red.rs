@@ -14,7 +14,7 @@ use crate::intern::Interner;
 use crate::records::{Span, SpanBatch, SpanKind, StatusCode};
 
 /// Series key: interned ids plus the enums. `dims` is the interned id of the joined dimension values.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 struct Key {
     service: u32,
     name: u32,
@@ -40,7 +40,7 @@ impl Key {
 
 /// A series key with the span name as bytes: a span's series is found by one lookup, without first
 /// looking up the name's id.
-#[derive(Hash)]
+#[derive(Hash, PartialEq)]
 struct Probe<'a> {
     service: u32,
     name: &'a [u8],
@@ -461,15 +461,7 @@ impl RedTable {
     fn find(&self, names: &Interner, p: &Probe<'_>) -> Option<u32> {
         let h = self.hasher.hash_one(p);
         self.index
-            .find(h, |&i| {
-                let k = &self.series[i as usize].0;
-                k.service == p.service
-                    && k.kind == p.kind
-                    && k.status == p.status
-                    && k.dims == p.dims
-                    && k.overflow == p.overflow
-                    && names.resolve(k.name).as_bytes() == p.name
-            })
+            .find(h, |&i| self.series[i as usize].0.probe(names) == *p)
             .copied()
     }
 
