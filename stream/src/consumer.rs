@@ -546,7 +546,7 @@ mod tests {
             .iter()
             .map(|r| {
                 (
-                    format!("{:?}", r.key()),
+                    format!("{:?}", r.id()),
                     [vec![r.calls as f64], h(&r.duration)].concat(),
                 )
             })
@@ -561,7 +561,7 @@ mod tests {
                     h(&e.server_latency),
                 ]
                 .concat();
-                (format!("{:?}", e.key()), v)
+                (format!("{:?}", e.id()), v)
             }))
             .collect()
     }
