@@ -6,7 +6,8 @@ operation of service i is called by service i-1 (so each service but the first h
 operation name), each call being a client span and a server span, repeated a few times so every series
 sees several observations. After the load it reads the process's resident memory (VmRSS) and the number
 of RED series and edges on /metrics, and reports bytes per series above an idle baseline and, from one row
-to the next, the marginal bytes per added series.
+to the next, the marginal bytes per added series. The same two figures follow for anonymous memory alone
+(RssAnon: heap and stacks), which leaves out the binary's code and data that the first load pages in.
 
     bench/cardinality.py [--shapes 10x10,100x10,100x100,1000x10] [--windows 1]
 
@@ -37,9 +38,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def rss_mib(pid):
+def rss_mib(pid, field="VmRSS"):
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -87,20 +88,22 @@ def run(services, ops, windows=1):
                          stdout=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
-        base = rss_mib(p.pid)
+        base, base_anon = rss_mib(p.pid), rss_mib(p.pid, "RssAnon")
         load(http, services, ops, repeats=3)
         # Let a window close (or `windows` of them), so the history holds a row per series too.
         time.sleep(1 + 10 * windows)
         text = urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=60).read().decode()
         red = sum(1 for l in text.splitlines() if l.startswith("traces_span_metrics_calls_total{"))
         edges = sum(1 for l in text.splitlines() if l.startswith("traces_service_graph_request_total{"))
-        rss = rss_mib(p.pid)
+        rss, anon = rss_mib(p.pid), rss_mib(p.pid, "RssAnon")
     finally:
         p.terminate()
         p.wait()
     return {"services": services, "ops_per_service": ops, "red_series": red, "edges": edges,
             "rss_idle_mib": round(base, 1), "rss_mib": round(rss, 1),
-            "bytes_per_series": round((rss - base) * 1048576 / max(1, red + edges))}
+            "bytes_per_series": round((rss - base) * 1048576 / max(1, red + edges)),
+            "anon_idle_mib": round(base_anon, 1), "anon_mib": round(anon, 1),
+            "anon_bytes_per_series": round((anon - base_anon) * 1048576 / max(1, red + edges))}
 
 
 def main():
@@ -115,8 +118,9 @@ def main():
     # series growth from the previous row.
     for prev, r in zip(rows, rows[1:]):
         grown = (r["red_series"] + r["edges"]) - (prev["red_series"] + prev["edges"])
-        r["marginal_bytes_per_series"] = round((r["rss_mib"] - prev["rss_mib"]) * 1048576 / grown) if grown > 0 else "–"
-    rows[0]["marginal_bytes_per_series"] = "–"
+        for col, mib in (("marginal_bytes_per_series", "rss_mib"), ("marginal_anon_bytes_per_series", "anon_mib")):
+            r[col] = round((r[mib] - prev[mib]) * 1048576 / grown) if grown > 0 else "–"
+    rows[0]["marginal_bytes_per_series"] = rows[0]["marginal_anon_bytes_per_series"] = "–"
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

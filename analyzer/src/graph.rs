@@ -237,6 +237,10 @@ pub struct GraphStore {
     budget: Arc<SeriesBudget>,
 }
 
+/// Stale expiry entries [`GraphStore::record`] lets pile up beyond twice the pending halves before it
+/// drops them.
+const STALE_SLACK: usize = 64;
+
 /// The id of a name past the global series budget: never interned, never resolved (edges holding it are
 /// dropped at [`GraphStore::emit`]).
 const OVER_BUDGET: u32 = u32::MAX;
@@ -450,8 +454,9 @@ impl GraphStore {
         // Completed halves leave `pending` at once but their expiry entries only at their deadline: at
         // high rates those stale entries would outnumber the live ones by far and escape `max_items`. Drop
         // them once they are the majority; each entry is kept or dropped once per compaction, so the cost
-        // is O(1) per insert amortised, and the queue stays within about twice the pending halves.
-        if self.order.len() > 2 * self.pending.len() + 1024 {
+        // is O(1) per insert amortised, and the queue stays within about twice the pending halves (its
+        // capacity, which a queue keeps once grown, too: the slack is small for that reason).
+        if self.order.len() > 2 * self.pending.len() + STALE_SLACK {
             let pending = &self.pending;
             self.order
                 .retain(|(_, k, g)| pending.get(k).is_some_and(|e| e.generation == *g));
@@ -964,7 +969,16 @@ mod tests {
             }
         }
         assert_eq!(g.counters().pending, 0);
-        assert!(g.order.len() <= 2048, "{} stale expiry entries", g.order.len());
+        assert!(
+            g.order.len() <= 2 * STALE_SLACK,
+            "{} stale expiry entries",
+            g.order.len()
+        );
+        assert!(
+            g.order.capacity() <= 2 * STALE_SLACK,
+            "room for {}",
+            g.order.capacity()
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! Per service, four series go through their own detector, one row per window:
 //! - request rate, error ratio and p95 latency, each in units of a noticeable change
 //!   ([`red_features`]: 25 % in rate or p95, two points of error ratio) with a resolution of one unit
-//!   ([`Tidewatch::with_resolution`]), so noise smaller than that on a quiet series is never news (the
+//!   ([`Tidewatch::with_resolution`], which also rounds the values to 1/1024 of a unit so its windows
+//!   hold them in single precision), so noise smaller than that on a quiet series is never news (the
 //!   error ratio counts errors less two Poisson standard deviations: one failure in 20 is chance);
 //! - the joint detector's surprise (a Gaussian mixture over the three, `models::multivariate`) in units
 //!   of its own robust z-score.

@@ -85,8 +85,10 @@ async fn readyz(State(s): State<WebState>) -> Response {
 }
 
 /// `/metrics` goes to the client in chunks of about this many bytes as it is rendered, so its answer is
-/// never held whole (tens of MB at 20,000 series).
-const METRICS_CHUNK: usize = 64 * 1024;
+/// never held whole (tens of MB at 20,000 series). Up to four chunks are alive at once (the one being
+/// written, two queued, one being sent), and what a scrape allocates stays in the allocator's pages: at
+/// 64 KiB that was 280 KB of the heap's peak for any `/metrics` past a few hundred series.
+const METRICS_CHUNK: usize = 16 * 1024;
 
 /// Text written into a response body in chunks of about [`METRICS_CHUNK`] bytes, through a channel of
 /// two: rendering waits for a slow client instead of piling text up, and stops when the client is gone.

@@ -3,9 +3,12 @@
 //! The detectors keep one per signal per service (their windows of recent values, the mixture's training
 //! windows), so the slack a growing `VecDeque` leaves (its capacity doubles: 512 slots for a window of 401)
 //! is paid thousands of times over. A `Ring` grows the same way up to its bound and never past it, and
-//! allocates nothing until its first item.
+//! allocates nothing until its first item. [`Values`] is a ring of a series' values that holds them in
+//! half the memory while they fit single precision exactly.
 
 use std::collections::VecDeque;
+use std::collections::vec_deque;
+use std::iter::Rev;
 
 /// A bounded FIFO: pushing past `cap` items drops the oldest.
 #[derive(Clone, Debug)]
@@ -65,23 +68,110 @@ impl<T: Copy> Ring<T> {
         self.items.iter().copied()
     }
 
-    /// The items, newest first.
-    pub fn newest(&self) -> impl Iterator<Item = T> + '_ {
-        self.items.iter().rev().copied()
-    }
-
     /// Heap bytes held (the capacity, used or not).
     pub fn heap_bytes(&self) -> usize {
         self.items.capacity() * std::mem::size_of::<T>()
     }
 }
 
-impl Ring<f64> {
-    /// The differences between consecutive items (newer minus older), newest first: one fewer than
-    /// the items.
+/// The latest `cap` values of a series, read back exactly as they were pushed: in single precision while
+/// every value pushed is exactly an `f32`, in double precision from the first one that is not. The health
+/// monitor's detectors round their values to a fraction of their resolution
+/// (`Tidewatch::with_resolution`), so theirs stay single (half the bytes); a series of arbitrary values,
+/// such as NAB's, turns double at once. Either way the detector reads the same values.
+#[derive(Clone, Debug)]
+pub enum Values {
+    Single(Ring<f32>),
+    Double(Ring<f64>),
+}
+
+impl Values {
+    /// An empty ring of at most `cap` values (at least one).
+    pub fn new(cap: usize) -> Values {
+        Values::Single(Ring::new(cap))
+    }
+
+    /// Keeps at least the latest `cap` values from now on.
+    pub fn reach(&mut self, cap: usize) {
+        match self {
+            Values::Single(r) => r.reach(cap),
+            Values::Double(r) => r.reach(cap),
+        }
+    }
+
+    /// Appends `x`, dropping the oldest value when the ring is full.
+    pub fn push(&mut self, x: f64) {
+        if let Values::Single(r) = self {
+            let narrow = x as f32;
+            if f64::from(narrow).to_bits() == x.to_bits() {
+                r.push(narrow);
+                return;
+            }
+            let mut wide = VecDeque::with_capacity(r.items.len() + 1);
+            wide.extend(r.items.iter().copied().map(f64::from));
+            *self = Values::Double(Ring {
+                items: wide,
+                cap: r.cap,
+            });
+        }
+        if let Values::Double(r) = self {
+            r.push(x);
+        }
+    }
+
+    /// The values, newest first.
+    pub fn newest(&self) -> Newest<'_> {
+        match self {
+            Values::Single(r) => Newest::Single(r.items.iter().rev()),
+            Values::Double(r) => Newest::Double(r.items.iter().rev()),
+        }
+    }
+
+    /// The differences between consecutive values (newer minus older), newest first: one fewer than
+    /// the values.
     pub fn newest_differences(&self) -> impl Iterator<Item = f64> + '_ {
-        let newest = self.items.iter().rev();
+        let newest = self.newest();
         newest.clone().zip(newest.skip(1)).map(|(a, b)| a - b)
+    }
+
+    /// Heap bytes held (the capacity, used or not).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Values::Single(r) => r.heap_bytes(),
+            Values::Double(r) => r.heap_bytes(),
+        }
+    }
+}
+
+/// [`Values::newest`].
+#[derive(Clone, Debug)]
+pub enum Newest<'a> {
+    Single(Rev<vec_deque::Iter<'a, f32>>),
+    Double(Rev<vec_deque::Iter<'a, f64>>),
+}
+
+impl Iterator for Newest<'_> {
+    type Item = f64;
+
+    fn next(&mut self) -> Option<f64> {
+        match self {
+            Newest::Single(i) => i.next().copied().map(f64::from),
+            Newest::Double(i) => i.next().copied(),
+        }
+    }
+
+    fn nth(&mut self, n: usize) -> Option<f64> {
+        match self {
+            Newest::Single(i) => i.nth(n).copied().map(f64::from),
+            Newest::Double(i) => i.nth(n).copied(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Newest::Single(i) => i.size_hint(),
+            Newest::Double(i) => i.size_hint(),
+        }
     }
 }
 
@@ -98,10 +188,8 @@ mod tests {
         }
         assert_eq!(r.len(), 401);
         assert_eq!(r.iter().next(), Some(599.0));
-        assert_eq!(r.newest().next(), Some(999.0));
+        assert_eq!(r.iter().next_back(), Some(999.0));
         assert_eq!(r.heap_bytes(), 401 * 8);
-        assert!(r.newest_differences().all(|d| d == 1.0));
-        assert_eq!(r.newest_differences().count(), 400);
         assert_eq!(Ring::<f64>::new(8).heap_bytes(), 0);
         // A longer reach keeps more from then on, and never drops what the ring holds.
         r.reach(500);
@@ -110,5 +198,43 @@ mod tests {
             r.push(f64::from(i));
         }
         assert_eq!((r.len(), r.iter().next()), (500, Some(700.0)));
+    }
+
+    #[test]
+    fn values_read_back_exactly_and_stay_single_while_they_can() {
+        let mut v = Values::new(401);
+        let mut pushed = Vec::new();
+        for i in 0..1000 {
+            // Multiples of 2^-10 and both signs of zero: all exact in single precision.
+            let x = match i % 5 {
+                0 => -0.0,
+                _ => f64::from(i) * 3.0 / 1024.0 - 1.0,
+            };
+            v.push(x);
+            pushed.push(x);
+        }
+        assert!(matches!(v, Values::Single(_)));
+        assert_eq!(v.heap_bytes(), 401 * 4);
+        assert_eq!(v.newest_differences().count(), 400);
+        let same = |v: &Values, pushed: &[f64]| {
+            let want = pushed.iter().rev().take(v.newest().count()).map(|x| x.to_bits());
+            v.newest().map(f64::to_bits).eq(want)
+        };
+        assert!(same(&v, &pushed) && v.newest().count() == 401);
+        assert_eq!(v.newest().nth(3), Some(pushed[pushed.len() - 4]));
+        // The first value single precision cannot hold turns the ring double, keeping what it holds.
+        for x in [0.1, 1e300, 7.0] {
+            v.push(x);
+            pushed.push(x);
+        }
+        assert!(matches!(v, Values::Double(_)));
+        assert!(same(&v, &pushed));
+        v.reach(500);
+        for i in 0..200 {
+            v.push(f64::from(i));
+            pushed.push(f64::from(i));
+        }
+        assert!(same(&v, &pushed) && v.newest().count() == 500);
+        assert!(v.newest_differences().take(199).all(|d| d == 1.0));
     }
 }
