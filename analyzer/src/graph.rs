@@ -3,10 +3,11 @@
 //!
 //! A client or producer span waits under (trace id, its span id); a server or consumer span under (trace
 //! id, its parent span id). When the second half arrives the edge is complete and counted. A database
-//! client span completes on its own (the database is not instrumented). Halves still waiting after `wait`
-//! expire: a root server span becomes a call from the virtual node `user` (or from its `peer.service`), a
-//! client span with a peer attribute becomes a call to that virtual node, anything else is counted as
-//! expired. When both halves of a pair write the same field, the one applied last wins, except `failed`,
+//! client span completes on its own (the database is not instrumented), and so does a root server span:
+//! no client half can ever pair with it, so it is a call from the virtual node `user` (or from its
+//! `peer.service`) at once, where Tempo makes it one when it expires. Halves still waiting after `wait`
+//! expire: a client span with a peer attribute becomes a call to that virtual node, anything else is
+//! counted as expired. When both halves of a pair write the same field, the one applied last wins, except `failed`,
 //! which either can set. One [`GraphStore`] per shard; trace-id sharding puts both halves in one shard.
 
 use std::collections::VecDeque;
@@ -395,7 +396,8 @@ impl GraphStore {
                 span.parent_span_id
             },
         };
-        if let Some(edge) = self.pending.get_mut(&key) {
+        let root = !is_client && !span.has_parent();
+        if !root && let Some(edge) = self.pending.get_mut(&key) {
             Self::apply(
                 &self.keys,
                 &self.budget,
@@ -424,7 +426,7 @@ impl GraphStore {
             failed: false,
             peer: None,
             multiplier: 1.0,
-            root: !is_client && !span.has_parent(),
+            root,
             dims: vec![None; self.keys.slots.len()].into(),
             generation: 0,
         };
@@ -441,6 +443,11 @@ impl GraphStore {
         self.counters.edges += 1;
         if edge.complete() {
             self.emit(&edge);
+            return;
+        }
+        if root {
+            // No client half waits under an empty span id: waiting would only hold the table's room.
+            self.emit_from_user(names, edge);
             return;
         }
         if self.pending.len() >= self.max_items {
@@ -612,15 +619,14 @@ impl GraphStore {
                 continue;
             }
             let mut e = self.pending.remove(&key).expect("present");
+            if e.root {
+                // A root half restored from a checkpoint written before roots completed at once.
+                self.emit_from_user(names, e);
+                continue;
+            }
             e.conn = ConnectionType::VirtualNode;
-            if e.client.is_none() {
-                if e.root {
-                    e.client = Some(e.peer.unwrap_or_else(|| names.id(b"user")));
-                    self.set_virtual(names, &mut e, b"client");
-                    self.emit(&e);
-                    continue;
-                }
-            } else if e.server.is_none()
+            if e.client.is_some()
+                && e.server.is_none()
                 && let Some(peer) = e.peer
             {
                 e.server = Some(peer);
@@ -635,6 +641,14 @@ impl GraphStore {
                 _ => self.counters.expired_consumer += 1,
             }
         }
+    }
+
+    /// A root server span's half as the call from the virtual node `user` (or from its peer).
+    fn emit_from_user(&mut self, names: &mut Interner, mut e: Edge) {
+        e.conn = ConnectionType::VirtualNode;
+        e.client = Some(e.peer.unwrap_or_else(|| names.id(b"user")));
+        self.set_virtual(names, &mut e, b"client");
+        self.emit(&e);
     }
 
     fn set_virtual(&self, names: &mut Interner, e: &mut Edge, side: &[u8]) {
