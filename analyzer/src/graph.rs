@@ -61,26 +61,18 @@ pub struct EdgeRow {
 }
 
 impl EdgeRow {
-    /// Identity of the edge, borrowed: orders as [`EdgeRow::key`] does.
+    /// Identity of the edge, borrowed: the order of edge rows.
     pub fn id(&self) -> (&str, &str, ConnectionType, &[Arc<str>]) {
         (&self.client, &self.server, self.connection_type, &self.dims)
     }
 
-    pub fn key(&self) -> (Arc<str>, Arc<str>, ConnectionType, Vec<Arc<str>>) {
-        (
-            self.client.clone(),
-            self.server.clone(),
-            self.connection_type,
-            self.dims.clone(),
-        )
-    }
-
-    pub fn merge(&mut self, o: &EdgeRow) {
-        self.total += o.total;
-        self.failed += o.failed;
-        self.client_latency.merge(&o.client_latency);
-        self.server_latency.merge(&o.server_latency);
-        self.messaging_latency.merge(&o.messaging_latency);
+    /// Adds `sign` times `o`'s counts (`sign` -1: takes an earlier state away).
+    pub fn combine(&mut self, o: &EdgeRow, sign: f64) {
+        self.total += sign * o.total;
+        self.failed += sign * o.failed;
+        self.client_latency.add(&o.client_latency, sign);
+        self.server_latency.add(&o.server_latency, sign);
+        self.messaging_latency.add(&o.messaging_latency, sign);
     }
 }
 
@@ -101,14 +93,25 @@ pub struct GraphCounters {
 }
 
 impl GraphCounters {
+    /// Adds `o`'s counts and its waiting halves.
     pub fn add(&mut self, o: &GraphCounters) {
-        self.edges += o.edges;
-        self.expired_server += o.expired_server;
-        self.expired_client += o.expired_client;
-        self.expired_producer += o.expired_producer;
-        self.expired_consumer += o.expired_consumer;
-        self.dropped_spans += o.dropped_spans;
-        self.pending += o.pending;
+        *self = GraphCounters {
+            pending: self.pending + o.pending,
+            ..self.combine(o, |a, b| a + b)
+        };
+    }
+
+    /// Each count of `self` and `o` combined by `op`; `pending`, a level, is `self`'s.
+    pub fn combine(&self, o: &GraphCounters, op: impl Fn(u64, u64) -> u64) -> GraphCounters {
+        GraphCounters {
+            edges: op(self.edges, o.edges),
+            expired_server: op(self.expired_server, o.expired_server),
+            expired_client: op(self.expired_client, o.expired_client),
+            expired_producer: op(self.expired_producer, o.expired_producer),
+            expired_consumer: op(self.expired_consumer, o.expired_consumer),
+            dropped_spans: op(self.dropped_spans, o.dropped_spans),
+            pending: self.pending,
+        }
     }
 }
 
@@ -818,7 +821,7 @@ mod tests {
             g.expire(&mut names, now + cfg.wait);
         }
         let mut rows = g.export(&names);
-        rows.sort_by_key(EdgeRow::key);
+        rows.sort_by(|a, b| a.id().cmp(&b.id()));
         (rows, g.counters())
     }
 

@@ -5,7 +5,6 @@
 //! owner of a partition rebuild it exactly. The log itself (Kafka) is the caller's business; this module
 //! knows only records and clocks.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,10 +16,10 @@ use crate::config::AnalyzerConfig;
 use crate::graph::{EdgeRow, GraphCounters, GraphStore, PendingHalf};
 use crate::intern::Interner;
 use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
-use crate::red::{Histogram, PodRow, RedRow, RedTable};
+use crate::red::{PodRow, RedRow, RedTable};
 use crate::shard::{admit_resources, wanted_keys};
 use crate::signals::{LogRow, MetricRow, Signals};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{self, Snapshot};
 
 /// A shard whose clock is the partition's record time.
 pub struct RecordTimeShard {
@@ -165,126 +164,28 @@ impl Totals {
 
     /// `self + o`, series by series.
     pub fn plus(&self, o: &Totals) -> Totals {
-        self.combine(o, 1.0)
+        Totals {
+            spans: self.spans + o.spans,
+            red: snapshot::sum(&self.red, &o.red),
+            pods: snapshot::sum(&self.pods, &o.pods),
+            edges: snapshot::sum(&self.edges, &o.edges),
+            graph: self.graph.combine(&o.graph, |a, b| a + b),
+            metrics: snapshot::sum(&self.metrics, &o.metrics),
+            logs: snapshot::sum(&self.logs, &o.logs),
+        }
     }
 
     /// `self - o`, series by series, for `o` an earlier state of the same counters; series left at zero
     /// are dropped.
     pub fn minus(&self, o: &Totals) -> Totals {
-        self.combine(o, -1.0)
-    }
-
-    fn combine(&self, o: &Totals, sign: f64) -> Totals {
-        let mut red: BTreeMap<_, RedRow> = self.red.iter().map(|r| (r.key(), r.clone())).collect();
-        for r in &o.red {
-            let e = red.entry(r.key()).or_insert_with(|| RedRow {
-                calls: 0,
-                duration: Histogram::default(),
-                ..r.clone()
-            });
-            e.calls = if sign > 0.0 {
-                e.calls + r.calls
-            } else {
-                e.calls.saturating_sub(r.calls)
-            };
-            e.duration.add(&r.duration, sign);
-        }
-        let mut edges: BTreeMap<_, EdgeRow> = self.edges.iter().map(|e| (e.key(), e.clone())).collect();
-        for r in &o.edges {
-            let e = edges.entry(r.key()).or_insert_with(|| EdgeRow {
-                total: 0.0,
-                failed: 0.0,
-                client_latency: Histogram::default(),
-                server_latency: Histogram::default(),
-                messaging_latency: Histogram::default(),
-                ..r.clone()
-            });
-            e.total += sign * r.total;
-            e.failed += sign * r.failed;
-            e.client_latency.add(&r.client_latency, sign);
-            e.server_latency.add(&r.server_latency, sign);
-            e.messaging_latency.add(&r.messaging_latency, sign);
-        }
-        let n = |a: u64, b: u64| if sign > 0.0 { a + b } else { a.saturating_sub(b) };
-        let mut pods: BTreeMap<_, PodRow> = self
-            .pods
-            .iter()
-            .map(|p| ((p.service.clone(), p.pod.clone()), p.clone()))
-            .collect();
-        for r in &o.pods {
-            let e = pods
-                .entry((r.service.clone(), r.pod.clone()))
-                .or_insert_with(|| PodRow {
-                    calls: 0,
-                    errors: 0,
-                    duration: Histogram::default(),
-                    ..r.clone()
-                });
-            e.calls = n(e.calls, r.calls);
-            e.errors = n(e.errors, r.errors);
-            e.duration.add(&r.duration, sign);
-        }
-        let mut metrics: BTreeMap<_, MetricRow> = self
-            .metrics
-            .iter()
-            .map(|m| ((m.service.clone(), m.pod.clone(), m.name.clone()), m.clone()))
-            .collect();
-        for r in &o.metrics {
-            let key = (r.service.clone(), r.pod.clone(), r.name.clone());
-            match metrics.get_mut(&key) {
-                Some(e) => {
-                    e.points = n(e.points, r.points);
-                    e.increase += sign * r.increase;
-                    // The latest reading: a sum's later one (the right side's on a tie), a difference's left.
-                    if sign > 0.0 && r.last_time_ns >= e.last_time_ns {
-                        let (points, increase) = (e.points, e.increase);
-                        *e = MetricRow {
-                            points,
-                            increase,
-                            ..r.clone()
-                        };
-                    }
-                }
-                None if sign > 0.0 => {
-                    metrics.insert(key, r.clone());
-                }
-                None => {}
-            }
-        }
-        let mut logs: BTreeMap<_, LogRow> = self
-            .logs
-            .iter()
-            .map(|l| ((l.service.clone(), l.severity), l.clone()))
-            .collect();
-        for r in &o.logs {
-            let e = logs
-                .entry((r.service.clone(), r.severity))
-                .or_insert_with(|| LogRow {
-                    records: 0,
-                    ..r.clone()
-                });
-            e.records = n(e.records, r.records);
-        }
-        let (g, h) = (&self.graph, &o.graph);
         Totals {
-            spans: n(self.spans, o.spans),
-            red: red.into_values().filter(|r| r.calls > 0).collect(),
-            pods: pods.into_values().filter(|p| p.calls > 0).collect(),
-            edges: edges
-                .into_values()
-                .filter(|e| e.total != 0.0 || e.failed != 0.0)
-                .collect(),
-            graph: GraphCounters {
-                edges: n(g.edges, h.edges),
-                expired_server: n(g.expired_server, h.expired_server),
-                expired_client: n(g.expired_client, h.expired_client),
-                expired_producer: n(g.expired_producer, h.expired_producer),
-                expired_consumer: n(g.expired_consumer, h.expired_consumer),
-                dropped_spans: n(g.dropped_spans, h.dropped_spans),
-                pending: g.pending,
-            },
-            metrics: metrics.into_values().filter(|m| m.points > 0).collect(),
-            logs: logs.into_values().filter(|l| l.records > 0).collect(),
+            spans: self.spans.saturating_sub(o.spans),
+            red: snapshot::difference(&self.red, &o.red),
+            pods: snapshot::difference(&self.pods, &o.pods),
+            edges: snapshot::difference(&self.edges, &o.edges),
+            graph: self.graph.combine(&o.graph, u64::saturating_sub),
+            metrics: snapshot::difference(&self.metrics, &o.metrics),
+            logs: snapshot::difference(&self.logs, &o.logs),
         }
     }
 }

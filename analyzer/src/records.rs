@@ -409,11 +409,11 @@ impl LogBatch {
     }
 }
 
-/// Test batches: one resource (`service`, no pod) and spans named "op" lasting 5 ms.
-#[cfg(test)]
+/// Batches for tests (this crate's and others'): one resource (`service`, no pod) and spans named "op"
+/// lasting 5 ms.
 impl SpanBatch {
     /// One span per `(trace id byte, span id byte, kind, parent span id byte or 0)`.
-    pub(crate) fn of_spans(service: &str, spans: &[(u8, u8, SpanKind, u8)]) -> SpanBatch {
+    pub fn of_spans(service: &str, spans: &[(u8, u8, SpanKind, u8)]) -> SpanBatch {
         let mut b = SpanBatch::default();
         let service = b.push_text(service);
         let empty = b.push_text("");

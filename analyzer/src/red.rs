@@ -206,9 +206,6 @@ impl Histogram {
     }
 }
 
-/// The identity of a RED series: service, span name, kind, status, dimension values, overflow.
-pub type SeriesId = (Arc<str>, Arc<str>, SpanKind, StatusCode, Arc<[Arc<str>]>, bool);
-
 /// One RED series, labelled with owned strings: what snapshots and the exposition read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RedRow {
@@ -226,7 +223,7 @@ pub struct RedRow {
     pub duration: Histogram,
 }
 
-/// The identity of a RED series, borrowed: orders as [`SeriesId`] does.
+/// The identity of a RED series, borrowed: service, span name, kind, status, dimension values, overflow.
 pub type SeriesRef<'a> = (&'a str, &'a str, SpanKind, StatusCode, &'a [Arc<str>], bool);
 
 impl RedRow {
@@ -238,18 +235,6 @@ impl RedRow {
             self.kind,
             self.status,
             &self.dims,
-            self.overflow,
-        )
-    }
-
-    /// Identity of the series, owned: for maps of rows from several sources (partitions' totals).
-    pub fn key(&self) -> SeriesId {
-        (
-            self.service.clone(),
-            self.span_name.clone(),
-            self.kind,
-            self.status,
-            self.dims.clone(),
             self.overflow,
         )
     }
@@ -595,7 +580,7 @@ mod tests {
             t.record(&mut names, b, s, Some(svc), None);
         }
         let mut rows = t.export(&names);
-        rows.sort_by_key(|r| r.key());
+        rows.sort_by(|a, b| a.id().cmp(&b.id()));
         rows
     }
 
@@ -661,7 +646,7 @@ mod tests {
         // A service past the budget: its spans land in the global overflow series.
         t.record(&mut names, &b, &b.spans[0], None, None);
         let mut rows = t.export(&names);
-        rows.sort_by_key(|r| r.key());
+        rows.sort_by(|a, b| a.id().cmp(&b.id()));
         let got: Vec<_> = rows
             .iter()
             .map(|r| (&*r.service, &*r.span_name, r.overflow, r.calls))

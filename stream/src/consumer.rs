@@ -450,37 +450,16 @@ pub const PARTITION_LABEL: &str = "tidewatch_partition";
 mod tests {
     use super::*;
     use tidewatch_analyzer::records::{
-        LogBatch, LogRecord, MetricBatch, MetricPoint, PointValue, Resource, Span, SpanBatch, SpanKind,
+        LogBatch, LogRecord, MetricBatch, MetricPoint, PointValue, SpanBatch, SpanKind,
     };
 
+    /// Spans of service "svc": `(span id, kind, parent span id or 0)`, a child in its parent's trace.
     fn batch(spans: &[(u8, SpanKind, u8)]) -> SpanBatch {
-        let mut b = SpanBatch::default();
-        let service = b.push_text("svc");
-        b.resources.push(Resource {
-            service,
-            pod: Default::default(),
-            namespace: Default::default(),
-            attr_start: 0,
-            attr_len: 0,
-        });
-        for &(id, kind, parent) in spans {
-            let name = b.push_text("op");
-            let mut s = Span {
-                name,
-                kind,
-                start_ns: 1,
-                end_ns: 2,
-                ..Span::default()
-            };
-            s.trace_id = [id; 16];
-            s.span_id = [id; 8];
-            if parent != 0 {
-                s.trace_id = [parent; 16];
-                s.parent_span_id = [parent; 8];
-            }
-            b.spans.push(s);
-        }
-        b
+        let spans: Vec<_> = spans
+            .iter()
+            .map(|&(id, kind, parent)| (if parent == 0 { id } else { parent }, id, kind, parent))
+            .collect();
+        SpanBatch::of_spans("svc", &spans)
     }
 
     /// A cumulative counter's point at `value`, restarted (a new start time) at `start`.
@@ -546,7 +525,7 @@ mod tests {
             .iter()
             .map(|r| {
                 (
-                    format!("{:?}", r.key()),
+                    format!("{:?}", r.id()),
                     [vec![r.calls as f64], h(&r.duration)].concat(),
                 )
             })
@@ -561,7 +540,7 @@ mod tests {
                     h(&e.server_latency),
                 ]
                 .concat();
-                (format!("{:?}", e.key()), v)
+                (format!("{:?}", e.id()), v)
             }))
             .collect()
     }
