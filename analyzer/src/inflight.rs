@@ -1,8 +1,13 @@
 //! Admission: the bytes held by batches between a receiver and the engine, against a fixed limit, and why
 //! a batch was not taken. A leaf: the records carry an [`InflightPermit`], and the ingest path hands them out.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
 
 /// Why a batch was not taken. Both are temporary: the client should retry later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +55,7 @@ impl Inflight {
                     return Ok(InflightPermit {
                         owner: self.clone(),
                         bytes,
+                        released: None,
                     });
                 }
                 Err(now) => cur = now,
@@ -71,6 +77,8 @@ impl Inflight {
 pub struct InflightPermit {
     owner: Arc<Inflight>,
     bytes: usize,
+    /// Dropped with the permit, which wakes the [`Released`] waiting on it.
+    released: Option<oneshot::Sender<()>>,
 }
 
 impl InflightPermit {
@@ -83,6 +91,28 @@ impl InflightPermit {
             self.owner.used.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
         }
         self.bytes = bytes;
+    }
+
+    /// A future that resolves once this permit is dropped: once the batch carrying it has been counted (or
+    /// dropped) and its bytes given back. A receiver answers its client then, so that a client's requests
+    /// in flight bound the batches it has waiting in the shards' queues.
+    pub fn released(&mut self) -> Released {
+        let (tx, rx) = oneshot::channel();
+        self.released = Some(tx);
+        Released(rx)
+    }
+}
+
+/// Resolves when the [`InflightPermit`] it was taken from is dropped.
+#[derive(Debug)]
+pub struct Released(oneshot::Receiver<()>);
+
+impl Future for Released {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Nothing is ever sent: the sender is dropped with the permit, which ends the wait.
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-pub use crate::inflight::{Inflight, InflightPermit, Refused};
+pub use crate::inflight::{Inflight, InflightPermit, Refused, Released};
 use crate::records::{AttrKeys, LogBatch, MetricBatch, SpanBatch};
 use crate::shard::{Shard, ShardMsg, SharedShard, SpanPart};
 
@@ -248,6 +248,20 @@ mod tests {
         assert_eq!(f.used(), 0);
     }
 
+    #[test]
+    fn released_resolves_once_the_permit_is_dropped() {
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let f = Inflight::new(100);
+        let mut p = f.try_acquire(10).unwrap();
+        let mut released = std::pin::pin!(p.released());
+        assert!(released.as_mut().poll(&mut cx).is_pending());
+        p.resize(20);
+        assert!(released.as_mut().poll(&mut cx).is_pending());
+        drop(p);
+        assert!(released.as_mut().poll(&mut cx).is_ready());
+    }
+
     /// `n` server spans of service `svc`, trace ids spread over the shards.
     fn spans(svc: &str, n: u8) -> SpanBatch {
         use crate::records::SpanKind;
@@ -302,6 +316,27 @@ mod tests {
         assert_eq!(ingest.queue_depth(), 0);
         engine.shutdown().await;
         assert_eq!(send(spans("a", 8)), Err(Refused::ShuttingDown));
+    }
+
+    /// A batch that had to wait in the queues is released (its sender answered) only once every shard
+    /// it went to has counted its part.
+    #[tokio::test]
+    async fn a_queued_batch_is_released_once_counted() {
+        use std::future::Future;
+        let cfg = engine_cfg(2);
+        let (ingest, engine) = crate::engine::start(&cfg);
+        let busy = crate::shard::lock(&ingest.states[1]);
+        let mut permit = ingest.reserve(1).unwrap();
+        let mut released = std::pin::pin!(permit.released());
+        ingest.try_send_spans(spans("a", 8), permit).unwrap();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(released.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(ingest.queue_depth(), 2);
+        drop(busy);
+        released.await;
+        assert_eq!(engine.stats().spans.load(Ordering::Relaxed), 8);
+        assert_eq!(ingest.inflight().used(), 0);
+        engine.shutdown().await;
     }
 
     /// `n` server spans in traces spread over the shards, the first half of service `a`, the rest of `b`.

@@ -25,7 +25,8 @@ pub struct CollectorConfig {
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
     /// OTLP connections open at once, over both endpoints; more are closed at once (clients retry).
-    /// Each may hold up to 1 MiB that HTTP/2 lets a client send ahead, outside `max_reading`.
+    /// Each may hold up to 2 MiB that HTTP/2 lets a client send ahead (its connection window), outside
+    /// `max_reading`.
     pub max_connections: usize,
     /// What a refused client is told to wait before retrying (`Retry-After`).
     #[serde(with = "humantime_serde")]

@@ -145,7 +145,8 @@ impl tower::Service<http::Request<Body>> for OtlpGrpc {
     }
 }
 
-/// One Export call: read, unframe, decode and enqueue in the request's task, answer with partial success.
+/// One Export call: read, unframe and decode in the request's task, hand over to the analyzer, answer with
+/// partial success once the spans are counted.
 async fn export<S: OtlpSpec>(rx: &Receiver, req: http::Request<Body>) -> http::Response<Body> {
     let mut wire_bytes = 0;
     let result = async {

@@ -145,12 +145,17 @@ impl Receiver {
         }
     }
 
-    /// Decodes and enqueues (or forwards) one request; returns what was rejected item by item.
+    /// Decodes one request and hands it to the analyzer (or forwards it), resolving once the analyzer has
+    /// counted it (or the forward is acknowledged); returns what was rejected item by item.
     pub async fn export(&self, signal: Signal, format: Format, body: Bytes) -> Result<Rejections> {
-        let permit = self.ingest.reserve(body.len())?;
+        let mut permit = self.ingest.reserve(body.len())?;
         let (decoded, rejected) = decode(signal, format, body.clone(), self.ingest.attr_keys())?;
         let n = decoded.len() as u64;
         if n > 0 {
+            // Answered once the batch is counted (at once when it was counted in place), not when it is
+            // queued: a client's requests in flight then bound what it has waiting in the shards' queues,
+            // so a client faster than the shards is slowed down instead of filling `max_inflight`.
+            let released = permit.released();
             let sent = match (&self.forward, decoded) {
                 (Some(f), decoded) => {
                     drop(decoded);
@@ -166,6 +171,7 @@ impl Receiver {
                 self.stats.refused(signal, n);
                 return Err(e.into());
             }
+            released.await;
         }
         self.stats.items(signal, n, rejected.count);
         Ok(rejected)

@@ -66,6 +66,19 @@ pub fn rustls_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(cfg))
 }
 
+/// The largest HTTP/2 frame a client may send (HTTP/2's default is 16 KiB). A request body that arrives in
+/// one DATA frame is decoded where h2 read it; one split over several frames is first joined into a copy
+/// (`Receiver::read_body`). Exports of up to 1 MiB (3,000 spans of the usual size) arrive whole.
+const MAX_FRAME: u32 = 1024 * 1024;
+/// What a client may send ahead on one request before the server reads it (HTTP/2 flow control).
+const STREAM_WINDOW: u32 = 1024 * 1024;
+/// What a client may send ahead over all its requests on one connection: twice a stream's window, so a
+/// client with a few exports in flight (an SDK's 512-span batches are about 170 KB, a collector's
+/// 1,000-span batches 330 KB) is not made to split its frames to fit a shared window. Split frames are
+/// joined in copies, and flat out those copies, of other sizes than h2's buffers, made mimalloc keep
+/// 15-30 MiB more memory (BENCHMARKS.md, "Memory: where it goes").
+const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+
 /// Serves the three OTLP gRPC services (one `OtlpGrpc`) on `listener`, with at most `limit` connections,
 /// until `shutdown` resolves.
 pub async fn serve_grpc(
@@ -75,9 +88,10 @@ pub async fn serve_grpc(
     limit: &ConnLimit,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    // 256 KiB frames instead of HTTP/2's 16 KiB default: a typical export (a few hundred KiB) then
-    // arrives in one or two DATA frames rather than twenty, each of which costs a pass through h2.
-    let mut builder = tonic::transport::Server::builder().max_frame_size(256 * 1024);
+    let mut builder = tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     if let Some(t) = tls {
         let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
         if let Some(ca) = &t.client_ca {
