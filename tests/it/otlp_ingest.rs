@@ -421,7 +421,9 @@ async fn grpc_status_of_call(addr: &str, path: &str) -> u16 {
         .body(())
         .unwrap();
     let (response, mut send) = client.send_request(req, false).unwrap();
-    send.send_data(bytes::Bytes::from_static(&[0; 5]), true).unwrap();
+    // A server may answer a method it does not serve (and close the stream) before the body is sent, so
+    // the send can fail on a busy machine; the answer is what the test reads.
+    let _ = send.send_data(bytes::Bytes::from_static(&[0; 5]), true);
     let response = response.await.unwrap();
     let status_of = |h: &http::HeaderMap| h.get("grpc-status")?.to_str().ok()?.parse::<u16>().ok();
     if let Some(code) = status_of(response.headers()) {
