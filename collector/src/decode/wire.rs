@@ -32,9 +32,9 @@ type Range = (usize, usize);
 
 /// A cursor over `buf[pos..end]`, reporting positions in the whole buffer so texts can point into it.
 struct Reader<'a> {
+    /// The buffer up to `end`: one bounds check per read is both the message's end and the slice's.
     buf: &'a [u8],
     pos: usize,
-    end: usize,
     /// The field number of the last key read (a group's end must repeat it).
     field: u32,
 }
@@ -42,15 +42,14 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], start: usize, end: usize) -> Reader<'a> {
         Reader {
-            buf,
+            buf: &buf[..end],
             pos: start,
-            end,
             field: 0,
         }
     }
 
     fn done(&self) -> bool {
-        self.pos >= self.end
+        self.pos >= self.buf.len()
     }
 
     fn err(&self, what: &str) -> Error {
@@ -60,9 +59,11 @@ impl<'a> Reader<'a> {
     #[inline]
     fn varint(&mut self) -> Result<u64> {
         // Nearly every tag and length on this path fits in one byte.
-        if self.pos < self.end && self.buf[self.pos] < 0x80 {
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
             self.pos += 1;
-            return Ok(u64::from(self.buf[self.pos - 1]));
+            return Ok(u64::from(b));
         }
         self.varint_slow()
     }
@@ -71,7 +72,7 @@ impl<'a> Reader<'a> {
     fn varint_slow(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let Some(&b) = self.buf[..self.end].get(self.pos) else {
+            let Some(&b) = self.buf.get(self.pos) else {
                 return Err(self.err("truncated varint"));
             };
             self.pos += 1;
@@ -87,7 +88,7 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn key(&mut self) -> Result<(u32, u8)> {
         // Every key OTLP defines (fields 1 to 15) is one byte: decode it here, where the caller's match sees it.
-        if let Some(&b) = self.buf[..self.end].get(self.pos)
+        if let Some(&b) = self.buf.get(self.pos)
             && (8..0x80).contains(&b)
         {
             self.pos += 1;
@@ -116,7 +117,7 @@ impl<'a> Reader<'a> {
         let end = usize::try_from(len)
             .ok()
             .and_then(|l| start.checked_add(l))
-            .filter(|&e| e <= self.end);
+            .filter(|&e| e <= self.buf.len());
         let Some(end) = end else {
             return Err(self.err("length-delimited field runs past the end of its message"));
         };
@@ -126,7 +127,7 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn fixed64(&mut self) -> Result<u64> {
-        let Some(b) = self.buf[..self.end].get(self.pos..self.pos + 8) else {
+        let Some(b) = self.buf.get(self.pos..self.pos + 8) else {
             return Err(self.err("truncated fixed64"));
         };
         self.pos += 8;
@@ -144,7 +145,7 @@ impl<'a> Reader<'a> {
             I64 => self.fixed64().map(drop),
             LEN => self.len_delimited().map(drop),
             I32 => {
-                if self.pos + 4 > self.end {
+                if self.pos + 4 > self.buf.len() {
                     return Err(self.err("truncated fixed32"));
                 }
                 self.pos += 4;
@@ -420,7 +421,7 @@ fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut 
             };
             // A wanted key followed by the value (field 2) and nothing else, as encoders write it: the
             // key is not read a second time.
-            if let Some(v) = value_to_end(buf, key_end, end) {
+            if let Some(v) = field_to_end(buf, key_end, end, VALUE) {
                 return keep_value(buf, k, v, batch);
             }
         }
@@ -432,11 +433,16 @@ fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut 
     keep_value(buf, k, v, batch)
 }
 
-/// The range of a value (field 2, length-delimited) that starts at `at` and ends exactly at `end`, if
-/// that is what the bytes there are (anything else, malformed included, is `None`).
+/// The key byte of a KeyValue's value (field 2, length-delimited).
+const VALUE: u8 = 0x12;
+/// The key byte of an AnyValue's string (field 1, length-delimited).
+const STRING: u8 = 0x0A;
+
+/// The range of a length-delimited field with key byte `tag` that starts at `at` and ends exactly at
+/// `end`, if that is what the bytes there are (anything else, malformed included, is `None`).
 #[inline]
-fn value_to_end(buf: &[u8], at: usize, end: usize) -> Option<Range> {
-    if at >= end || buf[at] != 0x12 {
+fn field_to_end(buf: &[u8], at: usize, end: usize, tag: u8) -> Option<Range> {
+    if at >= end || buf[at] != tag {
         return None;
     }
     let mut r = Reader::new(buf, at + 1, end);
@@ -482,6 +488,10 @@ fn utf8_string(buf: &[u8], start: usize, end: usize) -> Result<Option<bool>> {
 /// An AnyValue as text: strings borrowed from the wire, booleans and numbers written into the batch's arena.
 /// Arrays, maps, bytes and invalid UTF-8 give `None`.
 fn any_value_text(buf: &[u8], start: usize, end: usize, batch: &mut SpanBatch) -> Result<Option<Text>> {
+    // Nearly every value is a string and nothing else: read without the field loop.
+    if let Some((s, e)) = field_to_end(buf, start, end, STRING) {
+        return Ok(is_utf8(&buf[s..e]).then(|| Text::wire(s, e - s)));
+    }
     let mut r = Reader::new(buf, start, end);
     let mut out = None;
     while !r.done() {
