@@ -40,7 +40,7 @@ impl Key {
 
 /// A series key with the span name as bytes: a span's series is found by one lookup, without first
 /// looking up the name's id.
-#[derive(Hash, PartialEq)]
+#[derive(PartialEq)]
 struct Probe<'a> {
     service: u32,
     name: &'a [u8],
@@ -48,6 +48,18 @@ struct Probe<'a> {
     status: StatusCode,
     dims: u32,
     overflow: bool,
+}
+
+impl std::hash::Hash for Probe<'_> {
+    /// The fixed-size fields as two words, then the name's bytes: three writes to the hasher instead of
+    /// seven (this hash is taken for every span).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(self.service) | u64::from(self.dims) << 32);
+        h.write_u32(
+            u32::from(self.kind as u8) | u32::from(self.status as u8) << 8 | u32::from(self.overflow) << 16,
+        );
+        h.write(self.name);
+    }
 }
 
 /// A duration histogram with fixed bounds (in the configured unit): per-bucket (not cumulative) counts,
