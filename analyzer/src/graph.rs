@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::budget::SeriesBudget;
 use crate::config::GraphConfig;
 use crate::intern::Interner;
-use crate::records::{AttrKeys, Span, SpanBatch, SpanKind, StatusCode, Text};
+use crate::records::{Attr, AttrKeys, Span, SpanBatch, SpanKind, StatusCode, Text};
 use crate::red::Histogram;
 
 /// `connection_type` of an edge.
@@ -144,6 +144,23 @@ pub struct GraphKeys {
     multiplier: Option<u16>,
     slots: Vec<Slot>,
     virtual_slot: Option<usize>,
+    /// Per attribute index, what the store reads it for ([`PEER`], [`DB_NAME`]): a span without such
+    /// attributes (most servers, most clients) skips the lookups of the peer and database keys.
+    roles: Vec<u8>,
+}
+
+/// An attribute of [`GraphKeys::peer`].
+const PEER: u8 = 1;
+/// An attribute of [`GraphKeys::db_names`].
+const DB_NAME: u8 = 2;
+
+impl GraphKeys {
+    /// The roles of `attrs`' keys, together.
+    fn roles_of(&self, attrs: &[Attr]) -> u8 {
+        attrs.iter().fold(0, |r, a| {
+            r | self.roles.get(usize::from(a.key)).copied().unwrap_or(0)
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -307,13 +324,23 @@ impl GraphStore {
                 });
             }
         }
+        let peer: Vec<u16> = cfg.peer_attributes.iter().map(|a| keys.intern(a)).collect();
+        let db_names: Vec<u16> = cfg
+            .database_name_attributes
+            .iter()
+            .map(|a| keys.intern(a))
+            .collect();
+        let mut roles = vec![0; keys.len()];
+        for &k in &peer {
+            roles[usize::from(k)] |= PEER;
+        }
+        for &k in &db_names {
+            roles[usize::from(k)] |= DB_NAME;
+        }
         GraphKeys {
-            peer: cfg.peer_attributes.iter().map(|a| keys.intern(a)).collect(),
-            db_names: cfg
-                .database_name_attributes
-                .iter()
-                .map(|a| keys.intern(a))
-                .collect(),
+            peer,
+            db_names,
+            roles,
             peer_service: keys.intern("peer.service"),
             server_address: keys.intern("server.address"),
             network_peer_address: keys.intern("network.peer.address"),
@@ -517,10 +544,13 @@ impl GraphStore {
             .filter(|&v| v > 0.0)
             .map_or(1.0, |v| 1.0 / v);
         // Peer attributes are read from the span itself only; the last half that has one wins.
-        if let Some(p) = keys.peer.iter().find_map(|&k| batch.attr(span, k)) {
+        let roles = keys.roles_of(batch.span_attrs(span));
+        if roles & PEER != 0
+            && let Some(p) = keys.peer.iter().find_map(|&k| batch.attr(span, k))
+        {
             e.peer = Some(budgeted(names, budget, batch.bytes(p)));
         }
-        if is_client {
+        if is_client && (roles | keys.roles_of(batch.resource_attrs(span))) & DB_NAME != 0 {
             Self::database(keys, budget, names, e, batch, span, latency);
         }
     }

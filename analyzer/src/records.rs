@@ -292,12 +292,23 @@ impl SpanBatch {
             .map(|a| a.value)
     }
 
+    /// The attributes the collector kept of the span's resource.
+    pub fn resource_attrs(&self, span: &Span) -> &[Attr] {
+        let Some(r) = self.resources.get(span.resource as usize) else {
+            return &[];
+        };
+        let start = r.attr_start as usize;
+        self.attrs
+            .get(start..start + r.attr_len as usize)
+            .unwrap_or_default()
+    }
+
     /// The value of attribute `key` on the span's resource.
     pub fn resource_attr(&self, span: &Span, key: u16) -> Option<Text> {
-        let r = self.resources.get(span.resource as usize)?;
-        let start = r.attr_start as usize;
-        let attrs = self.attrs.get(start..start + r.attr_len as usize)?;
-        attrs.iter().find(|a| a.key == key).map(|a| a.value)
+        self.resource_attrs(span)
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| a.value)
     }
 
     pub fn len(&self) -> usize {
