@@ -58,12 +58,18 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint(&mut self) -> Result<u64> {
-        // Nearly every tag and length on this path fits in one byte.
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return Ok(u64::from(b));
+        // Nearly every tag and length on this path fits in one byte, a span's own length in two.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+            if let Some(&c) = self.buf.get(self.pos + 1)
+                && c < 0x80
+            {
+                self.pos += 2;
+                return Ok(u64::from(b & 0x7f) | u64::from(c) << 7);
+            }
         }
         self.varint_slow()
     }
@@ -176,6 +182,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-delimited field expected where `wt` was read.
+    #[inline]
     fn expect_len(&mut self, wt: u8, what: &str) -> Result<(usize, usize)> {
         if wt != LEN {
             return Err(self.err(&format!("{what} has wire type {wt}, expected 2")));
@@ -440,7 +447,7 @@ const STRING: u8 = 0x0A;
 
 /// The range of a length-delimited field with key byte `tag` that starts at `at` and ends exactly at
 /// `end`, if that is what the bytes there are (anything else, malformed included, is `None`).
-#[inline]
+#[inline(always)]
 fn field_to_end(buf: &[u8], at: usize, end: usize, tag: u8) -> Option<Range> {
     if at >= end || buf[at] != tag {
         return None;
@@ -453,7 +460,12 @@ fn field_to_end(buf: &[u8], at: usize, end: usize, tag: u8) -> Option<Range> {
 /// Keeps the value `v` of wanted attribute `k`. Returns false when it is not valid UTF-8.
 #[inline]
 fn keep_value(buf: &[u8], k: u16, v: Range, batch: &mut SpanBatch) -> Result<bool> {
-    match any_value_text(buf, v.0, v.1, batch)? {
+    // Nearly every value is a string and nothing else: read here, without the field loop.
+    let text = match field_to_end(buf, v.0, v.1, STRING) {
+        Some((s, e)) => is_utf8(&buf[s..e]).then(|| Text::wire(s, e - s)),
+        None => any_value_text(buf, v.0, v.1, batch)?,
+    };
+    match text {
         Some(value) => {
             batch.attrs.push(Attr { key: k, value });
             Ok(true)
@@ -488,10 +500,6 @@ fn utf8_string(buf: &[u8], start: usize, end: usize) -> Result<Option<bool>> {
 /// An AnyValue as text: strings borrowed from the wire, booleans and numbers written into the batch's arena.
 /// Arrays, maps, bytes and invalid UTF-8 give `None`.
 fn any_value_text(buf: &[u8], start: usize, end: usize, batch: &mut SpanBatch) -> Result<Option<Text>> {
-    // Nearly every value is a string and nothing else: read without the field loop.
-    if let Some((s, e)) = field_to_end(buf, start, end, STRING) {
-        return Ok(is_utf8(&buf[s..e]).then(|| Text::wire(s, e - s)));
-    }
     let mut r = Reader::new(buf, start, end);
     let mut out = None;
     while !r.done() {
