@@ -4,10 +4,13 @@
 For each shape (services x operations per service) a fresh Tidewatch gets spans over OTLP/HTTP JSON: every
 operation of service i is called by service i-1 (so each service but the first has an incoming edge per
 operation name), each call being a client span and a server span, repeated a few times so every series
-sees several observations. After the load it reads the process's resident memory (VmRSS) and the number
-of RED series and edges on /metrics, and reports bytes per series above an idle baseline and, from one row
-to the next, the marginal bytes per added series. The same two figures follow for anonymous memory alone
-(RssAnon: heap and stacks), which leaves out the binary's code and data that the first load pages in.
+sees several observations. Before the load, a warm-up (one service calling itself, a window close and a
+scrape) runs every code path once, so what a process pages in or allocates once (its code, a scrape's
+buffers, the allocator's first pages per thread) is in the warm baseline. After the load it waits for a
+window close, reads `/metrics` as a scraper would, and reports the resident memory (VmRSS) per added RED
+series and edge against the warm baseline, against the idle process before the warm-up, and, from one
+row to the next, the marginal bytes per added series. The anonymous columns (RssAnon: heap and stacks)
+leave out the binary's own pages.
 
     bench/cardinality.py [--shapes 10x10,100x10,100x100,1000x10] [--windows 1]
 
@@ -21,21 +24,13 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-TIDEWATCH = os.environ.get("BENCH_TIDEWATCH_BIN", os.path.join(TARGET_DIR, "release", "tidewatch"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ingest import TIDEWATCH, free_port  # noqa: E402
 
 
 def rss_mib(pid, field="VmRSS"):
@@ -63,20 +58,28 @@ def post(port, body):
     urllib.request.urlopen(req, timeout=60).read()
 
 
-def load(port, services, ops, repeats):
+def load(port, services, ops, repeats, prefix="svc"):
     now = time.time_ns()
     for _ in range(repeats):
         for i in range(services):
             by_resource = {}
             for o in range(ops):
                 trace, client_id, server_id = hexid(32), hexid(16), hexid(16)
-                callee, caller = f"svc-{i}", f"svc-{(i - 1) % services}"
+                callee, caller = f"{prefix}-{i}", f"{prefix}-{(i - 1) % services}"
                 name = f"op-{o}"
                 by_resource.setdefault(caller, []).append(span(trace, client_id, None, name, 3, now))
                 by_resource.setdefault(callee, []).append(span(trace, server_id, client_id, name, 2, now))
             post(port, {"resourceSpans": [
                 {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": svc}}]},
                  "scopeSpans": [{"spans": spans}]} for svc, spans in by_resource.items()]})
+
+
+def series(web):
+    """RED series and edges on /metrics, read as a scraper reads them."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=60).read().decode()
+    red = sum(1 for l in text.splitlines() if l.startswith("traces_span_metrics_calls_total{"))
+    edges = sum(1 for l in text.splitlines() if l.startswith("traces_service_graph_request_total{"))
+    return red, edges
 
 
 def run(services, ops, windows=1):
@@ -89,21 +92,27 @@ def run(services, ops, windows=1):
     try:
         time.sleep(1.0)
         base, base_anon = rss_mib(p.pid), rss_mib(p.pid, "RssAnon")
+        # A warm-up: one service calling itself, a window close and a scrape run every code path of the
+        # load once, so what is paged in or allocated once per process is in the warm baseline.
+        load(http, 1, 1, repeats=3, prefix="warm")
+        time.sleep(11)
+        warm_red, warm_edges = series(web)
+        warm, warm_anon = rss_mib(p.pid), rss_mib(p.pid, "RssAnon")
         load(http, services, ops, repeats=3)
         # Let a window close (or `windows` of them), so the history holds a row per series too.
         time.sleep(1 + 10 * windows)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=60).read().decode()
-        red = sum(1 for l in text.splitlines() if l.startswith("traces_span_metrics_calls_total{"))
-        edges = sum(1 for l in text.splitlines() if l.startswith("traces_service_graph_request_total{"))
+        red, edges = series(web)
         rss, anon = rss_mib(p.pid), rss_mib(p.pid, "RssAnon")
     finally:
         p.terminate()
         p.wait()
+    red, edges, grown = red - warm_red, edges - warm_edges, (red + edges) - (warm_red + warm_edges)
     return {"services": services, "ops_per_service": ops, "red_series": red, "edges": edges,
-            "rss_idle_mib": round(base, 1), "rss_mib": round(rss, 1),
-            "bytes_per_series": round((rss - base) * 1048576 / max(1, red + edges)),
-            "anon_idle_mib": round(base_anon, 1), "anon_mib": round(anon, 1),
-            "anon_bytes_per_series": round((anon - base_anon) * 1048576 / max(1, red + edges))}
+            "rss_idle_mib": round(base, 1), "rss_warm_mib": round(warm, 1), "rss_mib": round(rss, 1),
+            "bytes_per_series": round((rss - warm) * 1048576 / max(1, grown)),
+            "bytes_per_series_vs_idle": round((rss - base) * 1048576 / max(1, grown)),
+            "anon_warm_mib": round(warm_anon, 1), "anon_mib": round(anon, 1),
+            "anon_bytes_per_series": round((anon - warm_anon) * 1048576 / max(1, grown))}
 
 
 def main():

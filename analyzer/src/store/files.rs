@@ -72,7 +72,7 @@ pub(super) fn frame(t: &Table, chunks: &[Arc<Chunk>]) -> Result<DataFrame> {
     let mut values: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(rows); width];
     for c in chunks {
         ts.extend(std::iter::repeat_n(c.ts, c.len()));
-        seconds.extend_from_slice(&c.seconds);
+        seconds.extend((0..c.len()).map(|i| c.seconds(i)));
         for (i, key) in c.keys.iter().enumerate() {
             for (col, k) in keys.iter_mut().zip(key.iter()) {
                 col.push(k);

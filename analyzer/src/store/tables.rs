@@ -111,8 +111,10 @@ pub(super) struct Chunk {
     /// End of the window (or bucket), milliseconds since the Unix epoch.
     pub(super) ts: i64,
     pub(super) keys: Vec<Key>,
-    /// The seconds each row covers.
-    pub(super) seconds: Vec<f64>,
+    /// The seconds each row covers: one figure while every row's is the same (a window's rows all cover
+    /// the window), else one per row (a rollup's series may have had rows in only some of its windows).
+    /// Read it with [`Chunk::seconds`].
+    seconds: Vec<f64>,
     /// The value columns, row after row ([`Table::width`] per row); NaN where a value is missing (a
     /// latency of a window without requests).
     pub(super) values: Vec<f64>,
@@ -130,10 +132,36 @@ impl Chunk {
         self.keys.len()
     }
 
+    /// A chunk of rows that all cover `seconds`.
+    pub(super) fn uniform(ts: i64, keys: Vec<Key>, seconds: f64, values: Vec<f64>) -> Chunk {
+        Chunk {
+            ts,
+            keys,
+            seconds: vec![seconds],
+            values,
+        }
+    }
+
     pub(super) fn push(&mut self, key: Key, seconds: f64, values: &[f64]) {
+        match self.seconds[..] {
+            _ if self.keys.is_empty() => self.seconds = vec![seconds],
+            [all] if all == seconds => {}
+            [all] => {
+                self.seconds = vec![all; self.keys.len()];
+                self.seconds.push(seconds);
+            }
+            _ => self.seconds.push(seconds),
+        }
         self.keys.push(key);
-        self.seconds.push(seconds);
         self.values.extend_from_slice(values);
+    }
+
+    /// The seconds row `i` covers.
+    pub(super) fn seconds(&self, i: usize) -> f64 {
+        match self.seconds[..] {
+            [all] => all,
+            _ => self.seconds[i],
+        }
     }
 
     /// Row `i`'s values.
@@ -152,5 +180,24 @@ pub(super) struct TableRows {
 impl TableRows {
     pub(super) fn rows(&self) -> usize {
         self.raw.iter().chain(&self.rollup).map(|c| c.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_keeps_one_seconds_figure_until_its_rows_differ() {
+        let key = |s: &str| -> Key { Arc::from([Arc::from(s)]) };
+        let mut c = Chunk::new(10);
+        c.push(key("a"), 10.0, &[1.0]);
+        c.push(key("b"), 10.0, &[2.0]);
+        assert_eq!(c.seconds, [10.0], "a window's rows share one figure");
+        c.push(key("c"), 4.0, &[3.0]);
+        c.push(key("d"), 4.0, &[4.0]);
+        let seconds: Vec<f64> = (0..c.len()).map(|i| c.seconds(i)).collect();
+        assert_eq!(seconds, [10.0, 10.0, 4.0, 4.0]);
+        assert_eq!(c.row(2, 1), [3.0]);
     }
 }

@@ -32,7 +32,7 @@ pub(super) fn rows<'a>(
             (0..c.len()).map(move |i| Row {
                 ts: c.ts,
                 key: &c.keys[i],
-                seconds: c.seconds[i],
+                seconds: c.seconds(i),
                 values: c.row(i, width),
             })
         })

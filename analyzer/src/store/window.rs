@@ -18,7 +18,8 @@ pub(super) type Known = [HashMap<Key, usize>];
 /// Rows of one window for one table.
 struct Rows<'a> {
     width: usize,
-    chunk: Chunk,
+    keys: Vec<Key>,
+    values: Vec<f64>,
     /// The labels key columns repeat (span kinds, connection types), one allocation each.
     labels: Vec<Arc<str>>,
     /// The series the history's table already holds: a row of one of them takes its key, allocating none.
@@ -29,12 +30,10 @@ impl<'a> Rows<'a> {
     /// Rows of `table`, with room for `at_most` of them made at once (the chunk is not regrown while it
     /// fills; what is left over is given back by [`Rows::chunk`]).
     fn new(table: &Table, known: &'a Known, at_most: usize) -> Rows<'a> {
-        let mut chunk = Chunk::default();
-        chunk.keys.reserve_exact(at_most);
-        chunk.values.reserve_exact(at_most * table.width());
         Rows {
             width: table.width(),
-            chunk,
+            keys: Vec::with_capacity(at_most),
+            values: Vec::with_capacity(at_most * table.width()),
             labels: Vec::new(),
             known: &known[table.index()],
         }
@@ -57,19 +56,15 @@ impl<'a> Rows<'a> {
             Some((known, _)) => known.clone(),
             None => Key::from(keys),
         };
-        self.chunk.keys.push(key);
-        self.chunk
-            .values
-            .extend(values.iter().map(|v| v.unwrap_or(f64::NAN)));
+        self.keys.push(key);
+        self.values.extend(values.iter().map(|v| v.unwrap_or(f64::NAN)));
     }
 
     /// The window's chunk, holding no spare capacity: it is kept for the whole retention.
     fn chunk(mut self, ts_ms: i64, seconds: f64) -> Chunk {
-        self.chunk.keys.shrink_to_fit();
-        self.chunk.values.shrink_to_fit();
-        self.chunk.ts = ts_ms;
-        self.chunk.seconds = vec![seconds; self.chunk.keys.len()];
-        self.chunk
+        self.keys.shrink_to_fit();
+        self.values.shrink_to_fit();
+        Chunk::uniform(ts_ms, self.keys, seconds, self.values)
     }
 }
 
