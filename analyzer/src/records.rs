@@ -161,9 +161,28 @@ pub struct Attr {
 #[derive(Clone, Debug, Default)]
 pub struct AttrKeys {
     keys: Vec<String>,
-    /// Bit `min(len, 127)` is set for every wanted key's length: most attributes on the wire are rejected
-    /// by this one test, without touching the keys.
-    lens: u128,
+    /// Where a key is looked up: entry [`slot`]`(key)` holds the index + 1 of the wanted key there, 0 when
+    /// there is none, [`SHARED`] when several are. Most attributes on the wire are rejected by this one load,
+    /// without a comparison. Empty until a key is added.
+    slots: Vec<u16>,
+}
+
+/// Entries of [`AttrKeys::slots`].
+const SLOTS: usize = 256;
+/// A slot of several wanted keys: they are found by a scan.
+const SHARED: u16 = u16::MAX;
+
+/// A key's slot: its length, first and last byte mixed, which set apart the attribute names in use
+/// (`url.path`, `server.port`, `peer.service`, `db.namespace`, ...).
+#[inline(always)]
+fn slot(key: &[u8]) -> usize {
+    let byte = |b: Option<&u8>| usize::from(b.copied().unwrap_or(0));
+    (key.len()
+        .wrapping_mul(31)
+        .wrapping_add(byte(key.first()))
+        .wrapping_mul(31)
+        ^ byte(key.last()))
+        % SLOTS
 }
 
 impl AttrKeys {
@@ -180,21 +199,37 @@ impl AttrKeys {
         if let Some(i) = self.keys.iter().position(|k| k == key) {
             return i as u16;
         }
+        let i = self.keys.len();
         self.keys.push(key.to_owned());
-        self.lens |= len_bit(key.len());
-        (self.keys.len() - 1) as u16
+        if self.slots.is_empty() {
+            self.slots = vec![0; SLOTS];
+        }
+        let entry = &mut self.slots[slot(key.as_bytes())];
+        *entry = match u16::try_from(i + 1) {
+            Ok(one_based) if *entry == 0 && one_based != SHARED => one_based,
+            _ => SHARED,
+        };
+        i as u16
     }
 
-    /// The index of `key` if it is wanted. A key of no wanted length is rejected at once; otherwise a linear
-    /// scan (the set is a dozen short keys, each compared by length first).
-    #[inline]
+    /// The index of `key` if it is wanted: one load of its slot, then one comparison.
+    #[inline(always)]
     pub fn find(&self, key: &[u8]) -> Option<u16> {
-        if self.lens & len_bit(key.len()) == 0 {
-            return None;
+        match *self.slots.get(slot(key))? {
+            0 => None,
+            SHARED => self.scan(key),
+            one_based => {
+                let i = one_based - 1;
+                (self.keys[usize::from(i)].as_bytes() == key).then_some(i)
+            }
         }
+    }
+
+    #[cold]
+    fn scan(&self, key: &[u8]) -> Option<u16> {
         self.keys
             .iter()
-            .position(|k| k.len() == key.len() && k.as_bytes() == key)
+            .position(|k| k.as_bytes() == key)
             .map(|i| i as u16)
     }
 
@@ -209,11 +244,6 @@ impl AttrKeys {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
-}
-
-/// The bit of [`AttrKeys::lens`] for keys of `len` bytes (all lengths from 127 up share the top bit).
-fn len_bit(len: usize) -> u128 {
-    1 << len.min(127)
 }
 
 /// A request's worth of spans.
@@ -479,12 +509,17 @@ mod tests {
         assert_eq!(keys.find(b"http.method"), None);
         // Same length as a wanted key, other bytes.
         assert_eq!(keys.find(b"peer.servicf"), None);
-        // Keys of 127 bytes and more share one length bit: each is still told apart by its bytes.
-        let (long, longer) = ("k".repeat(200), "k".repeat(300));
-        let keys = AttrKeys::new([long.as_str(), "db.name"]);
-        assert_eq!(keys.find(long.as_bytes()), Some(0));
-        assert_eq!(keys.find(longer.as_bytes()), None);
-        assert_eq!(keys.find(&long.as_bytes()[..127]), None);
+        // Same length and last byte (one slot), other bytes.
+        assert_eq!(keys.find(b"xx.name"), None);
+        assert_eq!(AttrKeys::default().find(b""), None);
+        // More keys than slots: many slots are shared, each key is still found, and only the wanted ones.
+        let names: Vec<String> = (0..600).map(|i| format!("k{i}.{}", "x".repeat(i % 40))).collect();
+        let keys = AttrKeys::new(names.iter().step_by(2).chain([&String::new()]));
+        for (i, name) in names.iter().enumerate() {
+            let want = (i % 2 == 0).then_some((i / 2) as u16);
+            assert_eq!(keys.find(name.as_bytes()), want, "{name}");
+        }
+        assert_eq!(keys.find(b""), Some(300));
     }
 
     #[test]
