@@ -410,27 +410,18 @@ fn kv_ranges(buf: &[u8], start: usize, end: usize) -> Result<(Range, Option<Rang
 }
 
 /// Keeps one span attribute if its key is wanted. Returns false when the kept value is not valid UTF-8.
-#[inline]
+#[inline(always)]
 fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut SpanBatch) -> Result<bool> {
     // Encoders write the key (field 1) first: when its bytes are not a wanted key, the attribute is
     // skipped without reading its value at all. Anything else takes the general path below.
-    // (An empty KeyValue has no first byte of its own: the byte at `start` belongs to the next field.)
-    if start < end && buf[start] == 0x0A {
-        let mut r = Reader::new(buf, start + 1, end);
-        let len = r.varint()?;
-        let key = usize::try_from(len)
-            .ok()
-            .and_then(|l| r.pos.checked_add(l))
-            .filter(|&e| e <= end);
-        if let Some(key_end) = key {
-            let Some(k) = keys.find(&buf[r.pos..key_end]) else {
-                return Ok(true);
-            };
-            // A wanted key followed by the value (field 2) and nothing else, as encoders write it: the
-            // key is not read a second time.
-            if let Some(v) = field_to_end(buf, key_end, end, VALUE) {
-                return keep_value(buf, k, v, batch);
-            }
+    if let Some(key) = short_field(buf, start, end, KEY) {
+        let Some(k) = keys.find(&buf[key.0..key.1]) else {
+            return Ok(true);
+        };
+        // A wanted key followed by the value (field 2) and nothing else, as encoders write it: the
+        // key is not read a second time.
+        if let Some(v) = field_to_end(buf, key.1, end, VALUE) {
+            return keep_value(buf, k, v, batch);
         }
     }
     let (key, value) = kv_ranges(buf, start, end)?;
@@ -440,21 +431,31 @@ fn key_value(buf: &[u8], start: usize, end: usize, keys: &AttrKeys, batch: &mut 
     keep_value(buf, k, v, batch)
 }
 
+/// The key byte of a KeyValue's key (field 1, length-delimited).
+const KEY: u8 = 0x0A;
 /// The key byte of a KeyValue's value (field 2, length-delimited).
 const VALUE: u8 = 0x12;
 /// The key byte of an AnyValue's string (field 1, length-delimited).
 const STRING: u8 = 0x0A;
 
-/// The range of a length-delimited field with key byte `tag` that starts at `at` and ends exactly at
-/// `end`, if that is what the bytes there are (anything else, malformed included, is `None`).
+/// The range of a length-delimited field with key byte `tag` and a one-byte length (below 128) that starts
+/// at `at` and ends by `end`, if that is what the bytes there are. Anything else, malformed included, is
+/// `None`, for the caller's general path. (An empty message has no byte of its own at `at`: the bytes from
+/// `end` on belong to what follows, so both bytes read must lie before `end`.)
 #[inline(always)]
-fn field_to_end(buf: &[u8], at: usize, end: usize, tag: u8) -> Option<Range> {
-    if at >= end || buf[at] != tag {
+fn short_field(buf: &[u8], at: usize, end: usize, tag: u8) -> Option<Range> {
+    if at + 1 >= end || buf[at] != tag || buf[at + 1] >= 0x80 {
         return None;
     }
-    let mut r = Reader::new(buf, at + 1, end);
-    let len = usize::try_from(r.varint().ok()?).ok()?;
-    (r.pos.checked_add(len) == Some(end)).then_some((r.pos, end))
+    let start = at + 2;
+    let stop = start + usize::from(buf[at + 1]);
+    (stop <= end).then_some((start, stop))
+}
+
+/// [`short_field`] when the field also ends exactly at `end`.
+#[inline(always)]
+fn field_to_end(buf: &[u8], at: usize, end: usize, tag: u8) -> Option<Range> {
+    short_field(buf, at, end, tag).filter(|&(_, stop)| stop == end)
 }
 
 /// Keeps the value `v` of wanted attribute `k`. Returns false when it is not valid UTF-8.
