@@ -133,7 +133,23 @@ fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
 
 /// The id rules of the OTLP spec: a 16-byte, not all-zero trace id; an 8-byte, not all-zero span id; a
 /// parent that is absent or 8 bytes.
+#[inline(always)]
 pub fn check_span_ids(trace_id: &[u8], span_id: &[u8], parent: &[u8]) -> std::result::Result<(), String> {
+    // Valid ids, nearly every span's, in a few comparisons; the reason for anything else is found apart.
+    let valid = trace_id.len() == 16
+        && span_id.len() == 8
+        && (parent.is_empty() || parent.len() == 8)
+        && trace_id != [0; 16]
+        && span_id != [0; 8];
+    if valid {
+        Ok(())
+    } else {
+        span_ids_problem(trace_id, span_id, parent)
+    }
+}
+
+#[cold]
+fn span_ids_problem(trace_id: &[u8], span_id: &[u8], parent: &[u8]) -> std::result::Result<(), String> {
     check_id("trace_id", trace_id, 16)?;
     check_id("span_id", span_id, 8)?;
     if !parent.is_empty() && parent.len() != 8 {
