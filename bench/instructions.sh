@@ -3,7 +3,7 @@
 # callgrind, counting from the moment it listens until `tidewatch loadgen` (run natively) has sent a fixed
 # load. The count does not depend on machine load or on the other process, so two builds can be compared
 # to a fraction of a per cent where CPU time moves by a fifth between runs; it leaves out the kernel's work
-# and cache misses, which only CPU time shows (bench/ingest.py).
+# and cache misses, which only CPU time shows (bench/ingest.py). Needs valgrind (Debian: apt-get install valgrind).
 #
 #   bench/instructions.sh BINARY PROTOCOL RATE BATCH SECONDS [OUTPUT_PREFIX]
 #   bench/instructions.sh target/release/tidewatch grpc 5000 512 8

@@ -82,12 +82,6 @@ enum Kind {
     Joint,
 }
 
-/// One series of a service and its detector.
-struct Signal {
-    kind: Kind,
-    detector: Tidewatch,
-}
-
 /// Resolution of the joint detector's series, in units of its robust z-score: the mixture's surprise
 /// wanders by a few units on normal traffic (a new regime before its first refit), an incident moves it
 /// by tens.
@@ -103,25 +97,24 @@ struct Verdict {
     value: f64,
 }
 
-impl Signal {
-    fn new(kind: Kind, params: &Arc<Params>) -> Signal {
-        let res = if kind == Kind::Joint {
+impl Kind {
+    /// The detector of a service's series of this kind (which the service's models know it by).
+    fn detector(self, params: &Arc<Params>) -> Tidewatch {
+        let res = if self == Kind::Joint {
             JOINT_RESOLUTION
         } else {
             1.0
         };
-        Signal {
-            kind,
-            detector: Tidewatch::with_resolution(params.clone(), res),
-        }
+        Tidewatch::with_resolution(params.clone(), res)
     }
 
-    fn score(&mut self, t_ms: i64, value: f64) -> Verdict {
-        let score = self.detector.score(t_ms, value);
+    /// Scores the window's `value` with this kind's `detector`.
+    fn score(self, detector: &mut Tidewatch, t_ms: i64, value: f64) -> Verdict {
+        let score = detector.score(t_ms, value);
         Verdict {
-            kind: self.kind,
+            kind: self,
             score,
-            level: self.detector.last_level(),
+            level: detector.last_level(),
             value,
         }
     }
@@ -158,10 +151,11 @@ struct Ongoing {
 const ONGOING_UNITS: f64 = 1.0;
 
 struct ServiceModels {
-    rate: Signal,
-    errors: Signal,
-    latency: Signal,
-    joint: Option<(GmmDetector, Signal)>,
+    /// A detector per series: [`Kind::detector`].
+    rate: Tidewatch,
+    errors: Tidewatch,
+    latency: Tidewatch,
+    joint: Option<(GmmDetector, Tidewatch)>,
     ongoing: Option<Ongoing>,
     /// Windows since the service was last scored.
     idle: usize,
@@ -170,13 +164,13 @@ struct ServiceModels {
 impl ServiceModels {
     fn new(joint: bool, params: &Arc<Params>) -> ServiceModels {
         ServiceModels {
-            rate: Signal::new(Kind::Rate, params),
-            errors: Signal::new(Kind::Errors, params),
-            latency: Signal::new(Kind::Latency, params),
+            rate: Kind::Rate.detector(params),
+            errors: Kind::Errors.detector(params),
+            latency: Kind::Latency.detector(params),
             joint: joint.then(|| {
                 (
                     GmmDetector::new(GmmConfig::default()),
-                    Signal::new(Kind::Joint, params),
+                    Kind::Joint.detector(params),
                 )
             }),
             ongoing: None,
@@ -186,7 +180,7 @@ impl ServiceModels {
 
     /// Where the slowest detector stands in its warm-up.
     fn learning(&self) -> Option<Learning> {
-        let (seen, needed) = self.latency.detector.warmup();
+        let (seen, needed) = self.latency.warmup();
         (seen <= needed).then_some(Learning { seen, needed })
     }
 }
@@ -206,7 +200,7 @@ pub struct Monitor {
     cfg: HealthConfig,
     /// Upper bounds (ms) of the latency histogram the pods' p95 comes from, for root-cause localisation.
     latency_bounds_ms: Vec<f64>,
-    /// Boxed: a service's models are 3.7 KB, and a map's nodes hold eleven values inline whether used or
+    /// Boxed: a service's models are 1.8 KB, and a map's nodes hold eleven values inline whether used or
     /// not.
     services: BTreeMap<String, Box<ServiceModels>>,
     /// The detectors' parameters ([`Params::default`]), one copy shared by every detector.
@@ -298,13 +292,16 @@ impl Monitor {
         m.idle = 0;
         let p95 = s.p95_ms.unwrap_or(0.0);
         let [rate, errors, latency] = red_features(s.rate, error_ratio_floor(s), p95);
-        let mut verdicts = vec![m.rate.score(ts_ms, rate), m.errors.score(ts_ms, errors)];
+        let mut verdicts = vec![
+            Kind::Rate.score(&mut m.rate, ts_ms, rate),
+            Kind::Errors.score(&mut m.errors, ts_ms, errors),
+        ];
         if s.p95_ms.is_some() {
-            verdicts.push(m.latency.score(ts_ms, latency));
-            if let Some((gmm, signal)) = &mut m.joint
+            verdicts.push(Kind::Latency.score(&mut m.latency, ts_ms, latency));
+            if let Some((gmm, detector)) = &mut m.joint
                 && let Some(z) = gmm.score(&[rate, errors, latency])
             {
-                verdicts.push(signal.score(ts_ms, z));
+                verdicts.push(Kind::Joint.score(detector, ts_ms, z));
             }
         }
         let threshold = self.cfg.threshold;
@@ -445,7 +442,7 @@ mod tests {
         assert_eq!(Arc::strong_count(&m.params), 1 + 2 * 4);
         let size = std::mem::size_of::<ServiceModels>();
         assert!(
-            size < 4000,
+            size < 1900,
             "a service's models are {size} bytes before any window"
         );
     }

@@ -134,7 +134,7 @@ impl GmmDetector {
     pub fn new(cfg: GmmConfig) -> GmmDetector {
         GmmDetector {
             cfg,
-            train: Ring::new(0),
+            train: Ring::new(),
             dim: 0,
             fitted: None,
             since_fit: 0,
@@ -207,7 +207,7 @@ impl VectorDetector for GmmDetector {
         }
         if self.dim != x.len() {
             // The first window, or the feature set changed: start over.
-            self.train = Ring::new(self.cfg.train_windows * x.len());
+            self.train = Ring::new();
             self.dim = x.len();
             self.fitted = None;
         }
@@ -216,7 +216,7 @@ impl VectorDetector for GmmDetector {
             .as_ref()
             .map(|f| ((f.nll(x) - f.nll_median) / f.nll_spread).max(0.0));
         for &v in x {
-            self.train.push(v as f32);
+            self.train.push(v as f32, self.cfg.train_windows * self.dim);
         }
         self.since_fit += 1;
         if self.windows() >= self.cfg.min_windows

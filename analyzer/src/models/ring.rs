@@ -10,35 +10,38 @@ use std::collections::VecDeque;
 use std::collections::vec_deque;
 use std::iter::Rev;
 
-/// A bounded FIFO: pushing past `cap` items drops the oldest.
+/// A bounded FIFO: pushing past `cap` items drops the oldest. The bound is its owner's to pass at each
+/// push (a window length among the owner's parameters), so thousands of rings keep no copy of it; an
+/// owner may raise it as it goes (the ring then keeps more from then on), never lower it.
 #[derive(Clone, Debug)]
 pub struct Ring<T> {
     items: VecDeque<T>,
-    cap: usize,
+}
+
+impl<T: Copy> Default for Ring<T> {
+    fn default() -> Ring<T> {
+        Ring::new()
+    }
 }
 
 impl<T: Copy> Ring<T> {
-    /// An empty ring of at most `cap` items (at least one).
-    pub fn new(cap: usize) -> Ring<T> {
+    /// An empty ring.
+    pub fn new() -> Ring<T> {
         Ring {
             items: VecDeque::new(),
-            cap: cap.max(1),
         }
     }
 
-    /// Keeps at least the latest `cap` items from now on.
-    pub fn reach(&mut self, cap: usize) {
-        self.cap = self.cap.max(cap);
-    }
-
-    /// Appends `x`; returns the oldest item when the ring was full.
-    pub fn push(&mut self, x: T) -> Option<T> {
-        let dropped = if self.items.len() == self.cap {
+    /// Appends `x` to a ring of at most `cap` items (at least one); returns the oldest item when the ring
+    /// was full.
+    pub fn push(&mut self, x: T, cap: usize) -> Option<T> {
+        let cap = cap.max(1);
+        let dropped = if self.items.len() >= cap {
             self.items.pop_front()
         } else {
             if self.items.len() == self.items.capacity() {
                 let len = self.items.len();
-                self.items.reserve_exact(len.max(4).min(self.cap - len));
+                self.items.reserve_exact(len.max(4).min(cap - len));
             }
             None
         };
@@ -74,7 +77,7 @@ impl<T: Copy> Ring<T> {
     }
 }
 
-/// The latest `cap` values of a series, read back exactly as they were pushed: in single precision while
+/// The latest values of a series, read back exactly as they were pushed: in single precision while
 /// every value pushed is exactly an `f32`, in double precision from the first one that is not. The health
 /// monitor's detectors round their values to a fraction of their resolution
 /// (`Tidewatch::with_resolution`), so theirs stay single (half the bytes); a series of arbitrary values,
@@ -85,37 +88,28 @@ pub enum Values {
     Double(Ring<f64>),
 }
 
+impl Default for Values {
+    fn default() -> Values {
+        Values::Single(Ring::new())
+    }
+}
+
 impl Values {
-    /// An empty ring of at most `cap` values (at least one).
-    pub fn new(cap: usize) -> Values {
-        Values::Single(Ring::new(cap))
-    }
-
-    /// Keeps at least the latest `cap` values from now on.
-    pub fn reach(&mut self, cap: usize) {
-        match self {
-            Values::Single(r) => r.reach(cap),
-            Values::Double(r) => r.reach(cap),
-        }
-    }
-
-    /// Appends `x`, dropping the oldest value when the ring is full.
-    pub fn push(&mut self, x: f64) {
+    /// Appends `x` to a ring of at most `cap` values (as [`Ring::push`]), dropping the oldest value when
+    /// the ring is full.
+    pub fn push(&mut self, x: f64, cap: usize) {
         if let Values::Single(r) = self {
             let narrow = x as f32;
             if f64::from(narrow).to_bits() == x.to_bits() {
-                r.push(narrow);
+                r.push(narrow, cap);
                 return;
             }
             let mut wide = VecDeque::with_capacity(r.items.len() + 1);
             wide.extend(r.items.iter().copied().map(f64::from));
-            *self = Values::Double(Ring {
-                items: wide,
-                cap: r.cap,
-            });
+            *self = Values::Double(Ring { items: wide });
         }
         if let Values::Double(r) = self {
-            r.push(x);
+            r.push(x, cap);
         }
     }
 
@@ -181,28 +175,26 @@ mod tests {
 
     #[test]
     fn keeps_the_latest_and_never_grows_past_its_bound() {
-        let mut r = Ring::new(401);
+        let mut r = Ring::new();
         for i in 0..1000 {
-            let dropped = r.push(f64::from(i));
+            let dropped = r.push(f64::from(i), 401);
             assert_eq!(dropped, (i >= 401).then(|| f64::from(i - 401)));
         }
         assert_eq!(r.len(), 401);
         assert_eq!(r.iter().next(), Some(599.0));
         assert_eq!(r.iter().next_back(), Some(999.0));
         assert_eq!(r.heap_bytes(), 401 * 8);
-        assert_eq!(Ring::<f64>::new(8).heap_bytes(), 0);
-        // A longer reach keeps more from then on, and never drops what the ring holds.
-        r.reach(500);
-        r.reach(10);
+        assert_eq!(Ring::<f64>::new().heap_bytes(), 0);
+        // A higher bound keeps more from then on, and never drops what the ring holds.
         for i in 1000..1200 {
-            r.push(f64::from(i));
+            r.push(f64::from(i), 500);
         }
         assert_eq!((r.len(), r.iter().next()), (500, Some(700.0)));
     }
 
     #[test]
     fn values_read_back_exactly_and_stay_single_while_they_can() {
-        let mut v = Values::new(401);
+        let mut v = Values::default();
         let mut pushed = Vec::new();
         for i in 0..1000 {
             // Multiples of 2^-10 and both signs of zero: all exact in single precision.
@@ -210,7 +202,7 @@ mod tests {
                 0 => -0.0,
                 _ => f64::from(i) * 3.0 / 1024.0 - 1.0,
             };
-            v.push(x);
+            v.push(x, 401);
             pushed.push(x);
         }
         assert!(matches!(v, Values::Single(_)));
@@ -224,14 +216,13 @@ mod tests {
         assert_eq!(v.newest().nth(3), Some(pushed[pushed.len() - 4]));
         // The first value single precision cannot hold turns the ring double, keeping what it holds.
         for x in [0.1, 1e300, 7.0] {
-            v.push(x);
+            v.push(x, 401);
             pushed.push(x);
         }
         assert!(matches!(v, Values::Double(_)));
         assert!(same(&v, &pushed));
-        v.reach(500);
         for i in 0..200 {
-            v.push(f64::from(i));
+            v.push(f64::from(i), 500);
             pushed.push(f64::from(i));
         }
         assert!(same(&v, &pushed) && v.newest().count() == 500);
