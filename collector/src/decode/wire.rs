@@ -463,7 +463,7 @@ fn field_to_end(buf: &[u8], at: usize, end: usize, tag: u8) -> Option<Range> {
 fn keep_value(buf: &[u8], k: u16, v: Range, batch: &mut SpanBatch) -> Result<bool> {
     // Nearly every value is a string and nothing else: read here, without the field loop.
     let text = match field_to_end(buf, v.0, v.1, STRING) {
-        Some((s, e)) => is_utf8(&buf[s..e]).then(|| Text::wire(s, e - s)),
+        Some(string) => utf8_text(buf, string),
         None => any_value_text(buf, v.0, v.1, batch)?,
     };
     match text {
@@ -480,6 +480,12 @@ fn keep_value(buf: &[u8], k: u16, v: Range, batch: &mut SpanBatch) -> Result<boo
 #[inline]
 fn is_utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
+/// The bytes of a string field as a text, if they are valid UTF-8.
+#[inline(always)]
+fn utf8_text(buf: &[u8], (s, e): Range) -> Option<Text> {
+    is_utf8(&buf[s..e]).then(|| Text::wire(s, e - s))
 }
 
 /// Whether the AnyValue is a string (`Some(valid UTF-8?)`) or not (`None`).
@@ -506,10 +512,7 @@ fn any_value_text(buf: &[u8], start: usize, end: usize, batch: &mut SpanBatch) -
     while !r.done() {
         let (field, wt) = r.key()?;
         out = match (field, wt) {
-            (1, LEN) => {
-                let (s, e) = r.len_delimited()?;
-                is_utf8(&buf[s..e]).then(|| Text::wire(s, e - s))
-            }
+            (1, LEN) => utf8_text(buf, r.len_delimited()?),
             (2, VARINT) => Some(batch.push_text(if r.varint()? != 0 { "true" } else { "false" })),
             (3, VARINT) => Some(batch.push_display(r.varint()? as i64)),
             (4, I64) => Some(batch.push_display(f64::from_bits(r.fixed64()?))),
