@@ -10,7 +10,6 @@
 //! counted as expired. When both halves of a pair write the same field, the one applied last wins, except `failed`,
 //! which either can set. One [`GraphStore`] per shard; trace-id sharding puts both halves in one shard.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -192,7 +191,8 @@ struct Edge {
     multiplier: f64,
     root: bool,
     dims: Box<[Option<u32>]>,
-    generation: u64,
+    /// When a half still waiting for its other half expires.
+    deadline: Instant,
 }
 
 impl Edge {
@@ -255,18 +255,13 @@ pub struct GraphStore {
     wait: std::time::Duration,
     max_items: usize,
     messaging_histogram: bool,
+    /// Halves waiting for their other half, each with its deadline: an expiry sweep scans them (a few
+    /// times per wait period), so completing a pair costs nothing beyond its own entry.
     pending: HashMap<PendingKey, Edge, foldhash::fast::FixedState>,
-    /// Insertion order, for expiry: (deadline, key, generation). Entries whose edge completed are skipped.
-    order: VecDeque<(Instant, PendingKey, u64)>,
-    generation: u64,
     edges: HashMap<EdgeKey, EdgeStats, foldhash::fast::FixedState>,
     counters: GraphCounters,
     budget: Arc<SeriesBudget>,
 }
-
-/// Stale expiry entries [`GraphStore::record`] lets pile up beyond twice the pending halves before it
-/// drops them.
-const STALE_SLACK: usize = 64;
 
 /// The id of a name past the global series budget: never interned, never resolved (edges holding it are
 /// dropped at [`GraphStore::emit`]).
@@ -387,8 +382,6 @@ impl GraphStore {
             max_items: cfg.max_items.div_ceil(shards.max(1)),
             messaging_histogram: cfg.enable_messaging_system_latency_histogram,
             pending: HashMap::default(),
-            order: VecDeque::new(),
-            generation: 0,
             edges: HashMap::default(),
             counters: GraphCounters::default(),
             budget,
@@ -464,7 +457,7 @@ impl GraphStore {
             multiplier: 1.0,
             root,
             dims: vec![None; self.keys.slots.len()].into(),
-            generation: 0,
+            deadline: now + self.wait,
         };
         Self::apply(
             &self.keys,
@@ -490,20 +483,7 @@ impl GraphStore {
             self.counters.dropped_spans += 1;
             return;
         }
-        self.generation += 1;
-        edge.generation = self.generation;
-        self.order.push_back((now + self.wait, key, self.generation));
         self.pending.insert(key, edge);
-        // Completed halves leave `pending` at once but their expiry entries only at their deadline: at
-        // high rates those stale entries would outnumber the live ones by far and escape `max_items`. Drop
-        // them once they are the majority; each entry is kept or dropped once per compaction, so the cost
-        // is O(1) per insert amortised, and the queue stays within about twice the pending halves (its
-        // capacity, which a queue keeps once grown, too: the slack is small for that reason).
-        if self.order.len() > 2 * self.pending.len() + STALE_SLACK {
-            let pending = &self.pending;
-            self.order
-                .retain(|(_, k, g)| pending.get(k).is_some_and(|e| e.generation == *g));
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -649,15 +629,17 @@ impl GraphStore {
 
     /// Expires halves whose deadline has passed: virtual-node edges where a peer is known, else counted.
     pub fn expire(&mut self, names: &mut Interner, now: Instant) {
-        while let Some(&(deadline, key, generation)) = self.order.front() {
-            if deadline > now {
-                break;
-            }
-            self.order.pop_front();
-            if self.pending.get(&key).is_none_or(|e| e.generation != generation) {
-                continue;
-            }
-            let mut e = self.pending.remove(&key).expect("present");
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut expired: Vec<Edge> = self
+            .pending
+            .extract_if(|_, e| e.deadline <= now)
+            .map(|(_, e)| e)
+            .collect();
+        // Oldest first, as they were seen (names of virtual nodes are interned in that order).
+        expired.sort_by_key(|e| e.deadline);
+        for mut e in expired {
             if e.root {
                 // A root half restored from a checkpoint written before roots completed at once.
                 self.emit_from_user(names, e);
@@ -712,28 +694,27 @@ impl GraphStore {
                 HalfName::Known(names.resolve(id).clone())
             }
         };
-        self.order
-            .iter()
-            .filter_map(|(deadline, key, generation)| {
-                let e = self.pending.get(key).filter(|e| e.generation == *generation)?;
-                Some(PendingHalf {
-                    trace: key.trace,
-                    id: key.id,
-                    deadline: deadline.saturating_duration_since(origin),
-                    client: e.client.map(name),
-                    server: e.server.map(name),
-                    connection_type: e.conn,
-                    client_latency: e.client_latency,
-                    server_latency: e.server_latency,
-                    client_end_ns: e.client_end_ns,
-                    server_start_ns: e.server_start_ns,
-                    kind: e.kind,
-                    failed: e.failed,
-                    peer: e.peer.map(name),
-                    multiplier: e.multiplier,
-                    root: e.root,
-                    dims: e.dims.iter().map(|d| d.map(name)).collect(),
-                })
+        let mut halves: Vec<(&PendingKey, &Edge)> = self.pending.iter().collect();
+        halves.sort_by_key(|(_, e)| e.deadline);
+        halves
+            .into_iter()
+            .map(|(key, e)| PendingHalf {
+                trace: key.trace,
+                id: key.id,
+                deadline: e.deadline.saturating_duration_since(origin),
+                client: e.client.map(name),
+                server: e.server.map(name),
+                connection_type: e.conn,
+                client_latency: e.client_latency,
+                server_latency: e.server_latency,
+                client_end_ns: e.client_end_ns,
+                server_start_ns: e.server_start_ns,
+                kind: e.kind,
+                failed: e.failed,
+                peer: e.peer.map(name),
+                multiplier: e.multiplier,
+                root: e.root,
+                dims: e.dims.iter().map(|d| d.map(name)).collect(),
             })
             .collect()
     }
@@ -753,7 +734,6 @@ impl GraphStore {
             if dims.len() != slots {
                 dims = vec![None; slots];
             }
-            self.generation += 1;
             let edge = Edge {
                 client: h.client.map(&mut id),
                 server: h.server.map(&mut id),
@@ -768,13 +748,12 @@ impl GraphStore {
                 multiplier: h.multiplier,
                 root: h.root,
                 dims: dims.into(),
-                generation: self.generation,
+                deadline: origin + h.deadline,
             };
             let key = PendingKey {
                 trace: h.trace,
                 id: h.id,
             };
-            self.order.push_back((origin + h.deadline, key, self.generation));
             self.pending.insert(key, edge);
         }
     }
@@ -992,46 +971,47 @@ mod tests {
     }
 
     #[test]
-    fn expiry_queue_stays_bounded_when_pairs_complete() {
+    fn a_half_waits_until_its_deadline_and_completed_pairs_leave_nothing() {
         let cfg = GraphConfig::default();
         let mut keys = AttrKeys::default();
         let gk = GraphStore::attr_keys(&cfg, &mut keys);
         let mut names = Interner::default();
         let mut g = GraphStore::new(&cfg, gk, 1, Arc::new(SeriesBudget::new(100_000)));
-        let now = Instant::now();
-        for i in 0..50_000u32 {
-            let mut b = B::new(keys.clone());
-            let id = (i % 250) as u8 + 1;
-            b.span("a", SpanKind::Client, id, 0, 1, false, &[]);
-            b.span(
-                "b",
-                SpanKind::Server,
-                id.wrapping_add(1).max(1),
-                id,
-                1,
-                false,
-                &[],
-            );
+        let t0 = Instant::now();
+        let record = |g: &mut GraphStore, names: &mut Interner, b: B, trace: u32, at: Instant| {
             let mut batch = b.batch;
             for s in &mut batch.spans {
-                s.trace_id[..4].copy_from_slice(&i.to_le_bytes());
+                s.trace_id[..4].copy_from_slice(&trace.to_le_bytes());
             }
             for s in &batch.spans {
                 let svc = names.id(batch.bytes(batch.resources[s.resource as usize].service));
-                g.record(&mut names, &batch, s, Some(svc), now);
+                g.record(names, &batch, s, Some(svc), at);
             }
+        };
+        // Many pairs, each completed in its batch: nothing is left waiting.
+        for i in 0..5_000u32 {
+            let mut b = B::new(keys.clone());
+            b.span("a", SpanKind::Client, 7, 0, 1, false, &[]);
+            b.span("b", SpanKind::Server, 8, 7, 1, false, &[]);
+            record(&mut g, &mut names, b, i, t0);
         }
         assert_eq!(g.counters().pending, 0);
-        assert!(
-            g.order.len() <= 2 * STALE_SLACK,
-            "{} stale expiry entries",
-            g.order.len()
-        );
-        assert!(
-            g.order.capacity() <= 2 * STALE_SLACK,
-            "room for {}",
-            g.order.capacity()
-        );
+        // Two client halves whose servers never come, seen one second apart.
+        for (trace, at) in [(1_000_000, t0), (1_000_001, t0 + Duration::from_secs(1))] {
+            let mut b = B::new(keys.clone());
+            b.span("a", SpanKind::Client, 7, 0, 1, false, &[]);
+            record(&mut g, &mut names, b, trace, at);
+        }
+        let before = t0 + cfg.wait - Duration::from_millis(1);
+        g.expire(&mut names, before);
+        assert_eq!((g.counters().pending, g.counters().expired_client), (2, 0));
+        g.expire(&mut names, t0 + cfg.wait);
+        assert_eq!((g.counters().pending, g.counters().expired_client), (1, 1));
+        let left = g.pending(&names, t0);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].deadline, cfg.wait + Duration::from_secs(1));
+        g.expire(&mut names, t0 + cfg.wait + Duration::from_secs(1));
+        assert_eq!((g.counters().pending, g.counters().expired_client), (0, 2));
     }
 
     #[test]

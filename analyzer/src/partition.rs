@@ -255,11 +255,9 @@ mod tests {
         halves.push(root);
         let mut second = RecordTimeShard::new(&cfg);
         second.restore(halves, Vec::new(), Vec::new());
-        assert_eq!(
-            second.pending()[..2],
-            first.pending()[..],
-            "the halves and deadlines round-trip"
-        );
+        let mut restored = second.pending();
+        restored.retain(|h| !h.root);
+        assert_eq!(restored, first.pending(), "the halves and deadlines round-trip");
         let before = whole.totals();
         for s in [&mut whole, &mut second] {
             // The server half of call 1 pairs; the lone client 3 expires.
