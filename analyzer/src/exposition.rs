@@ -47,23 +47,42 @@ pub fn single(out: &mut impl Write, name: &str, kind: Kind, help: &str, value: i
     sample(out, name, &[], value);
 }
 
-/// A classic histogram: cumulative `_bucket` series with `le`, then `_sum` and `_count`.
-pub fn histogram(out: &mut impl Write, name: &str, labels: &[(&str, &str)], bounds: &[f64], h: &Histogram) {
+/// The `le` values of a histogram's buckets, as the exposition writes them: each bound, then `+Inf`.
+/// Made once per metric family, not for every series.
+pub fn le_values(bounds: &[f64]) -> Vec<String> {
+    bounds
+        .iter()
+        .map(f64::to_string)
+        .chain(["+Inf".to_owned()])
+        .collect()
+}
+
+/// A classic histogram: cumulative `_bucket` series with `le` (`le`: [`le_values`] of its bounds), then
+/// `_sum` and `_count`.
+pub fn histogram(out: &mut impl Write, name: &str, labels: &[(&str, &str)], le: &[String], h: &Histogram) {
     let mut cum = 0.0;
-    let mut le = String::new();
-    for i in 0..h.slots().max(bounds.len() + 1) {
+    for (i, le) in le.iter().enumerate() {
         cum += h.bucket(i);
-        le.clear();
-        match bounds.get(i) {
-            Some(b) => {
-                let _ = write!(le, "{b}");
-            }
-            None => le.push_str("+Inf"),
-        }
-        sample_le(out, &format!("{name}_bucket"), labels, Some(&le), cum);
+        line(out, [name, "_bucket"], labels, Some(le), Number(cum));
     }
-    sample(out, &format!("{name}_sum"), labels, h.sum);
-    sample(out, &format!("{name}_count"), labels, h.count);
+    line(out, [name, "_sum"], labels, None, h.sum);
+    line(out, [name, "_count"], labels, None, Number(h.count));
+}
+
+/// A sample value written as `{}` writes an `f64`; an integral one (a count) through the integer
+/// formatter, which writes the same digits for less.
+struct Number(f64);
+
+impl Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        // Below 2^53 an integral f64 is exactly its i64; `-0` keeps its sign only as a float.
+        if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 && !(v == 0.0 && v.is_sign_negative()) {
+            Display::fmt(&(v as i64), f)
+        } else {
+            Display::fmt(&v, f)
+        }
+    }
 }
 
 fn sample_le(
@@ -73,7 +92,21 @@ fn sample_le(
     le: Option<&str>,
     value: impl Display,
 ) {
-    let _ = out.write_str(name);
+    line(out, [name, ""], labels, le, value);
+}
+
+/// One sample line, its name written in parts (a histogram's name and suffix: no name is put together
+/// per series).
+fn line(
+    out: &mut impl Write,
+    name: [&str; 2],
+    labels: &[(&str, &str)],
+    le: Option<&str>,
+    value: impl Display,
+) {
+    for part in name {
+        let _ = out.write_str(part);
+    }
     write_labels(out, labels, le);
     let _ = writeln!(out, " {value}");
 }
@@ -132,11 +165,31 @@ mod tests {
             h.observe(&[0.5, 1.0], v);
         }
         let mut s = String::new();
-        histogram(&mut s, "h", &[("x", "1")], &[0.5, 1.0], &h);
+        histogram(&mut s, "h", &[("x", "1")], &le_values(&[0.5, 1.0]), &h);
         let lines: Vec<_> = s.lines().collect();
         assert_eq!(lines[0], "h_bucket{x=\"1\",le=\"0.5\"} 1");
         assert_eq!(lines[1], "h_bucket{x=\"1\",le=\"1\"} 2");
         assert_eq!(lines[2], "h_bucket{x=\"1\",le=\"+Inf\"} 3");
         assert_eq!(lines[4], "h_count{x=\"1\"} 3");
+    }
+
+    #[test]
+    fn numbers_are_written_as_floats_are() {
+        for v in [
+            0.0,
+            -0.0,
+            3.0,
+            -7.0,
+            0.25,
+            1e15,
+            9_007_199_254_740_991.0,
+            9_007_199_254_740_992.0,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert_eq!(Number(v).to_string(), v.to_string(), "{v:?}");
+        }
     }
 }

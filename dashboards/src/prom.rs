@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tidewatch_analyzer::Snapshot;
 use tidewatch_analyzer::engine::EngineStats;
-use tidewatch_analyzer::exposition::{Kind, family, histogram, sample, single};
-use tidewatch_analyzer::graph::{ConnectionType, GraphCounters};
+use tidewatch_analyzer::exposition::{Kind, family, histogram, le_values, sample, single};
+use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters};
 use tidewatch_analyzer::ingest::Ingest;
+use tidewatch_analyzer::red::RedRow;
 use tidewatch_analyzer::signals::{LogRow, MetricKind, MetricRow};
 
 /// RED, service-graph, metric-point and log-record series of a snapshot.
@@ -101,27 +102,8 @@ fn render_red<W: Write>(out: &mut W, s: &Snapshot) {
         .iter()
         .map(|d| tidewatch_analyzer::graph::sanitize_label(d))
         .collect();
-    let row_labels = |r: &tidewatch_analyzer::red::RedRow| -> Vec<(String, String)> {
-        if r.overflow {
-            return vec![
-                ("service_name".into(), r.service.to_string()),
-                ("otel_metric_overflow".into(), "true".into()),
-            ];
-        }
-        let mut v = vec![
-            ("service_name".to_owned(), r.service.to_string()),
-            ("span_name".to_owned(), r.span_name.to_string()),
-            ("span_kind".to_owned(), r.kind.as_label().to_owned()),
-            ("status_code".to_owned(), r.status.as_label().to_owned()),
-        ];
-        v.extend(
-            dim_labels
-                .iter()
-                .cloned()
-                .zip(r.dims.iter().map(|d| d.to_string())),
-        );
-        v
-    };
+    // One list of label pairs, refilled for each row: a scrape allocates nothing per series.
+    let mut pairs = Vec::new();
     family(
         out,
         calls,
@@ -129,47 +111,65 @@ fn render_red<W: Write>(out: &mut W, s: &Snapshot) {
         "Spans counted, by service, span name, kind and status (spanmetrics).",
     );
     for r in &s.red {
-        let l = row_labels(r);
-        let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        sample(out, calls, &pairs, r.calls as f64);
+        red_labels(r, &dim_labels, &mut pairs);
+        sample(out, calls, &pairs, r.calls);
     }
     family(out, &duration, Kind::Histogram, "Span durations (spanmetrics).");
+    let le = le_values(&s.red_bounds);
     for r in &s.red {
-        let l = row_labels(r);
-        let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        histogram(out, &duration, &pairs, &s.red_bounds, &r.duration);
+        red_labels(r, &dim_labels, &mut pairs);
+        histogram(out, &duration, &pairs, &le, &r.duration);
     }
 }
 
+/// The labels of a RED row, as the spanmetrics connector names them, into `pairs`.
+fn red_labels<'a>(r: &'a RedRow, dim_labels: &'a [String], pairs: &mut Vec<(&'a str, &'a str)>) {
+    pairs.clear();
+    pairs.push(("service_name", &r.service));
+    if r.overflow {
+        pairs.push(("otel_metric_overflow", "true"));
+        return;
+    }
+    pairs.extend([
+        ("span_name", &*r.span_name),
+        ("span_kind", r.kind.as_label()),
+        ("status_code", r.status.as_label()),
+    ]);
+    pairs.extend(
+        dim_labels
+            .iter()
+            .map(String::as_str)
+            .zip(r.dims.iter().map(|d| &**d)),
+    );
+}
+
+/// The labels of an edge, as Tempo and the servicegraph connector name them, into `pairs`.
+fn edge_labels<'a>(e: &'a EdgeRow, dim_labels: &'a [String], pairs: &mut Vec<(&'a str, &'a str)>) {
+    pairs.clear();
+    pairs.extend([
+        ("client", &*e.client),
+        ("server", &*e.server),
+        ("connection_type", e.connection_type.as_label()),
+    ]);
+    pairs.extend(
+        dim_labels
+            .iter()
+            .map(String::as_str)
+            .zip(e.dims.iter().map(|d| &**d)),
+    );
+}
+
 /// Writes one edge's samples, given its label pairs.
-type EdgeSamples<'a, W> = dyn Fn(&mut W, &[(&str, &str)], &tidewatch_analyzer::graph::EdgeRow) + 'a;
+type EdgeSamples<'a, W> = dyn Fn(&mut W, &[(&str, &str)], &EdgeRow) + 'a;
 
 /// The service-graph series of the edges (as Tempo and the servicegraph connector name them), then the
 /// processor's own counters.
 fn render_graph<W: Write>(out: &mut W, s: &Snapshot) {
     let cfg = &s.graph_config;
-    let edge_labels = |e: &tidewatch_analyzer::graph::EdgeRow| -> Vec<(String, String)> {
-        let mut v = vec![
-            ("client".to_owned(), e.client.to_string()),
-            ("server".to_owned(), e.server.to_string()),
-            (
-                "connection_type".to_owned(),
-                e.connection_type.as_label().to_owned(),
-            ),
-        ];
-        v.extend(
-            s.graph_dimensions
-                .iter()
-                .cloned()
-                .zip(e.dims.iter().map(|d| d.to_string())),
-        );
-        v
-    };
-    let all: Vec<(Vec<(String, String)>, &tidewatch_analyzer::graph::EdgeRow)> =
-        s.edges.iter().map(|e| (edge_labels(e), e)).collect();
     let each = |out: &mut W, f: &EdgeSamples<'_, W>| {
-        for (l, e) in &all {
-            let pairs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut pairs = Vec::new();
+        for e in &s.edges {
+            edge_labels(e, &s.graph_dimensions, &mut pairs);
             f(out, &pairs, e);
         }
     };
@@ -194,6 +194,7 @@ fn render_graph<W: Write>(out: &mut W, s: &Snapshot) {
         });
     }
     if cfg.latency_metrics {
+        let le = le_values(&s.graph_bounds);
         for (name, help) in [
             (
                 "traces_service_graph_request_server_seconds",
@@ -211,7 +212,7 @@ fn render_graph<W: Write>(out: &mut W, s: &Snapshot) {
                     o,
                     name,
                     p,
-                    &s.graph_bounds,
+                    &le,
                     if server {
                         &e.server_latency
                     } else {
@@ -230,7 +231,7 @@ fn render_graph<W: Write>(out: &mut W, s: &Snapshot) {
             );
             each(out, &|o, p, e| {
                 if e.connection_type == ConnectionType::MessagingSystem {
-                    histogram(o, name, p, &s.graph_bounds, &e.messaging_latency)
+                    histogram(o, name, p, &le, &e.messaging_latency)
                 }
             });
         }
