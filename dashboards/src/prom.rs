@@ -5,6 +5,7 @@
 //! Grafana's service-graph view, Jaeger's Monitor tab and existing dashboards read them unchanged.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tidewatch_analyzer::Snapshot;
@@ -135,12 +136,7 @@ fn red_labels<'a>(r: &'a RedRow, dim_labels: &'a [String], pairs: &mut Vec<(&'a 
         ("span_kind", r.kind.as_label()),
         ("status_code", r.status.as_label()),
     ]);
-    pairs.extend(
-        dim_labels
-            .iter()
-            .map(String::as_str)
-            .zip(r.dims.iter().map(|d| &**d)),
-    );
+    dimensions(dim_labels, &r.dims, pairs);
 }
 
 /// The labels of an edge, as Tempo and the servicegraph connector name them, into `pairs`.
@@ -151,12 +147,12 @@ fn edge_labels<'a>(e: &'a EdgeRow, dim_labels: &'a [String], pairs: &mut Vec<(&'
         ("server", &*e.server),
         ("connection_type", e.connection_type.as_label()),
     ]);
-    pairs.extend(
-        dim_labels
-            .iter()
-            .map(String::as_str)
-            .zip(e.dims.iter().map(|d| &**d)),
-    );
+    dimensions(dim_labels, &e.dims, pairs);
+}
+
+/// The configured dimensions' labels with a row's values of them, after its own labels in `pairs`.
+fn dimensions<'a>(labels: &'a [String], values: &'a [Arc<str>], pairs: &mut Vec<(&'a str, &'a str)>) {
+    pairs.extend(labels.iter().map(String::as_str).zip(values.iter().map(|v| &**v)));
 }
 
 /// Writes one edge's samples, given its label pairs.
