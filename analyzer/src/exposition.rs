@@ -38,7 +38,7 @@ pub fn family(out: &mut impl Write, name: &str, kind: Kind, help: &str) {
 
 /// One sample; labels with an empty value are left out (Prometheus treats them as absent).
 pub fn sample(out: &mut impl Write, name: &str, labels: &[(&str, &str)], value: impl Display) {
-    sample_le(out, name, labels, None, value);
+    line(out, [name, ""], labels, None, value);
 }
 
 /// A family of one sample without labels.
@@ -83,16 +83,6 @@ impl Display for Number {
             Display::fmt(&v, f)
         }
     }
-}
-
-fn sample_le(
-    out: &mut impl Write,
-    name: &str,
-    labels: &[(&str, &str)],
-    le: Option<&str>,
-    value: impl Display,
-) {
-    line(out, [name, ""], labels, le, value);
 }
 
 /// One sample line, its name written in parts (a histogram's name and suffix: no name is put together
@@ -147,7 +137,13 @@ mod tests {
     #[test]
     fn labels_escape_and_skip_empty() {
         let mut s = String::new();
-        sample_le(&mut s, "m", &[("a", "x\"y\\z\n"), ("b", "")], Some("0.5"), 2.0);
+        line(
+            &mut s,
+            ["m", ""],
+            &[("a", "x\"y\\z\n"), ("b", "")],
+            Some("0.5"),
+            2.0,
+        );
         assert_eq!(s, "m{a=\"x\\\"y\\\\z\\n\",le=\"0.5\"} 2\n");
     }
 
