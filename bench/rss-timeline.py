@@ -3,16 +3,16 @@
 
     bench/rss-timeline.py BINARY PROTOCOL RATE BATCH SECONDS [--scrape] [--env K=V ...] [--set PATH=VALUE ...]
     bench/rss-timeline.py target/release/tidewatch grpc 0 1000 12 --scrape
-    bench/rss-timeline.py target/release/tidewatch grpc 0 1000 12 --env MIMALLOC_PURGE_DELAY=0
+    bench/rss-timeline.py target/release/tidewatch grpc 0 1000 12 --env _RJEM_MALLOC_CONF=dirty_decay_ms:0
 
 Starts the binary fresh (empty history directory) and feeds it with `tidewatch loadgen` (4 requests in
 flight; rate 0 is flat out). Every 20 ms it reads VmRSS, RssAnon and the thread count from /proc; at each new
 RSS maximum it splits /proc/PID/smaps by mapping (the binary's text and read-only data, other files, anonymous
-mappings by size: mimalloc's arena is the one of 64 MiB or more, thread stacks are 2-8 MiB). With --scrape it
+mappings by size: thread stacks are 2-8 MiB, the allocator's extents of every size). With --scrape it
 also reads /metrics every 250 ms for the admitted bytes (`analyzer_inflight_bytes`), the bytes of bodies being
 read and the shards' queue depth. Prints accepted spans/s, CPU ticks, peak and end RSS, the RSS per half
 second, the metrics' maxima and the split at the maximum. --env sets variables for the server only
-(MIMALLOC_* options are read from the environment).
+(jemalloc reads `_RJEM_MALLOC_CONF` after the options the binary sets).
 """
 import collections, json, os, re, subprocess, sys, tempfile, threading, time, urllib.request
 

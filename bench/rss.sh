@@ -7,7 +7,7 @@
 #   bench/rss.sh target/release/tidewatch grpc 10000 512 20
 #   bench/rss.sh target/release/tidewatch grpc 10000 512 20 analyzer.shards=1
 #
-# PATH=VALUE pairs are passed as `--set` overrides; environment variables (MIMALLOC_*) pass through.
+# PATH=VALUE pairs are passed as `--set` overrides; environment variables (_RJEM_MALLOC_CONF) pass through.
 # Prints accepted spans/s, idle and peak anonymous RSS (KiB), VmHWM, the CPU ticks used, and Rss/Anonymous.
 set -euo pipefail
 B=$1; PROTO=$2; RATE=$3; BATCH=$4; SECS=$5; shift 5

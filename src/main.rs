@@ -9,12 +9,27 @@ use tidewatch::cli::{Cli, Command, ConfigArgs};
 use tidewatch::config::{Config, LogFormat};
 use tidewatch::{app, loadgen};
 
-/// mimalloc: built for many threads allocating and freeing concurrently, which is this server's pattern
-/// (request buffers are often freed by a shard task on another thread than the one that allocated them).
-/// Built with `no_thp` (Cargo.toml): without transparent huge pages its resident memory follows the load.
+/// jemalloc, with the options below: what it holds follows what is live more closely than mimalloc's pages
+/// did when each window close allocates and frees a snapshot of every series (BENCHMARKS.md, "Which
+/// allocator").
 #[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read once when it starts (`_RJEM_MALLOC_CONF` in the environment is read after them,
+/// so an operator can still override any): one arena (the threads here allocate little concurrently; with
+/// one arena per core, each kept its own free pages), thread caches only for blocks up to 1 KiB (the
+/// default, 32 KiB, keeps a window close's freed snapshot rows cached per thread), freed pages given back
+/// after a second rather than ten, no lazily-freed ("muzzy") stage, and no transparent huge pages (with
+/// them every touched 2 MiB region stays resident whole).
+#[cfg(not(feature = "dhat-heap"))]
+// SAFETY: jemalloc reads this symbol (a weak default in jemalloc, overridden here) as a `const char *`
+// before `main`; a `&u8` to the first byte of a static, NUL-terminated string has that layout, and the
+// string is never written. Exporting a symbol is the only way to set options that apply from jemalloc's
+// first allocation (`narenas` cannot be changed later).
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &u8 = &b"narenas:1,tcache_max:1024,dirty_decay_ms:1000,muzzy_decay_ms:0,thp:never\0"[0];
 
 /// With `--features dhat-heap`: every allocation recorded, for the memory breakdown in BENCHMARKS.md.
 #[cfg(feature = "dhat-heap")]

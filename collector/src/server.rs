@@ -75,8 +75,8 @@ const STREAM_WINDOW: u32 = 1024 * 1024;
 /// What a client may send ahead over all its requests on one connection: twice a stream's window, so a
 /// client with a few exports in flight (an SDK's 512-span batches are about 170 KB, a collector's
 /// 1,000-span batches 330 KB) is not made to split its frames to fit a shared window. Split frames are
-/// joined in copies, and flat out those copies, of other sizes than h2's buffers, made mimalloc keep
-/// 15-30 MiB more memory (BENCHMARKS.md, "Memory: where it goes").
+/// joined in copies, and flat out those copies, of other sizes than h2's buffers, made the allocator
+/// (mimalloc then) keep 15-30 MiB more memory (BENCHMARKS.md, "Memory: where it goes").
 const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
 
 /// Serves the three OTLP gRPC services (one `OtlpGrpc`) on `listener`, with at most `limit` connections,
