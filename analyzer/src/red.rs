@@ -168,31 +168,44 @@ impl Histogram {
 
     /// Adds `sign` times `other`, bucket by bucket (`sign` -1: takes an earlier state away).
     pub fn add(&mut self, other: &Histogram, sign: f64) {
-        if !other.counts.is_empty() {
-            let (lo, hi) = (other.first as usize, other.slots());
-            if self.counts.is_empty() || lo < self.first as usize || hi > self.slots() {
-                self.grow(lo, hi);
-            }
-            let at = lo - self.first as usize;
-            for (a, b) in self.counts[at..].iter_mut().zip(&other.counts) {
-                *a += sign * b;
-            }
+        for (a, b) in self.cover(other).iter_mut().zip(&other.counts) {
+            *a += sign * b;
         }
         self.sum += sign * other.sum;
         self.count += sign * other.count;
     }
 
+    /// The stored counts of the buckets `other` stores, the range grown to hold them first.
+    fn cover(&mut self, other: &Histogram) -> &mut [f64] {
+        if other.counts.is_empty() {
+            return &mut [];
+        }
+        let (lo, hi) = (other.first as usize, other.slots());
+        if self.counts.is_empty() || lo < self.first as usize || hi > self.slots() {
+            self.grow(lo, hi);
+        }
+        &mut self.counts[lo - self.first as usize..]
+    }
+
+    /// Adds what was added to `prev` to make `cur` (`prev` an earlier state of the same counters), never
+    /// below zero per bucket: a window's delta summed into a total with no histogram made for it.
+    pub fn merge_since(&mut self, cur: &Histogram, prev: Option<&Histogram>) {
+        let Some(p) = prev else {
+            return self.merge(cur);
+        };
+        let first = cur.first as usize;
+        for (i, (a, c)) in self.cover(cur).iter_mut().zip(&cur.counts).enumerate() {
+            *a += (c - p.bucket(first + i)).max(0.0);
+        }
+        self.sum += (cur.sum - p.sum).max(0.0);
+        self.count += (cur.count - p.count).max(0.0);
+    }
+
     /// What was added to `prev` to make `self` (`prev` an earlier state of the same counters), never
     /// below zero.
     pub fn since(&self, prev: Option<&Histogram>) -> Histogram {
-        let mut d = self.clone();
-        if let Some(p) = prev {
-            for (i, a) in d.counts.iter_mut().enumerate() {
-                *a = (*a - p.bucket(i + self.first as usize)).max(0.0);
-            }
-            d.sum = (d.sum - p.sum).max(0.0);
-            d.count = (d.count - p.count).max(0.0);
-        }
+        let mut d = Histogram::default();
+        d.merge_since(self, prev);
         d
     }
 
@@ -736,6 +749,13 @@ mod tests {
             Histogram::from_counts(&[1.0, 1.0, 1.0, 0.0, 1.0], 105.0, 4.0)
         );
         assert_eq!(sum.since(Some(&low)), h);
+        // A delta summed into a total is the delta made and merged; an unchanged series adds nothing.
+        let mut total = low.clone();
+        total.merge_since(&sum, Some(&low));
+        total.merge_since(&sum, Some(&sum));
+        let mut want = low.clone();
+        want.merge(&h);
+        assert_eq!(total, want);
         sum.add(&low, -1.0);
         assert_eq!(
             sum,

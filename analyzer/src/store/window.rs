@@ -182,10 +182,6 @@ fn red_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> (R
         } else {
             0.0
         };
-        // A series with no new spans adds nothing: no delta histogram is made for it (most series of a
-        // window, and each would be an allocation).
-        let h =
-            (p.is_none_or(|p| p.duration != r.duration)).then(|| r.duration.since(p.map(|p| &p.duration)));
         name.get_or_insert_with(|| r.span_name.clone());
         let kind = r.kind.as_label();
         let op = match ops.iter().position(|(k, _)| *k == kind) {
@@ -201,10 +197,9 @@ fn red_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> (R
         let slot = &mut svc[usize::from(!is_entry(r.kind))];
         slot.0 += calls;
         slot.1 += errors;
-        if let Some(h) = h {
-            op.2.merge(&h);
-            slot.2.merge(&h);
-        }
+        let prev = p.map(|p| &p.duration);
+        op.2.merge_since(&r.duration, prev);
+        slot.2.merge_since(&r.duration, prev);
     }
     operations(&mut op_rows, &ms, service.as_ref().map(|s| &s.0), name, &mut ops);
     service_row(&mut service_rows, &ms, service.take());
@@ -287,11 +282,9 @@ fn edge_rows<'k>(prev: Option<&Snapshot>, cur: &Snapshot, known: &'k Known) -> R
             .or_default();
         entry.0 += (e.total - p.map_or(0.0, |p| p.total)).max(0.0);
         entry.1 += (e.failed - p.map_or(0.0, |p| p.failed)).max(0.0);
-        if p.is_none_or(|p| p.server_latency != e.server_latency) {
-            entry
-                .2
-                .merge(&e.server_latency.since(p.map(|p| &p.server_latency)));
-        }
+        entry
+            .2
+            .merge_since(&e.server_latency, p.map(|p| &p.server_latency));
     }
     for ((client, server, conn), (n, f, h)) in &edges {
         let conn = edge_rows.label(conn);
