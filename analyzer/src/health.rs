@@ -137,17 +137,53 @@ impl Verdict {
     }
 }
 
-/// An alarm on latency or errors that is still going on: the detector flags the onset and then learns
-/// the new level, but an incident lasts until its signal comes back near the level it rose from.
+/// An incident that is still going on: the detectors flag its onset (on any signal, the joint one
+/// included) and then learn the new level, but the incident lasts while the service's latency or its
+/// errors stay above the levels they were at before the alarm. Both are followed, whichever alarmed: a
+/// bad pod among six raises p95 steadily while its share of failures, counted over a short window, can
+/// dip under one unit by chance.
 #[derive(Clone, Copy, Debug)]
 struct Ongoing {
-    kind: Kind,
-    /// The signal's level before the alarm (in its units).
-    baseline: f64,
+    /// The error ratio's and the p95's levels before the alarm (in their units), where the detectors
+    /// had one.
+    errors: Option<f64>,
+    latency: Option<f64>,
 }
 
-/// An ongoing alarm holds while its signal stays at least this many units (25 % of p95, 2 points of
-/// errors: the resolution the signals are fed in) above its level before the alarm.
+impl Ongoing {
+    fn from(verdicts: &[Verdict]) -> Ongoing {
+        let level = |k: Kind| verdicts.iter().find(|v| v.kind == k).and_then(|v| v.level);
+        Ongoing {
+            errors: level(Kind::Errors),
+            latency: level(Kind::Latency),
+        }
+    }
+
+    /// The signal of `verdicts` that holds the incident (the one furthest above its level before the
+    /// alarm, at least [`ONGOING_UNITS`] above it), shown against that level.
+    fn holding(&self, verdicts: &[Verdict]) -> Option<Verdict> {
+        verdicts
+            .iter()
+            .filter_map(|v| {
+                let baseline = match v.kind {
+                    Kind::Errors => self.errors?,
+                    Kind::Latency => self.latency?,
+                    Kind::Rate | Kind::Joint => return None,
+                };
+                (v.value >= baseline + ONGOING_UNITS).then_some(Verdict {
+                    level: Some(baseline),
+                    ..*v
+                })
+            })
+            .max_by(|a, b| {
+                let above = |v: &Verdict| v.value - v.level.unwrap_or(v.value);
+                above(a).total_cmp(&above(b))
+            })
+    }
+}
+
+/// An ongoing incident holds while its latency or errors stay at least this many units (25 % of p95, 2
+/// points of errors: the resolution the signals are fed in) above their levels before the alarm.
 const ONGOING_UNITS: f64 = 1.0;
 
 struct ServiceModels {
@@ -319,26 +355,15 @@ impl Monitor {
             Some(v) => (v.score, v.alarms(threshold, worse), describe(v, s)),
             None => (0.0, false, String::new()),
         };
-        if let Some(v) = worst
-            && anomalous
-            && matches!(v.kind, Kind::Errors | Kind::Latency)
-            && m.ongoing.is_none()
-        {
-            m.ongoing = v.level.map(|baseline| Ongoing {
-                kind: v.kind,
-                baseline,
-            });
+        if anomalous && m.ongoing.is_none() {
+            m.ongoing = Some(Ongoing::from(&verdicts));
         }
         if !anomalous && let Some(o) = m.ongoing {
-            match verdicts.iter().find(|v| v.kind == o.kind) {
-                Some(v) if v.value >= o.baseline + ONGOING_UNITS => {
-                    let held = Verdict {
-                        level: Some(o.baseline),
-                        ..*v
-                    };
-                    (score, anomalous, reason) = (v.score.max(threshold), true, describe(&held, s));
+            match o.holding(&verdicts) {
+                Some(held) => {
+                    (score, anomalous, reason) = (held.score.max(threshold), true, describe(&held, s))
                 }
-                _ => m.ongoing = None,
+                None => m.ongoing = None,
             }
         }
         Some(ServiceState {
@@ -430,6 +455,29 @@ mod tests {
         }
         let s = m.score("api", 300 * MINUTE, &summary("api", 21.0, 0.30)).unwrap();
         assert!(s.anomalous && s.reason.starts_with("errors 30%"), "{s:?}");
+    }
+
+    #[test]
+    fn an_incident_lasts_while_latency_or_errors_stay_up_whichever_alarmed() {
+        let mut m = Monitor::new(&HealthConfig::default());
+        for i in 0..300 {
+            let noise = (i % 5) as f64 * 0.5;
+            m.score("api", i * MINUTE, &summary("api", 20.0 + noise, 0.01));
+        }
+        // A bad pod: failures and a slow p95 at once.
+        let s = m.score("api", 300 * MINUTE, &summary("api", 60.0, 0.20)).unwrap();
+        assert!(s.anomalous, "{s:?}");
+        // Its failures dip back by chance while its p95 stays up: still the same incident, shown by p95.
+        for i in 301..320 {
+            let s = m.score("api", i * MINUTE, &summary("api", 60.0, 0.01)).unwrap();
+            assert!(
+                s.anomalous && s.reason.starts_with("p95 latency"),
+                "window {i}: {s:?}"
+            );
+        }
+        // Both back where they were: over.
+        let s = m.score("api", 320 * MINUTE, &summary("api", 21.0, 0.01)).unwrap();
+        assert!(!s.anomalous, "{s:?}");
     }
 
     #[test]

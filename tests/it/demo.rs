@@ -27,15 +27,45 @@ fn decisions(tw: &Tidewatch) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Polls `f` until it returns `Some`, for at most `within`; a timeout shows the latest decisions.
+/// Polls `f` until it returns `Some`, for at most `within`; a timeout shows what the operator decided
+/// (one line per decision: every heal decision with its reason, the latest scale decisions) and the
+/// causes the analyzer names now.
 fn wait_for<T>(tw: &Tidewatch, what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    crate::common::wait_for(what, within, || {
-        f().ok_or_else(|| {
-            let all = decisions(tw);
-            let latest = &all[all.len().saturating_sub(20)..];
-            format!("{} decisions, the latest: {latest:#?}", all.len())
-        })
-    })
+    crate::common::wait_for(what, within, || f().ok_or_else(|| seen(tw)))
+}
+
+fn seen(tw: &Tidewatch) -> String {
+    let all = decisions(tw);
+    let t0 = all.iter().filter_map(|d| d["ts_ms"].as_i64()).min().unwrap_or(0);
+    let line = |d: &Value| {
+        let x = &d["decision"];
+        format!(
+            "  +{:>6} ms {} {} {} {}",
+            d["ts_ms"].as_i64().unwrap_or(0) - t0,
+            d["policy"].as_str().unwrap_or("?"),
+            d["kind"].as_str().unwrap_or("?"),
+            d["outcome"].as_str().unwrap_or("?"),
+            if d["kind"] == "heal" {
+                format!("{} {} {}", x["action"], x["pod"], x["reason"])
+            } else {
+                format!("{} -> {} {}", x["current"], x["replicas"], x["reason"])
+            }
+        )
+    };
+    let heals: Vec<String> = all
+        .iter()
+        .filter(|d| d["kind"] == "heal" && d["decision"]["reason"].as_str().is_some_and(|r| !r.is_empty()))
+        .map(line)
+        .collect();
+    let scales: Vec<String> = all.iter().filter(|d| d["kind"] == "scale").map(line).collect();
+    let scales = &scales[scales.len().saturating_sub(15)..];
+    let anomalies = get(tw, "/api/anomalies");
+    format!(
+        "{} decisions; heal decisions with a reason:\n{}\nthe latest scale decisions:\n{}\nanomalies now: {anomalies}",
+        all.len(),
+        heals.join("\n"),
+        scales.join("\n")
+    )
 }
 
 /// The restarts the operator made: (ts_ms, pod, policy).
