@@ -35,7 +35,7 @@ use crate::config::ScalerConfig;
 use crate::crd::{HealMode, ServicePolicy, ServicePolicySpec, ServicePolicyStatus};
 use crate::decide::{Decision, Inputs, PodLoad, decide};
 use crate::decisions::{DecisionLog, Entry, Record};
-use crate::heal::{HealDecision, HealInputs, heal};
+use crate::heal::{HealDecision, HealInputs, heal, own_cause};
 use crate::telemetry::{Observation, Telemetry, forecast_input};
 use crate::{Error, Result};
 
@@ -294,7 +294,7 @@ fn plan(policy: &ServicePolicy, seen: &Observed, st: &PolicyState, now: i64) -> 
     let ready = loads.iter().filter(|p| p.ready).count() as u32;
     let slo_met = obs.latency_ms.is_none_or(|l| l <= spec.slo.latency_threshold_ms)
         && obs.error_ratio.is_none_or(|e| e <= spec.slo.max_error_ratio);
-    let own_fault = obs.causes.first().is_some_and(|c| c.service == spec.service);
+    let own_fault = own_cause(&obs.causes, &spec.service).is_some();
     let learned_status = policy.status.as_ref().and_then(|s| s.learned_capacity);
 
     let mut learner = st

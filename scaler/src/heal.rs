@@ -1,7 +1,8 @@
 //! Self-healing decisions, pure like `decide()`. A restart is aimed only at a pod the models single out
-//! as the cause: the top-ranked cause must be this policy's own service (never a caller of a sick
-//! dependency), the cause must name one pod among healthy siblings, and that pod must belong to the
-//! target now. Then the budget (restarts per window), an exponential backoff and a last-sibling guard
+//! as the cause: this policy's own service must be one of the likely causes (the analyzer lists only
+//! services with nothing anomalous downstream, so never a caller of a sick dependency; another
+//! incident elsewhere may rank first), its cause must name one pod among healthy siblings, and that
+//! pod must belong to the target now. Then the budget (restarts per window), an exponential backoff and a last-sibling guard
 //! decide whether it happens now or is held back, and a held-back action is reported like a taken one.
 
 use serde::{Deserialize, Serialize};
@@ -49,28 +50,28 @@ pub enum HealDecision {
     },
 }
 
+/// `service`'s own entry among the likely `causes`, if it is one. Every cause is a root cause (its
+/// callers are its symptoms, not causes): one that ranks below another, explaining fewer symptoms, is
+/// still at fault itself.
+pub fn own_cause<'a>(causes: &'a [CauseInput], service: &str) -> Option<&'a CauseInput> {
+    causes.iter().find(|c| c.service == service)
+}
+
 /// Decides whether to restart a pod of `inp.service` now.
 pub fn heal(cfg: &Healing, inp: &HealInputs) -> HealDecision {
     let none = |r: String| HealDecision::None { reason: r };
-    let Some(top) = inp.causes.first() else {
+    let Some(ours) = own_cause(&inp.causes, &inp.service) else {
         return none(String::new());
     };
-    if top.service != inp.service {
-        // Our service may be anomalous too, but as a symptom: restarting it would not help.
-        let ours = inp.causes.iter().any(|c| c.service == inp.service);
-        return none(if ours {
-            format!(
-                "the likely cause is {} ({}), not {}: no restart",
-                top.service, top.explanation, inp.service
-            )
+    let Some(pod) = ours.pod.clone() else {
+        let rank = if inp.causes.first().is_some_and(|c| c.service == inp.service) {
+            "the likely cause"
         } else {
-            String::new()
-        });
-    }
-    let Some(pod) = top.pod.clone() else {
+            "a likely cause"
+        };
         return none(format!(
-            "{} is the likely cause but no single pod stands out among its siblings: no restart ({})",
-            inp.service, top.explanation
+            "{} is {rank} but no single pod stands out among its siblings: no restart ({})",
+            inp.service, ours.explanation
         ));
     };
     if !inp.pods.contains(&pod) {
@@ -78,7 +79,7 @@ pub fn heal(cfg: &Healing, inp: &HealInputs) -> HealDecision {
     }
     let held = |why: String| HealDecision::HeldBack {
         pod: pod.clone(),
-        reason: format!("{}; {why}", top.explanation),
+        reason: format!("{}; {why}", ours.explanation),
     };
     if !cfg.enabled {
         return held("healing is disabled for this policy".into());
@@ -121,7 +122,7 @@ pub fn heal(cfg: &Healing, inp: &HealInputs) -> HealDecision {
     }
     HealDecision::Restart {
         pod,
-        reason: top.explanation.clone(),
+        reason: ours.explanation.clone(),
     }
 }
 
@@ -169,10 +170,15 @@ mod tests {
             ("the singled-out pod is restarted", |_, _| {}, "restart"),
             ("no causes: nothing", |_, i| i.causes.clear(), "none"),
             (
-                "cause downstream: never",
+                "another incident ranks first: ours is still at fault",
                 |_, i| {
-                    i.causes = vec![cause("postgres", None), cause("inventory", Some("inventory-b"))];
+                    i.causes = vec![cause("shipping", None), cause("inventory", Some("inventory-b"))];
                 },
+                "restart",
+            ),
+            (
+                "only another service is a cause (ours a symptom or healthy): never",
+                |_, i| i.causes = vec![cause("postgres", Some("postgres-0"))],
                 "none",
             ),
             (
