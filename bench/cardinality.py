@@ -10,7 +10,9 @@ buffers, the allocator's first pages per thread) is in the warm baseline. After 
 window close, reads `/metrics` as a scraper would, and reports the resident memory (VmRSS) per added RED
 series and edge against the warm baseline, against the idle process before the warm-up, and, from one
 row to the next, the marginal bytes per added series. The anonymous columns (RssAnon: heap and stacks)
-leave out the binary's own pages.
+leave out the binary's own pages. The allocator's columns (`tidewatch_allocator_bytes` from the same
+scrapes) split the growth of the heap: allocated is live bytes, active the pages holding them, resident
+all the allocator's resident pages (freed pages not yet given back, its metadata).
 
     bench/cardinality.py [--shapes 10x10,100x10,100x100,1000x10] [--windows 1]
     bench/cardinality.py --growth 10x10:10
@@ -87,11 +89,17 @@ def load(port, services, ops, repeats, prefix="svc"):
 
 
 def series(web):
-    """RED series and edges on /metrics, read as a scraper reads them."""
+    """RED series and edges on /metrics, read as a scraper reads them, and the allocator's bytes by state
+    (`tidewatch_allocator_bytes`: allocated, active, resident, retained)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=60).read().decode()
     red = sum(1 for l in text.splitlines() if l.startswith("traces_span_metrics_calls_total{"))
     edges = sum(1 for l in text.splitlines() if l.startswith("traces_service_graph_request_total{"))
-    return red, edges
+    alloc = {}
+    for l in text.splitlines():
+        if l.startswith('tidewatch_allocator_bytes{state="'):
+            state, value = l[len('tidewatch_allocator_bytes{state="'):].split('"} ')
+            alloc[state] = int(value)
+    return red, edges, alloc
 
 
 def start(ops):
@@ -133,12 +141,12 @@ def run(services, ops, windows=1, n_scrapes=0):
     p, http, web = start(ops)
     try:
         base = rss_kib(p.pid)
-        warm_red, warm_edges = warm_up(http, web)
+        warm_red, warm_edges, warm_alloc = warm_up(http, web)
         warm, warm_anon = rss_kib(p.pid), rss_kib(p.pid, "RssAnon")
         load(http, services, ops, repeats=3)
         # Let a window close (or `windows` of them), so the history holds a row per series too.
         time.sleep(1 + 10 * windows)
-        red, edges = series(web)
+        red, edges, alloc = series(web)
         rss, anon = rss_kib(p.pid), rss_kib(p.pid, "RssAnon")
         scrape_ms, scrape_bytes = scrapes(p.pid, web, n_scrapes) if n_scrapes else ("–", "–")
     finally:
@@ -152,6 +160,9 @@ def run(services, ops, windows=1, n_scrapes=0):
             "bytes_per_series_vs_idle": per_series(rss - base),
             "anon_warm_mib": round(warm_anon / 1024, 1), "anon_mib": round(anon / 1024, 1),
             "anon_bytes_per_series": per_series(anon - warm_anon),
+            # Growth as the allocator counts it: live bytes, the pages holding them, all its resident pages.
+            **{f"{state}_bytes_per_series": per_series((alloc.get(state, 0) - warm_alloc.get(state, 0)) / 1024)
+               for state in ("allocated", "active", "resident")},
             "scrape_cpu_ms": scrape_ms, "scrape_mb": scrape_bytes if scrape_bytes == "–" else round(scrape_bytes / 1e6, 1),
             "rss_kib": rss, "anon_kib": anon}
 
@@ -172,12 +183,12 @@ def growth(services, ops, steps):
     what each added series costs, whatever the process pays once."""
     p, http, web = start(ops)
     try:
-        warm_red, warm_edges = warm_up(http, web)
+        warm_red, warm_edges, _ = warm_up(http, web)
         rows = [(0, rss_kib(p.pid), rss_kib(p.pid, "RssAnon"))]
         for step in range(1, steps + 1):
             load(http, services, ops, repeats=3, prefix=f"step{step}")
             time.sleep(11)
-            red, edges = series(web)
+            red, edges, _ = series(web)
             rows.append((red + edges - warm_red - warm_edges, rss_kib(p.pid), rss_kib(p.pid, "RssAnon")))
     finally:
         p.terminate()

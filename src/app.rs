@@ -111,6 +111,7 @@ pub async fn run_with(
             vec![
                 Arc::new(move |out: &mut Chunked| collector_stats.render(out)),
                 Arc::new(move |out: &mut Chunked| om.render(out)),
+                Arc::new(|out: &mut Chunked| crate::alloc::render(out)),
             ]
         },
         ready: ready.clone(),

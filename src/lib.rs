@@ -3,6 +3,7 @@
 //! `tidewatch-analyzer` (the domain), `tidewatch-dashboards` (web), `tidewatch-scaler` (Kubernetes),
 //! `tidewatch-stream` (Kafka), `tidewatch-eval` (NAB and forecast backtests).
 
+pub mod alloc;
 pub mod app;
 #[cfg(test)]
 mod architecture;

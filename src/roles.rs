@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use crate::app::Listeners;
 use crate::config::Config;
 
-/// `/healthz`, `/readyz` and `/metrics` (what `metrics` writes).
+/// `/healthz`, `/readyz` and `/metrics` (what `metrics` writes, then the allocator's bytes).
 fn web(ready: Arc<AtomicBool>, metrics: MetricsHook) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -44,7 +44,12 @@ fn web(ready: Arc<AtomicBool>, metrics: MetricsHook) -> Router {
         )
         .route(
             "/metrics",
-            get(move || async move { stream_metrics(move |out| metrics(out)) }),
+            get(move || async move {
+                stream_metrics(move |out| {
+                    metrics(out);
+                    crate::alloc::render(out);
+                })
+            }),
         )
 }
 

@@ -118,13 +118,21 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
     let (m2, graph2) = settled(&tw);
     let rss2 = proc_kib(pid, "VmRSS");
     let peak = proc_kib(pid, "VmHWM");
+    // The live heap as the process's allocator counts it: not blurred by pages it keeps or gives back.
+    let live = |m: &crate::common::Metrics| {
+        m.get("tidewatch_allocator_bytes", &[("state", "allocated")])
+            .expect("the allocator's live bytes")
+    };
+    let (live1, live2) = (live(&m1), live(&m2));
     eprintln!(
-        "after 40k services: RSS {} MiB, /metrics {} KB, /api/graph {} KB; after {FLOOD}: RSS {} MiB (peak {} MiB), /metrics {} KB, /api/graph {} KB",
+        "after 40k services: RSS {} MiB, live heap {:.1} MiB, /metrics {} KB, /api/graph {} KB; after {FLOOD}: RSS {} MiB (peak {} MiB), live heap {:.1} MiB, /metrics {} KB, /api/graph {} KB",
         rss1 / 1024,
+        live1 / 1048576.0,
         m1.text.len() / 1000,
         graph1 / 1000,
         rss2 / 1024,
         peak / 1024,
+        live2 / 1048576.0,
         m2.text.len() / 1000,
         graph2 / 1000
     );
@@ -164,6 +172,13 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
         "RSS grew from {rss1} to {rss2} KiB after the budget was spent"
     );
     assert!(peak < 400 * 1024, "peak RSS {peak} KiB");
+    // The live heap, which the allocator counts exactly: 10.7 MiB after 40k services and 13.0 after the
+    // flood on this debug build (2026-12-01; the growth is the history's rows of the windows that passed,
+    // more of them on a slower machine). Without the budget the flood's services took ~700 MiB.
+    assert!(
+        live1 > 1_048_576.0 && live2 < 64.0 * 1_048_576.0,
+        "live heap {live1} then {live2} bytes"
+    );
     // The services seen before the flood keep their own series, and still count.
     assert_eq!(calls(&m2, "checkout"), 10.0);
     let r = tw.post(
