@@ -198,8 +198,8 @@ fn a_service_name_flood_is_bounded_and_known_services_keep_their_series() {
 
 /// Peak anonymous resident memory (heap, stacks: what the process allocates, without the binary's text
 /// pages, which differ between debug and release builds) allowed for a 10k spans/s run of
-/// [`STEADY_SECONDS`]. Measured on the debug build the test suite uses (2026-11-30, two busy cores): 16 MiB
-/// in this test's run, 6 MiB of it at idle; before the history left polars' query engine 17-30 MiB, with
+/// [`STEADY_SECONDS`]. Measured on the debug build the test suite uses: 9 MiB in this test's run, 6 MiB of
+/// it at idle (2026-12-01, jemalloc); 16 MiB with mimalloc; before the history left polars' query engine 17-30 MiB, with
 /// mimalloc's transparent huge pages (before its `no_thp` build) 45-70 MiB. The bound leaves twice the
 /// measured figure, not room for a query engine per window, huge pages, buffers sized to the maximum load
 /// (`max_inflight` alone is 64 MiB) or a history that keeps a row per series ever seen.
