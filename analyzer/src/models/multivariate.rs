@@ -118,13 +118,29 @@ fn median_mad(v: &mut [f64]) -> (f64, f64) {
     (med, dev[dev.len() / 2])
 }
 
+/// A training feature in steps of 1/[`STEPS_PER_UNIT`] of its unit: features in units of a noticeable
+/// change are at least 0 and, for any rate or latency a clock can measure, far below the 128 units a
+/// `u16` of such steps reaches (a rate of 10^9 per second is 93 units); past either end they are clamped.
+type Step = u16;
+const STEPS_PER_UNIT: f64 = 512.0;
+
+fn to_step(v: f64) -> Step {
+    (v * STEPS_PER_UNIT).round().clamp(0.0, f64::from(Step::MAX)) as Step
+}
+
+fn from_step(s: Step) -> f64 {
+    f64::from(s) / STEPS_PER_UNIT
+}
+
 /// The Gaussian-mixture detector.
 pub struct GmmDetector {
     cfg: GmmConfig,
     /// The latest `train_windows` windows' features, one window after another (`dim` values each): one
-    /// flat buffer, not an allocation per window. Single precision: a feature's unit is a change worth
-    /// noticing, so its seventh digit never matters, and a service's 360 windows take 4.3 KB, not 8.6.
-    train: Ring<f32>,
+    /// flat buffer, not an allocation per window, each feature in steps of 1/512 of its unit ([`Step`]).
+    /// A feature's unit is a change worth noticing, so a step is far below anything the fit could tell
+    /// apart (its covariance is regularised by a whole unit), and a service's 360 windows take 2.2 KB
+    /// (4.3 in single precision, 8.6 in double).
+    train: Ring<Step>,
     dim: usize,
     fitted: Option<Fitted>,
     since_fit: usize,
@@ -149,7 +165,7 @@ impl GmmDetector {
     fn fit(&mut self) {
         let d = self.dim;
         let n = self.windows();
-        let flat: Vec<f64> = self.train.iter().map(f64::from).collect();
+        let flat: Vec<f64> = self.train.iter().map(from_step).collect();
         let Ok(x) = Array2::from_shape_vec((n, d), flat.clone()) else {
             return;
         };
@@ -201,8 +217,7 @@ impl GmmDetector {
 
 impl VectorDetector for GmmDetector {
     fn score(&mut self, x: &[f64]) -> Option<f64> {
-        // Kept in single precision, so a value past its range is as unusable as a NaN.
-        if x.is_empty() || x.iter().any(|&v| !(v as f32).is_finite()) {
+        if x.is_empty() || x.iter().any(|v| !v.is_finite()) {
             return None;
         }
         if self.dim != x.len() {
@@ -216,7 +231,7 @@ impl VectorDetector for GmmDetector {
             .as_ref()
             .map(|f| ((f.nll(x) - f.nll_median) / f.nll_spread).max(0.0));
         for &v in x {
-            self.train.push(v as f32, self.cfg.train_windows * self.dim);
+            self.train.push(to_step(v), self.cfg.train_windows * self.dim);
         }
         self.since_fit += 1;
         if self.windows() >= self.cfg.min_windows
@@ -269,6 +284,18 @@ mod tests {
         // The same pair the usual way round is fine.
         let z = d.score(&red_features(340.0, 0.0, 54.0)).unwrap();
         assert!(z < 6.0, "usual combination scored {z}");
+        // Its training windows, full: two bytes per feature.
+        assert_eq!(d.train.len(), 360 * 3);
+        assert_eq!(d.train.heap_bytes(), 360 * 3 * 2);
+    }
+
+    #[test]
+    fn training_features_are_kept_in_steps_of_a_512th_of_a_unit() {
+        for v in [0.0, 1.0 / 1024.0, 0.3, 17.25, 93.0, 127.99] {
+            assert!((from_step(to_step(v)) - v).abs() <= 0.5 / STEPS_PER_UNIT, "{v}");
+        }
+        assert_eq!(to_step(-1.0), 0);
+        assert_eq!(from_step(to_step(1e9)), f64::from(u16::MAX) / STEPS_PER_UNIT);
     }
 
     #[test]
