@@ -161,7 +161,9 @@ def run(services, ops, windows=1, n_scrapes=0):
             "anon_warm_mib": round(warm_anon / 1024, 1), "anon_mib": round(anon / 1024, 1),
             "anon_bytes_per_series": per_series(anon - warm_anon),
             # Growth as the allocator counts it: live bytes, the pages holding them, all its resident pages.
-            **{f"{state}_bytes_per_series": per_series((alloc.get(state, 0) - warm_alloc.get(state, 0)) / 1024)
+            # ("–" from a build without `tidewatch_allocator_bytes`.)
+            **{f"{state}_bytes_per_series": per_series((alloc[state] - warm_alloc[state]) / 1024)
+               if state in alloc and state in warm_alloc else "–"
                for state in ("allocated", "active", "resident")},
             "scrape_cpu_ms": scrape_ms, "scrape_mb": scrape_bytes if scrape_bytes == "–" else round(scrape_bytes / 1e6, 1),
             "rss_kib": rss, "anon_kib": anon}

@@ -162,7 +162,7 @@ impl Ongoing {
     /// The signal of `verdicts` that holds the incident (the one furthest above its level before the
     /// alarm, at least [`ONGOING_UNITS`] above it), shown against that level.
     fn holding(&self, verdicts: &[Verdict]) -> Option<Verdict> {
-        verdicts
+        let (_, held) = verdicts
             .iter()
             .filter_map(|v| {
                 let baseline = match v.kind {
@@ -170,15 +170,17 @@ impl Ongoing {
                     Kind::Latency => self.latency?,
                     Kind::Rate | Kind::Joint => return None,
                 };
-                (v.value >= baseline + ONGOING_UNITS).then_some(Verdict {
-                    level: Some(baseline),
-                    ..*v
-                })
+                let above = v.value - baseline;
+                (above >= ONGOING_UNITS).then_some((
+                    above,
+                    Verdict {
+                        level: Some(baseline),
+                        ..*v
+                    },
+                ))
             })
-            .max_by(|a, b| {
-                let above = |v: &Verdict| v.value - v.level.unwrap_or(v.value);
-                above(a).total_cmp(&above(b))
-            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))?;
+        Some(held)
     }
 }
 

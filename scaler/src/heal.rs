@@ -2,8 +2,9 @@
 //! as the cause: this policy's own service must be one of the likely causes (the analyzer lists only
 //! services with nothing anomalous downstream, so never a caller of a sick dependency; another
 //! incident elsewhere may rank first), its cause must name one pod among healthy siblings, and that
-//! pod must belong to the target now. Then the budget (restarts per window), an exponential backoff and a last-sibling guard
-//! decide whether it happens now or is held back, and a held-back action is reported like a taken one.
+//! pod must belong to the target now. Then the budget (restarts per window), an exponential backoff
+//! and a last-sibling guard decide whether it happens now or is held back, and a held-back action is
+//! reported like a taken one.
 
 use serde::{Deserialize, Serialize};
 
