@@ -33,6 +33,37 @@ pub fn stats() -> Option<AllocatorStats> {
     })
 }
 
+/// Gives the pages a scrape freed back to the system: the calling thread's cache of freed blocks goes
+/// back to the arena, then every arena's unused pages are returned at once rather than after
+/// `dirty_decay_ms`. A scrape's snapshot is the largest thing the process allocates and frees between two
+/// window closes, and jemalloc returns freed pages only when it is next called, so an idle process would
+/// otherwise keep a copy of every series' rows resident until the next window close (BENCHMARKS.md,
+/// "Where a series' bytes go"). Call it on the thread that dropped the snapshot. Whether the pages were
+/// returned (jemalloc refuses only a name it does not know).
+pub fn give_back() -> bool {
+    // A thread without a cache (none yet) has nothing to flush: that one may fail.
+    void_control(c"thread.tcache.flush");
+    // 4096: MALLCTL_ARENAS_ALL.
+    void_control(c"arena.4096.purge")
+}
+
+/// Runs one of jemalloc's controls that take no value and answer none; whether it succeeded.
+#[allow(unsafe_code)]
+fn void_control(name: &std::ffi::CStr) -> bool {
+    // SAFETY: such controls require null value pointers and zero lengths, which is what is passed
+    // (tikv-jemalloc-ctl always passes a value, which they refuse), and `name` is NUL-terminated.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    rc == 0
+}
+
 /// Writes `tidewatch_allocator_bytes{state=...}`.
 pub fn render(out: &mut impl Write) {
     let Some(s) = stats() else { return };
@@ -56,6 +87,36 @@ pub fn render(out: &mut impl Write) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn freed_pages_go_back_at_once() {
+        use std::alloc::{GlobalAlloc, Layout};
+        // The test binary's global allocator is the system's: jemalloc is called directly, with blocks
+        // too large for its thread cache, so freeing them leaves dirty pages in its arena.
+        let jemalloc = tikv_jemallocator::Jemalloc;
+        let layout = Layout::from_size_align(256 << 10, 4096).expect("layout");
+        // SAFETY: each block is allocated with `layout`, checked for null, written within its size and
+        // freed once with the same layout.
+        let blocks: Vec<*mut u8> = (0..32)
+            .map(|_| unsafe {
+                let p = jemalloc.alloc(layout);
+                assert!(!p.is_null());
+                std::ptr::write_bytes(p, 1, layout.size());
+                p
+            })
+            .collect();
+        for p in blocks {
+            unsafe { jemalloc.dealloc(p, layout) };
+        }
+        let before = stats().expect("jemalloc answers").resident;
+        assert!(give_back(), "the purge is a control jemalloc knows");
+        let after = stats().expect("jemalloc answers").resident;
+        assert!(
+            before >= after + (4 << 20),
+            "8 MiB freed, resident {before} before giving back, {after} after"
+        );
+    }
 
     #[test]
     fn the_allocator_reports_its_bytes_in_order() {

@@ -28,7 +28,8 @@ use tokio::sync::watch;
 use crate::app::Listeners;
 use crate::config::Config;
 
-/// `/healthz`, `/readyz` and `/metrics` (what `metrics` writes, then the allocator's bytes).
+/// `/healthz`, `/readyz` and `/metrics` (what `metrics` writes, then what the scrape freed is given back
+/// and the allocator's bytes are written).
 fn web(ready: Arc<AtomicBool>, metrics: MetricsHook) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -47,6 +48,7 @@ fn web(ready: Arc<AtomicBool>, metrics: MetricsHook) -> Router {
             get(move || async move {
                 stream_metrics(move |out| {
                     metrics(out);
+                    crate::alloc::give_back();
                     crate::alloc::render(out);
                 })
             }),
