@@ -1,11 +1,11 @@
 //! What the process's allocator (jemalloc, chosen and configured in `main.rs`) holds, as
 //! `tidewatch_allocator_bytes` on `/metrics`: live bytes, the pages that hold them, and what it keeps
 //! resident beyond them, which is where the process's memory goes past its live heap (BENCHMARKS.md,
-//! "Memory per series").
+//! "Where a series' bytes go").
 
 use std::fmt::Write;
 
-use tidewatch_analyzer::exposition::{Kind, family, sample};
+use tidewatch_analyzer::exposition::{Kind, by_label};
 
 /// jemalloc's byte counts, as of one refresh of its statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,24 +64,29 @@ fn void_control(name: &std::ffi::CStr) -> bool {
     rc == 0
 }
 
+/// The end of every `/metrics` answer, once the scrape's snapshot is dropped (on the same thread): gives
+/// back what the scrape freed, then writes what the allocator holds.
+pub fn end_scrape(out: &mut impl Write) {
+    give_back();
+    render(out);
+}
+
 /// Writes `tidewatch_allocator_bytes{state=...}`.
-pub fn render(out: &mut impl Write) {
+fn render(out: &mut impl Write) {
     let Some(s) = stats() else { return };
-    let name = "tidewatch_allocator_bytes";
-    family(
+    by_label(
         out,
-        name,
+        "tidewatch_allocator_bytes",
         Kind::Gauge,
         "What the memory allocator holds, by state: allocated (live), active (their pages), resident, retained (returned, mapped).",
+        "state",
+        [
+            ("allocated", s.allocated),
+            ("active", s.active),
+            ("resident", s.resident),
+            ("retained", s.retained),
+        ],
     );
-    for (state, v) in [
-        ("allocated", s.allocated),
-        ("active", s.active),
-        ("resident", s.resident),
-        ("retained", s.retained),
-    ] {
-        sample(out, name, &[("state", state)], v);
-    }
 }
 
 #[cfg(test)]

@@ -111,11 +111,8 @@ pub async fn run_with(
             vec![
                 Arc::new(move |out: &mut Chunked| collector_stats.render(out)),
                 Arc::new(move |out: &mut Chunked| om.render(out)),
-                // Last, after the snapshot is dropped: what the scrape freed goes back, then is counted.
-                Arc::new(|out: &mut Chunked| {
-                    crate::alloc::give_back();
-                    crate::alloc::render(out);
-                }),
+                // Last, after the snapshot is dropped.
+                Arc::new(|out: &mut Chunked| crate::alloc::end_scrape(out)),
             ]
         },
         ready: ready.clone(),

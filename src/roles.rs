@@ -48,8 +48,7 @@ fn web(ready: Arc<AtomicBool>, metrics: MetricsHook) -> Router {
             get(move || async move {
                 stream_metrics(move |out| {
                     metrics(out);
-                    crate::alloc::give_back();
-                    crate::alloc::render(out);
+                    crate::alloc::end_scrape(out);
                 })
             }),
         )

@@ -41,6 +41,21 @@ pub fn sample(out: &mut impl Write, name: &str, labels: &[(&str, &str)], value: 
     line(out, [name, ""], labels, None, value);
 }
 
+/// A family of one sample per value of one label, in the order given.
+pub fn by_label<'a, V: Display>(
+    out: &mut impl Write,
+    name: &str,
+    kind: Kind,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, V)>,
+) {
+    family(out, name, kind, help);
+    for (value, v) in samples {
+        sample(out, name, &[(label, value)], v);
+    }
+}
+
 /// A family of one sample without labels.
 pub fn single(out: &mut impl Write, name: &str, kind: Kind, help: &str, value: impl Display) {
     family(out, name, kind, help);
@@ -152,6 +167,23 @@ mod tests {
         let mut s = String::new();
         single(&mut s, "up_total", Kind::Counter, "Ups.", 3u64);
         assert_eq!(s, "# HELP up_total Ups.\n# TYPE up_total counter\nup_total 3\n");
+    }
+
+    #[test]
+    fn a_family_by_label_has_one_sample_per_value_in_order() {
+        let mut s = String::new();
+        by_label(
+            &mut s,
+            "hits",
+            Kind::Gauge,
+            "Hits.",
+            "kind",
+            [("b", 2u64), ("a", 1)],
+        );
+        assert_eq!(
+            s,
+            "# HELP hits Hits.\n# TYPE hits gauge\nhits{kind=\"b\"} 2\nhits{kind=\"a\"} 1\n"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tidewatch_analyzer::Snapshot;
 use tidewatch_analyzer::engine::EngineStats;
-use tidewatch_analyzer::exposition::{Kind, family, histogram, le_values, sample, single};
+use tidewatch_analyzer::exposition::{Kind, by_label, family, histogram, le_values, sample, single};
 use tidewatch_analyzer::graph::{ConnectionType, EdgeRow, GraphCounters};
 use tidewatch_analyzer::ingest::Ingest;
 use tidewatch_analyzer::red::RedRow;
@@ -255,25 +255,19 @@ fn render_graph_counters(out: &mut impl Write, g: &GraphCounters) {
         "Half edges created (including database edges).",
         g.edges as f64,
     );
-    family(
+    by_label(
         out,
         "tidewatch_service_graph_expired_edges_total",
         Kind::Counter,
         "Half edges that expired unpaired, by the kind of the span last applied.",
+        "unmatched_span_kind",
+        [
+            ("SPAN_KIND_SERVER", g.expired_server as f64),
+            ("SPAN_KIND_CLIENT", g.expired_client as f64),
+            ("SPAN_KIND_PRODUCER", g.expired_producer as f64),
+            ("SPAN_KIND_CONSUMER", g.expired_consumer as f64),
+        ],
     );
-    for (kind, v) in [
-        ("SPAN_KIND_SERVER", g.expired_server),
-        ("SPAN_KIND_CLIENT", g.expired_client),
-        ("SPAN_KIND_PRODUCER", g.expired_producer),
-        ("SPAN_KIND_CONSUMER", g.expired_consumer),
-    ] {
-        sample(
-            out,
-            "tidewatch_service_graph_expired_edges_total",
-            &[("unmatched_span_kind", kind)],
-            v as f64,
-        );
-    }
     single(
         out,
         "tidewatch_service_graph_dropped_spans_total",
@@ -317,24 +311,19 @@ pub fn render_health(out: &mut impl Write, h: &tidewatch_analyzer::engine::Healt
 
 /// The engine's and the ingest queue's own figures.
 pub fn render_engine(out: &mut impl Write, ingest: &Ingest, stats: &EngineStats) {
-    family(
+    by_label(
         out,
         "tidewatch_analyzer_items_total",
         Kind::Counter,
         "Items processed by the engine, by signal.",
+        "signal",
+        [
+            ("spans", &stats.spans),
+            ("data_points", &stats.metric_points),
+            ("log_records", &stats.log_records),
+        ]
+        .map(|(signal, v)| (signal, v.load(Relaxed) as f64)),
     );
-    for (signal, v) in [
-        ("spans", &stats.spans),
-        ("data_points", &stats.metric_points),
-        ("log_records", &stats.log_records),
-    ] {
-        sample(
-            out,
-            "tidewatch_analyzer_items_total",
-            &[("signal", signal)],
-            v.load(Relaxed) as f64,
-        );
-    }
     single(
         out,
         "tidewatch_analyzer_queue_depth_batches",
@@ -363,24 +352,19 @@ pub fn render_engine(out: &mut impl Write, ingest: &Ingest, stats: &EngineStats)
         "Limit on in-flight bytes; past it requests are refused.",
         ingest.inflight().limit() as f64,
     );
-    family(
+    let st = ingest.stats();
+    by_label(
         out,
         "tidewatch_analyzer_refused_batches_total",
         Kind::Counter,
         "Batches refused, by reason.",
+        "reason",
+        [
+            ("queue_full", &st.refused_queue_full),
+            ("memory_limit", &st.refused_memory),
+        ]
+        .map(|(reason, v)| (reason, v.load(Relaxed) as f64)),
     );
-    let st = ingest.stats();
-    for (reason, v) in [
-        ("queue_full", &st.refused_queue_full),
-        ("memory_limit", &st.refused_memory),
-    ] {
-        sample(
-            out,
-            "tidewatch_analyzer_refused_batches_total",
-            &[("reason", reason)],
-            v.load(Relaxed) as f64,
-        );
-    }
 }
 
 /// The global series budget: its limit, the series it holds, the items that went to overflow series.

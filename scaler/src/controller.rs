@@ -71,17 +71,16 @@ pub struct Metrics {
 impl Metrics {
     /// Appends the counters in Prometheus text format.
     pub fn render(&self, out: &mut impl std::fmt::Write) {
-        use tidewatch_analyzer::exposition::{Kind, family, sample, single};
+        use tidewatch_analyzer::exposition::{Kind, by_label, single};
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let reconciles = "tidewatch_operator_reconciles_total";
-        family(
+        by_label(
             out,
-            reconciles,
+            "tidewatch_operator_reconciles_total",
             Kind::Counter,
             "ServicePolicy reconciles, by result.",
+            "result",
+            [("ok", g(&self.reconciles)), ("error", g(&self.failures))],
         );
-        sample(out, reconciles, &[("result", "ok")], g(&self.reconciles));
-        sample(out, reconciles, &[("result", "error")], g(&self.failures));
         single(
             out,
             "tidewatch_operator_reconcile_seconds_total",
@@ -89,21 +88,19 @@ impl Metrics {
             "Time spent reconciling.",
             g(&self.duration_us) as f64 / 1e6,
         );
-        let actions = "tidewatch_operator_actions_total";
-        family(
+        by_label(
             out,
-            actions,
+            "tidewatch_operator_actions_total",
             Kind::Counter,
             "Actions taken (or held back) on workloads.",
+            "action",
+            [
+                ("scale_up", g(&self.scale_ups)),
+                ("scale_down", g(&self.scale_downs)),
+                ("restart", g(&self.restarts)),
+                ("held_back", g(&self.held_back)),
+            ],
         );
-        for (action, c) in [
-            ("scale_up", &self.scale_ups),
-            ("scale_down", &self.scale_downs),
-            ("restart", &self.restarts),
-            ("held_back", &self.held_back),
-        ] {
-            sample(out, actions, &[("action", action)], g(c));
-        }
     }
 }
 
