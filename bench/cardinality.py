@@ -11,8 +11,9 @@ window close, reads `/metrics` as a scraper would, and reports the resident memo
 series and edge against the warm baseline, against the idle process before the warm-up, and, from one
 row to the next, the marginal bytes per added series. The anonymous columns (RssAnon: heap and stacks)
 leave out the binary's own pages. The allocator's columns (`tidewatch_allocator_bytes` from the same
-scrapes) split the growth of the heap: allocated is live bytes, active the pages holding them, resident
-all the allocator's resident pages (freed pages not yet given back, its metadata).
+scrapes) split the growth of the heap: allocated is live bytes, cached the freed blocks the threads' caches
+keep, active the pages holding both, resident all the allocator's resident pages (freed pages not yet given
+back, its metadata).
 
     bench/cardinality.py [--shapes 10x10,100x10,100x100,1000x10] [--windows 1]
     bench/cardinality.py --growth 10x10:10
@@ -90,7 +91,7 @@ def load(port, services, ops, repeats, prefix="svc"):
 
 def series(web):
     """RED series and edges on /metrics, read as a scraper reads them, and the allocator's bytes by state
-    (`tidewatch_allocator_bytes`: allocated, active, resident, retained)."""
+    (`tidewatch_allocator_bytes`: allocated, cached, active, resident, retained)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=60).read().decode()
     red = sum(1 for l in text.splitlines() if l.startswith("traces_span_metrics_calls_total{"))
     edges = sum(1 for l in text.splitlines() if l.startswith("traces_service_graph_request_total{"))
@@ -164,7 +165,7 @@ def run(services, ops, windows=1, n_scrapes=0):
             # ("–" from a build without `tidewatch_allocator_bytes`.)
             **{f"{state}_bytes_per_series": per_series((alloc[state] - warm_alloc[state]) / 1024)
                if state in alloc and state in warm_alloc else "–"
-               for state in ("allocated", "active", "resident")},
+               for state in ("allocated", "cached", "active", "resident")},
             "scrape_cpu_ms": scrape_ms, "scrape_mb": scrape_bytes if scrape_bytes == "–" else round(scrape_bytes / 1e6, 1),
             "rss_kib": rss, "anon_kib": anon}
 

@@ -1,7 +1,7 @@
 //! What the process's allocator (jemalloc, chosen and configured in `main.rs`) holds, as
-//! `tidewatch_allocator_bytes` on `/metrics`: live bytes, the pages that hold them, and what it keeps
-//! resident beyond them, which is where the process's memory goes past its live heap (BENCHMARKS.md,
-//! "Where a series' bytes go").
+//! `tidewatch_allocator_bytes` on `/metrics`: live bytes, freed blocks the threads' caches hold, the pages
+//! that hold both, and what it keeps resident beyond them, which is where the process's memory goes past
+//! its live heap (BENCHMARKS.md, "Where a series' bytes go").
 
 use std::fmt::Write;
 
@@ -12,7 +12,10 @@ use tidewatch_analyzer::exposition::{Kind, by_label};
 pub struct AllocatorStats {
     /// Bytes in live allocations.
     pub allocated: u64,
-    /// Bytes in the pages that hold live allocations (allocated plus their pages' free room).
+    /// Bytes of freed blocks kept in the threads' caches for reuse by the same thread (jemalloc counts
+    /// them as allocated; they are not live).
+    pub cached: u64,
+    /// Bytes in the pages that hold live and cached blocks (both plus their pages' free room).
     pub active: u64,
     /// Bytes of the allocator's pages that are resident: active, metadata, and freed pages not yet returned.
     pub resident: u64,
@@ -25,8 +28,14 @@ pub fn stats() -> Option<AllocatorStats> {
     use tikv_jemalloc_ctl::{epoch, stats};
     epoch::advance().ok()?;
     let n = |r: tikv_jemalloc_ctl::Result<usize>| r.ok().map(|v| v as u64);
+    let allocated = n(stats::allocated::read())?;
+    // SAFETY: the control is a `size_t`, which `usize` is, and the name is NUL-terminated (4096:
+    // MALLCTL_ARENAS_ALL, every arena merged).
+    #[allow(unsafe_code)]
+    let cached = n(unsafe { tikv_jemalloc_ctl::raw::read::<usize>(b"stats.arenas.4096.tcache_bytes\0") })?;
     Some(AllocatorStats {
-        allocated: n(stats::allocated::read())?,
+        allocated: allocated.saturating_sub(cached),
+        cached,
         active: n(stats::active::read())?,
         resident: n(stats::resident::read())?,
         retained: n(stats::retained::read())?,
@@ -78,10 +87,11 @@ fn render(out: &mut impl Write) {
         out,
         "tidewatch_allocator_bytes",
         Kind::Gauge,
-        "What the memory allocator holds, by state: allocated (live), active (their pages), resident, retained (returned, mapped).",
+        "What the memory allocator holds, by state: allocated (live), cached (freed, in threads' caches), active (the pages of both), resident, retained (returned, mapped).",
         "state",
         [
             ("allocated", s.allocated),
+            ("cached", s.cached),
             ("active", s.active),
             ("resident", s.resident),
             ("retained", s.retained),
@@ -91,12 +101,19 @@ fn render(out: &mut impl Write) {
 
 #[cfg(test)]
 mod tests {
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::sync::Mutex;
+
     use super::*;
+
+    /// The tests that allocate through jemalloc and read its counts run one at a time, so that one's
+    /// blocks do not move the other's counts.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
     #[test]
     #[allow(unsafe_code)]
     fn freed_pages_go_back_at_once() {
-        use std::alloc::{GlobalAlloc, Layout};
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         // The test binary's global allocator is the system's: jemalloc is called directly, with blocks
         // too large for its thread cache, so freeing them leaves dirty pages in its arena.
         let jemalloc = tikv_jemallocator::Jemalloc;
@@ -124,11 +141,47 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)]
+    fn freed_blocks_in_a_thread_cache_count_as_cached_not_live() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let jemalloc = tikv_jemallocator::Jemalloc;
+        // Small enough for the thread's cache, few enough (1 KiB) that it keeps them all.
+        let layout = Layout::from_size_align(64, 8).expect("layout");
+        give_back();
+        // SAFETY: each block is allocated with `layout`, checked for null and freed once with it.
+        let blocks: Vec<*mut u8> = (0..16)
+            .map(|_| unsafe {
+                let p = jemalloc.alloc(layout);
+                assert!(!p.is_null());
+                p
+            })
+            .collect();
+        let held = stats().expect("jemalloc answers");
+        for p in blocks {
+            unsafe { jemalloc.dealloc(p, layout) };
+        }
+        let freed = stats().expect("jemalloc answers");
+        assert!(
+            freed.allocated + 16 * 64 <= held.allocated && freed.cached >= held.cached + 16 * 64,
+            "1 KiB freed into the thread's cache: {held:?} before, {freed:?} after"
+        );
+        give_back();
+        let flushed = stats().expect("jemalloc answers");
+        assert!(
+            flushed.cached + 16 * 64 <= freed.cached,
+            "the thread's cache flushed: {freed:?} before, {flushed:?} after"
+        );
+    }
+
+    #[test]
     fn the_allocator_reports_its_bytes_in_order() {
         // The test binary's global allocator is the system's, so jemalloc holds little; its counts must
         // still be there and consistent.
         let s = stats().expect("jemalloc answers");
-        assert!(s.allocated <= s.active && s.active <= s.resident, "{s:?}");
+        assert!(
+            s.allocated + s.cached <= s.active && s.active <= s.resident,
+            "{s:?}"
+        );
         let mut out = String::new();
         render(&mut out);
         assert!(
