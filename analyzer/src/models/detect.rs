@@ -618,9 +618,10 @@ impl StepEstimate {
 /// last `long` such means, as a z-score (0 until two means are in).
 ///
 /// The fit needs only the sum and the sum of squares of those means, so they are kept as the sums of
-/// blocks of consecutive means (at most [`LIKELIHOOD_BLOCKS`] blocks, 1 KB) instead of one by one
-/// (40 KB at `long` = 5000): the window lets go of a whole block at a time, so once it is full it holds
-/// between `long` less a block and `long` means. Until then the fit is exactly over every mean.
+/// blocks of consecutive means (at most [`LIKELIHOOD_BLOCKS`] blocks and one more, 272 bytes) instead
+/// of one by one (40 KB at `long` = 5000): the window lets go of a whole block at a time, so once it is
+/// full it holds between `long` less a block and `long` means. Until then the fit is exactly over every
+/// mean.
 #[derive(Clone, Debug)]
 struct Likelihood {
     /// The last `short` raw anomalies, oldest first (a few: a `Vec`, as `Tidewatch::recent`).
@@ -635,8 +636,10 @@ struct Likelihood {
     means_sq: f64,
 }
 
-/// Most blocks [`Likelihood`] keeps its long window in.
-const LIKELIHOOD_BLOCKS: usize = 64;
+/// Most blocks [`Likelihood`] keeps its long window in: with 16, a long window of 5,000 means lets go
+/// of 313 at a time (64 cost three times the memory and scored the same on the whole NAB corpus,
+/// BENCHMARKS.md).
+const LIKELIHOOD_BLOCKS: usize = 16;
 
 /// Means per block of [`Likelihood`] for a long window of `long` means.
 fn likelihood_block(long: usize) -> usize {
@@ -1330,10 +1333,10 @@ mod tests {
         }
         let bytes = footprint(&d);
         eprintln!("detector after a day of 10 s windows: {bytes} bytes");
-        // 3,697 bytes on 2026-11-30: 1.6 KB of values in single precision, 1.0 KB of likelihood blocks,
-        // the pattern words (0.5 KB: this noisy series draws enough of them to fill the set), the
-        // struct (0.4 KB); no time-of-day ranges (no daily period at 10 s rows).
-        assert!(bytes < 3800, "{bytes} bytes");
+        // 2,929 bytes on 2026-12-01: 1.6 KB of values in single precision, 0.27 KB of likelihood
+        // blocks, the pattern words (0.5 KB: this noisy series draws enough of them to fill the set),
+        // the struct (0.4 KB); no time-of-day ranges (no daily period at 10 s rows).
+        assert!(bytes < 3000, "{bytes} bytes");
     }
 
     #[test]
