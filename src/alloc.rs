@@ -110,27 +110,36 @@ mod tests {
     /// blocks do not move the other's counts.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-    #[test]
+    /// `n` blocks of `layout` from jemalloc itself (the test binary's global allocator is the system's),
+    /// each written through, so their pages are touched.
     #[allow(unsafe_code)]
-    fn freed_pages_go_back_at_once() {
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        // The test binary's global allocator is the system's: jemalloc is called directly, with blocks
-        // too large for its thread cache, so freeing them leaves dirty pages in its arena.
-        let jemalloc = tikv_jemallocator::Jemalloc;
-        let layout = Layout::from_size_align(256 << 10, 4096).expect("layout");
-        // SAFETY: each block is allocated with `layout`, checked for null, written within its size and
-        // freed once with the same layout.
-        let blocks: Vec<*mut u8> = (0..32)
+    fn jemalloc_blocks(n: usize, layout: Layout) -> Vec<*mut u8> {
+        // SAFETY: each block is allocated with `layout`, checked for null and written within its size.
+        (0..n)
             .map(|_| unsafe {
-                let p = jemalloc.alloc(layout);
+                let p = tikv_jemallocator::Jemalloc.alloc(layout);
                 assert!(!p.is_null());
                 std::ptr::write_bytes(p, 1, layout.size());
                 p
             })
-            .collect();
+            .collect()
+    }
+
+    /// Frees blocks [`jemalloc_blocks`] made with the same `layout`.
+    #[allow(unsafe_code)]
+    fn free_jemalloc_blocks(blocks: Vec<*mut u8>, layout: Layout) {
         for p in blocks {
-            unsafe { jemalloc.dealloc(p, layout) };
+            // SAFETY: `p` came from jemalloc with `layout` and is freed once.
+            unsafe { tikv_jemallocator::Jemalloc.dealloc(p, layout) };
         }
+    }
+
+    #[test]
+    fn freed_pages_go_back_at_once() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        // Blocks too large for jemalloc's thread cache, so freeing them leaves dirty pages in its arena.
+        let layout = Layout::from_size_align(256 << 10, 4096).expect("layout");
+        free_jemalloc_blocks(jemalloc_blocks(32, layout), layout);
         let before = stats().expect("jemalloc answers").resident;
         assert!(give_back(), "the purge is a control jemalloc knows");
         let after = stats().expect("jemalloc answers").resident;
@@ -141,25 +150,14 @@ mod tests {
     }
 
     #[test]
-    #[allow(unsafe_code)]
     fn freed_blocks_in_a_thread_cache_count_as_cached_not_live() {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let jemalloc = tikv_jemallocator::Jemalloc;
         // Small enough for the thread's cache, few enough (1 KiB) that it keeps them all.
         let layout = Layout::from_size_align(64, 8).expect("layout");
         give_back();
-        // SAFETY: each block is allocated with `layout`, checked for null and freed once with it.
-        let blocks: Vec<*mut u8> = (0..16)
-            .map(|_| unsafe {
-                let p = jemalloc.alloc(layout);
-                assert!(!p.is_null());
-                p
-            })
-            .collect();
+        let blocks = jemalloc_blocks(16, layout);
         let held = stats().expect("jemalloc answers");
-        for p in blocks {
-            unsafe { jemalloc.dealloc(p, layout) };
-        }
+        free_jemalloc_blocks(blocks, layout);
         let freed = stats().expect("jemalloc answers");
         assert!(
             freed.allocated + 16 * 64 <= held.allocated && freed.cached >= held.cached + 16 * 64,
