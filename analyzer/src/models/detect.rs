@@ -247,8 +247,8 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Self {
-            level_window: 400,
-            diff_window: 400,
+            level_window: 100,
+            diff_window: 100,
             season_gain: 0.5,
             diff_weight: 0.5,
             scale_alpha: 0.01,
@@ -832,8 +832,9 @@ impl Tidewatch {
     /// change with `res` = 1 (`health::Signal`); `res` = 0 is exactly [`Tidewatch::new`].
     ///
     /// With a resolution, values are rounded to the largest power of two at most `res / 1024` (a change
-    /// a thousand times too small to matter): such values are exact in single precision, so the windows
-    /// hold them in half the memory ([`Values`]).
+    /// a thousand times too small to matter): such values are exact in single precision, and those of a
+    /// resolution of 1 or more from 0 to 64 are whole counts of 2^-10, so the windows hold them in half
+    /// or a quarter of the memory ([`Values`]).
     pub fn with_resolution(p: impl Into<Arc<Params>>, res: f64) -> Self {
         let p = p.into();
         Self {
@@ -1333,10 +1334,10 @@ mod tests {
         }
         let bytes = footprint(&d);
         eprintln!("detector after a day of 10 s windows: {bytes} bytes");
-        // 2,929 bytes on 2026-12-01: 1.6 KB of values in single precision, 0.27 KB of likelihood
+        // 1,527 bytes on 2026-12-01: 0.2 KB of values (101, two bytes each), 0.27 KB of likelihood
         // blocks, the pattern words (0.5 KB: this noisy series draws enough of them to fill the set),
         // the struct (0.4 KB); no time-of-day ranges (no daily period at 10 s rows).
-        assert!(bytes < 3000, "{bytes} bytes");
+        assert!(bytes < 1600, "{bytes} bytes");
     }
 
     #[test]
