@@ -4,8 +4,8 @@
 For each shape (services x operations per service) a fresh Tidewatch gets spans over OTLP/HTTP JSON: every
 operation of service i is called by service i-1 (so each service but the first has an incoming edge per
 operation name), each call being a client span and a server span, repeated a few times so every series
-sees several observations. Before the load, a warm-up (one service calling itself, a window close and a
-scrape) runs every code path once, so what a process pages in or allocates once (its code, a scrape's
+sees several observations. Before the load, a warm-up (one service calling itself often enough to be
+scored by the health monitor, a window close and a scrape) runs every code path once, so what a process pages in or allocates once (its code, a scrape's
 buffers, the allocator's first pages per thread) is in the warm baseline. After the load it waits for a
 window close, reads `/metrics` as a scraper would, and reports the resident memory (VmRSS) per added RED
 series and edge against the warm baseline, against the idle process before the warm-up, and, from one
@@ -118,8 +118,10 @@ def start(ops):
 
 def warm_up(http, web):
     """One service calling itself, a window close and a scrape: every code path of the load runs once, so
-    what is paged in or allocated once per process is in the baseline. Returns the series it made."""
-    load(http, 1, 1, repeats=3, prefix="warm")
+    what is paged in or allocated once per process is in the baseline. Enough calls for the health monitor
+    to score the service (`analyzer.health.min_requests`, 20 a window), as it scores the load's. Returns
+    the series it made."""
+    load(http, 1, 1, repeats=30, prefix="warm")
     time.sleep(11)
     return series(web)
 
