@@ -435,6 +435,49 @@ mod tests {
 
     const MINUTE: i64 = 60_000;
 
+    /// What a service's models cost once every window is full: a day of the server's 10 s windows (the
+    /// likelihood's 5000 means fill in 14 hours, the mixture's 360 windows in one), with traffic that
+    /// moves.
+    #[test]
+    fn a_services_models_after_a_day_stay_small() {
+        let mut m = Monitor::new(&HealthConfig::default());
+        let mut x = 7u64;
+        for i in 0..8640 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let jitter = ((x >> 40) % 100) as f64 / 100.0;
+            let rate = 50.0 + 30.0 * (i as f64 / 900.0).sin() + 5.0 * jitter;
+            let s = RedSummary {
+                rate,
+                requests: rate * 10.0,
+                p95_ms: Some(40.0 + 0.2 * rate + 8.0 * jitter),
+                error_ratio: 0.002 * jitter,
+                ..summary("api", 0.0, 0.0)
+            };
+            m.score("api", 1_700_000_000_000 + i * 10_000, &s);
+        }
+        let models = &m.services["api"];
+        let (gmm, joint) = models
+            .joint
+            .as_ref()
+            .expect("the joint detector is on by default");
+        let detectors = [&models.rate, &models.errors, &models.latency, joint];
+        // The struct holds the detectors and the mixture; what each adds is its heap.
+        let heap = |footprint: usize, size: usize| footprint - size;
+        let bytes = size_of::<ServiceModels>()
+            + detectors
+                .iter()
+                .map(|d| heap(d.footprint(), size_of::<Tidewatch>()))
+                .sum::<usize>()
+            + heap(gmm.footprint(), size_of::<GmmDetector>());
+        eprintln!(
+            "a service's models after a day of 10 s windows: {bytes} bytes (detectors {:?} with their \
+             structs, mixture {})",
+            detectors.map(|d| d.footprint()),
+            gmm.footprint()
+        );
+        assert!(bytes < 9500, "{bytes} bytes");
+    }
+
     #[test]
     fn steady_noise_is_quiet_and_a_spike_is_not() {
         let mut m = Monitor::new(&HealthConfig::default());

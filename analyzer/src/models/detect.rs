@@ -863,6 +863,29 @@ impl Tidewatch {
         (self.rows, self.p.warmup)
     }
 
+    /// Bytes the detector holds: its own size and its heap (capacities, used or not).
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        let daily = self.daily.as_deref().map_or(0, |daily| {
+            size_of::<Daily>()
+                + daily.changes.heap_bytes()
+                + daily.phase_ranges.capacity() * size_of::<((f64, f64), u32)>()
+        });
+        let gaps = match &self.step {
+            StepEstimate::Learning(seen) => seen.capacity() * size_of::<i64>(),
+            _ => 0,
+        };
+        size_of::<Tidewatch>()
+            + self.values.heap_bytes()
+            + self.likelihood.raw.capacity() * size_of::<f64>()
+            + self.likelihood.blocks.heap_bytes()
+            + self.recent.capacity() * size_of::<(usize, f64)>()
+            + self.pattern.seen.heap_bytes()
+            + self.pattern.bins.capacity()
+            + daily
+            + gaps
+    }
+
     /// The level baseline (rolling median) the latest row was compared with: tells a rise from a fall.
     pub fn last_level(&self) -> Option<f64> {
         (!self.last_level.is_nan()).then_some(self.last_level)
@@ -1299,28 +1322,6 @@ mod tests {
         }
     }
 
-    /// Heap bytes a detector holds (capacities, used or not), and its own size.
-    fn footprint(d: &Tidewatch) -> usize {
-        let daily = d.daily.as_deref().map_or(0, |daily| {
-            size_of::<Daily>()
-                + daily.changes.heap_bytes()
-                + daily.phase_ranges.capacity() * size_of::<((f64, f64), u32)>()
-        });
-        let gaps = match &d.step {
-            StepEstimate::Learning(seen) => seen.capacity() * size_of::<i64>(),
-            _ => 0,
-        };
-        size_of::<Tidewatch>()
-            + d.values.heap_bytes()
-            + d.likelihood.raw.capacity() * size_of::<f64>()
-            + d.likelihood.blocks.heap_bytes()
-            + d.recent.capacity() * size_of::<(usize, f64)>()
-            + d.pattern.seen.heap_bytes()
-            + d.pattern.bins.capacity()
-            + daily
-            + gaps
-    }
-
     /// What one signal of one service costs once every window is full: the server's 10 s windows for
     /// a day (the likelihood's 5000 means fill in 14 hours).
     #[test]
@@ -1332,7 +1333,7 @@ mod tests {
             let v = 40.0 + 10.0 * (i as f64 / 500.0).sin() + ((x >> 40) % 100) as f64 / 50.0;
             d.score(1_700_000_000_000 + i * 10_000, v);
         }
-        let bytes = footprint(&d);
+        let bytes = d.footprint();
         eprintln!("detector after a day of 10 s windows: {bytes} bytes");
         // 1,527 bytes on 2026-12-01: 0.2 KB of values (101, two bytes each), 0.27 KB of likelihood
         // blocks, the pattern words (0.5 KB: this noisy series draws enough of them to fill the set),

@@ -157,6 +157,19 @@ impl GmmDetector {
         }
     }
 
+    /// Bytes the detector holds: its own size, its training windows and its fit (capacities).
+    #[cfg(test)]
+    pub(crate) fn footprint(&self) -> usize {
+        let fitted = self.fitted.as_ref().map_or(0, |f| {
+            f.comps.capacity() * size_of::<(f64, Vec<f64>, Vec<f64>, f64)>()
+                + f.comps
+                    .iter()
+                    .map(|(_, mean, prec, _)| (mean.capacity() + prec.capacity()) * size_of::<f64>())
+                    .sum::<usize>()
+        });
+        size_of::<GmmDetector>() + self.train.heap_bytes() + fitted
+    }
+
     /// Windows in the training set.
     fn windows(&self) -> usize {
         self.train.len() / self.dim.max(1)
