@@ -180,8 +180,9 @@ fn pairwise_sum(x: &[f64]) -> f64 {
 }
 
 /// The global parameters of [`Tidewatch`]: the same for every series (NAB forbids per-file tuning). The
-/// pattern-novelty defaults were tuned on the tuning half of NAB (`bench/nab/split.tsv`); the others
-/// predate the split and were tuned on the whole corpus (BENCHMARKS.md).
+/// pattern-novelty defaults and the level and first-difference windows were tuned on the tuning half of
+/// NAB (`bench/nab/split.tsv`); the others predate the split and were tuned on the whole corpus
+/// (BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Params {
     /// Rows in the robust level baseline (rolling median and MAD of the values).
