@@ -5,8 +5,9 @@ For each shape (services x operations per service) a fresh Tidewatch gets spans 
 operation of service i is called by service i-1 (so each service but the first has an incoming edge per
 operation name), each call being a client span and a server span, repeated a few times so every series
 sees several observations. Before the load, a warm-up (one service calling itself often enough to be
-scored by the health monitor, a window close and a scrape) runs every code path once, so what a process pages in or allocates once (its code, a scrape's
-buffers, the allocator's first pages per thread) is in the warm baseline. After the load it waits for a
+scored by the health monitor, a window close and a scrape) runs every code path once, so what a process
+pages in or allocates once (its code, a scrape's buffers, the allocator's first pages per thread) is in the
+warm baseline. After the load it waits for a
 window close, reads `/metrics` as a scraper would, and reports the resident memory (VmRSS) per added RED
 series and edge against the warm baseline, against the idle process before the warm-up, and, from one
 row to the next, the marginal bytes per added series. The anonymous columns (RssAnon: heap and stacks)

@@ -45,7 +45,7 @@ pub struct HealthConfig {
 /// The detector's corpus-optimal NAB threshold on the tuning half of NAB under the profile that rewards
 /// few false alarms (`reward_low_FP_rate`: an alarm pages someone), rounded down (so the score it was
 /// swept at still alarms): `tidewatch nab --split bench/nab/split.tsv --part tuning` prints it
-/// (0.589571 on 2026-12-01, since the level window is 100 rows: a residual likelihood of z 7.2).
+/// (0.589571 on 2026-12-01, since the level window is 100 rows: a detector z of 7.2).
 pub const NAB_THRESHOLD: f64 = 0.5895;
 
 impl Default for HealthConfig {

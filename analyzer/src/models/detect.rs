@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::ring::{Ring, Values};
+use super::ring::{FIXED_STEP, Ring, Values};
 
 /// A streaming anomaly detector over one series.
 pub trait AnomalyDetector: Send {
@@ -815,9 +815,9 @@ const DAY_MS: i64 = 86_400_000;
 const PHASES: usize = 24;
 
 /// The quantum values are rounded to at resolution `res` (see [`Tidewatch::with_resolution`]): the
-/// largest power of two at most `res / 1024`, or 0 for none.
+/// largest power of two at most `res / 1024` ([`FIXED_STEP`] of it), or 0 for none.
 fn quantum(res: f64) -> f64 {
-    let q = (res / 1024.0).log2().floor().exp2();
+    let q = (res * FIXED_STEP).log2().floor().exp2();
     if q.is_normal() { q } else { 0.0 }
 }
 

@@ -85,9 +85,10 @@ impl<T: Copy> Ring<T> {
     }
 }
 
-/// The step of [`Values::Fixed`]: the quantum the health monitor rounds its signals to
-/// (`Tidewatch::with_resolution` at a resolution of one unit).
-const FIXED_STEP: f64 = 1.0 / 1024.0;
+/// The step of [`Values::Fixed`], and the share of its resolution a detector rounds its values to
+/// (`Tidewatch::with_resolution`): at the health monitor's resolution of one unit, the two are the same
+/// quantum, so its values fit.
+pub const FIXED_STEP: f64 = 1.0 / 1024.0;
 
 /// `x` as a whole count of [`FIXED_STEP`]s that reads back as the same bits, if it is one (not -0.0,
 /// not past 65,535 steps).
