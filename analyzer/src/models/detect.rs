@@ -226,6 +226,10 @@ pub struct Params {
     /// does not come, a flat stretch where the cycle should move) are new extremes of their hour.
     pub phase_novelty: f64,
     pub phase_days: f64,
+    /// Rows after a value novel only for its time of day during which another such value is not ranked
+    /// as novel: a day that runs out of its usual shape passes several hours' ranges, one after another,
+    /// and that is one incident (as `novelty_refractory` is for a run of records).
+    pub phase_refractory: usize,
     /// Share by which the remembered range shrinks toward the newest value per row.
     pub range_decay: f64,
     /// Rows after a novel value during which further novel values are not ranked as novel again.
@@ -267,6 +271,7 @@ impl Default for Params {
             diff_novelty: 0.0,
             phase_novelty: 0.3,
             phase_days: 5.0,
+            phase_refractory: 75,
             range_decay: 0.0001,
             novelty_refractory: 20,
             pattern_len: 4,
@@ -305,6 +310,7 @@ impl Params {
             "diff_novelty" => self.diff_novelty = num(key, value)?,
             "phase_novelty" => self.phase_novelty = num(key, value)?,
             "phase_days" => self.phase_days = num(key, value)?,
+            "phase_refractory" => self.phase_refractory = num(key, value)?,
             "range_decay" => self.range_decay = num(key, value)?,
             "novelty_refractory" => self.novelty_refractory = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
@@ -721,7 +727,7 @@ impl Likelihood {
 ///    noisy learns that it is, so one threshold serves every series.
 /// 4. **Novelty.** A value (or, weighted by `diff_novelty`, a change between rows; or, weighted by
 ///    `phase_novelty` and only while the daily baseline explains the series, a value against the range
-///    seen at the same hour of the day) beyond the range
+///    seen at the same hour of the day, the first of a run within `phase_refractory` rows) beyond the range
 ///    seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus its excess:
 ///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
 ///    being new once seen), so it is ranked first and residual alarms fill in below it. Below it, at
@@ -786,6 +792,8 @@ struct Daily {
     /// seen there; allocated at the first row that reads them (`Params::phase_novelty`).
     /// A bucket's range is only read once it has seen a row (`seen` > 0).
     phase_ranges: Vec<((f64, f64), u32)>,
+    /// Row of the latest value novel only for its time of day (`Params::phase_refractory`); 0 for none.
+    last_novel: usize,
 }
 
 impl Daily {
@@ -795,6 +803,7 @@ impl Daily {
             changes: Values::default(),
             seasonal: RollingRobust::new(),
             phase_ranges: Vec::new(),
+            last_novel: 0,
         }
     }
 
@@ -953,10 +962,16 @@ impl Tidewatch {
             }
             *seen = seen.saturating_add(1);
             let seen = *seen;
-            if daily.explains(&mut self.level, &self.values, p.season_gain, res)
+            let phase = p.phase_novelty * novelty;
+            if phase > v.max(p.novelty_tolerance)
+                && daily.explains(&mut self.level, &self.values, p.season_gain, res)
                 && seen as f64 > p.phase_days * per_day
             {
-                v = v.max(p.phase_novelty * novelty);
+                // Novel only for its hour: the first of a run counts.
+                if daily.last_novel == 0 || daily.last_novel + p.phase_refractory < self.rows {
+                    v = phase;
+                }
+                daily.last_novel = self.rows;
             }
         }
         // The ring's newest value is the previous row's: this one joins it after.
@@ -1246,6 +1261,41 @@ mod tests {
             })
             .count();
         assert_eq!(hits, 0);
+    }
+
+    #[test]
+    fn a_day_out_of_shape_is_one_time_of_day_novelty() {
+        // Hourly rows on a daily cycle between 0 and 10 for ten days; then a flat day at 5, inside the
+        // series' range but outside most hours' ranges. Each hour it passes is new for that hour; with
+        // the refractory period only the first of the run ranks as novel.
+        // The noise gives each hour a spread of five values, all seen in the first five days.
+        let cycle =
+            |i: usize| 5.0 + 5.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin() + 0.1 * (i * 7 % 5) as f64;
+        let novel_rows = |phase_refractory: usize| -> Vec<usize> {
+            let mut d = Tidewatch::new(Params {
+                phase_refractory,
+                ..Params::default()
+            });
+            let hour = 3_600_000;
+            for i in 0..240 {
+                d.score(i as i64 * hour, cycle(i));
+            }
+            // The flat day, row by row as `score` takes it (the novelty before the row is learnt).
+            (240..264)
+                .filter(|&i| {
+                    d.rows += 1;
+                    let (novelty, _) = d.novelty(i as i64 * hour, 5.0);
+                    d.learn(5.0);
+                    novelty > d.p.novelty_tolerance
+                })
+                .collect()
+        };
+        let every = novel_rows(0);
+        assert!(
+            every.len() > 4,
+            "the flat day passes many hours' ranges: {every:?}"
+        );
+        assert_eq!(novel_rows(75), every[..1], "one incident, one novelty");
     }
 
     /// The list of words answers as the set of every word does, and never takes more room than it.
