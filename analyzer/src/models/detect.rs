@@ -817,6 +817,15 @@ impl Daily {
     }
 }
 
+/// Whether a novel value at `row` starts a run: no novel value came in the `refractory` rows before it
+/// (`last`, the row of the latest one, 0 for none). `last` moves to `row` either way, so a run lasts
+/// while novel values keep coming.
+fn first_of_run(last: &mut usize, row: usize, refractory: usize) -> bool {
+    let first = *last == 0 || *last + refractory < row;
+    *last = row;
+    first
+}
+
 /// Longest daily period (in rows) tracked: one-minute data.
 const MAX_PERIOD: usize = 1440;
 const DAY_MS: i64 = 86_400_000;
@@ -968,10 +977,9 @@ impl Tidewatch {
                 && seen as f64 > p.phase_days * per_day
             {
                 // Novel only for its hour: the first of a run counts.
-                if daily.last_novel == 0 || daily.last_novel + p.phase_refractory < self.rows {
+                if first_of_run(&mut daily.last_novel, self.rows, p.phase_refractory) {
                     v = phase;
                 }
-                daily.last_novel = self.rows;
             }
         }
         // The ring's newest value is the previous row's: this one joins it after.
@@ -1074,11 +1082,9 @@ impl AnomalyDetector for Tidewatch {
         let mut z = z.max(0.0);
         if novelty > p.novelty_tolerance && p.novelty_z > 0.0 {
             // A run of records is one incident: only its first is ranked as novel.
-            let first = self.last_novel == 0 || self.last_novel + p.novelty_refractory < self.rows;
-            if first {
+            if first_of_run(&mut self.last_novel, self.rows, p.novelty_refractory) {
                 z = z.max(p.novelty_z + p.novelty_slope * novelty);
             }
-            self.last_novel = self.rows;
         }
         if new_pattern {
             z = z.max(p.pattern_z);
