@@ -106,7 +106,7 @@ mod tests {
 
     use super::*;
 
-    /// The tests that allocate through jemalloc and read its counts run one at a time, so that one's
+    /// The tests that allocate through jemalloc or read its counts run one at a time, so that one's
     /// blocks do not move the other's counts.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -174,7 +174,9 @@ mod tests {
     #[test]
     fn the_allocator_reports_its_bytes_in_order() {
         // The test binary's global allocator is the system's, so jemalloc holds little; its counts must
-        // still be there and consistent.
+        // still be there and consistent. jemalloc's counts are consistent only while no other thread
+        // allocates from it, so this waits for the tests that do.
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let s = stats().expect("jemalloc answers");
         assert!(
             s.allocated + s.cached <= s.active && s.active <= s.resident,
