@@ -234,6 +234,12 @@ pub struct Params {
     pub range_decay: f64,
     /// Rows after a novel value during which further novel values are not ranked as novel again.
     pub novelty_refractory: usize,
+    /// Weight of the novelty of the mean of the latest `mean_rows` values (this one included) against
+    /// the range such means have had: a shift that lasts, in a noisy series whose single values have
+    /// all been seen before (a count that rises and stays up), sets a record of its mean. At most
+    /// `level_window` rows (the values the detector keeps).
+    pub mean_novelty: f64,
+    pub mean_rows: usize,
     /// Pattern novelty (contextOSE's idea, online): each value is quantised into 8 bins of the range
     /// seen so far; the last `pattern_len` bins, `pattern_stride` rows apart, form a word. A word never
     /// seen before, in a series that has produced no new word for `pattern_quiet` rows, and followed by
@@ -274,6 +280,8 @@ impl Default for Params {
             phase_refractory: 75,
             range_decay: 0.0001,
             novelty_refractory: 20,
+            mean_novelty: 0.2,
+            mean_rows: 20,
             pattern_len: 4,
             pattern_stride: 12,
             pattern_quiet: 500,
@@ -313,6 +321,8 @@ impl Params {
             "phase_refractory" => self.phase_refractory = num(key, value)?,
             "range_decay" => self.range_decay = num(key, value)?,
             "novelty_refractory" => self.novelty_refractory = num(key, value)?,
+            "mean_novelty" => self.mean_novelty = num(key, value)?,
+            "mean_rows" => self.mean_rows = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
             "pattern_len" => self.pattern_len = num(key, value)?,
             "pattern_stride" => self.pattern_stride = num(key, value)?,
@@ -326,6 +336,9 @@ impl Params {
         }
         if self.level_window < 8 || self.diff_window < 8 || self.short == 0 || self.long < 2 {
             return Err("windows must be at least 8 rows (short: 1, long: 2)".to_owned());
+        }
+        if !(1..=self.level_window).contains(&self.mean_rows) {
+            return Err("mean_rows must be 1 to level_window".to_owned());
         }
         if !(self.squash > 0.0 && self.sigma_floor > 0.0 && (0.0..=1.0).contains(&self.damp)) {
             return Err("squash and sigma_floor must be positive, damp in [0, 1]".to_owned());
@@ -437,21 +450,41 @@ fn median(items: &mut [f64]) -> Option<f64> {
 /// "spatial" anomaly Numenta's NAB detector adds to HTM. A new extreme is rare in a stable series and
 /// stops being new once seen, so this signal silences itself. With a resolution `res` (see
 /// [`Tidewatch::with_resolution`]) only the excess beyond `res` counts, in shares of `max(range, res)`.
-#[derive(Clone, Copy, Debug, Default)]
+/// The range is kept as two numbers, NaN before the first value (the detector only feeds it finite
+/// ones): an `Option` would take 8 bytes more in each of a detector's ranges.
+#[derive(Clone, Copy, Debug)]
 struct RangeNovelty {
-    range: Option<(f64, f64)>,
+    lo: f64,
+    hi: f64,
+}
+
+impl Default for RangeNovelty {
+    fn default() -> Self {
+        Self::new(None)
+    }
 }
 
 impl RangeNovelty {
+    fn new(range: Option<(f64, f64)>) -> Self {
+        let (lo, hi) = range.unwrap_or((f64::NAN, f64::NAN));
+        Self { lo, hi }
+    }
+
+    /// The range seen so far, once a value has been.
+    fn range(&self) -> Option<(f64, f64)> {
+        (!self.lo.is_nan()).then_some((self.lo, self.hi))
+    }
+
     /// The novelty of `x`; then the range takes `x` in, each bound moving toward it by the share
     /// `decay` (`Params::range_decay`: old extremes fade).
     fn observe(&mut self, x: f64, decay: f64, res: f64) -> f64 {
-        let Some((lo, hi)) = self.range else {
-            self.range = Some((x, x));
+        let Some((lo, hi)) = self.range() else {
+            (self.lo, self.hi) = (x, x);
             return 0.0;
         };
         let (new_lo, new_hi) = (lo.min(x), hi.max(x));
-        self.range = Some((new_lo + decay * (x - new_lo), new_hi - decay * (new_hi - x)));
+        self.lo = new_lo + decay * (x - new_lo);
+        self.hi = new_hi - decay * (new_hi - x);
         let span = (hi - lo).max(res);
         if span <= 0.0 {
             0.0
@@ -726,8 +759,9 @@ impl Likelihood {
 ///    the last `long` such means: `z = (mean - mu) / max(sigma, sigma_floor)`. A series that is always
 ///    noisy learns that it is, so one threshold serves every series.
 /// 4. **Novelty.** A value (or, weighted by `diff_novelty`, a change between rows; or, weighted by
-///    `phase_novelty` and only while the daily baseline explains the series, a value against the range
-///    seen at the same hour of the day, the first of a run within `phase_refractory` rows) beyond the range
+///    `mean_novelty`, the mean of the latest `mean_rows` values; or, weighted by `phase_novelty` and
+///    only while the daily baseline explains the series, a value against the range seen at the same
+///    hour of the day, the first of a run within `phase_refractory` rows) beyond the range
 ///    seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus its excess:
 ///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
 ///    being new once seen), so it is ranked first and residual alarms fill in below it. Below it, at
@@ -765,9 +799,11 @@ pub struct Tidewatch {
     /// oldest first (a short list: a `Vec` rather than a `VecDeque`, whose 8 more bytes would be kept by
     /// every detector).
     recent: Vec<(usize, f64)>,
-    /// Range of the values seen so far, and of the changes between rows.
+    /// Range of the values seen so far, of the changes between rows, and of the means of the latest
+    /// `mean_rows` values.
     value_range: RangeNovelty,
     diff_range: RangeNovelty,
+    mean_range: RangeNovelty,
     /// Row of the latest novel value; 0 for none (rows count from 1).
     last_novel: usize,
     /// Rows in a row with an ordinary score (`Params::quiet_reset`; the count stops at `u32::MAX`).
@@ -869,6 +905,7 @@ impl Tidewatch {
             recent: Vec::new(),
             value_range: RangeNovelty::default(),
             diff_range: RangeNovelty::default(),
+            mean_range: RangeNovelty::default(),
             last_novel: 0,
             quiet: 0,
             pattern: PatternNovelty::default(),
@@ -944,7 +981,7 @@ impl Tidewatch {
     fn novelty(&mut self, t_ms: i64, value: f64) -> (f64, bool) {
         let (p, res) = (&*self.p, self.res);
         let warm = self.rows > p.warmup;
-        let new_pattern = p.pattern_z > 0.0 && self.pattern.observe(value, self.value_range.range, p);
+        let new_pattern = p.pattern_z > 0.0 && self.pattern.observe(value, self.value_range.range(), p);
         let mut v = self.value_range.observe(value, p.range_decay, res);
         // The time-of-day ranges count only while the daily baseline explains the series, so a series
         // with no daily period (a day is not a whole number of rows up to `MAX_PERIOD`, as with the
@@ -962,11 +999,9 @@ impl Tidewatch {
             }
             let (stored, seen) = &mut daily.phase_ranges[bucket];
             // The hour's range fades and counts novelty as the whole series' range does.
-            let mut range = RangeNovelty {
-                range: (*seen > 0).then_some(*stored),
-            };
+            let mut range = RangeNovelty::new((*seen > 0).then_some(*stored));
             let novelty = range.observe(value, p.range_decay, res);
-            if let Some(r) = range.range {
+            if let Some(r) = range.range() {
                 *stored = r;
             }
             *seen = seen.saturating_add(1);
@@ -980,6 +1015,21 @@ impl Tidewatch {
                 if first_of_run(&mut daily.last_novel, self.rows, p.phase_refractory) {
                     v = phase;
                 }
+            }
+        }
+        // The mean of the latest `mean_rows` values, once there are as many (the ring's newest value
+        // is the previous row's: this one joins it after).
+        if p.mean_novelty > 0.0 && p.mean_rows > 0 {
+            let earlier = p.mean_rows - 1;
+            let (n, sum) = self
+                .values
+                .newest()
+                .take(earlier)
+                .fold((0, value), |(n, sum), x| (n + 1, sum + x));
+            let mean = sum / p.mean_rows as f64;
+            if n == earlier && mean.is_finite() {
+                let mean = self.mean_range.observe(mean, p.range_decay, res);
+                v = v.max(p.mean_novelty * mean);
             }
         }
         // The ring's newest value is the previous row's: this one joins it after.
@@ -1278,8 +1328,10 @@ mod tests {
         let cycle =
             |i: usize| 5.0 + 5.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin() + 0.1 * (i * 7 % 5) as f64;
         let novel_rows = |phase_refractory: usize| -> Vec<usize> {
+            // The flat day's mean is new too; that novelty is not this test's.
             let mut d = Tidewatch::new(Params {
                 phase_refractory,
+                mean_novelty: 0.0,
                 ..Params::default()
             });
             let hour = 3_600_000;
@@ -1302,6 +1354,39 @@ mod tests {
             "the flat day passes many hours' ranges: {every:?}"
         );
         assert_eq!(novel_rows(75), every[..1], "one incident, one novelty");
+    }
+
+    #[test]
+    fn a_shift_inside_the_range_is_a_new_mean() {
+        // Noise from 0 to 10 for 500 rows, then noise from 5 to 10: no value is new, but the mean of
+        // the latest `mean_rows` values rises above any it had (about 5) within those rows.
+        let noise = |i: usize| (i * 10 % 11) as f64;
+        let novel_rows = |mean_novelty: f64| -> Vec<usize> {
+            let mut d = Tidewatch::new(Params {
+                mean_novelty,
+                ..Params::default()
+            });
+            let minute = 60_000;
+            for i in 0..500 {
+                d.score(i as i64 * minute, noise(i));
+            }
+            (500..560)
+                .filter(|&i| {
+                    let x = 5.0 + noise(i) / 2.0;
+                    d.rows += 1;
+                    let (novelty, _) = d.novelty(i as i64 * minute, x);
+                    d.learn(x);
+                    novelty > d.p.novelty_tolerance
+                })
+                .collect()
+        };
+        assert_eq!(novel_rows(0.0), Vec::<usize>::new(), "no value is new");
+        let p = Params::default();
+        let novel = novel_rows(p.mean_novelty);
+        assert!(
+            novel.first().is_some_and(|&row| row < 500 + p.mean_rows),
+            "the mean is new: {novel:?}"
+        );
     }
 
     /// The list of words answers as the set of every word does, and never takes more room than it.
