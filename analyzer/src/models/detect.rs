@@ -1319,6 +1319,20 @@ mod tests {
         assert_eq!(hits, 0);
     }
 
+    /// The rows of `rows` (row, time, value) whose novelty passes the tolerance, fed to `d` row by row
+    /// as `score` takes them (the novelty before the row is learnt).
+    fn novel_rows(d: &mut Tidewatch, rows: impl IntoIterator<Item = (usize, i64, f64)>) -> Vec<usize> {
+        rows.into_iter()
+            .filter(|&(_, t_ms, value)| {
+                d.rows += 1;
+                let (novelty, _) = d.novelty(t_ms, value);
+                d.learn(value);
+                novelty > d.p.novelty_tolerance
+            })
+            .map(|(row, _, _)| row)
+            .collect()
+    }
+
     #[test]
     fn a_day_out_of_shape_is_one_time_of_day_novelty() {
         // Hourly rows on a daily cycle between 0 and 10 for ten days; then a flat day at 5, inside the
@@ -1327,7 +1341,7 @@ mod tests {
         // The noise gives each hour a spread of five values, all seen in the first five days.
         let cycle =
             |i: usize| 5.0 + 5.0 * (i as f64 * std::f64::consts::TAU / 24.0).sin() + 0.1 * (i * 7 % 5) as f64;
-        let novel_rows = |phase_refractory: usize| -> Vec<usize> {
+        let flat_day_novelties = |phase_refractory: usize| -> Vec<usize> {
             // The flat day's mean is new too; that novelty is not this test's.
             let mut d = Tidewatch::new(Params {
                 phase_refractory,
@@ -1338,22 +1352,14 @@ mod tests {
             for i in 0..240 {
                 d.score(i as i64 * hour, cycle(i));
             }
-            // The flat day, row by row as `score` takes it (the novelty before the row is learnt).
-            (240..264)
-                .filter(|&i| {
-                    d.rows += 1;
-                    let (novelty, _) = d.novelty(i as i64 * hour, 5.0);
-                    d.learn(5.0);
-                    novelty > d.p.novelty_tolerance
-                })
-                .collect()
+            novel_rows(&mut d, (240..264).map(|i| (i, i as i64 * hour, 5.0)))
         };
-        let every = novel_rows(0);
+        let every = flat_day_novelties(0);
         assert!(
             every.len() > 4,
             "the flat day passes many hours' ranges: {every:?}"
         );
-        assert_eq!(novel_rows(75), every[..1], "one incident, one novelty");
+        assert_eq!(flat_day_novelties(75), every[..1], "one incident, one novelty");
     }
 
     #[test]
@@ -1361,7 +1367,7 @@ mod tests {
         // Noise from 0 to 10 for 500 rows, then noise from 5 to 10: no value is new, but the mean of
         // the latest `mean_rows` values rises above any it had (about 5) within those rows.
         let noise = |i: usize| (i * 10 % 11) as f64;
-        let novel_rows = |mean_novelty: f64| -> Vec<usize> {
+        let shift_novelties = |mean_novelty: f64| -> Vec<usize> {
             let mut d = Tidewatch::new(Params {
                 mean_novelty,
                 ..Params::default()
@@ -1370,19 +1376,14 @@ mod tests {
             for i in 0..500 {
                 d.score(i as i64 * minute, noise(i));
             }
-            (500..560)
-                .filter(|&i| {
-                    let x = 5.0 + noise(i) / 2.0;
-                    d.rows += 1;
-                    let (novelty, _) = d.novelty(i as i64 * minute, x);
-                    d.learn(x);
-                    novelty > d.p.novelty_tolerance
-                })
-                .collect()
+            novel_rows(
+                &mut d,
+                (500..560).map(|i| (i, i as i64 * minute, 5.0 + noise(i) / 2.0)),
+            )
         };
-        assert_eq!(novel_rows(0.0), Vec::<usize>::new(), "no value is new");
+        assert_eq!(shift_novelties(0.0), Vec::<usize>::new(), "no value is new");
         let p = Params::default();
-        let novel = novel_rows(p.mean_novelty);
+        let novel = shift_novelties(p.mean_novelty);
         assert!(
             novel.first().is_some_and(|&row| row < 500 + p.mean_rows),
             "the mean is new: {novel:?}"
