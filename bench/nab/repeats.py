@@ -7,9 +7,10 @@ extreme nor, after a few, a surprise. This writes a one-file corpus in NAB's lay
 daily cycle of +-2 around 5 with uniform noise of +-1.5, seeded, and five incidents 300 rows apart that add
 25 for 1, 2, 3, 1 and 2 rows, each labelled with a window of 5 rows either side), scores it with `tidewatch
 nab --write-results`, and prints each incident's highest score, the highest score outside them, and which
-reach the server's threshold (`health::NAB_THRESHOLD`, given with --threshold).
+reach the server's threshold (`health::NAB_THRESHOLD`, read from analyzer/src/health.rs unless given with
+--threshold).
 
-    bench/nab/repeats.py [--bin target/release/tidewatch] [--threshold 0.6434] [--param KEY=VALUE ...]
+    bench/nab/repeats.py [--bin target/release/tidewatch] [--threshold T] [--param KEY=VALUE ...]
 
 NAB's unit-less series run without the server's resolution, so these are `tidewatch nab`'s scores.
 """
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +33,7 @@ PROFILES = os.path.join(ROOT, "..", "shared", "data", "nab", "config", "profiles
 STARTS = [500, 800, 1100, 1400, 1700]
 LENGTHS = [1, 2, 3, 1, 2]
 ROWS = 2000
+HEALTH = os.path.join(ROOT, "analyzer", "src", "health.rs")
 WARM = 150  # rows before the scores outside the incidents are read (the detector's warm-up and first range)
 
 
@@ -55,12 +58,23 @@ def corpus(root):
         json.dump({"synthetic/repeats.csv": windows}, f)
 
 
+def server_threshold():
+    """The server's threshold, `health::NAB_THRESHOLD`, as the source states it."""
+    with open(HEALTH) as f:
+        m = re.search(r"pub const NAB_THRESHOLD: f64 = ([0-9.]+);", f.read())
+    if not m:
+        sys.exit(f"NAB_THRESHOLD not found in {HEALTH}: give --threshold")
+    return float(m.group(1))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "tidewatch"))
-    ap.add_argument("--threshold", type=float, default=0.6434)
+    ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--param", action="append", default=[])
     args = ap.parse_args()
+    if args.threshold is None:
+        args.threshold = server_threshold()
     with tempfile.TemporaryDirectory() as tmp:
         data, results = os.path.join(tmp, "corpus"), os.path.join(tmp, "results")
         corpus(data)
