@@ -240,6 +240,10 @@ pub struct Params {
     /// `level_window` rows (the values the detector keeps).
     pub mean_novelty: f64,
     pub mean_rows: usize,
+    /// Weight of the novelty of the median of the same latest `mean_rows` values against the range
+    /// such medians have had: the typical value moves where spikes kept the mean's range wide (a
+    /// spiky series whose quiet level shifts), and a lone spike does not move it.
+    pub median_novelty: f64,
     /// Pattern novelty (contextOSE's idea, online): each value is quantised into 8 bins of the range
     /// seen so far; the last `pattern_len` bins, `pattern_stride` rows apart, form a word. A word never
     /// seen before, in a series that has produced no new word for `pattern_quiet` rows, and followed by
@@ -282,6 +286,7 @@ impl Default for Params {
             novelty_refractory: 20,
             mean_novelty: 0.2,
             mean_rows: 20,
+            median_novelty: 0.3,
             pattern_len: 4,
             pattern_stride: 12,
             pattern_quiet: 500,
@@ -323,6 +328,7 @@ impl Params {
             "novelty_refractory" => self.novelty_refractory = num(key, value)?,
             "mean_novelty" => self.mean_novelty = num(key, value)?,
             "mean_rows" => self.mean_rows = num(key, value)?,
+            "median_novelty" => self.median_novelty = num(key, value)?,
             "squash" => self.squash = num(key, value)?,
             "pattern_len" => self.pattern_len = num(key, value)?,
             "pattern_stride" => self.pattern_stride = num(key, value)?,
@@ -337,8 +343,10 @@ impl Params {
         if self.level_window < 8 || self.diff_window < 8 || self.short == 0 || self.long < 2 {
             return Err("windows must be at least 8 rows (short: 1, long: 2)".to_owned());
         }
-        if !(1..=self.level_window).contains(&self.mean_rows) {
-            return Err("mean_rows must be 1 to level_window".to_owned());
+        if !(1..=self.level_window.min(MAX_MEAN_ROWS)).contains(&self.mean_rows) {
+            return Err(format!(
+                "mean_rows must be 1 to level_window, and at most {MAX_MEAN_ROWS}"
+            ));
         }
         if !(self.squash > 0.0 && self.sigma_floor > 0.0 && (0.0..=1.0).contains(&self.damp)) {
             return Err("squash and sigma_floor must be positive, damp in [0, 1]".to_owned());
@@ -759,11 +767,11 @@ impl Likelihood {
 ///    the last `long` such means: `z = (mean - mu) / max(sigma, sigma_floor)`. A series that is always
 ///    noisy learns that it is, so one threshold serves every series.
 /// 4. **Novelty.** A value (or, weighted by `diff_novelty`, a change between rows; or, weighted by
-///    `mean_novelty`, the mean of the latest `mean_rows` values; or, weighted by `phase_novelty` and
-///    only while the daily baseline explains the series, a value against the range seen at the same
-///    hour of the day, the first of a run within `phase_refractory` rows) beyond the range
-///    seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus its excess:
-///    above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
+///    `mean_novelty` and `median_novelty`, the mean and the median of the latest `mean_rows` values; or,
+///    weighted by `phase_novelty` and only while the daily baseline explains the series, a value against
+///    the range seen at the same hour of the day, the first of a run within `phase_refractory` rows)
+///    beyond the range seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus
+///    its excess: above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
 ///    being new once seen), so it is ranked first and residual alarms fill in below it. Below it, at
 ///    `pattern_z`: new words of quantised values (`PatternNovelty`, 3 within a word's span) in a
 ///    series whose words have long been familiar, i.e. a shape it has not drawn before (a burst in a
@@ -799,11 +807,12 @@ pub struct Tidewatch {
     /// oldest first (a short list: a `Vec` rather than a `VecDeque`, whose 8 more bytes would be kept by
     /// every detector).
     recent: Vec<(usize, f64)>,
-    /// Range of the values seen so far, of the changes between rows, and of the means of the latest
-    /// `mean_rows` values.
+    /// Range of the values seen so far, of the changes between rows, and of the means and medians of
+    /// the latest `mean_rows` values.
     value_range: RangeNovelty,
     diff_range: RangeNovelty,
     mean_range: RangeNovelty,
+    median_range: RangeNovelty,
     /// Row of the latest novel value; 0 for none (rows count from 1).
     last_novel: usize,
     /// Rows in a row with an ordinary score (`Params::quiet_reset`; the count stops at `u32::MAX`).
@@ -864,6 +873,10 @@ fn first_of_run(last: &mut usize, row: usize, refractory: usize) -> bool {
 
 /// Longest daily period (in rows) tracked: one-minute data.
 const MAX_PERIOD: usize = 1440;
+
+/// Most rows `Params::mean_rows` may take: the mean and the median read them from a buffer on the stack.
+const MAX_MEAN_ROWS: usize = 128;
+
 const DAY_MS: i64 = 86_400_000;
 /// Buckets of the day for the time-of-day range (`Params::phase_novelty`).
 const PHASES: usize = 24;
@@ -906,6 +919,7 @@ impl Tidewatch {
             value_range: RangeNovelty::default(),
             diff_range: RangeNovelty::default(),
             mean_range: RangeNovelty::default(),
+            median_range: RangeNovelty::default(),
             last_novel: 0,
             quiet: 0,
             pattern: PatternNovelty::default(),
@@ -1017,19 +1031,27 @@ impl Tidewatch {
                 }
             }
         }
-        // The mean of the latest `mean_rows` values, once there are as many (the ring's newest value
-        // is the previous row's: this one joins it after).
-        if p.mean_novelty > 0.0 && p.mean_rows > 0 {
-            let earlier = p.mean_rows - 1;
-            let (n, sum) = self
-                .values
-                .newest()
-                .take(earlier)
-                .fold((0, value), |(n, sum), x| (n + 1, sum + x));
-            let mean = sum / p.mean_rows as f64;
-            if n == earlier && mean.is_finite() {
-                let mean = self.mean_range.observe(mean, p.range_decay, res);
-                v = v.max(p.mean_novelty * mean);
+        // The mean and the median of the latest `mean_rows` values, once there are as many (the
+        // ring's newest value is the previous row's: this one joins it after).
+        if (p.mean_novelty > 0.0 || p.median_novelty > 0.0) && p.mean_rows > 0 {
+            let mut latest = [0.0; MAX_MEAN_ROWS];
+            let mut n = 0;
+            let newest = std::iter::once(value).chain(self.values.newest());
+            for (slot, x) in latest.iter_mut().zip(newest).take(p.mean_rows) {
+                *slot = x;
+                n += 1;
+            }
+            if n == p.mean_rows {
+                let latest = &mut latest[..n];
+                let mean = latest.iter().sum::<f64>() / n as f64;
+                if p.mean_novelty > 0.0 && mean.is_finite() {
+                    v = v.max(p.mean_novelty * self.mean_range.observe(mean, p.range_decay, res));
+                }
+                if p.median_novelty > 0.0
+                    && let Some(median) = median(latest)
+                {
+                    v = v.max(p.median_novelty * self.median_range.observe(median, p.range_decay, res));
+                }
             }
         }
         // The ring's newest value is the previous row's: this one joins it after.
@@ -1362,31 +1384,67 @@ mod tests {
         assert_eq!(flat_day_novelties(75), every[..1], "one incident, one novelty");
     }
 
+    /// The rows among `shifted` (row, value; one a minute, after `before`'s 500) whose novelty passes
+    /// the tolerance, for a detector with these weights of the mean and median novelties.
+    fn level_novelties(
+        mean_novelty: f64,
+        median_novelty: f64,
+        before: impl Fn(usize) -> f64,
+        shifted: impl Iterator<Item = (usize, f64)>,
+    ) -> Vec<usize> {
+        let mut d = Tidewatch::new(Params {
+            mean_novelty,
+            median_novelty,
+            ..Params::default()
+        });
+        let minute = 60_000;
+        for i in 0..500 {
+            d.score(i as i64 * minute, before(i));
+        }
+        novel_rows(&mut d, shifted.map(|(i, v)| (i, i as i64 * minute, v)))
+    }
+
     #[test]
     fn a_shift_inside_the_range_is_a_new_mean() {
         // Noise from 0 to 10 for 500 rows, then noise from 5 to 10: no value is new, but the mean of
         // the latest `mean_rows` values rises above any it had (about 5) within those rows.
         let noise = |i: usize| (i * 10 % 11) as f64;
-        let shift_novelties = |mean_novelty: f64| -> Vec<usize> {
-            let mut d = Tidewatch::new(Params {
-                mean_novelty,
-                ..Params::default()
-            });
-            let minute = 60_000;
-            for i in 0..500 {
-                d.score(i as i64 * minute, noise(i));
-            }
-            novel_rows(
-                &mut d,
-                (500..560).map(|i| (i, i as i64 * minute, 5.0 + noise(i) / 2.0)),
-            )
-        };
-        assert_eq!(shift_novelties(0.0), Vec::<usize>::new(), "no value is new");
+        let shifted = || (500..560).map(|i| (i, 5.0 + noise(i) / 2.0));
+        assert_eq!(
+            level_novelties(0.0, 0.0, noise, shifted()),
+            Vec::<usize>::new(),
+            "no value is new"
+        );
         let p = Params::default();
-        let novel = shift_novelties(p.mean_novelty);
+        let novel = level_novelties(p.mean_novelty, 0.0, noise, shifted());
         assert!(
             novel.first().is_some_and(|&row| row < 500 + p.mean_rows),
             "the mean is new: {novel:?}"
+        );
+    }
+
+    #[test]
+    fn a_quiet_level_that_shifts_under_spikes_is_a_new_median() {
+        // A quiet level near 0 with spikes: one row in five at 12.5 for 250 rows, then two in five at
+        // 18.75, so the mean of 20 rows has been 2.5 and 7.5 while their median stayed near 0. Then
+        // the level itself moves to 4-6 without spikes: no value and no mean is new, the median is.
+        let quiet = |i: usize| 0.1 * (i * 7 % 5) as f64;
+        let before = |i: usize| match (i < 250, i % 5) {
+            (true, 0) => 12.5,
+            (false, 0 | 1) => 18.75,
+            _ => quiet(i),
+        };
+        let shifted = || (500..560).map(|i| (i, 4.0 + (i % 3) as f64));
+        let p = Params::default();
+        assert_eq!(
+            level_novelties(p.mean_novelty, 0.0, before, shifted()),
+            Vec::<usize>::new(),
+            "no value or mean is new"
+        );
+        let novel = level_novelties(p.mean_novelty, p.median_novelty, before, shifted());
+        assert!(
+            novel.first().is_some_and(|&row| row < 500 + p.mean_rows),
+            "the median is new: {novel:?}"
         );
     }
 
