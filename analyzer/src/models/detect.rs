@@ -237,7 +237,7 @@ pub struct Params {
     /// Weight of the novelty of the mean of the latest `mean_rows` values (this one included) against
     /// the range such means have had: a shift that lasts, in a noisy series whose single values have
     /// all been seen before (a count that rises and stays up), sets a record of its mean. At most
-    /// `level_window` rows (the values the detector keeps).
+    /// `level_window` rows (the values the detector keeps) and `MAX_MEAN_ROWS` (128).
     pub mean_novelty: f64,
     pub mean_rows: usize,
     /// Weight of the novelty of the median of the same latest `mean_rows` values against the range
@@ -771,11 +771,11 @@ impl Likelihood {
 ///    weighted by `phase_novelty` and only while the daily baseline explains the series, a value against
 ///    the range seen at the same hour of the day, the first of a run within `phase_refractory` rows)
 ///    beyond the range seen so far by more than `novelty_tolerance` of that range scores `novelty_z` plus
-///    its excess: above any residual. On NAB this is the most precise signal by far (new extremes are rare, and stop
-///    being new once seen), so it is ranked first and residual alarms fill in below it. Below it, at
-///    `pattern_z`: new words of quantised values (`PatternNovelty`, 3 within a word's span) in a
-///    series whose words have long been familiar, i.e. a shape it has not drawn before (a burst in a
-///    sparse series, a cycle that stops).
+///    its excess: above any residual. On NAB this is the most precise signal by far (new extremes are
+///    rare, and stop being new once seen), so it is ranked first and residual alarms fill in below it.
+///    Below it, at `pattern_z`: new words of quantised values (`PatternNovelty`, 3 within a word's
+///    span) in a series whose words have long been familiar, i.e. a shape it has not drawn before (a
+///    burst in a sparse series, a cycle that stops).
 /// 5. **Repeats.** A score that does not beat the highest of the previous `refractory` rows is damped
 ///    (NAB, like an on-call engineer, wants one early alarm per incident, not a stream of them), unless
 ///    `quiet_reset` ordinary rows in a row came between: then the incident is over, and the next rise
